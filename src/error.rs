@@ -1,0 +1,149 @@
+//! Errors, one variant per phase, each saying whether a retry can help.
+//!
+//! Validation errors ([`Error::InvalidRegistration`], [`Error::InvalidConfig`]) are raised
+//! before anything is sent to etcd, so a caller that sees one knows nothing was written.
+
+use std::time::Duration;
+
+use crate::record::RecordError;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in darkrift-etcd.
+///
+/// # Retryable errors
+/// [`Error::is_retryable`] is true for [`Error::Unreachable`], [`Error::Etcd`] with a transient
+/// gRPC code, and [`Error::Timeout`]: the same call may succeed later. Everything else is a
+/// permanent answer (bad input, id space exhausted, id taken, lease gone).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The registration input (group, host, port, properties) was rejected; nothing was written.
+    #[error("invalid registration: {0}")]
+    InvalidRegistration(#[from] RecordError),
+
+    /// The configuration was rejected before connecting.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// No etcd endpoint answered within the connect timeout.
+    #[error("etcd unreachable at {endpoints} (no answer within {timeout:?}): {reason}")]
+    Unreachable {
+        /// The endpoints that were tried, comma-separated.
+        endpoints: String,
+        /// The connect timeout that elapsed or the bound that applied.
+        timeout: Duration,
+        /// What the client library reported, if anything.
+        reason: String,
+    },
+
+    /// An etcd request did not answer in time.
+    #[error("etcd request `{op}` timed out after {timeout:?}")]
+    Timeout {
+        /// The operation that timed out.
+        op: &'static str,
+        /// The bound that elapsed.
+        timeout: Duration,
+    },
+
+    /// etcd (or the transport to it) returned an error.
+    #[error("etcd request `{op}` failed: {source}")]
+    Etcd {
+        /// The operation that failed.
+        op: &'static str,
+        /// The client library's error.
+        #[source]
+        source: etcd_client::Error,
+    },
+
+    /// Every id of the configured id space is held by a live server.
+    #[error("no free server id: all {id_space} ids of the id space are held by live servers")]
+    IdSpaceExhausted {
+        /// Size of the id space (ids 1..=id_space).
+        id_space: u16,
+    },
+
+    /// Allocation kept losing races and gave up after the configured number of attempts.
+    #[error("id allocation gave up after {attempts} conflicting attempts")]
+    AllocationContention {
+        /// How many transactions were tried.
+        attempts: u32,
+    },
+
+    /// This connector already holds a registration; deregister first.
+    #[error("this connector is already registered as server {id}")]
+    AlreadyRegistered {
+        /// The id currently held.
+        id: u16,
+    },
+
+    /// The call needs a registration and there is none.
+    #[error("this connector is not registered")]
+    NotRegistered,
+
+    /// Our lease is gone (expired or revoked) and the registration with it.
+    #[error("lease {lease_id:x} is gone: {reason}")]
+    LeaseLost {
+        /// The lease id.
+        lease_id: i64,
+        /// Why we consider it lost.
+        reason: String,
+    },
+
+    /// The event stream was already taken (it has a single consumer).
+    #[error("the event stream of this connector was already taken")]
+    EventsTaken,
+
+    /// The connector was shut down.
+    #[error("the connector is shut down")]
+    Shutdown,
+}
+
+impl Error {
+    /// Wraps an etcd-client error with the operation it came from.
+    pub(crate) fn etcd(op: &'static str, source: etcd_client::Error) -> Self {
+        Error::Etcd { op, source }
+    }
+
+    /// True when retrying the same call later may succeed (see the type's docs).
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } | Error::Timeout { .. } | Error::AllocationContention { .. } => true,
+            Error::Etcd { source, .. } => is_transient(source),
+            _ => false,
+        }
+    }
+}
+
+/// Classifies an etcd-client error: transport failures and the gRPC codes etcd uses for
+/// "try again" (unavailable, deadline, leader changes, resource exhaustion) are transient.
+pub(crate) fn is_transient(err: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match err {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Aborted
+                | Code::ResourceExhausted
+                | Code::Unknown
+                | Code::Internal
+                | Code::Cancelled
+        ),
+        etcd_client::Error::WatchError(_) | etcd_client::Error::LeaseKeepAliveError(_) => true,
+        _ => false,
+    }
+}
+
+/// True when the error says the lease does not exist (expired or revoked).
+pub(crate) fn is_lease_not_found(err: &etcd_client::Error) -> bool {
+    match err {
+        etcd_client::Error::GRpcStatus(status) => {
+            status.code() == tonic::Code::NotFound || status.message().contains("lease not found")
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,239 @@
+//! Key layout: where servers and the allocator live in etcd, and parsing of keys read back.
+//!
+//! ```text
+//! <prefix>/<group>/<id>          one key per live server (value: ServerRecord), on its lease
+//! <prefix>.alloc/cursor          round-robin allocation cursor (no lease: it must outlive servers)
+//! <prefix>.alloc/slot/<id:05>    one key per live id, on the holder's lease (value: server key)
+//! ```
+//!
+//! The allocator keys sit *beside* the server prefix, not under it, so a watch on
+//! `<prefix>/` never sees them: they cost watchers no traffic and can never be mistaken for a
+//! server. Ids in slot keys are zero-padded to five digits so that the byte order of slot keys
+//! is their numeric order, which lets one range read return "the occupied ids from a to b".
+//!
+//! Server ids are written without padding (`/darkrift/lobby/17`), as operators expect to read
+//! them; the parser accepts exactly the canonical form (no sign, no leading zero, 1..=65535),
+//! so a key has one spelling and `/darkrift/lobby/017` is malformed, not a second server 17.
+
+use crate::error::{Error, Result};
+use crate::record::validate_group;
+
+/// Default key prefix.
+pub const DEFAULT_PREFIX: &str = "/darkrift";
+
+/// The keys of one registry (one prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLayout {
+    prefix: String,
+}
+
+/// What a key under the server prefix turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParsedKey<'a> {
+    /// `<prefix>/<group>/<id>` in canonical form.
+    Server {
+        /// The group segment.
+        group: &'a str,
+        /// The id segment.
+        id: u16,
+    },
+    /// Anything else under the prefix; the reason is for the log line.
+    Malformed(&'static str),
+}
+
+impl KeyLayout {
+    /// Validates a prefix: starts with `/`, does not end with `/`, at most 128 bytes of
+    /// `[A-Za-z0-9._/-]`, no empty segment.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the rule.
+    pub fn new(prefix: &str) -> Result<Self> {
+        let bad = |why: &str| Err(Error::InvalidConfig(format!("prefix {prefix:?}: {why}")));
+        if !prefix.starts_with('/') {
+            return bad("must start with '/'");
+        }
+        if prefix.len() < 2 || prefix.ends_with('/') {
+            return bad("must name at least one segment and not end with '/'");
+        }
+        if prefix.len() > 128 {
+            return bad("longer than 128 bytes");
+        }
+        if prefix.contains("//") {
+            return bad("must not contain an empty segment");
+        }
+        if !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
+        {
+            return bad("only A-Z, a-z, 0-9, '.', '_', '-' and '/' are allowed");
+        }
+        Ok(KeyLayout { prefix: prefix.to_owned() })
+    }
+
+    /// The prefix as configured (no trailing slash).
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>/`: the range every server key is in (watch and list it with `with_prefix`).
+    #[must_use]
+    pub fn servers_prefix(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
+    /// `<prefix>/<group>/`: the range of one group's servers.
+    #[must_use]
+    pub fn group_prefix(&self, group: &str) -> String {
+        format!("{}/{group}/", self.prefix)
+    }
+
+    /// `<prefix>/<group>/<id>`.
+    #[must_use]
+    pub fn server_key(&self, group: &str, id: u16) -> String {
+        format!("{}/{group}/{id}", self.prefix)
+    }
+
+    /// `<prefix>.alloc/`: the range of the allocator keys.
+    #[must_use]
+    pub fn alloc_prefix(&self) -> String {
+        format!("{}.alloc/", self.prefix)
+    }
+
+    /// `<prefix>.alloc/cursor`.
+    #[must_use]
+    pub fn cursor_key(&self) -> String {
+        format!("{}.alloc/cursor", self.prefix)
+    }
+
+    /// `<prefix>.alloc/slot/<id:05>`.
+    #[must_use]
+    pub fn slot_key(&self, id: u16) -> String {
+        format!("{}.alloc/slot/{id:05}", self.prefix)
+    }
+
+    /// `<prefix>.alloc/slot/`: the range of all slot keys.
+    #[must_use]
+    pub fn slots_prefix(&self) -> String {
+        format!("{}.alloc/slot/", self.prefix)
+    }
+
+    /// Parses the id out of a slot key read back from a range.
+    #[must_use]
+    pub fn parse_slot_key(&self, key: &[u8]) -> Option<u16> {
+        let rest = key.strip_prefix(self.slots_prefix().as_bytes())?;
+        if rest.len() != 5 || !rest.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(rest).ok()?.parse::<u16>().ok().filter(|id| *id != 0)
+    }
+
+    /// Classifies a key read from the server range.
+    #[must_use]
+    pub fn parse_server_key<'a>(&self, key: &'a [u8]) -> ParsedKey<'a> {
+        let Some(rest) = key.strip_prefix(self.servers_prefix().as_bytes()) else {
+            return ParsedKey::Malformed("outside the prefix");
+        };
+        let Ok(rest) = std::str::from_utf8(rest) else {
+            return ParsedKey::Malformed("not UTF-8");
+        };
+        let Some((group, id)) = rest.split_once('/') else {
+            return ParsedKey::Malformed("expected <group>/<id>");
+        };
+        if validate_group(group).is_err() {
+            return ParsedKey::Malformed("invalid group segment");
+        }
+        match parse_canonical_id(id) {
+            Some(id) => ParsedKey::Server { group, id },
+            None => ParsedKey::Malformed("id is not a canonical integer in 1..=65535"),
+        }
+    }
+}
+
+/// Parses `1..=65535` written without sign or leading zeros.
+fn parse_canonical_id(s: &str) -> Option<u16> {
+    if s.is_empty() || s.len() > 5 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    s.parse::<u16>().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> KeyLayout {
+        KeyLayout::new("/darkrift").unwrap()
+    }
+
+    #[test]
+    fn prefix_rules() {
+        assert!(KeyLayout::new("/darkrift").is_ok());
+        assert!(KeyLayout::new("/games/eu-1/darkrift").is_ok());
+        for bad in ["", "/", "darkrift", "/darkrift/", "//x", "/a//b", "/a b", "/ü"] {
+            assert!(KeyLayout::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn server_keys_roundtrip() {
+        let l = layout();
+        let key = l.server_key("lobby", 17);
+        assert_eq!(key, "/darkrift/lobby/17");
+        assert_eq!(
+            l.parse_server_key(key.as_bytes()),
+            ParsedKey::Server { group: "lobby", id: 17 }
+        );
+        assert_eq!(
+            l.parse_server_key(b"/darkrift/g/65535"),
+            ParsedKey::Server { group: "g", id: 65535 }
+        );
+    }
+
+    #[test]
+    fn malformed_server_keys() {
+        let l = layout();
+        for bad in [
+            &b"/darkrift/lobby"[..],
+            b"/darkrift/lobby/",
+            b"/darkrift/lobby/0",
+            b"/darkrift/lobby/017",
+            b"/darkrift/lobby/65536",
+            b"/darkrift/lobby/-1",
+            b"/darkrift/lobby/+1",
+            b"/darkrift/lobby/1/x",
+            b"/darkrift/lo by/1",
+            b"/darkrift//1",
+            b"/darkrift/lobby/1a",
+            b"/darkrift/\xff/1",
+            b"/other/lobby/1",
+        ] {
+            assert!(
+                matches!(l.parse_server_key(bad), ParsedKey::Malformed(_)),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn allocator_keys_are_outside_the_server_range() {
+        let l = layout();
+        for key in [l.cursor_key(), l.slot_key(1), l.alloc_prefix()] {
+            assert!(!key.starts_with(&l.servers_prefix()), "{key}");
+        }
+    }
+
+    #[test]
+    fn slot_keys_sort_numerically_and_roundtrip() {
+        let l = layout();
+        let mut keys: Vec<String> = [1u16, 9, 10, 100, 65535].iter().map(|i| l.slot_key(*i)).collect();
+        let sorted = keys.clone();
+        keys.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(l.parse_slot_key(l.slot_key(42).as_bytes()), Some(42));
+        assert_eq!(l.parse_slot_key(b"/darkrift.alloc/slot/00000"), None);
+        assert_eq!(l.parse_slot_key(b"/darkrift.alloc/slot/42"), None);
+    }
+}

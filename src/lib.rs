@@ -1,0 +1,64 @@
+//! # darkrift-etcd
+//!
+//! A server registry for DarkRift-style game-server clusters, on etcd: each server registers
+//! and gets a cluster-unique `u16` id, and every server learns of every other through ordered
+//! join and leave events. Liveness is an etcd lease: a crashed server leaves within its TTL.
+//!
+//! **Start here:** [`Connector::connect`], then [`Connector::events`] (or
+//! [`Connector::spawn_handler`]) and [`Connector::register_server`].
+//!
+//! ## Architecture
+//! A pure core that knows etcd's data model but does no I/O, and a thin shell of tokio tasks:
+//!
+//! | module | role |
+//! |---|---|
+//! | [`keys`] | key layout of servers and allocator, key parsing |
+//! | [`record`] | the prost `ServerRecord`, input validation |
+//! | [`alloc`] | id choice, the one allocation transaction, reading its answer |
+//! | [`membership`] | the view: etcd changes in, exact joins and leaves out |
+//! | [`events`] | the event enum and its contract |
+//! | [`config`] | typed settings and their validation |
+//! | [`lease`] | lease grant, keep-alive task, local deadline (I/O) |
+//! | `watcher` | list + watch state machine feeding `membership` (I/O) |
+//! | [`connector`] | register / deregister / connection failure; composes the above (I/O) |
+//!
+//! See ARCHITECTURE.md in the repository for the data path and the recovery rules.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub mod alloc;
+mod client;
+pub mod config;
+pub mod connector;
+pub mod error;
+pub mod events;
+pub mod keys;
+pub mod lease;
+pub mod membership;
+pub mod record;
+#[cfg(feature = "test-support")]
+pub mod testing;
+mod watcher;
+
+pub use config::ConnectorConfig;
+pub use connector::{Connector, EventStream, PeerStatus, ServerRegistryHandler};
+pub use error::{Error, Result};
+pub use events::Event;
+pub use record::{Registration, ServerInfo};
+
+/// Reads the registry once: the live servers at one revision, and how many records under the
+/// prefix were skipped as malformed. For listings; use a [`Connector`] to follow changes.
+///
+/// # Errors
+/// [`Error::InvalidConfig`], [`Error::Unreachable`], or an etcd failure.
+pub async fn list_servers(config: &ConnectorConfig) -> Result<(i64, Vec<ServerInfo>, u64)> {
+    let layout = config.validate()?;
+    let client = client::connect(config, &layout.cursor_key()).await?;
+    let settings = watcher::WatcherSettings {
+        layout,
+        page_size: config.page_size,
+        request_timeout: config.request_timeout,
+    };
+    let (revision, view) = watcher::list_once(&client, &settings).await?;
+    Ok((revision, view.servers(), view.skipped()))
+}
