@@ -1,1 +1,261 @@
-fn main(){}
+//! `darkrift-etcd`: the operator CLI of the registry.
+//!
+//! stdout carries only data (JSON lines or the `ls` table); logs go to stderr through
+//! `tracing` (`RUST_LOG` sets the filter).
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use darkrift_etcd::{list_servers, Connector, ConnectorConfig, Event, ServerInfo};
+use serde_json::json;
+
+/// DarkRift server registry on etcd: register a server, watch the cluster, list servers.
+#[derive(Debug, Parser)]
+#[command(name = "darkrift-etcd", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "DARKRIFT_ETCD_ENDPOINTS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    endpoints: Vec<String>,
+    /// Key prefix of the registry (several clusters can share one etcd).
+    #[arg(long, global = true, env = "DARKRIFT_ETCD_PREFIX", default_value = "/darkrift")]
+    prefix: String,
+    /// Bound on reaching etcd, in seconds (e.g. `5`, `0.5`, `500ms`).
+    #[arg(long, global = true, env = "DARKRIFT_ETCD_CONNECT_TIMEOUT", default_value = "5", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// Size of the id space (ids 1..=N); every server of a prefix must agree.
+    #[arg(long, global = true, env = "DARKRIFT_ETCD_ID_SPACE", default_value_t = 65535)]
+    id_space: u16,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Register a server, print the cluster's joins and leaves as JSON lines, deregister on
+    /// SIGINT or SIGTERM.
+    Register {
+        /// DarkRift group of this server.
+        #[arg(long)]
+        group: String,
+        /// Host other servers dial.
+        #[arg(long)]
+        host: String,
+        /// Port other servers dial (1..=65535).
+        #[arg(long)]
+        port: u16,
+        /// A server property, `key=value`; repeatable.
+        #[arg(long = "property", value_parser = parse_property)]
+        properties: Vec<(String, String)>,
+        /// Lease TTL in whole seconds: a crashed server leaves within about this long.
+        #[arg(long, default_value_t = 10)]
+        ttl: u64,
+    },
+    /// Print the cluster's joins and leaves as JSON lines, without registering.
+    Watch {
+        /// Only this group's servers.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// List the live servers.
+    Ls {
+        /// Only this group's servers.
+        #[arg(long)]
+        group: Option<String>,
+        /// A JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, scale) = if let Some(ms) = s.strip_suffix("ms") {
+        (ms, 0.001)
+    } else if let Some(secs) = s.strip_suffix('s') {
+        (secs, 1.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a duration in seconds"))?;
+    Duration::try_from_secs_f64(v * scale).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+fn config(global: &Global) -> ConnectorConfig {
+    ConnectorConfig {
+        endpoints: global.endpoints.clone(),
+        prefix: global.prefix.clone(),
+        connect_timeout: global.connect_timeout,
+        id_space: global.id_space,
+        ..ConnectorConfig::default()
+    }
+}
+
+fn join_line(server: &ServerInfo, revision: i64) -> serde_json::Value {
+    json!({
+        "event": "join",
+        "id": server.id,
+        "group": server.group,
+        "host": server.host,
+        "port": server.port,
+        "properties": server.properties,
+        "revision": revision,
+    })
+}
+
+/// The JSON line of an event, or `None` when `group` filters it out.
+fn event_line(event: &Event, group: Option<&str>) -> Option<serde_json::Value> {
+    match event {
+        Event::Join { server, revision } => {
+            group.is_none_or(|g| g == server.group).then(|| join_line(server, *revision))
+        }
+        Event::Leave { id, group: g, revision } => group
+            .is_none_or(|want| want == g)
+            .then(|| json!({"event": "leave", "id": id, "revision": revision})),
+        Event::Synced { .. } => Some(json!({"event": "synced"})),
+        _ => None,
+    }
+}
+
+fn print(value: &serde_json::Value) {
+    println!("{value}");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,darkrift_etcd=info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Register { group, host, port, properties, ttl } => {
+            let props: BTreeMap<String, String> = properties.iter().cloned().collect();
+            register(&cli.global, group, host, *port, props, *ttl).await
+        }
+        Command::Watch { group } => watch(&cli.global, group.as_deref()).await,
+        Command::Ls { group, json } => ls(&cli.global, group.as_deref(), *json).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("darkrift-etcd: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+async fn register(
+    global: &Global,
+    group: &str,
+    host: &str,
+    port: u16,
+    properties: BTreeMap<String, String>,
+    ttl: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let cfg = config(global).with_lease_ttl(Duration::from_secs(ttl));
+    // Validate the input before touching the network: bad input never reaches etcd.
+    darkrift_etcd::Registration::new(group, host, port, properties.clone())?;
+    let stop = tokio::spawn(shutdown_signal());
+    let connector = Connector::connect(cfg).await?;
+    let mut events = connector.events()?;
+    let id = connector.register_server(group, host, port, properties).await?;
+    print(&json!({"event": "registered", "id": id, "group": group, "host": host, "port": port}));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            signal = &mut stop => {
+                if let Ok(Err(e)) = signal {
+                    tracing::warn!(error = %e, "signal handling failed; deregistering");
+                }
+                break;
+            }
+            event = events.recv() => match event {
+                Some(event) => if let Some(line) = event_line(&event, None) { print(&line) },
+                None => break,
+            },
+        }
+    }
+    connector.deregister_server().await?;
+    print(&json!({"event": "deregistered", "id": id}));
+    Ok(())
+}
+
+async fn watch(global: &Global, group: Option<&str>) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(g) = group {
+        darkrift_etcd::record::validate_group(g)?;
+    }
+    let stop = tokio::spawn(shutdown_signal());
+    let connector = Connector::connect(config(global)).await?;
+    let mut events = connector.events()?;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            event = events.recv() => match event {
+                Some(event) => if let Some(line) = event_line(&event, group) { print(&line) },
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+async fn ls(global: &Global, group: Option<&str>, as_json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(g) = group {
+        darkrift_etcd::record::validate_group(g)?;
+    }
+    let (_revision, servers, skipped) = list_servers(&config(global)).await?;
+    let servers: Vec<ServerInfo> = servers.into_iter().filter(|s| group.is_none_or(|g| g == s.group)).collect();
+    if skipped > 0 {
+        tracing::warn!(skipped, "malformed records under the prefix were skipped");
+    }
+    if as_json {
+        let rows: Vec<serde_json::Value> = servers
+            .iter()
+            .map(|s| json!({"id": s.id, "group": s.group, "host": s.host, "port": s.port, "properties": s.properties}))
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    let gw = servers.iter().map(|s| s.group.len()).max().unwrap_or(0).max(5);
+    let hw = servers.iter().map(|s| s.host.len()).max().unwrap_or(0).max(4);
+    println!("{:>5}  {:gw$}  {:hw$}  {:>5}  PROPERTIES", "ID", "GROUP", "HOST", "PORT");
+    for s in &servers {
+        let props: Vec<String> = s.properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("{:>5}  {:gw$}  {:hw$}  {:>5}  {}", s.id, s.group, s.host, s.port, props.join(","));
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Shared helpers of the integration tests: every test talks to a real etcd started by
+//! `darkrift_etcd::testing`, on its own key prefix.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use darkrift_etcd::testing::EtcdCluster;
+use darkrift_etcd::{Connector, ConnectorConfig, Event, EventStream};
+
+/// Bound on waiting for anything that should happen promptly.
+pub const PROMPT: Duration = Duration::from_secs(10);
+
+/// A fresh single-node etcd.
+pub async fn etcd() -> EtcdCluster {
+    EtcdCluster::single().await.expect("etcd starts")
+}
+
+/// A unique prefix per call, so tests sharing an etcd never see each other.
+pub fn prefix() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("/t{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Test settings: short TTL, the given prefix.
+pub fn config(etcd: &EtcdCluster, prefix: &str) -> ConnectorConfig {
+    ConnectorConfig::new(etcd.endpoints())
+        .with_prefix(prefix)
+        .with_lease_ttl(Duration::from_secs(2))
+        .with_connect_timeout(Duration::from_secs(5))
+}
+
+/// Connects and takes the event stream.
+pub async fn connect(cfg: ConnectorConfig) -> (Connector, EventStream) {
+    let c = Connector::connect(cfg).await.expect("connects");
+    let events = c.events().expect("events");
+    (c, events)
+}
+
+/// No properties.
+pub fn no_props() -> BTreeMap<String, String> {
+    BTreeMap::new()
+}
+
+/// The next event, bounded.
+pub async fn next(events: &mut EventStream, bound: Duration) -> Event {
+    tokio::time::timeout(bound, events.recv())
+        .await
+        .expect("an event within the bound")
+        .expect("stream open")
+}
+
+/// Collects events until `done` says so, bounded.
+pub async fn collect_until(
+    events: &mut EventStream,
+    bound: Duration,
+    mut done: impl FnMut(&[Event]) -> bool,
+) -> Vec<Event> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + bound;
+    while !done(&got) {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(e)) => got.push(e),
+            Ok(None) => panic!("stream ended; got {got:?}"),
+            Err(_) => panic!("timed out after {bound:?}; got {got:?}"),
+        }
+    }
+    got
+}
+
+/// Waits for the `Synced` marker, returning the joins before it.
+pub async fn until_synced(events: &mut EventStream) -> Vec<Event> {
+    let mut got = collect_until(events, PROMPT, |e| matches!(e.last(), Some(Event::Synced { .. }))).await;
+    got.pop();
+    got
+}
+
+/// Ids of the joins in `events`.
+pub fn join_ids(events: &[Event]) -> Vec<u16> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Join { server, .. } => Some(server.id),
+            _ => None,
+        })
+        .collect()
+}
