@@ -34,7 +34,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse};
+use etcd_client::{
+    Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
 
 use crate::keys::KeyLayout;
 
@@ -86,7 +88,10 @@ impl std::fmt::Debug for IdSet {
 
 impl Default for IdSet {
     fn default() -> Self {
-        IdSet { bits: Box::new([0; 1024]), len: 0 }
+        IdSet {
+            bits: Box::new([0; 1024]),
+            len: 0,
+        }
     }
 }
 
@@ -240,11 +245,19 @@ pub fn build_txn(req: &AllocRequest<'_>) -> Txn {
     let lease = Some(PutOptions::new().with_lease(req.lease_id));
 
     let advance_cursor = Txn::new()
-        .when([Compare::value(cursor_key.clone(), CompareOp::Less, new_cursor.clone())])
+        .when([Compare::value(
+            cursor_key.clone(),
+            CompareOp::Less,
+            new_cursor.clone(),
+        )])
         .and_then([TxnOp::put(cursor_key.clone(), new_cursor.clone(), None)])
         .or_else([TxnOp::txn(
             Txn::new()
-                .when([Compare::create_revision(cursor_key.clone(), CompareOp::Equal, 0)])
+                .when([Compare::create_revision(
+                    cursor_key.clone(),
+                    CompareOp::Equal,
+                    0,
+                )])
                 .and_then([TxnOp::put(cursor_key.clone(), new_cursor, None)]),
         )]);
 
@@ -253,10 +266,17 @@ pub fn build_txn(req: &AllocRequest<'_>) -> Txn {
     for (lo, hi) in id_ranges_after(req.cursor, read_ahead, req.params.id_space) {
         on_conflict.push(TxnOp::get(
             l.slot_key(lo),
-            Some(GetOptions::new().with_range(slot_range_end(l, hi)).with_keys_only()),
+            Some(
+                GetOptions::new()
+                    .with_range(slot_range_end(l, hi))
+                    .with_keys_only(),
+            ),
         ));
     }
-    on_conflict.push(TxnOp::get(server.clone(), Some(GetOptions::new().with_keys_only())));
+    on_conflict.push(TxnOp::get(
+        server.clone(),
+        Some(GetOptions::new().with_keys_only()),
+    ));
 
     Txn::new()
         .when([
@@ -302,7 +322,9 @@ pub fn read_answer(
     candidate: Candidate,
     resp: &TxnResponse,
 ) -> Result<AllocOutcome, String> {
-    let revision = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
+    let revision = resp
+        .header()
+        .map_or(0, etcd_client::ResponseHeader::revision);
     if resp.succeeded() {
         return Ok(AllocOutcome::Won { revision });
     }
@@ -325,7 +347,11 @@ pub fn read_answer(
                 taken.push(candidate.id);
             }
         } else {
-            taken.extend(get.kvs().iter().filter_map(|kv| layout.parse_slot_key(kv.key())));
+            taken.extend(
+                get.kvs()
+                    .iter()
+                    .filter_map(|kv| layout.parse_slot_key(kv.key())),
+            );
         }
     }
     Ok(AllocOutcome::Lost { cursor, taken })
@@ -344,7 +370,10 @@ mod tests {
     use super::*;
 
     fn params(id_space: u16, spread_window: u16) -> AllocParams {
-        AllocParams { id_space, spread_window }
+        AllocParams {
+            id_space,
+            spread_window,
+        }
     }
 
     fn hint(cursor: u64, taken: &[u16]) -> AllocHint {
@@ -358,7 +387,10 @@ mod tests {
     #[test]
     fn cursor_encoding_is_fixed_width_and_ordered() {
         assert_eq!(encode_cursor(7), "00000000000000000007");
-        assert_eq!(decode_cursor(encode_cursor(u64::MAX).as_bytes()), Some(u64::MAX));
+        assert_eq!(
+            decode_cursor(encode_cursor(u64::MAX).as_bytes()),
+            Some(u64::MAX)
+        );
         assert!(encode_cursor(9) < encode_cursor(10));
         assert!(encode_cursor(65535) < encode_cursor(65536));
         assert_eq!(decode_cursor(b"7"), None);

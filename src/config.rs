@@ -76,7 +76,10 @@ impl ConnectorConfig {
     /// Default settings for the given endpoints.
     #[must_use]
     pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
-        ConnectorConfig { endpoints: endpoints.into_iter().map(Into::into).collect(), ..Self::default() }
+        ConnectorConfig {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
     }
 
     /// Sets the prefix.
@@ -137,7 +140,10 @@ impl ConnectorConfig {
         if self.lease_ttl > Duration::from_secs(3600) {
             return bad("lease_ttl: at most 3600 s".into());
         }
-        for (name, d) in [("connect_timeout", self.connect_timeout), ("request_timeout", self.request_timeout)] {
+        for (name, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("request_timeout", self.request_timeout),
+        ] {
             if d.is_zero() {
                 return bad(format!("{name}: must be more than zero"));
             }
@@ -163,7 +169,10 @@ impl ConnectorConfig {
     /// The allocator tunables.
     #[must_use]
     pub fn alloc_params(&self) -> AllocParams {
-        AllocParams { id_space: self.id_space, spread_window: self.spread_window }
+        AllocParams {
+            id_space: self.id_space,
+            spread_window: self.spread_window,
+        }
     }
 
     /// The lease TTL in etcd's unit.
@@ -205,19 +214,52 @@ mod tests {
     fn each_rule_is_enforced() {
         let ok = ConnectorConfig::default();
         let cases: Vec<ConnectorConfig> = vec![
-            ConnectorConfig { endpoints: vec![], ..ok.clone() },
-            ConnectorConfig { endpoints: vec![" ".into()], ..ok.clone() },
-            ConnectorConfig { prefix: "nope".into(), ..ok.clone() },
-            ConnectorConfig { lease_ttl: Duration::from_millis(500), ..ok.clone() },
-            ConnectorConfig { lease_ttl: Duration::from_millis(1500), ..ok.clone() },
-            ConnectorConfig { connect_timeout: Duration::ZERO, ..ok.clone() },
-            ConnectorConfig { id_space: 0, ..ok.clone() },
-            ConnectorConfig { spread_window: 0, ..ok.clone() },
-            ConnectorConfig { event_queue: 0, ..ok.clone() },
-            ConnectorConfig { page_size: 0, ..ok.clone() },
+            ConnectorConfig {
+                endpoints: vec![],
+                ..ok.clone()
+            },
+            ConnectorConfig {
+                endpoints: vec![" ".into()],
+                ..ok.clone()
+            },
+            ConnectorConfig {
+                prefix: "nope".into(),
+                ..ok.clone()
+            },
+            ConnectorConfig {
+                lease_ttl: Duration::from_millis(500),
+                ..ok.clone()
+            },
+            ConnectorConfig {
+                lease_ttl: Duration::from_millis(1500),
+                ..ok.clone()
+            },
+            ConnectorConfig {
+                connect_timeout: Duration::ZERO,
+                ..ok.clone()
+            },
+            ConnectorConfig {
+                id_space: 0,
+                ..ok.clone()
+            },
+            ConnectorConfig {
+                spread_window: 0,
+                ..ok.clone()
+            },
+            ConnectorConfig {
+                event_queue: 0,
+                ..ok.clone()
+            },
+            ConnectorConfig {
+                page_size: 0,
+                ..ok.clone()
+            },
         ];
         for c in cases {
-            assert!(matches!(c.validate(), Err(Error::InvalidConfig(_))), "{c:?}");
+            assert!(
+                matches!(c.validate(), Err(Error::InvalidConfig(_))),
+                "{c:?}"
+            );
         }
     }
 

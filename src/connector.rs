@@ -146,8 +146,13 @@ impl Connector {
     /// # Errors
     /// [`Error::EventsTaken`] on the second call.
     pub fn events(&self) -> Result<EventStream> {
-        let mut slot = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        slot.take().map(|rx| EventStream { rx }).ok_or(Error::EventsTaken)
+        let mut slot = self
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.take()
+            .map(|rx| EventStream { rx })
+            .ok_or(Error::EventsTaken)
     }
 
     /// Delivers every event to a DarkRift-style handler on its own task. Ends when the
@@ -155,12 +160,17 @@ impl Connector {
     ///
     /// # Errors
     /// [`Error::EventsTaken`] when the event stream was already taken.
-    pub fn spawn_handler<H: ServerRegistryHandler>(&self, mut handler: H) -> Result<tokio::task::JoinHandle<H>> {
+    pub fn spawn_handler<H: ServerRegistryHandler>(
+        &self,
+        mut handler: H,
+    ) -> Result<tokio::task::JoinHandle<H>> {
         let mut events = self.events()?;
         Ok(tokio::spawn(async move {
             while let Some(event) = events.rx.recv().await {
                 match event {
-                    Event::Join { server, revision } => handler.handle_server_join(&server, revision),
+                    Event::Join { server, revision } => {
+                        handler.handle_server_join(&server, revision)
+                    }
                     Event::Leave { id, revision, .. } => handler.handle_server_leave(id, revision),
                     Event::Synced { revision } => handler.handle_synced(revision),
                 }
@@ -175,11 +185,15 @@ impl Connector {
     /// [`Error::Timeout`] when etcd did not deliver it within `bound`.
     pub async fn wait_synced(&self, bound: std::time::Duration) -> Result<()> {
         let mut synced = self.synced.clone();
-        let outcome = tokio::time::timeout(bound, async { synced.wait_for(|s| *s).await.is_ok() }).await;
+        let outcome =
+            tokio::time::timeout(bound, async { synced.wait_for(|s| *s).await.is_ok() }).await;
         match outcome {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::Shutdown),
-            Err(_) => Err(Error::Timeout { op: "initial snapshot", timeout: bound }),
+            Err(_) => Err(Error::Timeout {
+                op: "initial snapshot",
+                timeout: bound,
+            }),
         }
     }
 
@@ -209,7 +223,11 @@ impl Connector {
 
     /// True while registered and the lease is confirmed alive by the local deadline.
     pub async fn is_registered(&self) -> bool {
-        self.registration.lock().await.as_ref().is_some_and(|h| h.lease.is_alive())
+        self.registration
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|h| h.lease.is_alive())
     }
 
     /// Registers this server and returns its cluster-unique id (DarkRift's `RegisterServer`).
@@ -233,17 +251,38 @@ impl Connector {
         if let Some(h) = held.as_ref() {
             return Err(Error::AlreadyRegistered { id: h.id });
         }
-        self.wait_synced(self.config.connect_timeout.max(self.config.request_timeout)).await?;
+        self.wait_synced(self.config.connect_timeout.max(self.config.request_timeout))
+            .await?;
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let lease = LeaseSession::grant(&self.client, self.config.lease_ttl, self.config.request_timeout).await?;
+        let lease = LeaseSession::grant(
+            &self.client,
+            self.config.lease_ttl,
+            self.config.request_timeout,
+        )
+        .await?;
         match self.allocate(&registration, lease.id()).await {
             Ok((id, server_key, create_revision)) => {
-                tracing::info!(id, group, host, port, revision = create_revision, "registered");
-                *held = Some(Held { id, server_key, create_revision, lease });
+                tracing::info!(
+                    id,
+                    group,
+                    host,
+                    port,
+                    revision = create_revision,
+                    "registered"
+                );
+                *held = Some(Held {
+                    id,
+                    server_key,
+                    create_revision,
+                    lease,
+                });
                 Ok(id)
             }
             Err(e) => {
-                if let Err(revoke) = lease.revoke(&self.client, self.config.request_timeout).await {
+                if let Err(revoke) = lease
+                    .revoke(&self.client, self.config.request_timeout)
+                    .await
+                {
                     tracing::debug!(error = %revoke, "revoking the unused lease failed; it expires");
                 }
                 Err(e)
@@ -252,7 +291,11 @@ impl Connector {
     }
 
     /// Claims an id: one transaction per attempt, bounded.
-    async fn allocate(&self, registration: &Registration, lease_id: i64) -> Result<(u16, String, i64)> {
+    async fn allocate(
+        &self,
+        registration: &Registration,
+        lease_id: i64,
+    ) -> Result<(u16, String, i64)> {
         let params = self.config.alloc_params();
         let mut learned = IdSet::default();
         let mut cursor_seen = 0u64;
@@ -264,7 +307,10 @@ impl Connector {
                 for id in shared.view.ids() {
                     taken.insert(id);
                 }
-                AllocHint { cursor: shared.cursor.max(cursor_seen), taken }
+                AllocHint {
+                    cursor: shared.cursor.max(cursor_seen),
+                    taken,
+                }
             };
             let spread = splitmix(self.spread_seed.wrapping_add(u64::from(attempt)));
             let Some(candidate) = alloc::choose(&hint, params, spread) else {
@@ -275,7 +321,8 @@ impl Connector {
                 }
                 return Err(self.exhausted_or_contention(attempt).await);
             };
-            let record = registration.encode(candidate.id, candidate.position, alloc::now_unix_ms());
+            let record =
+                registration.encode(candidate.id, candidate.position, alloc::now_unix_ms());
             let request = AllocRequest {
                 layout: &self.layout,
                 group: registration.group(),
@@ -286,36 +333,67 @@ impl Connector {
                 params,
             };
             self.requests.fetch_add(1, Ordering::Relaxed);
-            let resp = bounded("allocate id", self.config.request_timeout, kv.txn(alloc::build_txn(&request))).await?;
+            let resp = bounded(
+                "allocate id",
+                self.config.request_timeout,
+                kv.txn(alloc::build_txn(&request)),
+            )
+            .await?;
             match alloc::read_answer(&self.layout, candidate, &resp) {
                 Ok(AllocOutcome::Won { revision }) => {
                     let mut shared = lock(&self.shared);
                     shared.cursor = shared.cursor.max(candidate.position);
-                    return Ok((candidate.id, self.layout.server_key(registration.group(), candidate.id), revision));
+                    return Ok((
+                        candidate.id,
+                        self.layout.server_key(registration.group(), candidate.id),
+                        revision,
+                    ));
                 }
                 Ok(AllocOutcome::Lost { cursor, taken }) => {
-                    tracing::debug!(attempt, id = candidate.id, cursor, taken = taken.len(), "id taken; retrying");
+                    tracing::debug!(
+                        attempt,
+                        id = candidate.id,
+                        cursor,
+                        taken = taken.len(),
+                        "id taken; retrying"
+                    );
                     cursor_seen = cursor_seen.max(cursor);
                     learned.insert(candidate.id);
                     for id in taken {
                         learned.insert(id);
                     }
                 }
-                Err(why) => return Err(Error::InvalidConfig(format!("allocator state under the prefix: {why}"))),
+                Err(why) => {
+                    return Err(Error::InvalidConfig(format!(
+                        "allocator state under the prefix: {why}"
+                    )))
+                }
             }
         }
-        Err(Error::AllocationContention { attempts: self.config.max_alloc_attempts })
+        Err(Error::AllocationContention {
+            attempts: self.config.max_alloc_attempts,
+        })
     }
 
     /// Every id looks taken: count the slots to tell a full space from a stale view.
     async fn exhausted_or_contention(&self, attempt: u32) -> Error {
         let mut kv = self.client.kv_client();
         let options = GetOptions::new().with_prefix().with_count_only();
-        match bounded("count slots", self.config.request_timeout, kv.get(self.layout.slots_prefix(), Some(options))).await {
+        match bounded(
+            "count slots",
+            self.config.request_timeout,
+            kv.get(self.layout.slots_prefix(), Some(options)),
+        )
+        .await
+        {
             Ok(resp) if resp.count() >= i64::from(self.config.id_space) => {
-                Error::IdSpaceExhausted { id_space: self.config.id_space }
+                Error::IdSpaceExhausted {
+                    id_space: self.config.id_space,
+                }
             }
-            Ok(_) => Error::AllocationContention { attempts: attempt + 1 },
+            Ok(_) => Error::AllocationContention {
+                attempts: attempt + 1,
+            },
             Err(e) => e,
         }
     }
@@ -335,7 +413,11 @@ impl Connector {
         let slot = self.layout.slot_key(held.id);
         let guard = Txn::new()
             .when([
-                Compare::create_revision(held.server_key.clone(), CompareOp::Equal, held.create_revision),
+                Compare::create_revision(
+                    held.server_key.clone(),
+                    CompareOp::Equal,
+                    held.create_revision,
+                ),
                 Compare::create_revision(slot.clone(), CompareOp::Equal, held.create_revision),
             ])
             .and_then([
@@ -344,11 +426,18 @@ impl Connector {
             ]);
         let mut kv = self.client.kv_client();
         let deleted = bounded("deregister", self.config.request_timeout, kv.txn(guard)).await;
-        let timeout = self.config.request_timeout.min(held.lease.ttl()).max(std::time::Duration::from_millis(100));
+        let timeout = self
+            .config
+            .request_timeout
+            .min(held.lease.ttl())
+            .max(std::time::Duration::from_millis(100));
         let revoked = held.lease.revoke(&self.client, timeout).await;
         match deleted {
             Ok(resp) if resp.succeeded() => tracing::info!(id = held.id, "deregistered"),
-            Ok(_) => tracing::warn!(id = held.id, "our keys were already gone or re-created by another server; nothing deleted"),
+            Ok(_) => tracing::warn!(
+                id = held.id,
+                "our keys were already gone or re-created by another server; nothing deleted"
+            ),
             Err(e) => return Err(e),
         }
         revoked
@@ -370,11 +459,18 @@ impl Connector {
         };
         let mut kv = self.client.kv_client();
         let resp = bounded("read peer", self.config.request_timeout, kv.get(key, None)).await?;
-        if resp.kvs().first().is_some_and(|kv| kv.create_revision() == create_revision) {
+        if resp
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.create_revision() == create_revision)
+        {
             return Ok(PeerStatus::Registered);
         }
         let (done, wait) = oneshot::channel();
-        self.commands.send(Command::Resync(done)).await.map_err(|_| Error::Shutdown)?;
+        self.commands
+            .send(Command::Resync(done))
+            .await
+            .map_err(|_| Error::Shutdown)?;
         wait.await.map_err(|_| Error::Shutdown)?;
         Ok(PeerStatus::Gone)
     }

@@ -110,7 +110,9 @@ impl Error {
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Unreachable { .. } | Error::Timeout { .. } | Error::AllocationContention { .. } => true,
+            Error::Unreachable { .. }
+            | Error::Timeout { .. }
+            | Error::AllocationContention { .. } => true,
             Error::Etcd { source, .. } => is_transient(source),
             _ => false,
         }

@@ -43,9 +43,9 @@ impl Event {
     #[must_use]
     pub fn revision(&self) -> i64 {
         match self {
-            Event::Join { revision, .. } | Event::Leave { revision, .. } | Event::Synced { revision } => {
-                *revision
-            }
+            Event::Join { revision, .. }
+            | Event::Leave { revision, .. }
+            | Event::Synced { revision } => *revision,
         }
     }
 }

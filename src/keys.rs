@@ -67,7 +67,9 @@ impl KeyLayout {
         {
             return bad("only A-Z, a-z, 0-9, '.', '_', '-' and '/' are allowed");
         }
-        Ok(KeyLayout { prefix: prefix.to_owned() })
+        Ok(KeyLayout {
+            prefix: prefix.to_owned(),
+        })
     }
 
     /// The prefix as configured (no trailing slash).
@@ -125,7 +127,11 @@ impl KeyLayout {
         if rest.len() != 5 || !rest.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        std::str::from_utf8(rest).ok()?.parse::<u16>().ok().filter(|id| *id != 0)
+        std::str::from_utf8(rest)
+            .ok()?
+            .parse::<u16>()
+            .ok()
+            .filter(|id| *id != 0)
     }
 
     /// Classifies a key read from the server range.
@@ -152,8 +158,7 @@ impl KeyLayout {
 
 /// Parses `1..=65535` written without sign or leading zeros.
 fn parse_canonical_id(s: &str) -> Option<u16> {
-    if s.is_empty() || s.len() > 5 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit())
-    {
+    if s.is_empty() || s.len() > 5 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     s.parse::<u16>().ok()
@@ -171,7 +176,16 @@ mod tests {
     fn prefix_rules() {
         assert!(KeyLayout::new("/darkrift").is_ok());
         assert!(KeyLayout::new("/games/eu-1/darkrift").is_ok());
-        for bad in ["", "/", "darkrift", "/darkrift/", "//x", "/a//b", "/a b", "/ü"] {
+        for bad in [
+            "",
+            "/",
+            "darkrift",
+            "/darkrift/",
+            "//x",
+            "/a//b",
+            "/a b",
+            "/ü",
+        ] {
             assert!(KeyLayout::new(bad).is_err(), "{bad:?}");
         }
     }
@@ -183,11 +197,17 @@ mod tests {
         assert_eq!(key, "/darkrift/lobby/17");
         assert_eq!(
             l.parse_server_key(key.as_bytes()),
-            ParsedKey::Server { group: "lobby", id: 17 }
+            ParsedKey::Server {
+                group: "lobby",
+                id: 17
+            }
         );
         assert_eq!(
             l.parse_server_key(b"/darkrift/g/65535"),
-            ParsedKey::Server { group: "g", id: 65535 }
+            ParsedKey::Server {
+                group: "g",
+                id: 65535
+            }
         );
     }
 
@@ -228,7 +248,10 @@ mod tests {
     #[test]
     fn slot_keys_sort_numerically_and_roundtrip() {
         let l = layout();
-        let mut keys: Vec<String> = [1u16, 9, 10, 100, 65535].iter().map(|i| l.slot_key(*i)).collect();
+        let mut keys: Vec<String> = [1u16, 9, 10, 100, 65535]
+            .iter()
+            .map(|i| l.slot_key(*i))
+            .collect();
         let sorted = keys.clone();
         keys.sort();
         assert_eq!(keys, sorted);

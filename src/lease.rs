@@ -60,7 +60,9 @@ impl LeaseSession {
         let sent = Instant::now();
         let resp = bounded("lease grant", request_timeout, lease.grant(ttl_secs, None)).await?;
         let granted = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0));
-        let (tx, rx) = watch::channel(LeaseState::Alive { deadline: sent + granted });
+        let (tx, rx) = watch::channel(LeaseState::Alive {
+            deadline: sent + granted,
+        });
         let cancel = CancellationToken::new();
         let task = KeepAlive {
             client: client.clone(),
@@ -70,8 +72,17 @@ impl LeaseSession {
             cancel: cancel.clone(),
         };
         tokio::spawn(task.run());
-        tracing::debug!(lease = format_args!("{:x}", resp.id()), ttl = resp.ttl(), "lease granted");
-        Ok(LeaseSession { id: resp.id(), ttl: granted, state: rx, cancel })
+        tracing::debug!(
+            lease = format_args!("{:x}", resp.id()),
+            ttl = resp.ttl(),
+            "lease granted"
+        );
+        Ok(LeaseSession {
+            id: resp.id(),
+            ttl: granted,
+            state: rx,
+            cancel,
+        })
     }
 
     /// The lease id.
@@ -152,7 +163,9 @@ impl KeepAlive {
     async fn run(self) {
         let mut reopen_delay = Duration::from_millis(50);
         loop {
-            let Some(deadline) = self.deadline() else { return };
+            let Some(deadline) = self.deadline() else {
+                return;
+            };
             let mut lease_client = self.client.lease_client();
             let opened = tokio::select! {
                 () = self.cancel.cancelled() => return,
@@ -194,7 +207,9 @@ impl KeepAlive {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let Some(deadline) = self.deadline() else { return true };
+            let Some(deadline) = self.deadline() else {
+                return true;
+            };
             tokio::select! {
                 () = self.cancel.cancelled() => return true,
                 () = tokio::time::sleep_until(deadline) => {

@@ -124,13 +124,19 @@ impl Membership {
     /// The member holding `id`, if any.
     #[must_use]
     pub fn get(&self, id: u16) -> Option<&ServerInfo> {
-        self.holders.get(&id).and_then(|k| self.members.get(k)).map(|m| &m.server)
+        self.holders
+            .get(&id)
+            .and_then(|k| self.members.get(k))
+            .map(|m| &m.server)
     }
 
     /// The create revision of the member holding `id`.
     #[must_use]
     pub fn create_revision(&self, id: u16) -> Option<i64> {
-        self.holders.get(&id).and_then(|k| self.members.get(k)).map(|m| m.create_revision)
+        self.holders
+            .get(&id)
+            .and_then(|k| self.members.get(k))
+            .map(|m| m.create_revision)
     }
 
     /// Applies every change of one watch response, in order, and returns the events.
@@ -160,29 +166,48 @@ impl Membership {
             fresh.put(kv, &mut ignored);
         }
         // Keys skipped before and absent now are forgotten.
-        let present: std::collections::HashSet<&[u8]> = snapshot.iter().map(|kv| kv.key.as_slice()).collect();
-        fresh.skipped_keys.retain(|k, _| present.contains(k.as_slice()));
+        let present: std::collections::HashSet<&[u8]> =
+            snapshot.iter().map(|kv| kv.key.as_slice()).collect();
+        fresh
+            .skipped_keys
+            .retain(|k, _| present.contains(k.as_slice()));
 
         let mut leaves: Vec<&Member> = self
             .members
             .iter()
-            .filter(|(k, m)| fresh.members.get(*k).is_none_or(|n| n.create_revision != m.create_revision))
+            .filter(|(k, m)| {
+                fresh
+                    .members
+                    .get(*k)
+                    .is_none_or(|n| n.create_revision != m.create_revision)
+            })
             .map(|(_, m)| m)
             .collect();
         leaves.sort_by_key(|m| m.server.id);
         let mut joins: Vec<&Member> = fresh
             .members
             .iter()
-            .filter(|(k, n)| self.members.get(*k).is_none_or(|m| m.create_revision != n.create_revision))
+            .filter(|(k, n)| {
+                self.members
+                    .get(*k)
+                    .is_none_or(|m| m.create_revision != n.create_revision)
+            })
             .map(|(_, n)| n)
             .collect();
         joins.sort_by_key(|m| m.server.id);
 
         let mut out: Vec<Event> = leaves
             .into_iter()
-            .map(|m| Event::Leave { id: m.server.id, group: m.server.group.clone(), revision })
+            .map(|m| Event::Leave {
+                id: m.server.id,
+                group: m.server.group.clone(),
+                revision,
+            })
             .collect();
-        out.extend(joins.into_iter().map(|m| Event::Join { server: m.server.clone(), revision }));
+        out.extend(joins.into_iter().map(|m| Event::Join {
+            server: m.server.clone(),
+            revision,
+        }));
         *self = fresh;
         out
     }
@@ -209,9 +234,15 @@ impl Membership {
                 self.holders.insert(server.id, kv.key.clone());
                 self.members.insert(
                     kv.key.clone(),
-                    Member { server: server.clone(), create_revision: kv.create_revision },
+                    Member {
+                        server: server.clone(),
+                        create_revision: kv.create_revision,
+                    },
                 );
-                out.push(Event::Join { server, revision: kv.mod_revision });
+                out.push(Event::Join {
+                    server,
+                    revision: kv.mod_revision,
+                });
             }
             Err(why) => self.skip(kv, &why),
         }
@@ -220,13 +251,19 @@ impl Membership {
     fn remove(&mut self, key: &[u8], revision: i64, out: &mut Vec<Event>) {
         if let Some(m) = self.members.remove(key) {
             self.holders.remove(&m.server.id);
-            out.push(Event::Leave { id: m.server.id, group: m.server.group, revision });
+            out.push(Event::Leave {
+                id: m.server.id,
+                group: m.server.group,
+                revision,
+            });
         }
     }
 
     fn parse(&self, kv: &KeyValue) -> Result<ServerInfo, String> {
         match self.layout.parse_server_key(&kv.key) {
-            ParsedKey::Server { group, id } => decode(group, id, &kv.value).map_err(|e| e.to_string()),
+            ParsedKey::Server { group, id } => {
+                decode(group, id, &kv.value).map_err(|e| e.to_string())
+            }
             ParsedKey::Malformed(why) => Err(format!("key: {why}")),
         }
     }
@@ -272,7 +309,10 @@ mod tests {
     }
 
     fn del(group: &str, id: u16, rev: i64) -> KvChange {
-        KvChange::Delete { key: layout().server_key(group, id).into_bytes(), revision: rev }
+        KvChange::Delete {
+            key: layout().server_key(group, id).into_bytes(),
+            revision: rev,
+        }
     }
 
     fn summary(events: &[Event]) -> Vec<String> {
@@ -307,7 +347,10 @@ mod tests {
     fn new_create_revision_is_leave_then_join() {
         let mut m = Membership::new(layout());
         m.apply(&[put("g", 1, 5, 5)]);
-        assert_eq!(summary(&m.apply(&[put("g", 1, 8, 8)])), ["leave 1 @8", "join 1 @8"]);
+        assert_eq!(
+            summary(&m.apply(&[put("g", 1, 8, 8)])),
+            ["leave 1 @8", "join 1 @8"]
+        );
     }
 
     #[test]
@@ -337,7 +380,9 @@ mod tests {
         assert!(m.apply(&[bad_value.clone(), bad_key]).is_empty());
         assert_eq!(m.skipped(), 2);
         // Seen again (e.g. in a reload): not counted twice.
-        let KvChange::Put(kv) = bad_value else { unreachable!() };
+        let KvChange::Put(kv) = bad_value else {
+            unreachable!()
+        };
         m.reload(&[kv], 5);
         assert_eq!(m.skipped(), 2);
         assert!(m.is_empty());
@@ -359,10 +404,23 @@ mod tests {
         let mut m = Membership::new(layout());
         m.apply(&[put("g", 1, 2, 2), put("g", 2, 3, 3), put("g", 3, 4, 4)]);
         // At 20: 1 unchanged, 2 gone, 3 re-created, 4 new.
-        let snap = [server_kv("g", 1, 2, 2), server_kv("g", 3, 15, 15), server_kv("g", 4, 18, 18)];
+        let snap = [
+            server_kv("g", 1, 2, 2),
+            server_kv("g", 3, 15, 15),
+            server_kv("g", 4, 18, 18),
+        ];
         let ev = m.reload(&snap, 20);
-        assert_eq!(summary(&ev), ["leave 2 @20", "leave 3 @20", "join 3 @20", "join 4 @20"]);
-        assert_eq!(m.servers().iter().map(|s| s.id).collect::<Vec<_>>(), [1, 3, 4]);
-        assert!(m.reload(&snap, 21).is_empty(), "a reload of the same state is silent");
+        assert_eq!(
+            summary(&ev),
+            ["leave 2 @20", "leave 3 @20", "join 3 @20", "join 4 @20"]
+        );
+        assert_eq!(
+            m.servers().iter().map(|s| s.id).collect::<Vec<_>>(),
+            [1, 3, 4]
+        );
+        assert!(
+            m.reload(&snap, 21).is_empty(),
+            "a reload of the same state is silent"
+        );
     }
 }

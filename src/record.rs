@@ -73,14 +73,20 @@ pub enum RecordError {
 /// # Errors
 /// [`RecordError::InvalidGroup`] saying which rule was broken.
 pub fn validate_group(group: &str) -> Result<(), RecordError> {
-    let err = |why| RecordError::InvalidGroup { group: group.to_owned(), why };
+    let err = |why| RecordError::InvalidGroup {
+        group: group.to_owned(),
+        why,
+    };
     if group.is_empty() {
         return Err(err("must not be empty"));
     }
     if group.len() > MAX_GROUP_LEN {
         return Err(err("longer than 64 bytes"));
     }
-    if !group.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+    if !group
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
         return Err(err("only A-Z, a-z, 0-9, '.', '_' and '-' are allowed"));
     }
     if group == "." || group == ".." {
@@ -94,7 +100,10 @@ pub fn validate_group(group: &str) -> Result<(), RecordError> {
 /// # Errors
 /// [`RecordError::InvalidHost`].
 pub fn validate_host(host: &str) -> Result<(), RecordError> {
-    let err = |why| RecordError::InvalidHost { host: host.to_owned(), why };
+    let err = |why| RecordError::InvalidHost {
+        host: host.to_owned(),
+        why,
+    };
     if host.is_empty() {
         return Err(err("must not be empty"));
     }
@@ -162,7 +171,12 @@ impl Registration {
             return Err(RecordError::PortZero);
         }
         validate_properties(&properties)?;
-        let reg = Registration { group, host, port, properties };
+        let reg = Registration {
+            group,
+            host,
+            port,
+            properties,
+        };
         let len = reg.encode(u16::MAX, u64::MAX, i64::MAX).len();
         if len > MAX_RECORD_LEN {
             return Err(RecordError::InvalidProperties(format!(
@@ -242,7 +256,10 @@ pub fn decode(group: &str, id: u16, value: &[u8]) -> Result<ServerInfo, RecordEr
         return Err(RecordError::Malformed("schema_version missing".into()));
     }
     if rec.id != u32::from(id) {
-        return Err(RecordError::Malformed(format!("record id {} under key id {id}", rec.id)));
+        return Err(RecordError::Malformed(format!(
+            "record id {} under key id {id}",
+            rec.id
+        )));
     }
     if rec.group != group {
         return Err(RecordError::Malformed(format!(
@@ -280,7 +297,10 @@ mod tests {
         assert!(validate_group("Game_1.eu-west").is_ok());
         assert!(validate_group(&"a".repeat(64)).is_ok());
         for bad in ["", "a/b", "a b", "ü", "..", ".", &"a".repeat(65), "x@y"] {
-            assert!(matches!(validate_group(bad), Err(RecordError::InvalidGroup { .. })), "{bad:?}");
+            assert!(
+                matches!(validate_group(bad), Err(RecordError::InvalidGroup { .. })),
+                "{bad:?}"
+            );
         }
     }
 
@@ -329,7 +349,10 @@ mod tests {
     #[test]
     fn garbage_and_bad_fields_are_malformed() {
         assert!(decode("g", 1, b"not a protobuf \xff\xff").is_err());
-        assert!(decode("g", 1, b"").is_err(), "empty value has no schema version");
+        assert!(
+            decode("g", 1, b"").is_err(),
+            "empty value has no schema version"
+        );
         let rec = ServerRecord {
             schema_version: 1,
             id: 1,
@@ -338,7 +361,10 @@ mod tests {
             port: 70000,
             ..Default::default()
         };
-        assert!(decode("g", 1, &rec.encode_to_vec()).is_err(), "port out of range");
+        assert!(
+            decode("g", 1, &rec.encode_to_vec()).is_err(),
+            "port out of range"
+        );
         let rec = ServerRecord { port: 0, ..rec };
         assert!(decode("g", 1, &rec.encode_to_vec()).is_err(), "port zero");
     }

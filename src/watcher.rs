@@ -28,7 +28,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use etcd_client::{Client, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream};
+use etcd_client::{
+    Client, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +58,9 @@ pub(crate) type SharedView = Arc<Mutex<Shared>>;
 /// Locks the view; a poisoned lock (a panic elsewhere) still holds a consistent view, because
 /// every mutation is a single call into `Membership`.
 pub(crate) fn lock(shared: &SharedView) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Requests to a running watcher.
@@ -76,10 +80,23 @@ pub(crate) struct WatcherSettings {
 
 /// The states; see the module docs.
 enum State {
-    List { initial: bool, pinned: i64, after: Option<Vec<u8>>, acc: Vec<KeyValue>, cursor: u64 },
-    Open { from: i64 },
-    Watch { from: i64, stream: WatchStream },
-    Backoff { then: Box<State> },
+    List {
+        initial: bool,
+        pinned: i64,
+        after: Option<Vec<u8>>,
+        acc: Vec<KeyValue>,
+        cursor: u64,
+    },
+    Open {
+        from: i64,
+    },
+    Watch {
+        from: i64,
+        stream: WatchStream,
+    },
+    Backoff {
+        then: Box<State>,
+    },
 }
 
 impl State {
@@ -125,7 +142,11 @@ pub(crate) fn spawn(
         backoff: None,
     };
     tokio::spawn(watcher.run(cancel));
-    WatcherTask { shared, synced, commands: cmd_tx }
+    WatcherTask {
+        shared,
+        synced,
+        commands: cmd_tx,
+    }
 }
 
 struct Watcher {
@@ -149,7 +170,13 @@ fn backoff() -> backon::ExponentialBackoff {
 }
 
 fn list_from_scratch(initial: bool) -> State {
-    State::List { initial, pinned: 0, after: None, acc: Vec::new(), cursor: 0 }
+    State::List {
+        initial,
+        pinned: 0,
+        after: None,
+        acc: Vec::new(),
+        cursor: 0,
+    }
 }
 
 impl Watcher {
@@ -177,10 +204,25 @@ impl Watcher {
     /// One transition. Returns the events to deliver (in order) and the next state.
     async fn step(&mut self, state: State) -> (Vec<Event>, State) {
         match state {
-            State::List { initial, pinned, after, mut acc, mut cursor } => {
-                match self.list_page(pinned, after.as_deref(), &mut acc, &mut cursor).await {
+            State::List {
+                initial,
+                pinned,
+                after,
+                mut acc,
+                mut cursor,
+            } => {
+                match self
+                    .list_page(pinned, after.as_deref(), &mut acc, &mut cursor)
+                    .await
+                {
                     Ok((revision, Some(next))) => {
-                        let next = State::List { initial, pinned: revision, after: Some(next), acc, cursor };
+                        let next = State::List {
+                            initial,
+                            pinned: revision,
+                            after: Some(next),
+                            acc,
+                            cursor,
+                        };
                         (Vec::new(), next)
                     }
                     Ok((revision, None)) => {
@@ -191,7 +233,12 @@ impl Watcher {
                     Err(e) => {
                         tracing::warn!(error = %e, "snapshot read failed; retrying");
                         // Restart the list from scratch: a pinned revision may be compacted.
-                        (Vec::new(), State::Backoff { then: Box::new(list_from_scratch(initial)) })
+                        (
+                            Vec::new(),
+                            State::Backoff {
+                                then: Box::new(list_from_scratch(initial)),
+                            },
+                        )
                     }
                 }
             }
@@ -199,13 +246,26 @@ impl Watcher {
                 Ok(stream) => (Vec::new(), State::Watch { from, stream }),
                 Err(e) => {
                     tracing::warn!(error = %e, from, "opening the watch failed; retrying");
-                    (Vec::new(), State::Backoff { then: Box::new(State::Open { from }) })
+                    (
+                        Vec::new(),
+                        State::Backoff {
+                            then: Box::new(State::Open { from }),
+                        },
+                    )
                 }
             },
             State::Watch { from, stream } => self.watch_step(from, stream).await,
             State::Backoff { then } => {
-                let delay = self.backoff.get_or_insert_with(backoff).next().unwrap_or(Duration::from_secs(5));
-                tracing::debug!(delay_ms = delay.as_millis() as u64, next = then.name(), "watcher backing off");
+                let delay = self
+                    .backoff
+                    .get_or_insert_with(backoff)
+                    .next()
+                    .unwrap_or(Duration::from_secs(5));
+                tracing::debug!(
+                    delay_ms = delay.as_millis() as u64,
+                    next = then.name(),
+                    "watcher backing off"
+                );
                 tokio::time::sleep(delay).await;
                 (Vec::new(), *then)
             }
@@ -243,7 +303,9 @@ impl Watcher {
                 TxnOp::get(layout.cursor_key(), None),
             ]);
             let resp = bounded("snapshot", timeout, self.client.txn(txn)).await?;
-            let revision = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
+            let revision = resp
+                .header()
+                .map_or(0, etcd_client::ResponseHeader::revision);
             let mut page = None;
             for op in resp.op_responses() {
                 if let TxnOpResponse::Get(get) = op {
@@ -257,7 +319,12 @@ impl Watcher {
             let (kvs, more) = page.unwrap_or_default();
             (revision, kvs, more)
         } else {
-            let resp = bounded("snapshot page", timeout, self.client.get(start, Some(options))).await?;
+            let resp = bounded(
+                "snapshot page",
+                timeout,
+                self.client.get(start, Some(options)),
+            )
+            .await?;
             (pinned, resp.kvs().to_vec(), resp.more())
         };
         let last = kvs.last().map(|kv| kv.key().to_vec());
@@ -265,15 +332,30 @@ impl Watcher {
         Ok((revision, if more { last } else { None }))
     }
 
-    fn finish_list(&mut self, initial: bool, revision: i64, acc: &[KeyValue], cursor: u64) -> Vec<Event> {
+    fn finish_list(
+        &mut self,
+        initial: bool,
+        revision: i64,
+        acc: &[KeyValue],
+        cursor: u64,
+    ) -> Vec<Event> {
         let mut events = {
             let mut shared = lock(&self.shared);
             let events = shared.view.reload(acc, revision);
-            shared.cursor = shared.cursor.max(cursor).max(shared.view.max_alloc_position());
+            shared.cursor = shared
+                .cursor
+                .max(cursor)
+                .max(shared.view.max_alloc_position());
             shared.revision = revision;
             events
         };
-        tracing::debug!(revision, members = acc.len(), changes = events.len(), initial, "snapshot applied");
+        tracing::debug!(
+            revision,
+            members = acc.len(),
+            changes = events.len(),
+            initial,
+            "snapshot applied"
+        );
         if initial {
             events.push(Event::Synced { revision });
             self.synced.send_replace(true);
@@ -291,7 +373,12 @@ impl Watcher {
             .with_prev_key()
             .with_progress_notify();
         let prefix = self.settings.layout.servers_prefix();
-        bounded("watch", self.settings.request_timeout, self.client.watch(prefix, Some(options))).await
+        bounded(
+            "watch",
+            self.settings.request_timeout,
+            self.client.watch(prefix, Some(options)),
+        )
+        .await
     }
 
     async fn watch_step(&mut self, from: i64, mut stream: WatchStream) -> (Vec<Event>, State) {
@@ -311,27 +398,51 @@ impl Watcher {
             Ok(Some(resp)) => resp,
             Ok(None) => {
                 tracing::info!(from, "watch stream ended; resuming");
-                return (Vec::new(), State::Backoff { then: Box::new(State::Open { from }) });
+                return (
+                    Vec::new(),
+                    State::Backoff {
+                        then: Box::new(State::Open { from }),
+                    },
+                );
             }
             Err(e) => {
                 tracing::info!(error = %e, from, "watch stream failed; resuming");
-                return (Vec::new(), State::Backoff { then: Box::new(State::Open { from }) });
+                return (
+                    Vec::new(),
+                    State::Backoff {
+                        then: Box::new(State::Open { from }),
+                    },
+                );
             }
         };
         if resp.canceled() {
             if resp.compact_revision() > 0 {
-                tracing::warn!(from, compact_revision = resp.compact_revision(), "watch compacted; relisting");
+                tracing::warn!(
+                    from,
+                    compact_revision = resp.compact_revision(),
+                    "watch compacted; relisting"
+                );
             } else {
-                tracing::warn!(from, reason = resp.cancel_reason(), "watch cancelled by etcd; relisting");
+                tracing::warn!(
+                    from,
+                    reason = resp.cancel_reason(),
+                    "watch cancelled by etcd; relisting"
+                );
             }
             return (Vec::new(), list_from_scratch(false));
         }
         self.backoff = None;
-        let header_revision = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
+        let header_revision = resp
+            .header()
+            .map_or(0, etcd_client::ResponseHeader::revision);
         if resp.events().is_empty() {
             // A progress notification promises everything up to its revision was sent; the
             // `created` response promises nothing.
-            let next = if resp.created() { from } else { from.max(header_revision + 1) };
+            let next = if resp.created() {
+                from
+            } else {
+                from.max(header_revision + 1)
+            };
             if !resp.created() {
                 lock(&self.shared).revision = next - 1;
             }
@@ -344,7 +455,10 @@ impl Watcher {
             last = last.max(kv.mod_revision());
             changes.push(match ev.event_type() {
                 EventType::Put => KvChange::Put(convert_kv(kv)),
-                EventType::Delete => KvChange::Delete { key: kv.key().to_vec(), revision: kv.mod_revision() },
+                EventType::Delete => KvChange::Delete {
+                    key: kv.key().to_vec(),
+                    revision: kv.mod_revision(),
+                },
             });
         }
         let events = {
@@ -354,7 +468,13 @@ impl Watcher {
             shared.revision = last;
             events
         };
-        (events, State::Watch { from: last + 1, stream })
+        (
+            events,
+            State::Watch {
+                from: last + 1,
+                stream,
+            },
+        )
     }
 }
 
@@ -380,7 +500,10 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// Reads the whole server range once (paginated, pinned), for one-shot listings.
-pub(crate) async fn list_once(client: &Client, settings: &WatcherSettings) -> Result<(i64, Membership)> {
+pub(crate) async fn list_once(
+    client: &Client,
+    settings: &WatcherSettings,
+) -> Result<(i64, Membership)> {
     let mut view = Membership::new(settings.layout.clone());
     let mut acc = Vec::new();
     let prefix = settings.layout.servers_prefix();
@@ -389,13 +512,22 @@ pub(crate) async fn list_once(client: &Client, settings: &WatcherSettings) -> Re
     let mut pinned = 0;
     let mut kv = client.kv_client();
     loop {
-        let mut options = GetOptions::new().with_range(end.clone()).with_limit(settings.page_size);
+        let mut options = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(settings.page_size);
         if pinned > 0 {
             options = options.with_revision(pinned);
         }
-        let resp = bounded("list", settings.request_timeout, kv.get(start.clone(), Some(options))).await?;
+        let resp = bounded(
+            "list",
+            settings.request_timeout,
+            kv.get(start.clone(), Some(options)),
+        )
+        .await?;
         if pinned == 0 {
-            pinned = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
+            pinned = resp
+                .header()
+                .map_or(0, etcd_client::ResponseHeader::revision);
         }
         acc.extend(resp.kvs().iter().map(convert_kv));
         match (resp.more(), resp.kvs().last()) {

@@ -30,7 +30,12 @@ async fn fifty_parallel_registrations_get_distinct_ids_and_every_watcher_sees_ea
         tasks.push(tokio::spawn(async move {
             let c = Connector::connect(cfg).await.expect("connect");
             let id = c
-                .register_server(groups[usize::from(i) % 3], "127.0.0.1", 5000 + i, no_props())
+                .register_server(
+                    groups[usize::from(i) % 3],
+                    "127.0.0.1",
+                    5000 + i,
+                    no_props(),
+                )
                 .await
                 .expect("register");
             (c, id)
@@ -48,12 +53,21 @@ async fn fifty_parallel_registrations_get_distinct_ids_and_every_watcher_sees_ea
         let got = collect_until(events, PROMPT, |e| join_ids(e).len() >= 50).await;
         let seen = join_ids(&got);
         assert_eq!(seen.len(), 50, "exactly 50 joins: {got:?}");
-        assert_eq!(seen.iter().copied().collect::<HashSet<_>>(), ids, "the same 50 ids");
+        assert_eq!(
+            seen.iter().copied().collect::<HashSet<_>>(),
+            ids,
+            "the same 50 ids"
+        );
         let revisions: Vec<i64> = got.iter().map(Event::revision).collect();
-        assert!(revisions.windows(2).all(|w| w[0] < w[1]), "strictly increasing revisions: {revisions:?}");
+        assert!(
+            revisions.windows(2).all(|w| w[0] < w[1]),
+            "strictly increasing revisions: {revisions:?}"
+        );
         // Nothing more: no duplicate join arrives later.
         assert!(
-            tokio::time::timeout(Duration::from_millis(300), events.recv()).await.is_err(),
+            tokio::time::timeout(Duration::from_millis(300), events.recv())
+                .await
+                .is_err(),
             "no further event"
         );
     }
@@ -73,10 +87,15 @@ async fn late_connector_sees_the_snapshot_then_synced() {
     let prefix = prefix();
     let mut early = Vec::new();
     for (i, group) in ["a", "b", "a"].iter().enumerate() {
-        let c = Connector::connect(config(&etcd, &prefix)).await.expect("connect");
+        let c = Connector::connect(config(&etcd, &prefix))
+            .await
+            .expect("connect");
         let mut props = BTreeMap::new();
         props.insert("region".to_owned(), format!("r{i}"));
-        let id = c.register_server(group, "10.0.0.1", 7000, props).await.expect("register");
+        let id = c
+            .register_server(group, "10.0.0.1", 7000, props)
+            .await
+            .expect("register");
         early.push((c, id));
     }
     let (_late, mut events) = connect(config(&etcd, &prefix)).await;
@@ -87,7 +106,9 @@ async fn late_connector_sees_the_snapshot_then_synced() {
     want.sort_unstable();
     assert_eq!(seen, want);
     for e in &snapshot {
-        let Event::Join { server, .. } = e else { panic!("only joins before synced: {e:?}") };
+        let Event::Join { server, .. } = e else {
+            panic!("only joins before synced: {e:?}")
+        };
         assert_eq!(server.host, "10.0.0.1");
         assert_eq!(server.port, 7000);
         assert!(server.properties["region"].starts_with('r'));
@@ -101,31 +122,64 @@ async fn graceful_deregistration_removes_keys_and_lease_and_peers_see_the_leave(
     let prefix = prefix();
     let (peer, mut peer_events) = connect(config(&etcd, &prefix)).await;
     until_synced(&mut peer_events).await;
-    let me = Connector::connect(config(&etcd, &prefix)).await.expect("connect");
-    let id = me.register_server("game", "127.0.0.1", 4296, no_props()).await.expect("register");
+    let me = Connector::connect(config(&etcd, &prefix))
+        .await
+        .expect("connect");
+    let id = me
+        .register_server("game", "127.0.0.1", 4296, no_props())
+        .await
+        .expect("register");
     let joined = next(&mut peer_events, PROMPT).await;
     assert!(matches!(joined, Event::Join { ref server, .. } if server.id == id));
 
     let mut raw = etcd.client().await.expect("raw client");
-    let lease = raw.get(format!("{prefix}/game/{id}"), None).await.expect("get").kvs()[0].lease();
+    let lease = raw
+        .get(format!("{prefix}/game/{id}"), None)
+        .await
+        .expect("get")
+        .kvs()[0]
+        .lease();
     assert_ne!(lease, 0, "the server key is bound to a lease");
 
     me.deregister_server().await.expect("deregister");
     match next(&mut peer_events, PROMPT).await {
-        Event::Leave { id: left, group, .. } => {
+        Event::Leave {
+            id: left, group, ..
+        } => {
             assert_eq!(left, id);
             assert_eq!(group, "game");
         }
         other => panic!("expected a leave, got {other:?}"),
     }
     assert_eq!(peer.servers().len(), 0);
-    let left_keys = raw.get(prefix.clone(), Some(GetOptions::new().with_prefix())).await.expect("get");
-    let slot_keys = raw.get(format!("{prefix}.alloc/slot/"), Some(GetOptions::new().with_prefix())).await.expect("get");
-    assert_eq!(left_keys.count() - 1, 0, "only the cursor is left under {prefix}*: {:?}", left_keys.kvs());
+    let left_keys = raw
+        .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("get");
+    let slot_keys = raw
+        .get(
+            format!("{prefix}.alloc/slot/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("get");
+    assert_eq!(
+        left_keys.count() - 1,
+        0,
+        "only the cursor is left under {prefix}*: {:?}",
+        left_keys.kvs()
+    );
     assert_eq!(slot_keys.count(), 0);
-    let ttl = raw.lease_time_to_live(lease, None).await.expect("ttl").ttl();
+    let ttl = raw
+        .lease_time_to_live(lease, None)
+        .await
+        .expect("ttl")
+        .ttl();
     assert_eq!(ttl, -1, "the lease is revoked");
-    assert!(matches!(me.deregister_server().await, Err(Error::NotRegistered)));
+    assert!(matches!(
+        me.deregister_server().await,
+        Err(Error::NotRegistered)
+    ));
 }
 
 /// A `darkrift-etcd register` process killed with SIGKILL: peers see its leave within
@@ -138,7 +192,16 @@ async fn killed_cli_process_leaves_within_ttl() {
     until_synced(&mut peer_events).await;
     let ttl = 2;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_darkrift-etcd"))
-        .args(["register", "--group", "game", "--host", "127.0.0.1", "--port", "4300", "--ttl"])
+        .args([
+            "register",
+            "--group",
+            "game",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "4300",
+            "--ttl",
+        ])
         .arg(ttl.to_string())
         .env("DARKRIFT_ETCD_ENDPOINTS", etcd.endpoints().join(","))
         .env("DARKRIFT_ETCD_PREFIX", &prefix)
@@ -149,11 +212,17 @@ async fn killed_cli_process_leaves_within_ttl() {
         .expect("spawn cli");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let first = tokio::time::timeout(PROMPT, lines.next_line()).await.expect("bounded").expect("read").expect("line");
+    let first = tokio::time::timeout(PROMPT, lines.next_line())
+        .await
+        .expect("bounded")
+        .expect("read")
+        .expect("line");
     let registered: serde_json::Value = serde_json::from_str(&first).expect("json");
     assert_eq!(registered["event"], "registered");
     let id = u16::try_from(registered["id"].as_u64().expect("id")).expect("u16");
-    assert!(matches!(next(&mut peer_events, PROMPT).await, Event::Join { ref server, .. } if server.id == id));
+    assert!(
+        matches!(next(&mut peer_events, PROMPT).await, Event::Join { ref server, .. } if server.id == id)
+    );
 
     child.start_kill().expect("SIGKILL");
     let killed_at = tokio::time::Instant::now();
@@ -163,7 +232,11 @@ async fn killed_cli_process_leaves_within_ttl() {
         Event::Leave { id: left, .. } => assert_eq!(left, id),
         other => panic!("expected a leave, got {other:?}"),
     }
-    assert!(killed_at.elapsed() <= bound, "leave after {:?}", killed_at.elapsed());
+    assert!(
+        killed_at.elapsed() <= bound,
+        "leave after {:?}",
+        killed_at.elapsed()
+    );
 }
 
 /// Malformed keys and values written under the prefix by someone else are skipped and
@@ -174,21 +247,45 @@ async fn malformed_records_are_skipped_counted_and_harmless() {
     let prefix = prefix();
     let mut raw = etcd.client().await.expect("raw client");
     // Present before the snapshot.
-    raw.put(format!("{prefix}/game/notanumber"), "x", None).await.expect("put");
-    raw.put(format!("{prefix}/game/7"), "not a protobuf", None).await.expect("put");
+    raw.put(format!("{prefix}/game/notanumber"), "x", None)
+        .await
+        .expect("put");
+    raw.put(format!("{prefix}/game/7"), "not a protobuf", None)
+        .await
+        .expect("put");
     let (watcher, mut events) = connect(config(&etcd, &prefix)).await;
-    assert!(until_synced(&mut events).await.is_empty(), "no bogus join from the snapshot");
+    assert!(
+        until_synced(&mut events).await.is_empty(),
+        "no bogus join from the snapshot"
+    );
     assert_eq!(watcher.skipped_records(), 2);
     // Arriving through the watch.
-    raw.put(format!("{prefix}/game/0"), "x", None).await.expect("put");
-    raw.put(format!("{prefix}/game/017"), "x", None).await.expect("put");
-    raw.put(format!("{prefix}/bad group/3"), "x", None).await.expect("put");
-    raw.put(format!("{prefix}/game"), "x", None).await.expect("put");
-    raw.put(format!("{prefix}/game/8"), vec![0xff, 0xff, 0xff], None).await.expect("put");
-    raw.delete(format!("{prefix}/game/7"), None).await.expect("delete");
+    raw.put(format!("{prefix}/game/0"), "x", None)
+        .await
+        .expect("put");
+    raw.put(format!("{prefix}/game/017"), "x", None)
+        .await
+        .expect("put");
+    raw.put(format!("{prefix}/bad group/3"), "x", None)
+        .await
+        .expect("put");
+    raw.put(format!("{prefix}/game"), "x", None)
+        .await
+        .expect("put");
+    raw.put(format!("{prefix}/game/8"), vec![0xff, 0xff, 0xff], None)
+        .await
+        .expect("put");
+    raw.delete(format!("{prefix}/game/7"), None)
+        .await
+        .expect("delete");
     // A real registration still comes through, and it is the next event.
-    let c = Connector::connect(config(&etcd, &prefix)).await.expect("connect");
-    let id = c.register_server("game", "127.0.0.1", 4000, no_props()).await.expect("register");
+    let c = Connector::connect(config(&etcd, &prefix))
+        .await
+        .expect("connect");
+    let id = c
+        .register_server("game", "127.0.0.1", 4000, no_props())
+        .await
+        .expect("register");
     match next(&mut events, PROMPT).await {
         Event::Join { server, .. } => assert_eq!(server.id, id),
         other => panic!("expected our join first, got {other:?}"),
@@ -202,14 +299,23 @@ async fn malformed_records_are_skipped_counted_and_harmless() {
 async fn unreachable_endpoints_fail_within_the_connect_timeout() {
     let port = darkrift_etcd::testing::free_port().expect("port");
     let timeout = Duration::from_secs(1);
-    let cfg = ConnectorConfig::new([format!("http://127.0.0.1:{port}")]).with_connect_timeout(timeout);
+    let cfg =
+        ConnectorConfig::new([format!("http://127.0.0.1:{port}")]).with_connect_timeout(timeout);
     let started = tokio::time::Instant::now();
-    let err = Connector::connect(cfg).await.expect_err("nothing listens there");
+    let err = Connector::connect(cfg)
+        .await
+        .expect_err("nothing listens there");
     let elapsed = started.elapsed();
     assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
-    assert!(err.to_string().contains(&port.to_string()), "names the endpoint: {err}");
+    assert!(
+        err.to_string().contains(&port.to_string()),
+        "names the endpoint: {err}"
+    );
     assert!(err.is_retryable());
-    assert!(elapsed <= timeout + Duration::from_millis(500), "took {elapsed:?}");
+    assert!(
+        elapsed <= timeout + Duration::from_millis(500),
+        "took {elapsed:?}"
+    );
 }
 
 /// Invalid group name and port 0: a clear typed error and nothing written.
@@ -217,22 +323,65 @@ async fn unreachable_endpoints_fail_within_the_connect_timeout() {
 async fn invalid_input_is_rejected_and_nothing_is_written() {
     let etcd = etcd().await;
     let prefix = prefix();
-    let c = Connector::connect(config(&etcd, &prefix)).await.expect("connect");
+    let c = Connector::connect(config(&etcd, &prefix))
+        .await
+        .expect("connect");
     let mut raw = etcd.client().await.expect("raw client");
-    let before = raw.get("", Some(GetOptions::new().with_all_keys())).await.expect("get").header().expect("header").revision();
+    let before = raw
+        .get("", Some(GetOptions::new().with_all_keys()))
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision();
     for (group, port) in [("", 1), ("has space", 1), ("a/b", 1), (&*"x".repeat(65), 1)] {
-        let err = c.register_server(group, "127.0.0.1", port, no_props()).await.expect_err("invalid group");
-        assert!(matches!(err, Error::InvalidRegistration(RecordError::InvalidGroup { .. })), "{err}");
+        let err = c
+            .register_server(group, "127.0.0.1", port, no_props())
+            .await
+            .expect_err("invalid group");
+        assert!(
+            matches!(
+                err,
+                Error::InvalidRegistration(RecordError::InvalidGroup { .. })
+            ),
+            "{err}"
+        );
     }
-    let err = c.register_server("game", "127.0.0.1", 0, no_props()).await.expect_err("port 0");
-    assert!(matches!(err, Error::InvalidRegistration(RecordError::PortZero)), "{err}");
+    let err = c
+        .register_server("game", "127.0.0.1", 0, no_props())
+        .await
+        .expect_err("port 0");
+    assert!(
+        matches!(err, Error::InvalidRegistration(RecordError::PortZero)),
+        "{err}"
+    );
     assert!(err.to_string().contains("port 0"));
-    let err = c.register_server("game", "", 1, no_props()).await.expect_err("empty host");
-    assert!(matches!(err, Error::InvalidRegistration(RecordError::InvalidHost { .. })), "{err}");
-    let after = raw.get("", Some(GetOptions::new().with_all_keys())).await.expect("get");
-    assert_eq!(after.header().expect("header").revision(), before, "no write reached etcd");
+    let err = c
+        .register_server("game", "", 1, no_props())
+        .await
+        .expect_err("empty host");
+    assert!(
+        matches!(
+            err,
+            Error::InvalidRegistration(RecordError::InvalidHost { .. })
+        ),
+        "{err}"
+    );
+    let after = raw
+        .get("", Some(GetOptions::new().with_all_keys()))
+        .await
+        .expect("get");
+    assert_eq!(
+        after.header().expect("header").revision(),
+        before,
+        "no write reached etcd"
+    );
     assert_eq!(after.count(), 0);
-    assert_eq!(raw.leases().await.expect("leases").leases().len(), 0, "no lease granted");
+    assert_eq!(
+        raw.leases().await.expect("leases").leases().len(),
+        0,
+        "no lease granted"
+    );
     assert_eq!(c.registration_requests(), 0);
 }
 
@@ -243,7 +392,12 @@ async fn stale_handle_never_deletes_a_newer_registration() {
     let prefix = prefix();
     let cfg = config(&etcd, &prefix).with_id_space(1);
     let old = Connector::connect(cfg.clone()).await.expect("connect");
-    assert_eq!(old.register_server("game", "127.0.0.1", 1, no_props()).await.expect("register"), 1);
+    assert_eq!(
+        old.register_server("game", "127.0.0.1", 1, no_props())
+            .await
+            .expect("register"),
+        1
+    );
     // The old lease goes away under the old handle (as when it expires during a partition).
     let mut raw = etcd.client().await.expect("raw client");
     let key = format!("{prefix}/game/1");
@@ -252,15 +406,25 @@ async fn stale_handle_never_deletes_a_newer_registration() {
     // The id is registered again by another server.
     let (new, mut new_events) = connect(cfg).await;
     until_synced(&mut new_events).await;
-    assert_eq!(new.register_server("lobby", "127.0.0.2", 2, no_props()).await.expect("register"), 1);
+    assert_eq!(
+        new.register_server("lobby", "127.0.0.2", 2, no_props())
+            .await
+            .expect("register"),
+        1
+    );
     let new_key = format!("{prefix}/lobby/1");
     let before = raw.get(new_key.clone(), None).await.expect("get").kvs()[0].create_revision();
     // The old handle deregisters: nothing of the new registration is touched.
-    old.deregister_server().await.expect("deregister is not an error");
+    old.deregister_server()
+        .await
+        .expect("deregister is not an error");
     let after = raw.get(new_key, None).await.expect("get");
     assert_eq!(after.kvs().len(), 1, "the new key survives");
     assert_eq!(after.kvs()[0].create_revision(), before);
-    let slot = raw.get(format!("{prefix}.alloc/slot/00001"), None).await.expect("get");
+    let slot = raw
+        .get(format!("{prefix}.alloc/slot/00001"), None)
+        .await
+        .expect("get");
     assert_eq!(slot.kvs().len(), 1, "the new slot survives");
     assert!(new.is_registered().await);
 }
@@ -271,30 +435,66 @@ async fn stale_handle_never_deletes_a_newer_registration() {
 async fn cursor_wraps_reuses_freed_ids_skips_live_ones_and_reports_a_full_space() {
     let etcd = etcd().await;
     let prefix = prefix();
-    let cfg = config(&etcd, &prefix).with_id_space(4).with_spread_window(1);
+    let cfg = config(&etcd, &prefix)
+        .with_id_space(4)
+        .with_spread_window(1);
     let mut servers = Vec::new();
     for expected in [1, 2, 3] {
         let c = Connector::connect(cfg.clone()).await.expect("connect");
-        assert_eq!(c.register_server("g", "h", 1, no_props()).await.expect("register"), expected);
+        assert_eq!(
+            c.register_server("g", "h", 1, no_props())
+                .await
+                .expect("register"),
+            expected
+        );
         servers.push(c);
     }
     // Free id 1: it is not reused before the wrap; 4 comes first.
-    servers.remove(0).deregister_server().await.expect("deregister");
+    servers
+        .remove(0)
+        .deregister_server()
+        .await
+        .expect("deregister");
     let c = Connector::connect(cfg.clone()).await.expect("connect");
-    assert_eq!(c.register_server("g", "h", 1, no_props()).await.expect("register"), 4);
+    assert_eq!(
+        c.register_server("g", "h", 1, no_props())
+            .await
+            .expect("register"),
+        4
+    );
     servers.push(c);
     // Free id 3; the cursor wraps: 1 is free again, 2 is live and skipped.
-    servers.remove(1).deregister_server().await.expect("deregister");
+    servers
+        .remove(1)
+        .deregister_server()
+        .await
+        .expect("deregister");
     let c = Connector::connect(cfg.clone()).await.expect("connect");
-    assert_eq!(c.register_server("g", "h", 1, no_props()).await.expect("register"), 1);
+    assert_eq!(
+        c.register_server("g", "h", 1, no_props())
+            .await
+            .expect("register"),
+        1
+    );
     servers.push(c);
     let c = Connector::connect(cfg.clone()).await.expect("connect");
-    assert_eq!(c.register_server("g", "h", 1, no_props()).await.expect("register"), 3);
+    assert_eq!(
+        c.register_server("g", "h", 1, no_props())
+            .await
+            .expect("register"),
+        3
+    );
     servers.push(c);
     // All four live: the next registration fails with the clear error, and writes nothing.
     let c = Connector::connect(cfg.clone()).await.expect("connect");
-    let err = c.register_server("g", "h", 1, no_props()).await.expect_err("full");
-    assert!(matches!(err, Error::IdSpaceExhausted { id_space: 4 }), "{err:?}");
+    let err = c
+        .register_server("g", "h", 1, no_props())
+        .await
+        .expect_err("full");
+    assert!(
+        matches!(err, Error::IdSpaceExhausted { id_space: 4 }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("no free server id"));
     assert!(!err.is_retryable());
     assert_eq!(c.registered_id().await, None);
@@ -307,17 +507,32 @@ async fn connection_failure_rereads_the_peer() {
     let prefix = prefix();
     let (me, mut events) = connect(config(&etcd, &prefix)).await;
     until_synced(&mut events).await;
-    let peer = Connector::connect(config(&etcd, &prefix)).await.expect("connect");
-    let id = peer.register_server("game", "127.0.0.1", 9, no_props()).await.expect("register");
+    let peer = Connector::connect(config(&etcd, &prefix))
+        .await
+        .expect("connect");
+    let id = peer
+        .register_server("game", "127.0.0.1", 9, no_props())
+        .await
+        .expect("register");
     next(&mut events, PROMPT).await;
-    assert_eq!(me.handle_connection_failure(id).await.expect("check"), PeerStatus::Registered);
-    assert_eq!(me.handle_connection_failure(999).await.expect("check"), PeerStatus::Unknown);
+    assert_eq!(
+        me.handle_connection_failure(id).await.expect("check"),
+        PeerStatus::Registered
+    );
+    assert_eq!(
+        me.handle_connection_failure(999).await.expect("check"),
+        PeerStatus::Unknown
+    );
     peer.deregister_server().await.expect("deregister");
     // Whether the watch or the re-read delivers it, exactly one leave arrives.
     let status = me.handle_connection_failure(id).await.expect("check");
     assert!(matches!(status, PeerStatus::Gone | PeerStatus::Unknown));
     assert!(matches!(next(&mut events, PROMPT).await, Event::Leave { id: left, .. } if left == id));
-    assert!(tokio::time::timeout(Duration::from_millis(300), events.recv()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.recv())
+            .await
+            .is_err()
+    );
 }
 
 /// The registration record is readable by any protobuf reader and bound to the lease.
@@ -325,19 +540,50 @@ async fn connection_failure_rereads_the_peer() {
 async fn stored_record_layout() {
     let etcd = etcd().await;
     let prefix = prefix();
-    let c = Connector::connect(config(&etcd, &prefix)).await.expect("connect");
+    let c = Connector::connect(config(&etcd, &prefix))
+        .await
+        .expect("connect");
     let mut props = BTreeMap::new();
     props.insert("k".to_owned(), "v".to_owned());
-    let id = c.register_server("game", "10.1.2.3", 4296, props.clone()).await.expect("register");
+    let id = c
+        .register_server("game", "10.1.2.3", 4296, props.clone())
+        .await
+        .expect("register");
     let mut raw = etcd.client().await.expect("raw client");
-    let kv = raw.get(format!("{prefix}/game/{id}"), None).await.expect("get").kvs()[0].clone();
-    let rec: darkrift_etcd::record::ServerRecord = prost::Message::decode(kv.value()).expect("protobuf");
-    assert_eq!((rec.id, rec.group.as_str(), rec.host.as_str(), rec.port), (u32::from(id), "game", "10.1.2.3", 4296));
+    let kv = raw
+        .get(format!("{prefix}/game/{id}"), None)
+        .await
+        .expect("get")
+        .kvs()[0]
+        .clone();
+    let rec: darkrift_etcd::record::ServerRecord =
+        prost::Message::decode(kv.value()).expect("protobuf");
+    assert_eq!(
+        (rec.id, rec.group.as_str(), rec.host.as_str(), rec.port),
+        (u32::from(id), "game", "10.1.2.3", 4296)
+    );
     assert_eq!(rec.properties, props);
     assert_eq!(rec.schema_version, 1);
-    let slot = raw.get(format!("{prefix}.alloc/slot/{id:05}"), None).await.expect("get").kvs()[0].clone();
-    assert_eq!(slot.lease(), kv.lease(), "slot and server key share the lease");
-    assert_eq!(slot.create_revision(), kv.create_revision(), "written by one transaction");
+    let slot = raw
+        .get(format!("{prefix}.alloc/slot/{id:05}"), None)
+        .await
+        .expect("get")
+        .kvs()[0]
+        .clone();
+    assert_eq!(
+        slot.lease(),
+        kv.lease(),
+        "slot and server key share the lease"
+    );
+    assert_eq!(
+        slot.create_revision(),
+        kv.create_revision(),
+        "written by one transaction"
+    );
     let _ = raw.put("unrelated", "x", Some(PutOptions::new())).await;
-    assert_eq!(c.registration_requests(), 2, "lease grant + one transaction");
+    assert_eq!(
+        c.registration_requests(),
+        2,
+        "lease grant + one transaction"
+    );
 }

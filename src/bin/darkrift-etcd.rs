@@ -33,13 +33,23 @@ struct Global {
     )]
     endpoints: Vec<String>,
     /// Key prefix of the registry (several clusters can share one etcd).
-    #[arg(long, global = true, env = "DARKRIFT_ETCD_PREFIX", default_value = "/darkrift")]
+    #[arg(
+        long,
+        global = true,
+        env = "DARKRIFT_ETCD_PREFIX",
+        default_value = "/darkrift"
+    )]
     prefix: String,
     /// Bound on reaching etcd, in seconds (e.g. `5`, `0.5`, `500ms`).
     #[arg(long, global = true, env = "DARKRIFT_ETCD_CONNECT_TIMEOUT", default_value = "5", value_parser = parse_duration)]
     connect_timeout: Duration,
     /// Size of the id space (ids 1..=N); every server of a prefix must agree.
-    #[arg(long, global = true, env = "DARKRIFT_ETCD_ID_SPACE", default_value_t = 65535)]
+    #[arg(
+        long,
+        global = true,
+        env = "DARKRIFT_ETCD_ID_SPACE",
+        default_value_t = 65535
+    )]
     id_space: u16,
 }
 
@@ -89,7 +99,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         (s, 1.0)
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a duration in seconds"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration in seconds"))?;
     Duration::try_from_secs_f64(v * scale).map_err(|e| format!("{s:?}: {e}"))
 }
 
@@ -124,10 +137,14 @@ fn join_line(server: &ServerInfo, revision: i64) -> serde_json::Value {
 /// The JSON line of an event, or `None` when `group` filters it out.
 fn event_line(event: &Event, group: Option<&str>) -> Option<serde_json::Value> {
     match event {
-        Event::Join { server, revision } => {
-            group.is_none_or(|g| g == server.group).then(|| join_line(server, *revision))
-        }
-        Event::Leave { id, group: g, revision } => group
+        Event::Join { server, revision } => group
+            .is_none_or(|g| g == server.group)
+            .then(|| join_line(server, *revision)),
+        Event::Leave {
+            id,
+            group: g,
+            revision,
+        } => group
             .is_none_or(|want| want == g)
             .then(|| json!({"event": "leave", "id": id, "revision": revision})),
         Event::Synced { .. } => Some(json!({"event": "synced"})),
@@ -150,7 +167,13 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Register { group, host, port, properties, ttl } => {
+        Command::Register {
+            group,
+            host,
+            port,
+            properties,
+            ttl,
+        } => {
             let props: BTreeMap<String, String> = properties.iter().cloned().collect();
             register(&cli.global, group, host, *port, props, *ttl).await
         }
@@ -192,7 +215,9 @@ async fn register(
     let stop = tokio::spawn(shutdown_signal());
     let connector = Connector::connect(cfg).await?;
     let mut events = connector.events()?;
-    let id = connector.register_server(group, host, port, properties).await?;
+    let id = connector
+        .register_server(group, host, port, properties)
+        .await?;
     print(&json!({"event": "registered", "id": id, "group": group, "host": host, "port": port}));
     tokio::pin!(stop);
     loop {
@@ -233,12 +258,19 @@ async fn watch(global: &Global, group: Option<&str>) -> Result<(), Box<dyn std::
     }
 }
 
-async fn ls(global: &Global, group: Option<&str>, as_json: bool) -> Result<(), Box<dyn std::error::Error>> {
+async fn ls(
+    global: &Global,
+    group: Option<&str>,
+    as_json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(g) = group {
         darkrift_etcd::record::validate_group(g)?;
     }
     let (_revision, servers, skipped) = list_servers(&config(global)).await?;
-    let servers: Vec<ServerInfo> = servers.into_iter().filter(|s| group.is_none_or(|g| g == s.group)).collect();
+    let servers: Vec<ServerInfo> = servers
+        .into_iter()
+        .filter(|s| group.is_none_or(|g| g == s.group))
+        .collect();
     if skipped > 0 {
         tracing::warn!(skipped, "malformed records under the prefix were skipped");
     }
@@ -250,12 +282,36 @@ async fn ls(global: &Global, group: Option<&str>, as_json: bool) -> Result<(), B
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    let gw = servers.iter().map(|s| s.group.len()).max().unwrap_or(0).max(5);
-    let hw = servers.iter().map(|s| s.host.len()).max().unwrap_or(0).max(4);
-    println!("{:>5}  {:gw$}  {:hw$}  {:>5}  PROPERTIES", "ID", "GROUP", "HOST", "PORT");
+    let gw = servers
+        .iter()
+        .map(|s| s.group.len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let hw = servers
+        .iter()
+        .map(|s| s.host.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    println!(
+        "{:>5}  {:gw$}  {:hw$}  {:>5}  PROPERTIES",
+        "ID", "GROUP", "HOST", "PORT"
+    );
     for s in &servers {
-        let props: Vec<String> = s.properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("{:>5}  {:gw$}  {:hw$}  {:>5}  {}", s.id, s.group, s.host, s.port, props.join(","));
+        let props: Vec<String> = s
+            .properties
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "{:>5}  {:gw$}  {:hw$}  {:>5}  {}",
+            s.id,
+            s.group,
+            s.host,
+            s.port,
+            props.join(",")
+        );
     }
     Ok(())
 }

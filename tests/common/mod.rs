@@ -20,7 +20,11 @@ pub async fn etcd() -> EtcdCluster {
 /// A unique prefix per call, so tests sharing an etcd never see each other.
 pub fn prefix() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    format!("/t{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "/t{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Test settings: short TTL, the given prefix.
@@ -71,7 +75,10 @@ pub async fn collect_until(
 
 /// Waits for the `Synced` marker, returning the joins before it.
 pub async fn until_synced(events: &mut EventStream) -> Vec<Event> {
-    let mut got = collect_until(events, PROMPT, |e| matches!(e.last(), Some(Event::Synced { .. }))).await;
+    let mut got = collect_until(events, PROMPT, |e| {
+        matches!(e.last(), Some(Event::Synced { .. }))
+    })
+    .await;
     got.pop();
     got
 }
