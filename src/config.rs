@@ -2,6 +2,8 @@
 //!
 //! Durations are written in (fractional) seconds in serialized form, e.g. `lease_ttl = 10`.
 
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +24,23 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_EVENT_QUEUE: usize = 1024;
 /// Default page size of snapshot reads.
 pub const DEFAULT_PAGE_SIZE: i64 = 1000;
+/// Default watch silence after which the watcher asks etcd for a progress notification.
+pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+/// Default watch silence (no event, no progress answer) after which the watch is recreated.
+pub const DEFAULT_WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What to do when, after losing its lease, this server finds its id held by another server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdTakenPolicy {
+    /// Stop: emit [`crate::Event::RegistrationStopped`] and stay unregistered. The default,
+    /// because DarkRift peers key every table by id: a server that silently changes its id
+    /// breaks connections that were identified under the old one.
+    #[default]
+    FailStop,
+    /// Take a new id and carry on ([`crate::Event::Reregistered`] names both ids).
+    NewId,
+}
 
 /// Everything a [`crate::Connector`] needs to know.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +72,177 @@ pub struct ConnectorConfig {
     pub event_queue: usize,
     /// Page size of snapshot reads.
     pub page_size: i64,
+    /// TLS to etcd. `None` means plaintext, and then every endpoint must be `http://`; with
+    /// TLS every endpoint must be `https://` (there is no fallback from one to the other).
+    pub tls: Option<TlsConfig>,
+    /// etcd authentication (user and password). `None` sends no credentials.
+    pub auth: Option<AuthConfig>,
+    /// After a lease loss, what to do if another server took our id meanwhile.
+    pub on_id_taken: IdTakenPolicy,
+    /// Watch silence after which the watcher requests a progress notification.
+    #[serde(with = "secs")]
+    pub progress_interval: Duration,
+    /// Watch silence after which the watch stream is considered stuck and recreated.
+    #[serde(with = "secs")]
+    pub watch_idle_timeout: Duration,
+}
+
+/// TLS settings: the CA that signed etcd's server certificate and, for mutual TLS, this
+/// client's certificate and key. All three are paths to PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificate(s) that etcd's server certificate must chain to. Only these are trusted:
+    /// the system's roots are not used.
+    pub ca_cert: PathBuf,
+    /// Client certificate for mutual TLS (etcd `--client-cert-auth`); needs `key`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Private key of `cert`; needs `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Server verification only: trust the CA in `ca_cert`.
+    #[must_use]
+    pub fn new(ca_cert: impl Into<PathBuf>) -> Self {
+        TlsConfig {
+            ca_cert: ca_cert.into(),
+            cert: None,
+            key: None,
+        }
+    }
+
+    /// Adds a client certificate and key (mutual TLS).
+    #[must_use]
+    pub fn with_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.cert = Some(cert.into());
+        self.key = Some(key.into());
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        match (&self.cert, &self.key) {
+            (Some(_), None) => {
+                return Err(Error::InvalidConfig(
+                    "tls.cert: a client certificate needs its key (tls.key)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::InvalidConfig(
+                    "tls.key: a client key needs its certificate (tls.cert)".into(),
+                ))
+            }
+            _ => {}
+        }
+        check_pem("tls.ca_cert", &self.ca_cert, "CERTIFICATE-----")?;
+        if let Some(cert) = &self.cert {
+            check_pem("tls.cert", cert, "CERTIFICATE-----")?;
+        }
+        if let Some(key) = &self.key {
+            check_pem("tls.key", key, "PRIVATE KEY-----")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `path` is a readable PEM file with a `-----BEGIN ...<marker>` block, so that a
+/// wrong path or a swapped certificate and key fail here with the field's name rather than
+/// later as an anonymous handshake failure (rustls silently ignores unparsable CA files).
+fn check_pem(field: &str, path: &Path, marker: &str) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::InvalidConfig(format!("{field}: cannot read {}: {e}", path.display()))
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
+    let found = text.match_indices("-----BEGIN ").any(|(i, _)| {
+        text[i..]
+            .lines()
+            .next()
+            .is_some_and(|l| l.trim_end().ends_with(marker))
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "{field}: {} is not a PEM file with a `-----BEGIN ...{marker}` block",
+            path.display()
+        )))
+    }
+}
+
+/// etcd user and password. The password is a [`Secret`]: it is never printed by `Debug` and
+/// never serialized (a config written back out has no password; load it from a file or the
+/// environment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// etcd user name.
+    pub user: String,
+    /// The user's password.
+    #[serde(skip_serializing)]
+    pub password: Secret,
+}
+
+impl AuthConfig {
+    /// A user and its password.
+    #[must_use]
+    pub fn new(user: impl Into<String>, password: impl Into<Secret>) -> Self {
+        AuthConfig {
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+}
+
+/// A string that must not leak: `Debug` and `Display` print `***`, and it has no `Serialize`.
+/// [`Secret::expose`] is the one way to read it.
+#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    #[must_use]
+    pub fn new(secret: impl Into<String>) -> Self {
+        Secret(secret.into())
+    }
+
+    /// The secret itself, for handing to the etcd client. Never log what this returns.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// True when the secret is the empty string.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_owned())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
 }
 
 impl Default for ConnectorConfig {
@@ -68,6 +258,11 @@ impl Default for ConnectorConfig {
             max_alloc_attempts: DEFAULT_MAX_ATTEMPTS,
             event_queue: DEFAULT_EVENT_QUEUE,
             page_size: DEFAULT_PAGE_SIZE,
+            tls: None,
+            auth: None,
+            on_id_taken: IdTakenPolicy::FailStop,
+            progress_interval: DEFAULT_PROGRESS_INTERVAL,
+            watch_idle_timeout: DEFAULT_WATCH_IDLE_TIMEOUT,
         }
     }
 }
@@ -117,6 +312,76 @@ impl ConnectorConfig {
         self
     }
 
+    /// Sets the TLS settings (endpoints must then be `https://`).
+    #[must_use]
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sets the etcd user and password.
+    #[must_use]
+    pub fn with_auth(mut self, user: impl Into<String>, password: impl Into<Secret>) -> Self {
+        self.auth = Some(AuthConfig::new(user, password));
+        self
+    }
+
+    /// Checks the transport and credential settings: endpoint schemes agree with the TLS
+    /// setting (no silent downgrade to plaintext, no guessing of trust roots), certificate and
+    /// key come together, the PEM files are readable, and a user has a password.
+    fn validate_security(&self) -> Result<()> {
+        let bad = |s: String| Err(Error::InvalidConfig(s));
+        for e in &self.endpoints {
+            let lower = e.to_ascii_lowercase();
+            match (
+                &self.tls,
+                lower.starts_with("https://"),
+                lower.starts_with("http://"),
+            ) {
+                (None, true, _) => {
+                    return bad(format!(
+                        "endpoints: {e:?} is https:// but no TLS settings are given; set \
+                         tls.ca_cert (--ca-cert) to the CA that signed etcd's certificate"
+                    ))
+                }
+                (Some(_), _, true) => {
+                    return bad(format!(
+                        "endpoints: {e:?} is plaintext http:// but TLS settings are given; use \
+                         https:// (refusing to mix TLS and plaintext)"
+                    ))
+                }
+                (Some(_), false, false) => {
+                    return bad(format!(
+                        "endpoints: {e:?} needs an explicit https:// scheme when TLS is set"
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
+        if let Some(auth) = &self.auth {
+            if auth.user.is_empty() {
+                return bad("auth.user: must not be empty".into());
+            }
+            if auth.password.is_empty() {
+                return bad(format!(
+                    "auth.password: user {:?} has an empty password",
+                    auth.user
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the policy for an id taken while this server was away.
+    #[must_use]
+    pub fn with_on_id_taken(mut self, policy: IdTakenPolicy) -> Self {
+        self.on_id_taken = policy;
+        self
+    }
+
     /// Checks every field; returns the key layout the prefix describes.
     ///
     /// # Errors
@@ -148,6 +413,9 @@ impl ConnectorConfig {
                 return bad(format!("{name}: must be more than zero"));
             }
         }
+        if self.watch_idle_timeout <= self.progress_interval {
+            return bad("watch_idle_timeout: must be longer than progress_interval".into());
+        }
         if self.id_space == 0 {
             return bad("id_space: at least 1 (ids are 1..=id_space)".into());
         }
@@ -163,6 +431,7 @@ impl ConnectorConfig {
         if !(1..=10_000).contains(&self.page_size) {
             return bad("page_size: 1..=10000".into());
         }
+        self.validate_security()?;
         KeyLayout::new(&self.prefix)
     }
 
@@ -273,5 +542,101 @@ mod tests {
         let partial: ConnectorConfig = serde_json::from_str(r#"{"prefix":"/x"}"#).unwrap();
         assert_eq!(partial.prefix, "/x");
         assert!(serde_json::from_str::<ConnectorConfig>(r#"{"typo":1}"#).is_err());
+    }
+
+    const CERT_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    const KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
+
+    /// A directory with `ca.pem`, `cert.pem` (certificate markers) and `key.pem` (key markers).
+    fn pem_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), CERT_PEM).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), CERT_PEM).unwrap();
+        std::fs::write(dir.path().join("key.pem"), KEY_PEM).unwrap();
+        dir
+    }
+
+    fn invalid(c: &ConnectorConfig) -> String {
+        match c.validate() {
+            Err(Error::InvalidConfig(why)) => why,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tls_and_endpoint_schemes_must_agree() {
+        let dir = pem_dir();
+        let tls = TlsConfig::new(dir.path().join("ca.pem"));
+        let https = ConnectorConfig::new(["https://127.0.0.1:2379"]);
+        assert!(https.clone().with_tls(tls.clone()).validate().is_ok());
+        assert!(invalid(&https).contains("no TLS settings"));
+        let http = ConnectorConfig::new(["http://127.0.0.1:2379"]).with_tls(tls.clone());
+        assert!(invalid(&http).contains("plaintext http://"));
+        let bare = ConnectorConfig::new(["127.0.0.1:2379"]).with_tls(tls);
+        assert!(invalid(&bare).contains("https://"));
+        // Mixed endpoints are refused too, whichever comes first.
+        let mixed = ConnectorConfig::new(["http://a:1", "https://b:1"]);
+        assert!(invalid(&mixed).contains("no TLS settings"));
+    }
+
+    #[test]
+    fn client_cert_and_key_come_together_and_must_be_readable_pem() {
+        let dir = pem_dir();
+        let p = |f: &str| dir.path().join(f);
+        let base = ConnectorConfig::new(["https://127.0.0.1:2379"]);
+        let ok = base
+            .clone()
+            .with_tls(TlsConfig::new(p("ca.pem")).with_client_cert(p("cert.pem"), p("key.pem")));
+        assert!(ok.validate().is_ok());
+        let mut no_key = TlsConfig::new(p("ca.pem"));
+        no_key.cert = Some(p("cert.pem"));
+        assert!(invalid(&base.clone().with_tls(no_key)).contains("tls.key"));
+        let mut no_cert = TlsConfig::new(p("ca.pem"));
+        no_cert.key = Some(p("key.pem"));
+        assert!(invalid(&base.clone().with_tls(no_cert)).contains("tls.cert"));
+        let missing = base.clone().with_tls(TlsConfig::new(p("nope.pem")));
+        let why = invalid(&missing);
+        assert!(
+            why.contains("tls.ca_cert") && why.contains("cannot read"),
+            "{why}"
+        );
+        // Certificate and key swapped: named before any connection is tried.
+        let swapped = base
+            .clone()
+            .with_tls(TlsConfig::new(p("ca.pem")).with_client_cert(p("key.pem"), p("cert.pem")));
+        assert!(invalid(&swapped).contains("tls.cert"));
+        std::fs::write(p("garbage"), "not a certificate").unwrap();
+        let not_pem = base.with_tls(TlsConfig::new(p("garbage")));
+        let why = invalid(&not_pem);
+        assert!(
+            why.contains("tls.ca_cert") && why.contains("not a PEM"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn auth_needs_user_and_password() {
+        let base = ConnectorConfig::default();
+        assert!(base.clone().with_auth("darkrift", "pw").validate().is_ok());
+        assert!(invalid(&base.clone().with_auth("", "pw")).contains("auth.user"));
+        assert!(invalid(&base.with_auth("darkrift", "")).contains("auth.password"));
+    }
+
+    #[test]
+    fn the_password_is_never_printed_nor_serialized() {
+        let c = ConnectorConfig::default().with_auth("darkrift", "hunter2-secret");
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("***"), "{debug}");
+        assert_eq!(Secret::new("hunter2").to_string(), "***");
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(!json.contains("hunter2"), "{json}");
+        // Reading a password from a config file works; writing one back never does.
+        let read: ConnectorConfig =
+            serde_json::from_str(r#"{"auth":{"user":"u","password":"p"}}"#).unwrap();
+        assert_eq!(
+            read.auth.map(|a| a.password.expose().to_owned()),
+            Some("p".into())
+        );
     }
 }

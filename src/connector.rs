@@ -1,5 +1,6 @@
 //! The connector: DarkRift's `RegisterServer` / `DeregisterServer` /
-//! `HandleConnectionFailure`, composed from the lease, the allocator and the watcher.
+//! `HandleConnectionFailure`, composed from the lease, the allocator, the registration
+//! supervisor and the watcher.
 //!
 //! A [`Connector`] owns one etcd client, one watcher task (started at connect time, so the
 //! view is warm before the server registers) and at most one registration at a time. Dropping
@@ -9,23 +10,24 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, DeleteOptions, Txn, TxnOp};
 use futures::Stream;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::alloc::{self, AllocHint, AllocOutcome, AllocRequest, IdSet};
 use crate::client::{bounded, connect};
 use crate::config::ConnectorConfig;
 use crate::error::{Error, Result};
 use crate::events::Event;
-use crate::keys::KeyLayout;
 use crate::lease::LeaseSession;
 use crate::record::{Registration, ServerInfo};
-use crate::watcher::{self, lock, Command, SharedView, WatcherSettings};
+use crate::registration::{allocate, Ctx, Held, RegistrationStatus, Supervisor};
+use crate::watcher::{self, lock, Command, WatcherSettings};
 
 /// A DarkRift server registry connector backed by etcd.
 ///
@@ -48,36 +50,35 @@ use crate::watcher::{self, lock, Command, SharedView, WatcherSettings};
 /// connector.deregister_server().await?;
 /// # Ok(()) }
 /// ```
+///
+/// # Recovery
+/// The watcher resumes by itself after any etcd error (see the crate's ARCHITECTURE.md); a
+/// lost lease is re-registered by itself with the same id ([`Event::LeaseLost`], then
+/// [`Event::Reregistered`]); [`Connector::status`] tells where the registration stands.
 pub struct Connector {
-    client: Client,
-    config: ConnectorConfig,
-    layout: KeyLayout,
-    shared: SharedView,
+    ctx: Arc<Ctx>,
     synced: watch::Receiver<bool>,
     commands: mpsc::Sender<Command>,
     events: Mutex<Option<mpsc::Receiver<Event>>>,
-    registration: tokio::sync::Mutex<Option<Held>>,
-    spread_seed: u64,
-    requests: AtomicU64,
+    registration: tokio::sync::Mutex<Option<Running>>,
+    status: Mutex<Option<watch::Receiver<RegistrationStatus>>>,
     _stop: DropGuard,
 }
 
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")
-            .field("prefix", &self.layout.prefix())
-            .field("endpoints", &self.config.endpoints)
+            .field("prefix", &self.ctx.layout.prefix())
+            .field("endpoints", &self.ctx.config.endpoints)
             .finish_non_exhaustive()
     }
 }
 
-/// What we hold while registered.
+/// A registration's supervisor task.
 #[derive(Debug)]
-struct Held {
-    id: u16,
-    server_key: String,
-    create_revision: i64,
-    lease: LeaseSession,
+struct Running {
+    cancel: CancellationToken,
+    task: JoinHandle<Option<Held>>,
 }
 
 /// What [`Connector::handle_connection_failure`] found out about a peer.
@@ -101,58 +102,71 @@ impl Connector {
     pub async fn connect(config: ConnectorConfig) -> Result<Self> {
         let layout = config.validate()?;
         let client = connect(&config, &layout.cursor_key()).await?;
+        Ok(Self::start(client, config, layout))
+    }
+
+    /// Like [`Connector::connect`] but on an existing etcd client (for hosts that share one
+    /// connection between several registrations, e.g. benchmarks). The client should have
+    /// been built with `require_leader`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a bad setting.
+    pub fn with_client(client: Client, config: ConnectorConfig) -> Result<Self> {
+        let layout = config.validate()?;
+        Ok(Self::start(client, config, layout))
+    }
+
+    fn start(client: Client, config: ConnectorConfig, layout: crate::keys::KeyLayout) -> Self {
         let cancel = CancellationToken::new();
         let (tx, rx) = mpsc::channel(config.event_queue);
-        let settings = WatcherSettings {
-            layout: layout.clone(),
-            page_size: config.page_size,
-            request_timeout: config.request_timeout,
-        };
-        let task = watcher::spawn(client.clone(), settings, tx, cancel.clone());
-        Ok(Connector {
+        let settings = WatcherSettings::new(layout.clone(), &config);
+        let task = watcher::spawn(client.clone(), settings, tx.clone(), cancel.clone());
+        let ctx = Arc::new(Ctx {
             client,
             config,
             layout,
             shared: task.shared,
+            events: tx,
+            spread_seed: rand::random(),
+            requests: AtomicU64::new(0),
+        });
+        Connector {
+            ctx,
             synced: task.synced,
             commands: task.commands,
             events: Mutex::new(Some(rx)),
             registration: tokio::sync::Mutex::new(None),
-            spread_seed: rand::random(),
-            requests: AtomicU64::new(0),
+            status: Mutex::new(None),
             _stop: cancel.drop_guard(),
-        })
+        }
     }
 
     /// The settings in force.
     #[must_use]
     pub fn config(&self) -> &ConnectorConfig {
-        &self.config
+        &self.ctx.config
     }
 
     /// The underlying etcd client (shares the connection).
     #[must_use]
     pub fn client(&self) -> &Client {
-        &self.client
+        &self.ctx.client
     }
 
     /// Takes the event stream: every join and leave of the registry (this server included),
-    /// in etcd revision order, and [`Event::Synced`] once the initial snapshot is delivered.
+    /// in etcd revision order, [`Event::Synced`] once the initial snapshot is delivered, and
+    /// the registration's own events ([`Event::LeaseLost`], [`Event::Reregistered`], …).
     ///
     /// The stream is bounded (`event_queue`): a consumer that falls behind makes the watcher
-    /// wait, it never loses an event. If nobody takes the stream the watcher still keeps
-    /// the view current but stops reading etcd once the queue is full.
+    /// wait, it never loses an event, and the lease keep-alive is not affected (it runs on its
+    /// own task). If nobody takes the stream, the watcher stops reading etcd once the queue
+    /// is full.
     ///
     /// # Errors
     /// [`Error::EventsTaken`] on the second call.
     pub fn events(&self) -> Result<EventStream> {
-        let mut slot = self
-            .events
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        slot.take()
-            .map(|rx| EventStream { rx })
-            .ok_or(Error::EventsTaken)
+        let mut slot = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.take().map(|rx| EventStream { rx }).ok_or(Error::EventsTaken)
     }
 
     /// Delivers every event to a DarkRift-style handler on its own task. Ends when the
@@ -160,19 +174,15 @@ impl Connector {
     ///
     /// # Errors
     /// [`Error::EventsTaken`] when the event stream was already taken.
-    pub fn spawn_handler<H: ServerRegistryHandler>(
-        &self,
-        mut handler: H,
-    ) -> Result<tokio::task::JoinHandle<H>> {
+    pub fn spawn_handler<H: ServerRegistryHandler>(&self, mut handler: H) -> Result<JoinHandle<H>> {
         let mut events = self.events()?;
         Ok(tokio::spawn(async move {
             while let Some(event) = events.rx.recv().await {
                 match event {
-                    Event::Join { server, revision } => {
-                        handler.handle_server_join(&server, revision)
-                    }
+                    Event::Join { server, revision } => handler.handle_server_join(&server, revision),
                     Event::Leave { id, revision, .. } => handler.handle_server_leave(id, revision),
                     Event::Synced { revision } => handler.handle_synced(revision),
+                    other => handler.handle_other(&other),
                 }
             }
             handler
@@ -183,58 +193,66 @@ impl Connector {
     ///
     /// # Errors
     /// [`Error::Timeout`] when etcd did not deliver it within `bound`.
-    pub async fn wait_synced(&self, bound: std::time::Duration) -> Result<()> {
+    pub async fn wait_synced(&self, bound: Duration) -> Result<()> {
         let mut synced = self.synced.clone();
-        let outcome =
-            tokio::time::timeout(bound, async { synced.wait_for(|s| *s).await.is_ok() }).await;
-        match outcome {
+        let wait = async { synced.wait_for(|s| *s).await.is_ok() };
+        match tokio::time::timeout(bound, wait).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::Shutdown),
-            Err(_) => Err(Error::Timeout {
-                op: "initial snapshot",
-                timeout: bound,
-            }),
+            Err(_) => Err(Error::Timeout { op: "initial snapshot", timeout: bound }),
         }
     }
 
     /// The live servers as this connector's view has them, sorted by id.
     #[must_use]
     pub fn servers(&self) -> Vec<ServerInfo> {
-        lock(&self.shared).view.servers()
+        lock(&self.ctx.shared).view.servers()
+    }
+
+    /// True while the view may be out of date (between [`Event::Stale`] and [`Event::Fresh`]).
+    #[must_use]
+    pub fn is_stale(&self) -> bool {
+        lock(&self.ctx.shared).stale
     }
 
     /// How many malformed or conflicting records under the prefix were skipped so far.
     #[must_use]
     pub fn skipped_records(&self) -> u64 {
-        lock(&self.shared).view.skipped()
+        lock(&self.ctx.shared).view.skipped()
     }
 
     /// How many etcd requests registrations have sent so far (lease grants and allocation
     /// transactions; the watcher's reads are not counted).
     #[must_use]
     pub fn registration_requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.ctx.requests.load(Ordering::Relaxed)
     }
 
-    /// The id held, if registered.
-    pub async fn registered_id(&self) -> Option<u16> {
-        self.registration.lock().await.as_ref().map(|h| h.id)
+    /// The registration's status, if this connector registered (a `watch` receiver: await
+    /// `changed()` to follow it).
+    #[must_use]
+    pub fn status(&self) -> Option<watch::Receiver<RegistrationStatus>> {
+        self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// True while registered and the lease is confirmed alive by the local deadline.
-    pub async fn is_registered(&self) -> bool {
-        self.registration
-            .lock()
-            .await
-            .as_ref()
-            .is_some_and(|h| h.lease.is_alive())
+    /// The id held (or being recovered), if registered.
+    #[must_use]
+    pub fn registered_id(&self) -> Option<u16> {
+        self.status().map(|s| s.borrow().id())
+    }
+
+    /// The fence: true only while registered and the lease's local deadline has not passed.
+    #[must_use]
+    pub fn is_registered(&self) -> bool {
+        self.status().is_some_and(|s| s.borrow().is_registered())
     }
 
     /// Registers this server and returns its cluster-unique id (DarkRift's `RegisterServer`).
     ///
     /// Validates the input first (nothing is written on a bad input), waits for the initial
     /// snapshot (it tells which ids are taken), grants a lease of `lease_ttl`, then claims an id
-    /// with one transaction per attempt (see [`crate::alloc`]).
+    /// with one transaction per attempt (see [`crate::alloc`]). From then on a supervisor task
+    /// keeps the registration (see [`crate::registration`]).
     ///
     /// # Errors
     /// [`Error::InvalidRegistration`], [`Error::AlreadyRegistered`],
@@ -247,195 +265,71 @@ impl Connector {
         properties: BTreeMap<String, String>,
     ) -> Result<u16> {
         let registration = Registration::new(group, host, port, properties)?;
-        let mut held = self.registration.lock().await;
-        if let Some(h) = held.as_ref() {
-            return Err(Error::AlreadyRegistered { id: h.id });
+        let mut running = self.registration.lock().await;
+        if running.is_some() {
+            return Err(Error::AlreadyRegistered { id: self.registered_id().unwrap_or(0) });
         }
-        self.wait_synced(self.config.connect_timeout.max(self.config.request_timeout))
-            .await?;
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let lease = LeaseSession::grant(
-            &self.client,
-            self.config.lease_ttl,
-            self.config.request_timeout,
-        )
-        .await?;
-        match self.allocate(&registration, lease.id()).await {
-            Ok((id, server_key, create_revision)) => {
-                tracing::info!(
-                    id,
-                    group,
-                    host,
-                    port,
-                    revision = create_revision,
-                    "registered"
-                );
-                *held = Some(Held {
-                    id,
-                    server_key,
-                    create_revision,
-                    lease,
-                });
-                Ok(id)
-            }
+        let cfg = &self.ctx.config;
+        self.wait_synced(cfg.connect_timeout.max(cfg.request_timeout)).await?;
+        self.ctx.requests.fetch_add(1, Ordering::Relaxed);
+        let lease = LeaseSession::grant(&self.ctx.client, cfg.lease_ttl, cfg.request_timeout).await?;
+        let claim = match allocate(&self.ctx, &registration, lease.id()).await {
+            Ok(claim) => claim,
             Err(e) => {
-                if let Err(revoke) = lease
-                    .revoke(&self.client, self.config.request_timeout)
-                    .await
-                {
+                if let Err(revoke) = lease.revoke(&self.ctx.client, cfg.request_timeout).await {
                     tracing::debug!(error = %revoke, "revoking the unused lease failed; it expires");
                 }
-                Err(e)
+                return Err(e);
             }
-        }
-    }
-
-    /// Claims an id: one transaction per attempt, bounded.
-    async fn allocate(
-        &self,
-        registration: &Registration,
-        lease_id: i64,
-    ) -> Result<(u16, String, i64)> {
-        let params = self.config.alloc_params();
-        let mut learned = IdSet::default();
-        let mut cursor_seen = 0u64;
-        let mut kv = self.client.kv_client();
-        for attempt in 0..self.config.max_alloc_attempts {
-            let hint = {
-                let shared = lock(&self.shared);
-                let mut taken = learned.clone();
-                for id in shared.view.ids() {
-                    taken.insert(id);
-                }
-                AllocHint {
-                    cursor: shared.cursor.max(cursor_seen),
-                    taken,
-                }
-            };
-            let spread = splitmix(self.spread_seed.wrapping_add(u64::from(attempt)));
-            let Some(candidate) = alloc::choose(&hint, params, spread) else {
-                if !learned.is_empty() {
-                    // What we learnt from conflicts may be stale: start over from the view.
-                    learned = IdSet::default();
-                    continue;
-                }
-                return Err(self.exhausted_or_contention(attempt).await);
-            };
-            let record =
-                registration.encode(candidate.id, candidate.position, alloc::now_unix_ms());
-            let request = AllocRequest {
-                layout: &self.layout,
-                group: registration.group(),
-                candidate,
-                cursor: hint.cursor,
-                record,
-                lease_id,
-                params,
-            };
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            let resp = bounded(
-                "allocate id",
-                self.config.request_timeout,
-                kv.txn(alloc::build_txn(&request)),
-            )
-            .await?;
-            match alloc::read_answer(&self.layout, candidate, &resp) {
-                Ok(AllocOutcome::Won { revision }) => {
-                    let mut shared = lock(&self.shared);
-                    shared.cursor = shared.cursor.max(candidate.position);
-                    return Ok((
-                        candidate.id,
-                        self.layout.server_key(registration.group(), candidate.id),
-                        revision,
-                    ));
-                }
-                Ok(AllocOutcome::Lost { cursor, taken }) => {
-                    tracing::debug!(
-                        attempt,
-                        id = candidate.id,
-                        cursor,
-                        taken = taken.len(),
-                        "id taken; retrying"
-                    );
-                    cursor_seen = cursor_seen.max(cursor);
-                    learned.insert(candidate.id);
-                    for id in taken {
-                        learned.insert(id);
-                    }
-                }
-                Err(why) => {
-                    return Err(Error::InvalidConfig(format!(
-                        "allocator state under the prefix: {why}"
-                    )))
-                }
-            }
-        }
-        Err(Error::AllocationContention {
-            attempts: self.config.max_alloc_attempts,
-        })
-    }
-
-    /// Every id looks taken: count the slots to tell a full space from a stale view.
-    async fn exhausted_or_contention(&self, attempt: u32) -> Error {
-        let mut kv = self.client.kv_client();
-        let options = GetOptions::new().with_prefix().with_count_only();
-        match bounded(
-            "count slots",
-            self.config.request_timeout,
-            kv.get(self.layout.slots_prefix(), Some(options)),
-        )
-        .await
-        {
-            Ok(resp) if resp.count() >= i64::from(self.config.id_space) => {
-                Error::IdSpaceExhausted {
-                    id_space: self.config.id_space,
-                }
-            }
-            Ok(_) => Error::AllocationContention {
-                attempts: attempt + 1,
-            },
-            Err(e) => e,
-        }
+        };
+        let id = claim.id;
+        tracing::info!(id, group, host, port, revision = claim.create_revision, "registered");
+        let cancel = CancellationToken::new();
+        let (status, task) = Supervisor::spawn(self.ctx.clone(), registration, claim, lease, cancel.clone());
+        *self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status);
+        *running = Some(Running { cancel, task });
+        Ok(id)
     }
 
     /// Removes this server from the registry (DarkRift's `DeregisterServer`).
     ///
-    /// Deletes our server and slot keys only if they are still the ones we created (guarded
-    /// by their create revision: a stale handle never deletes a newer registration of the same
-    /// id), then revokes the lease, bounded by the smaller of the request timeout and the TTL.
+    /// Stops the supervisor, deletes our server and slot keys only if they are still the
+    /// ones we created (guarded by their create revision: a stale handle never deletes a newer
+    /// registration of the same id), then revokes the lease, bounded by the smaller of the
+    /// request timeout and the TTL.
     ///
     /// # Errors
     /// [`Error::NotRegistered`], or an etcd failure (the lease then expires by itself).
     pub async fn deregister_server(&self) -> Result<()> {
-        let Some(held) = self.registration.lock().await.take() else {
+        let Some(running) = self.registration.lock().await.take() else {
             return Err(Error::NotRegistered);
         };
-        let slot = self.layout.slot_key(held.id);
+        *self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        running.cancel.cancel();
+        let Ok(Some(held)) = running.task.await else {
+            // Stopped by policy or recovering: nothing of ours is in etcd.
+            return Ok(());
+        };
+        let Held { claim, lease } = held;
+        let slot = self.ctx.layout.slot_key(claim.id);
         let guard = Txn::new()
             .when([
-                Compare::create_revision(
-                    held.server_key.clone(),
-                    CompareOp::Equal,
-                    held.create_revision,
-                ),
-                Compare::create_revision(slot.clone(), CompareOp::Equal, held.create_revision),
+                Compare::create_revision(claim.server_key.clone(), CompareOp::Equal, claim.create_revision),
+                Compare::lease(slot.clone(), CompareOp::Equal, lease.id()),
             ])
             .and_then([
-                TxnOp::delete(held.server_key.clone(), None::<DeleteOptions>),
+                TxnOp::delete(claim.server_key.clone(), None::<DeleteOptions>),
                 TxnOp::delete(slot, None::<DeleteOptions>),
             ]);
-        let mut kv = self.client.kv_client();
-        let deleted = bounded("deregister", self.config.request_timeout, kv.txn(guard)).await;
-        let timeout = self
-            .config
-            .request_timeout
-            .min(held.lease.ttl())
-            .max(std::time::Duration::from_millis(100));
-        let revoked = held.lease.revoke(&self.client, timeout).await;
+        let cfg = &self.ctx.config;
+        let mut kv = self.ctx.client.kv_client();
+        let deleted = bounded("deregister", cfg.request_timeout, kv.txn(guard)).await;
+        let timeout = cfg.request_timeout.min(lease.ttl()).max(Duration::from_millis(100));
+        let revoked = lease.revoke(&self.ctx.client, timeout).await;
         match deleted {
-            Ok(resp) if resp.succeeded() => tracing::info!(id = held.id, "deregistered"),
+            Ok(resp) if resp.succeeded() => tracing::info!(id = claim.id, "deregistered"),
             Ok(_) => tracing::warn!(
-                id = held.id,
+                id = claim.id,
                 "our keys were already gone or re-created by another server; nothing deleted"
             ),
             Err(e) => return Err(e),
@@ -451,26 +345,19 @@ impl Connector {
     /// An etcd failure while reading.
     pub async fn handle_connection_failure(&self, id: u16) -> Result<PeerStatus> {
         let (key, create_revision) = {
-            let shared = lock(&self.shared);
+            let shared = lock(&self.ctx.shared);
             match (shared.view.get(id), shared.view.create_revision(id)) {
-                (Some(server), Some(rev)) => (self.layout.server_key(&server.group, id), rev),
+                (Some(server), Some(rev)) => (self.ctx.layout.server_key(&server.group, id), rev),
                 _ => return Ok(PeerStatus::Unknown),
             }
         };
-        let mut kv = self.client.kv_client();
-        let resp = bounded("read peer", self.config.request_timeout, kv.get(key, None)).await?;
-        if resp
-            .kvs()
-            .first()
-            .is_some_and(|kv| kv.create_revision() == create_revision)
-        {
+        let mut kv = self.ctx.client.kv_client();
+        let resp = bounded("read peer", self.ctx.config.request_timeout, kv.get(key, None)).await?;
+        if resp.kvs().first().is_some_and(|kv| kv.create_revision() == create_revision) {
             return Ok(PeerStatus::Registered);
         }
         let (done, wait) = oneshot::channel();
-        self.commands
-            .send(Command::Resync(done))
-            .await
-            .map_err(|_| Error::Shutdown)?;
+        self.commands.send(Command::Resync(done)).await.map_err(|_| Error::Shutdown)?;
         wait.await.map_err(|_| Error::Shutdown)?;
         Ok(PeerStatus::Gone)
     }
@@ -484,6 +371,8 @@ pub trait ServerRegistryHandler: Send + 'static {
     fn handle_server_leave(&mut self, id: u16, revision: i64);
     /// The initial snapshot has been delivered.
     fn handle_synced(&mut self, _revision: i64) {}
+    /// Any other event (lease lost, re-registered, stale, fresh, …).
+    fn handle_other(&mut self, _event: &Event) {}
 }
 
 /// The connector's events as a [`Stream`]; ends when the connector is dropped.
@@ -505,12 +394,4 @@ impl Stream for EventStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         self.rx.poll_recv(cx)
     }
-}
-
-/// A well-mixed 64-bit hash (splitmix64), to derive each attempt's spread from the seed.
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }

@@ -38,6 +38,27 @@ pub enum Error {
         reason: String,
     },
 
+    /// The TLS handshake with etcd failed: an untrusted or mismatched server certificate
+    /// (wrong CA, wrong host name), or etcd refused our client certificate (or its absence).
+    /// Never followed by a plaintext attempt.
+    #[error("TLS to etcd at {endpoints} failed: {reason}")]
+    Tls {
+        /// The endpoints that were tried, comma-separated.
+        endpoints: String,
+        /// What the TLS layer reported.
+        reason: String,
+    },
+
+    /// etcd refused the configured user and password (or authentication is not enabled on
+    /// etcd while credentials were given).
+    #[error("etcd authentication as user {user:?} failed: {reason}")]
+    Auth {
+        /// The user name (the password is never part of an error).
+        user: String,
+        /// What etcd answered.
+        reason: String,
+    },
+
     /// An etcd request did not answer in time.
     #[error("etcd request `{op}` timed out after {timeout:?}")]
     Timeout {
@@ -98,6 +119,10 @@ pub enum Error {
     /// The connector was shut down.
     #[error("the connector is shut down")]
     Shutdown,
+
+    /// The blocking facade could not start its tokio runtime (threads could not be spawned).
+    #[error("cannot start the tokio runtime of the blocking connector: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 impl Error {

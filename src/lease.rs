@@ -233,6 +233,7 @@ impl KeepAlive {
                         }
                         let ttl = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0));
                         let rtt = sent.elapsed();
+                        metrics::histogram!(crate::metrics::KEEPALIVE_RTT).record(rtt.as_secs_f64());
                         tracing::trace!(rtt_ms = rtt.as_millis() as u64, ttl = resp.ttl(), "keep-alive acknowledged");
                         self.state.send_replace(LeaseState::Alive { deadline: sent + ttl });
                     }

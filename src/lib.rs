@@ -19,15 +19,22 @@
 //! | [`events`] | the event enum and its contract |
 //! | [`config`] | typed settings and their validation |
 //! | [`lease`] | lease grant, keep-alive task, local deadline (I/O) |
+//! | [`registration`] | one registration's life: keep, lose, restore, re-register (I/O) |
+//! | [`metrics`] | metric names (through the `metrics` facade) |
 //! | `watcher` | list + watch state machine feeding `membership` (I/O) |
 //! | [`connector`] | register / deregister / connection failure; composes the above (I/O) |
+//! | [`blocking`] | the connector for hosts that are not async (owns a runtime) |
+//! | [`cluster`] | DarkRift cluster config, topology and the upstream/downstream core (pure) |
+//! | `mesh` | feature `mesh`: a server-to-server TCP mesh driven by the cluster core (I/O) |
 //!
 //! See ARCHITECTURE.md in the repository for the data path and the recovery rules.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod alloc;
+pub mod blocking;
 mod client;
+pub mod cluster;
 pub mod config;
 pub mod connector;
 pub mod error;
@@ -35,16 +42,21 @@ pub mod events;
 pub mod keys;
 pub mod lease;
 pub mod membership;
+#[cfg(feature = "mesh")]
+pub mod mesh;
+pub mod metrics;
 pub mod record;
+pub mod registration;
 #[cfg(feature = "test-support")]
 pub mod testing;
 mod watcher;
 
-pub use config::ConnectorConfig;
+pub use config::{ConnectorConfig, IdTakenPolicy};
 pub use connector::{Connector, EventStream, PeerStatus, ServerRegistryHandler};
 pub use error::{Error, Result};
 pub use events::Event;
 pub use record::{Registration, ServerInfo};
+pub use registration::RegistrationStatus;
 
 /// Reads the registry once: the live servers at one revision, and how many records under the
 /// prefix were skipped as malformed. For listings; use a [`Connector`] to follow changes.
@@ -54,11 +66,7 @@ pub use record::{Registration, ServerInfo};
 pub async fn list_servers(config: &ConnectorConfig) -> Result<(i64, Vec<ServerInfo>, u64)> {
     let layout = config.validate()?;
     let client = client::connect(config, &layout.cursor_key()).await?;
-    let settings = watcher::WatcherSettings {
-        layout,
-        page_size: config.page_size,
-        request_timeout: config.request_timeout,
-    };
+    let settings = watcher::WatcherSettings::new(layout, config);
     let (revision, view) = watcher::list_once(&client, &settings).await?;
     Ok((revision, view.servers(), view.skipped()))
 }

@@ -9,6 +9,9 @@
 //!   (for example `--auth-token`).
 //! * Every constructor waits (bounded) until each member reports a leader, so a test can use
 //!   the cluster right away.
+//! * [`EtcdClusterBuilder::client_tls`] serves the client URLs over TLS (`https://`), with
+//!   or without client certificate authentication (mutual TLS); the harness's own health
+//!   checks and [`EtcdCluster::client`] then use TLS too.
 //! * Members can be killed ([`EtcdCluster::kill`], SIGKILL), stopped gracefully
 //!   ([`EtcdCluster::stop`], SIGTERM) and restarted on the same data directory and ports
 //!   ([`EtcdCluster::restart`]), which is what failover tests need.
@@ -36,6 +39,9 @@
 //! # }
 //! ```
 
+mod proxy;
+pub use proxy::{FaultProxy, Mode as ProxyMode, MAX_CONNECTIONS as PROXY_MAX_CONNECTIONS};
+
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
@@ -48,7 +54,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, ConnectOptions, StatusResponse};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, StatusResponse, TlsOptions};
 use tempfile::TempDir;
 use tracing::{debug, info, warn};
 
@@ -261,6 +267,61 @@ pub fn free_port() -> io::Result<u16> {
     ))
 }
 
+/// TLS material for the members' client URLs; see [`EtcdClusterBuilder::client_tls`].
+///
+/// All paths are PEM files. Peer traffic between members stays plaintext on loopback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificate that signed `cert` and, with `client_cert_auth`, the client
+    /// certificates etcd accepts (`--trusted-ca-file`).
+    pub ca: PathBuf,
+    /// Server certificate of every member (`--cert-file`); must be valid for `127.0.0.1`.
+    pub cert: PathBuf,
+    /// Key of `cert` (`--key-file`).
+    pub key: PathBuf,
+    /// Require a client certificate signed by `ca` (`--client-cert-auth`): mutual TLS.
+    pub client_cert_auth: bool,
+    /// Client certificate and key the harness uses for its own health checks and for
+    /// [`EtcdCluster::client`]; required when `client_cert_auth` is set.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl TlsFiles {
+    /// etcd client options trusting `ca` and presenting `client_identity`, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`TestingError::Io`] if a file cannot be read.
+    pub fn connect_options(&self) -> Result<ConnectOptions, TestingError> {
+        let read = |path: &Path| {
+            std::fs::read(path)
+                .map_err(|err| TestingError::io(format!("reading {}", path.display()), err))
+        };
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&self.ca)?));
+        if let Some((cert, key)) = &self.client_identity {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(ConnectOptions::new().with_tls(tls))
+    }
+
+    fn member_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "--cert-file".into(),
+            self.cert.clone().into(),
+            "--key-file".into(),
+            self.key.clone().into(),
+        ];
+        if self.client_cert_auth {
+            args.extend([
+                "--client-cert-auth".into(),
+                "--trusted-ca-file".into(),
+                self.ca.clone().into(),
+            ]);
+        }
+        args
+    }
+}
+
 /// Whether a member joins a new cluster or rejoins one from its data directory.
 #[derive(Debug, Clone, Copy)]
 enum ClusterState {
@@ -281,6 +342,8 @@ impl ClusterState {
 #[derive(Debug)]
 struct Member {
     name: String,
+    /// `http` or, with [`EtcdClusterBuilder::client_tls`], `https`.
+    client_scheme: &'static str,
     client_port: u16,
     peer_port: u16,
     data_dir: PathBuf,
@@ -292,7 +355,7 @@ struct Member {
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.client_scheme, self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -348,6 +411,7 @@ pub struct EtcdCluster {
     token: String,
     initial_cluster: String,
     extra_args: Vec<String>,
+    tls: Option<TlsFiles>,
     startup_timeout: Duration,
     startup_elapsed: Duration,
     members: Vec<Member>,
@@ -392,7 +456,8 @@ impl EtcdCluster {
         self.members.is_empty()
     }
 
-    /// Client URLs of all members (`http://127.0.0.1:PORT`), in member order, running or not.
+    /// Client URLs of all members (`http://127.0.0.1:PORT`, `https://` with TLS), in member
+    /// order, running or not.
     #[must_use]
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(Member::client_url).collect()
@@ -450,14 +515,26 @@ impl EtcdCluster {
         self.members.get(i).is_some_and(Member::is_running)
     }
 
-    /// Connects an [`etcd_client::Client`] to all members' endpoints.
+    /// The TLS material the members serve with, if [`EtcdClusterBuilder::client_tls`] was set.
+    #[must_use]
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// Connects an [`etcd_client::Client`] to all members' endpoints (over TLS, with the
+    /// harness's client identity, when the cluster serves TLS).
     ///
     /// # Errors
     ///
     /// [`TestingError::Client`] if the client cannot be created.
     pub async fn client(&self) -> Result<Client, TestingError> {
         let endpoints = self.endpoints();
-        Client::connect(&endpoints, None)
+        let options = self
+            .tls
+            .as_ref()
+            .map(TlsFiles::connect_options)
+            .transpose()?;
+        Client::connect(&endpoints, options)
             .await
             .map_err(|source| TestingError::Client { endpoints, source })
     }
@@ -511,7 +588,7 @@ impl EtcdCluster {
             if !member.is_running() {
                 continue;
             }
-            match probe_status(&member.client_url()).await {
+            match probe_status(&member.client_url(), self.tls.as_ref()).await {
                 Ok(status) => {
                     let own_id = status.header().map(etcd_client::ResponseHeader::member_id);
                     if status.leader() != 0 && own_id == Some(status.leader()) {
@@ -648,6 +725,7 @@ impl EtcdCluster {
         binary: &Path,
         members: usize,
         extra_args: &[String],
+        tls: Option<&TlsFiles>,
         startup_timeout: Duration,
     ) -> Result<Self, TestingError> {
         let dir = tempfile::Builder::new()
@@ -663,6 +741,7 @@ impl EtcdCluster {
                 })
             };
             planned.push(Member {
+                client_scheme: if tls.is_some() { "https" } else { "http" },
                 client_port: port("client")?,
                 peer_port: port("peer")?,
                 // Created by etcd itself, with the 0700 permissions it insists on.
@@ -693,6 +772,7 @@ impl EtcdCluster {
             token,
             initial_cluster,
             extra_args: extra_args.to_vec(),
+            tls: tls.cloned(),
             startup_timeout,
             startup_elapsed: Duration::ZERO,
             members: planned,
@@ -748,6 +828,7 @@ impl EtcdCluster {
             // zap is the only logger of 3.5 and an option of 3.4 (whose default, capnslog,
             // prints a deprecation warning); both accept `--log-level`.
             .args(["--logger", "zap", "--log-level", "error"])
+            .args(self.tls.iter().flat_map(TlsFiles::member_args))
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log)
@@ -792,7 +873,7 @@ impl EtcdCluster {
                         log_tail: log_tail(&member.log_path),
                     });
                 }
-                match probe_status(&member.client_url()).await {
+                match probe_status(&member.client_url(), self.tls.as_ref()).await {
                     Ok(status) if status.leader() != 0 => {}
                     Ok(_) => {
                         last_problem = format!("{} answers but has no leader", member.name);
@@ -886,6 +967,7 @@ impl Drop for EtcdCluster {
 pub struct EtcdClusterBuilder {
     members: usize,
     extra_args: Vec<String>,
+    tls: Option<TlsFiles>,
     startup_timeout: Duration,
     binary: Option<PathBuf>,
 }
@@ -895,6 +977,7 @@ impl Default for EtcdClusterBuilder {
         Self {
             members: 1,
             extra_args: Vec::new(),
+            tls: None,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             binary: None,
         }
@@ -922,6 +1005,13 @@ impl EtcdClusterBuilder {
     /// Appends one flag (or flag value); see [`extra_args`](Self::extra_args).
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.extra_args.push(arg.into());
+        self
+    }
+
+    /// Serves the client URLs over TLS (`https://127.0.0.1:PORT`) with these files; with
+    /// `client_cert_auth` etcd also requires a client certificate (mutual TLS).
+    pub fn client_tls(mut self, tls: TlsFiles) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -956,6 +1046,14 @@ impl EtcdClusterBuilder {
                 "a cluster needs at least one member".into(),
             ));
         }
+        if let Some(tls) = &self.tls {
+            if tls.client_cert_auth && tls.client_identity.is_none() {
+                return Err(TestingError::InvalidConfig(
+                    "client_cert_auth needs a client_identity for the harness's health checks"
+                        .into(),
+                ));
+            }
+        }
         let binary = match self.binary {
             Some(binary) => binary,
             None => etcd_binary()?,
@@ -967,6 +1065,7 @@ impl EtcdClusterBuilder {
                 &binary,
                 self.members,
                 &self.extra_args,
+                self.tls.as_ref(),
                 self.startup_timeout,
             )?;
             match cluster.wait_healthy(self.startup_timeout).await {
@@ -992,8 +1091,12 @@ impl EtcdClusterBuilder {
 }
 
 /// One bounded status request to one member.
-async fn probe_status(endpoint: &str) -> Result<StatusResponse, String> {
-    let options = ConnectOptions::new()
+async fn probe_status(endpoint: &str, tls: Option<&TlsFiles>) -> Result<StatusResponse, String> {
+    let base = match tls {
+        Some(tls) => tls.connect_options().map_err(|err| err.to_string())?,
+        None => ConnectOptions::new(),
+    };
+    let options = base
         .with_connect_timeout(PROBE_TIMEOUT)
         .with_timeout(PROBE_TIMEOUT);
     let request = async {

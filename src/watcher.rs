@@ -5,7 +5,8 @@
 //!            ▼                                                                      │
 //!   List { pinned revision R, pages }  ──all pages──►  Open { from: R + 1 }  ──►  Watch { from }
 //!            ▲                                              ▲                       │
-//!            └─ error: Backoff ─┘                           └──── Backoff ◄── stream error / end
+//!            └─ error: Backoff ─┘                           └── Backoff ◄── stream error / end /
+//!                                                                            silent (watchdog)
 //! ```
 //!
 //! - **List**: a linearizable paginated read of `<prefix>/`; the first page fixes revision
@@ -13,16 +14,21 @@
 //!   many pages it has. The first page is a read-only transaction that also reads the
 //!   allocator cursor at `R`. The initial list ends with [`Event::Synced`]; a later list
 //!   (recovery) is diffed against the view and emits only the missing joins and leaves.
-//! - **Open/Watch**: a watch from `from` with `prev_kv` and progress notifications. Each
-//!   response is applied as one batch. The resume point advances to the last event's
-//!   revision + 1, and on a progress notification to `header.revision + 1` (a progress
-//!   notification promises every event up to it was sent; an event response's header may run
-//!   ahead of events still queued for a catching-up watcher, so it is not used).
+//! - **Open/Watch**: a watch from `from` with `prev_kv` and progress notifications, on a
+//!   connection that requires a leader. Each response is applied as one batch. The resume
+//!   point advances to the last event's revision + 1, and on a progress notification to
+//!   `header.revision + 1` (a progress notification promises every event up to it was sent;
+//!   an event response's header may run ahead of events still queued for a catching-up
+//!   watcher, so it is not used).
+//! - **Watchdog**: a stream silent for `progress_interval` is asked for a progress
+//!   notification; one silent for `idle_timeout` is dropped and reopened at `from`.
 //! - **Backoff**: any failure waits a jittered exponential delay (backon) and retries the state
 //!   it failed in, resuming where it was: no event is lost or repeated. A compacted resume
 //!   point cannot be resumed (etcd only keeps history after the compaction), so it relists.
 //!
-//! While failing, the view keeps its last state: an error never empties it.
+//! While failing, the view keeps its last state (an error never empties it) and is marked
+//! stale ([`Event::Stale`]); it turns fresh ([`Event::Fresh`]) after a completed relist or a
+//! progress notification, i.e. once it provably caught up.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -31,7 +37,8 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use etcd_client::{
     Client, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::alloc::decode_cursor;
@@ -40,6 +47,7 @@ use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::keys::KeyLayout;
 use crate::membership::{KeyValue, KvChange, Membership};
+use crate::metrics as m;
 
 /// The view shared between the watcher task and the connector.
 #[derive(Debug)]
@@ -50,6 +58,44 @@ pub(crate) struct Shared {
     pub(crate) cursor: u64,
     /// Revision the view reflects.
     pub(crate) revision: i64,
+    /// True between [`Event::Stale`] and [`Event::Fresh`].
+    pub(crate) stale: bool,
+    /// This connector's own registration, so the watcher can tell the supervisor when
+    /// someone else deletes it.
+    pub(crate) own: Option<OwnKey>,
+}
+
+/// Our own server key, as the registration supervisor last wrote it.
+#[derive(Debug, Clone)]
+pub(crate) struct OwnKey {
+    pub(crate) key: Vec<u8>,
+    pub(crate) create_revision: i64,
+    pub(crate) gone: Arc<Notify>,
+}
+
+impl Shared {
+    /// Wakes the supervisor if `changes` delete or re-create our key after we created it.
+    fn check_own_changes(&self, changes: &[KvChange]) {
+        let Some(own) = &self.own else { return };
+        let hit = changes.iter().any(|c| match c {
+            KvChange::Delete { key, revision } => *key == own.key && *revision > own.create_revision,
+            KvChange::Put(kv) => kv.key == own.key && kv.create_revision > own.create_revision,
+        });
+        if hit {
+            own.gone.notify_one();
+        }
+    }
+
+    /// Wakes the supervisor if a snapshot newer than our key lacks it.
+    fn check_own_snapshot(&self, snapshot: &[KeyValue], revision: i64) {
+        let Some(own) = &self.own else { return };
+        let present = snapshot
+            .iter()
+            .any(|kv| kv.key == own.key && kv.create_revision == own.create_revision);
+        if revision > own.create_revision && !present {
+            own.gone.notify_one();
+        }
+    }
 }
 
 /// Shared view handle.
@@ -58,9 +104,7 @@ pub(crate) type SharedView = Arc<Mutex<Shared>>;
 /// Locks the view; a poisoned lock (a panic elsewhere) still holds a consistent view, because
 /// every mutation is a single call into `Membership`.
 pub(crate) fn lock(shared: &SharedView) -> MutexGuard<'_, Shared> {
-    shared
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Requests to a running watcher.
@@ -76,10 +120,26 @@ pub(crate) struct WatcherSettings {
     pub(crate) layout: KeyLayout,
     pub(crate) page_size: i64,
     pub(crate) request_timeout: Duration,
+    pub(crate) progress_interval: Duration,
+    pub(crate) idle_timeout: Duration,
+}
+
+impl WatcherSettings {
+    /// The watcher settings a connector configuration implies.
+    pub(crate) fn new(layout: KeyLayout, config: &crate::config::ConnectorConfig) -> Self {
+        WatcherSettings {
+            layout,
+            page_size: config.page_size,
+            request_timeout: config.request_timeout,
+            progress_interval: config.progress_interval,
+            idle_timeout: config.watch_idle_timeout,
+        }
+    }
 }
 
 /// The states; see the module docs.
 enum State {
+    /// Reading the range; `pinned` is 0 until the first page fixed the revision.
     List {
         initial: bool,
         pinned: i64,
@@ -87,16 +147,17 @@ enum State {
         acc: Vec<KeyValue>,
         cursor: u64,
     },
-    Open {
-        from: i64,
-    },
+    /// Opening a watch that starts at `from`.
+    Open { from: i64 },
+    /// Streaming; `from` is the next revision we need.
     Watch {
         from: i64,
         stream: WatchStream,
+        last_heard: Instant,
+        progress_requested: bool,
     },
-    Backoff {
-        then: Box<State>,
-    },
+    /// Waiting out a failure before `then`.
+    Backoff { then: Box<State> },
 }
 
 impl State {
@@ -128,6 +189,8 @@ pub(crate) fn spawn(
         view: Membership::new(settings.layout.clone()),
         cursor: 0,
         revision: 0,
+        stale: false,
+        own: None,
     }));
     let (synced_tx, synced) = watch::channel(false);
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
@@ -142,11 +205,7 @@ pub(crate) fn spawn(
         backoff: None,
     };
     tokio::spawn(watcher.run(cancel));
-    WatcherTask {
-        shared,
-        synced,
-        commands: cmd_tx,
-    }
+    WatcherTask { shared, synced, commands: cmd_tx }
 }
 
 struct Watcher {
@@ -170,29 +229,24 @@ fn backoff() -> backon::ExponentialBackoff {
 }
 
 fn list_from_scratch(initial: bool) -> State {
-    State::List {
-        initial,
-        pinned: 0,
-        after: None,
-        acc: Vec::new(),
-        cursor: 0,
-    }
+    State::List { initial, pinned: 0, after: None, acc: Vec::new(), cursor: 0 }
 }
 
 impl Watcher {
     async fn run(mut self, cancel: CancellationToken) {
         let mut state = list_from_scratch(true);
         loop {
-            let step = tokio::select! {
+            let (events, next) = tokio::select! {
                 () = cancel.cancelled() => return,
                 step = self.step(state) => step,
             };
-            let (events, next) = step;
             for event in events {
+                // Backpressure: a full queue makes us wait here, so nothing is dropped; the
+                // keep-alive runs on its own task and is not delayed by it.
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     sent = self.events.send(event) => {
-                        // No receiver: nobody consumes events, keep the view current anyway.
+                        // No receiver left: nobody consumes events; keep the view current.
                         let _ = sent;
                     }
                 }
@@ -204,17 +258,8 @@ impl Watcher {
     /// One transition. Returns the events to deliver (in order) and the next state.
     async fn step(&mut self, state: State) -> (Vec<Event>, State) {
         match state {
-            State::List {
-                initial,
-                pinned,
-                after,
-                mut acc,
-                mut cursor,
-            } => {
-                match self
-                    .list_page(pinned, after.as_deref(), &mut acc, &mut cursor)
-                    .await
-                {
+            State::List { initial, pinned, after, mut acc, mut cursor } => {
+                match self.list_page(pinned, after.as_deref(), &mut acc, &mut cursor).await {
                     Ok((revision, Some(next))) => {
                         let next = State::List {
                             initial,
@@ -233,41 +278,39 @@ impl Watcher {
                     Err(e) => {
                         tracing::warn!(error = %e, "snapshot read failed; retrying");
                         // Restart the list from scratch: a pinned revision may be compacted.
-                        (
-                            Vec::new(),
-                            State::Backoff {
-                                then: Box::new(list_from_scratch(initial)),
-                            },
-                        )
+                        let then = Box::new(list_from_scratch(initial));
+                        (Vec::new(), State::Backoff { then })
                     }
                 }
             }
             State::Open { from } => match self.open(from).await {
-                Ok(stream) => (Vec::new(), State::Watch { from, stream }),
+                Ok(mut stream) => {
+                    metrics::counter!(m::WATCH_RESTARTS).increment(1);
+                    // While stale, ask at once for the progress notification that proves we
+                    // caught up (it is what turns the view fresh again).
+                    let stale = lock(&self.shared).stale;
+                    let progress_requested = stale && stream.request_progress().await.is_ok();
+                    let last_heard = Instant::now();
+                    (Vec::new(), State::Watch { from, stream, last_heard, progress_requested })
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, from, "opening the watch failed; retrying");
-                    (
-                        Vec::new(),
-                        State::Backoff {
-                            then: Box::new(State::Open { from }),
-                        },
-                    )
+                    (Vec::new(), State::Backoff { then: Box::new(State::Open { from }) })
                 }
             },
-            State::Watch { from, stream } => self.watch_step(from, stream).await,
+            State::Watch { from, stream, last_heard, progress_requested } => {
+                self.watch_step(from, stream, last_heard, progress_requested).await
+            }
             State::Backoff { then } => {
+                let stale = self.mark_stale();
                 let delay = self
                     .backoff
                     .get_or_insert_with(backoff)
                     .next()
                     .unwrap_or(Duration::from_secs(5));
-                tracing::debug!(
-                    delay_ms = delay.as_millis() as u64,
-                    next = then.name(),
-                    "watcher backing off"
-                );
+                tracing::debug!(delay_ms = delay.as_millis(), next = then.name(), "watcher backing off");
                 tokio::time::sleep(delay).await;
-                (Vec::new(), *then)
+                (stale.into_iter().collect(), *then)
             }
         }
     }
@@ -303,9 +346,7 @@ impl Watcher {
                 TxnOp::get(layout.cursor_key(), None),
             ]);
             let resp = bounded("snapshot", timeout, self.client.txn(txn)).await?;
-            let revision = resp
-                .header()
-                .map_or(0, etcd_client::ResponseHeader::revision);
+            let revision = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
             let mut page = None;
             for op in resp.op_responses() {
                 if let TxnOpResponse::Get(get) = op {
@@ -319,12 +360,8 @@ impl Watcher {
             let (kvs, more) = page.unwrap_or_default();
             (revision, kvs, more)
         } else {
-            let resp = bounded(
-                "snapshot page",
-                timeout,
-                self.client.get(start, Some(options)),
-            )
-            .await?;
+            let get = self.client.get(start, Some(options));
+            let resp = bounded("snapshot page", timeout, get).await?;
             (pinned, resp.kvs().to_vec(), resp.more())
         };
         let last = kvs.last().map(|kv| kv.key().to_vec());
@@ -332,34 +369,25 @@ impl Watcher {
         Ok((revision, if more { last } else { None }))
     }
 
-    fn finish_list(
-        &mut self,
-        initial: bool,
-        revision: i64,
-        acc: &[KeyValue],
-        cursor: u64,
-    ) -> Vec<Event> {
+    fn finish_list(&mut self, initial: bool, revision: i64, acc: &[KeyValue], cursor: u64) -> Vec<Event> {
         let mut events = {
             let mut shared = lock(&self.shared);
+            let skipped_before = shared.view.skipped();
             let events = shared.view.reload(acc, revision);
-            shared.cursor = shared
-                .cursor
-                .max(cursor)
-                .max(shared.view.max_alloc_position());
+            shared.cursor = shared.cursor.max(cursor).max(shared.view.max_alloc_position());
             shared.revision = revision;
+            shared.check_own_snapshot(acc, revision);
+            record_view_metrics(&shared, skipped_before, 0);
             events
         };
-        tracing::debug!(
-            revision,
-            members = acc.len(),
-            changes = events.len(),
-            initial,
-            "snapshot applied"
-        );
+        tracing::debug!(revision, members = acc.len(), changes = events.len(), initial, "snapshot applied");
         if initial {
             events.push(Event::Synced { revision });
             self.synced.send_replace(true);
+        } else {
+            metrics::counter!(m::RESYNCS).increment(1);
         }
+        events.extend(self.mark_fresh(revision));
         for waiter in self.resync_waiters.drain(..) {
             let _ = waiter.send(());
         }
@@ -373,15 +401,21 @@ impl Watcher {
             .with_prev_key()
             .with_progress_notify();
         let prefix = self.settings.layout.servers_prefix();
-        bounded(
-            "watch",
-            self.settings.request_timeout,
-            self.client.watch(prefix, Some(options)),
-        )
-        .await
+        let watch = self.client.watch(prefix, Some(options));
+        bounded("watch", self.settings.request_timeout, watch).await
     }
 
-    async fn watch_step(&mut self, from: i64, mut stream: WatchStream) -> (Vec<Event>, State) {
+    async fn watch_step(
+        &mut self,
+        from: i64,
+        mut stream: WatchStream,
+        last_heard: Instant,
+        progress_requested: bool,
+    ) -> (Vec<Event>, State) {
+        // Watchdog: a silent stream is asked for progress after `progress_interval`, and
+        // recreated after `idle_timeout` (a stream can hang on a partitioned member).
+        let ask_at = last_heard + self.settings.progress_interval;
+        let give_up_at = last_heard + self.settings.idle_timeout;
         let msg = tokio::select! {
             cmd = self.commands.recv() => {
                 return match cmd {
@@ -389,8 +423,20 @@ impl Watcher {
                         self.resync_waiters.push(done);
                         (Vec::new(), list_from_scratch(false))
                     }
-                    None => (Vec::new(), State::Watch { from, stream }),
+                    None => {
+                        let watch = State::Watch { from, stream, last_heard, progress_requested };
+                        (Vec::new(), watch)
+                    }
                 };
+            }
+            () = tokio::time::sleep_until(ask_at), if !progress_requested => {
+                let requested = stream.request_progress().await.is_ok();
+                let watch = State::Watch { from, stream, last_heard, progress_requested: requested };
+                return (Vec::new(), watch);
+            }
+            () = tokio::time::sleep_until(give_up_at) => {
+                tracing::warn!(from, silent_for = ?self.settings.idle_timeout, "watch stream silent; recreating it");
+                return (Vec::new(), State::Backoff { then: Box::new(State::Open { from }) });
             }
             msg = stream.message() => msg,
         };
@@ -398,55 +444,38 @@ impl Watcher {
             Ok(Some(resp)) => resp,
             Ok(None) => {
                 tracing::info!(from, "watch stream ended; resuming");
-                return (
-                    Vec::new(),
-                    State::Backoff {
-                        then: Box::new(State::Open { from }),
-                    },
-                );
+                return (Vec::new(), State::Backoff { then: Box::new(State::Open { from }) });
             }
             Err(e) => {
                 tracing::info!(error = %e, from, "watch stream failed; resuming");
-                return (
-                    Vec::new(),
-                    State::Backoff {
-                        then: Box::new(State::Open { from }),
-                    },
-                );
+                return (Vec::new(), State::Backoff { then: Box::new(State::Open { from }) });
             }
         };
         if resp.canceled() {
             if resp.compact_revision() > 0 {
-                tracing::warn!(
-                    from,
-                    compact_revision = resp.compact_revision(),
-                    "watch compacted; relisting"
-                );
+                let compact_revision = resp.compact_revision();
+                tracing::warn!(from, compact_revision, "watch compacted; relisting");
             } else {
-                tracing::warn!(
-                    from,
-                    reason = resp.cancel_reason(),
-                    "watch cancelled by etcd; relisting"
-                );
+                tracing::warn!(from, reason = resp.cancel_reason(), "watch cancelled by etcd; relisting");
             }
             return (Vec::new(), list_from_scratch(false));
         }
         self.backoff = None;
-        let header_revision = resp
-            .header()
-            .map_or(0, etcd_client::ResponseHeader::revision);
+        let heard = Instant::now();
+        let header_revision = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
         if resp.events().is_empty() {
-            // A progress notification promises everything up to its revision was sent; the
-            // `created` response promises nothing.
-            let next = if resp.created() {
-                from
-            } else {
-                from.max(header_revision + 1)
-            };
-            if !resp.created() {
-                lock(&self.shared).revision = next - 1;
+            if resp.created() {
+                // `created` promises nothing about progress.
+                let watch = State::Watch { from, stream, last_heard: heard, progress_requested };
+                return (Vec::new(), watch);
             }
-            return (Vec::new(), State::Watch { from: next, stream });
+            // A progress notification: every event up to its revision was sent.
+            let next = from.max(header_revision + 1);
+            lock(&self.shared).revision = next - 1;
+            metrics::gauge!(m::REVISION_LAG).set(0.0);
+            let events = self.mark_fresh(next - 1).into_iter().collect();
+            let watch = State::Watch { from: next, stream, last_heard: heard, progress_requested: false };
+            return (events, watch);
         }
         let mut changes = Vec::with_capacity(resp.events().len());
         let mut last = from - 1;
@@ -463,18 +492,51 @@ impl Watcher {
         }
         let events = {
             let mut shared = lock(&self.shared);
+            let skipped_before = shared.view.skipped();
             let events = shared.view.apply(&changes);
             shared.cursor = shared.cursor.max(shared.view.max_alloc_position());
             shared.revision = last;
+            shared.check_own_changes(&changes);
+            record_view_metrics(&shared, skipped_before, header_revision - last);
             events
         };
-        (
-            events,
-            State::Watch {
-                from: last + 1,
-                stream,
-            },
-        )
+        let watch = State::Watch { from: last + 1, stream, last_heard: heard, progress_requested: false };
+        (events, watch)
+    }
+
+    /// Marks the view stale; returns the event the first time.
+    fn mark_stale(&mut self) -> Option<Event> {
+        let mut shared = lock(&self.shared);
+        if shared.stale || !*self.synced.borrow() {
+            return None;
+        }
+        shared.stale = true;
+        tracing::warn!(revision = shared.revision, "registry view is stale: etcd cannot be read");
+        Some(Event::Stale { revision: shared.revision })
+    }
+
+    /// Marks the view fresh; returns the event if it was stale.
+    fn mark_fresh(&mut self, revision: i64) -> Option<Event> {
+        let mut shared = lock(&self.shared);
+        if !shared.stale {
+            return None;
+        }
+        shared.stale = false;
+        tracing::info!(revision, "registry view is fresh again");
+        Some(Event::Fresh { revision })
+    }
+}
+
+fn record_view_metrics(shared: &Shared, skipped_before: u64, lag: i64) {
+    let skipped = shared.view.skipped().saturating_sub(skipped_before);
+    if skipped > 0 {
+        metrics::counter!(m::SKIPPED_RECORDS).increment(skipped);
+    }
+    // Gauges are f64; member counts and revision lags are far below 2^52.
+    #[allow(clippy::cast_precision_loss)]
+    {
+        metrics::gauge!(m::MEMBERS).set(shared.view.len() as f64);
+        metrics::gauge!(m::REVISION_LAG).set(lag.max(0) as f64);
     }
 }
 
@@ -500,10 +562,7 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// Reads the whole server range once (paginated, pinned), for one-shot listings.
-pub(crate) async fn list_once(
-    client: &Client,
-    settings: &WatcherSettings,
-) -> Result<(i64, Membership)> {
+pub(crate) async fn list_once(client: &Client, settings: &WatcherSettings) -> Result<(i64, Membership)> {
     let mut view = Membership::new(settings.layout.clone());
     let mut acc = Vec::new();
     let prefix = settings.layout.servers_prefix();
@@ -512,22 +571,14 @@ pub(crate) async fn list_once(
     let mut pinned = 0;
     let mut kv = client.kv_client();
     loop {
-        let mut options = GetOptions::new()
-            .with_range(end.clone())
-            .with_limit(settings.page_size);
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(settings.page_size);
         if pinned > 0 {
             options = options.with_revision(pinned);
         }
-        let resp = bounded(
-            "list",
-            settings.request_timeout,
-            kv.get(start.clone(), Some(options)),
-        )
-        .await?;
+        let get = kv.get(start.clone(), Some(options));
+        let resp = bounded("list", settings.request_timeout, get).await?;
         if pinned == 0 {
-            pinned = resp
-                .header()
-                .map_or(0, etcd_client::ResponseHeader::revision);
+            pinned = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
         }
         acc.extend(resp.kvs().iter().map(convert_kv));
         match (resp.more(), resp.kvs().last()) {
@@ -538,10 +589,10 @@ pub(crate) async fn list_once(
             _ => break,
         }
     }
-    view.reload(&acc, pinned);
     if pinned == 0 {
         return Err(Error::InvalidConfig("etcd returned no revision".into()));
     }
+    view.reload(&acc, pinned);
     Ok((pinned, view))
 }
 

@@ -148,6 +148,15 @@ fn event_line(event: &Event, group: Option<&str>) -> Option<serde_json::Value> {
             .is_none_or(|want| want == g)
             .then(|| json!({"event": "leave", "id": id, "revision": revision})),
         Event::Synced { .. } => Some(json!({"event": "synced"})),
+        Event::LeaseLost { id, reason } => Some(json!({"event": "lease_lost", "id": id, "reason": reason})),
+        Event::Reregistered { id, previous_id, revision } => Some(
+            json!({"event": "reregistered", "id": id, "previous_id": previous_id, "revision": revision}),
+        ),
+        Event::RegistrationStopped { id, reason } => {
+            Some(json!({"event": "registration_stopped", "id": id, "reason": reason}))
+        }
+        Event::Stale { revision } => Some(json!({"event": "stale", "revision": revision})),
+        Event::Fresh { revision } => Some(json!({"event": "fresh", "revision": revision})),
         _ => None,
     }
 }
@@ -229,6 +238,10 @@ async fn register(
                 break;
             }
             event = events.recv() => match event {
+                Some(Event::RegistrationStopped { id, reason }) => {
+                    print(&json!({"event": "registration_stopped", "id": id, "reason": reason}));
+                    return Err(format!("registration of server {id} stopped: {reason}").into());
+                }
                 Some(event) => if let Some(line) = event_line(&event, None) { print(&line) },
                 None => break,
             },

@@ -1,0 +1,40 @@
+//! Metric names, emitted through the [`metrics`](https://docs.rs/metrics) facade so that any
+//! exporter (Prometheus, StatsD, …) can be installed by the host. Without an installed
+//! recorder every call is a no-op.
+//!
+//! | name | kind | meaning |
+//! |---|---|---|
+//! | `darkrift_etcd_keepalive_rtt_seconds` | histogram | keep-alive request → acknowledgement |
+//! | `darkrift_etcd_lease_lost_total` | counter | leases considered lost (TTL 0, NotFound, deadline) |
+//! | `darkrift_etcd_reregistrations_total` | counter | successful re-registrations after a loss |
+//! | `darkrift_etcd_key_restores_total` | counter | own keys put back after someone deleted them |
+//! | `darkrift_etcd_watch_restarts_total` | counter | watch streams reopened (errors, ends, watchdog) |
+//! | `darkrift_etcd_resyncs_total` | counter | relists after compaction, cancellation or a request |
+//! | `darkrift_etcd_skipped_records_total` | counter | malformed or conflicting records skipped |
+//! | `darkrift_etcd_members` | gauge | live servers in the watcher's view |
+//! | `darkrift_etcd_revision_lag` | gauge | etcd header revision − revision the view reflects |
+//! | `darkrift_etcd_alloc_txns_total` | counter | allocation transactions sent |
+//! | `darkrift_etcd_alloc_conflicts_total` | counter | allocation transactions that lost a race |
+
+/// Keep-alive round trip, seconds.
+pub const KEEPALIVE_RTT: &str = "darkrift_etcd_keepalive_rtt_seconds";
+/// Leases considered lost.
+pub const LEASE_LOST: &str = "darkrift_etcd_lease_lost_total";
+/// Successful re-registrations.
+pub const REREGISTRATIONS: &str = "darkrift_etcd_reregistrations_total";
+/// Own keys restored.
+pub const KEY_RESTORES: &str = "darkrift_etcd_key_restores_total";
+/// Watch streams reopened.
+pub const WATCH_RESTARTS: &str = "darkrift_etcd_watch_restarts_total";
+/// Relists (compaction, cancellation, explicit resync).
+pub const RESYNCS: &str = "darkrift_etcd_resyncs_total";
+/// Records skipped as malformed or conflicting.
+pub const SKIPPED_RECORDS: &str = "darkrift_etcd_skipped_records_total";
+/// Live servers in the view.
+pub const MEMBERS: &str = "darkrift_etcd_members";
+/// Header revision minus view revision.
+pub const REVISION_LAG: &str = "darkrift_etcd_revision_lag";
+/// Allocation transactions sent.
+pub const ALLOC_TXNS: &str = "darkrift_etcd_alloc_txns_total";
+/// Allocation transactions that lost a race.
+pub const ALLOC_CONFLICTS: &str = "darkrift_etcd_alloc_conflicts_total";

@@ -1,0 +1,594 @@
+//! One registration's life: claim an id, keep it, notice its loss, get it back.
+//!
+//! ```text
+//!   allocate ──► Registered ──(lease lost: TTL 0, NotFound, deadline passed)──► Recovering
+//!                   │  ▲                                                          │
+//!                   │  └──────────── re-registered, same id (or a new one) ◄──────┤
+//!                   │                                                             │
+//!                   ├─(our key deleted by someone else)─► restore, guarded ───────┤ (lease gone too)
+//!                   │                                                             ▼
+//!                   └─(deregister / drop)─► handed back to the connector        Stopped
+//!                                                              (fail-stop policy: id taken)
+//! ```
+//!
+//! The supervisor task owns the lease. Recovery retries forever with jittered exponential
+//! backoff (an outage of any length ends in re-registration), always for the *same* id: DarkRift
+//! peers key their tables by id, so keeping it keeps their connections meaningful. If another
+//! server holds the id by then, [`IdTakenPolicy`] decides: stop (default) or take a new id.
+//! Never two live holders: every write is a transaction that requires the slot to be free or
+//! ours.
+//!
+//! Fencing: [`RegistrationStatus::is_registered`] is false from the instant the local lease
+//! deadline passes (even before the keep-alive task notices) until re-registration succeeds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::alloc::{self, AllocHint, AllocOutcome, AllocRequest, IdSet};
+use crate::client::bounded;
+use crate::config::{ConnectorConfig, IdTakenPolicy};
+use crate::error::{is_lease_not_found, Error, Result};
+use crate::events::Event;
+use crate::keys::KeyLayout;
+use crate::lease::{LeaseSession, LeaseState};
+use crate::metrics as m;
+use crate::record::Registration;
+use crate::watcher::{lock, OwnKey, SharedView};
+
+/// Where a registration stands, as the host sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationStatus {
+    /// Registered as `id`; the lease is confirmed until `deadline`.
+    Registered {
+        /// The id held.
+        id: u16,
+        /// Local lease deadline.
+        deadline: Instant,
+    },
+    /// The lease was lost; re-registration of `id` is being retried.
+    Recovering {
+        /// The id being recovered.
+        id: u16,
+    },
+    /// Given up for good (fail-stop policy): `id` is held by another server.
+    Stopped {
+        /// The id that was held.
+        id: u16,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl RegistrationStatus {
+    /// True while registered and the lease deadline has not passed (a fence: safe to act as
+    /// the holder of the id).
+    #[must_use]
+    pub fn is_registered(&self) -> bool {
+        matches!(self, RegistrationStatus::Registered { deadline, .. } if *deadline > Instant::now())
+    }
+
+    /// The id held or being recovered.
+    #[must_use]
+    pub fn id(&self) -> u16 {
+        match self {
+            RegistrationStatus::Registered { id, .. }
+            | RegistrationStatus::Recovering { id }
+            | RegistrationStatus::Stopped { id, .. } => *id,
+        }
+    }
+}
+
+/// What the connector and its registrations share.
+pub(crate) struct Ctx {
+    pub(crate) client: Client,
+    pub(crate) config: ConnectorConfig,
+    pub(crate) layout: KeyLayout,
+    pub(crate) shared: SharedView,
+    pub(crate) events: mpsc::Sender<Event>,
+    pub(crate) spread_seed: u64,
+    pub(crate) requests: AtomicU64,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx").field("prefix", &self.layout.prefix()).finish_non_exhaustive()
+    }
+}
+
+/// An id held in etcd.
+#[derive(Debug, Clone)]
+pub(crate) struct Claim {
+    pub(crate) id: u16,
+    pub(crate) position: u64,
+    pub(crate) server_key: String,
+    pub(crate) create_revision: i64,
+}
+
+/// What deregistration needs, handed back by the supervisor.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) claim: Claim,
+    pub(crate) lease: LeaseSession,
+}
+
+/// Claims an id: one transaction per attempt, bounded (see [`crate::alloc`]).
+pub(crate) async fn allocate(ctx: &Ctx, registration: &Registration, lease_id: i64) -> Result<Claim> {
+    let params = ctx.config.alloc_params();
+    let mut learned = IdSet::default();
+    let mut cursor_seen = 0u64;
+    let mut kv = ctx.client.kv_client();
+    for attempt in 0..ctx.config.max_alloc_attempts {
+        let hint = {
+            let shared = lock(&ctx.shared);
+            let mut taken = learned.clone();
+            for id in shared.view.ids() {
+                taken.insert(id);
+            }
+            AllocHint { cursor: shared.cursor.max(cursor_seen), taken }
+        };
+        let spread = splitmix(ctx.spread_seed.wrapping_add(u64::from(attempt)));
+        let Some(candidate) = alloc::choose(&hint, params, spread) else {
+            if !learned.is_empty() {
+                // What we learnt from conflicts may be stale: start over from the view.
+                learned = IdSet::default();
+                continue;
+            }
+            return Err(exhausted_or_contention(ctx, attempt).await);
+        };
+        let record = registration.encode(candidate.id, candidate.position, alloc::now_unix_ms());
+        let request = AllocRequest {
+            layout: &ctx.layout,
+            group: registration.group(),
+            candidate,
+            cursor: hint.cursor,
+            record,
+            lease_id,
+            params,
+        };
+        ctx.requests.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(m::ALLOC_TXNS).increment(1);
+        let resp = bounded("allocate id", ctx.config.request_timeout, kv.txn(alloc::build_txn(&request))).await?;
+        match alloc::read_answer(&ctx.layout, candidate, &resp) {
+            Ok(AllocOutcome::Won { revision }) => {
+                let mut shared = lock(&ctx.shared);
+                shared.cursor = shared.cursor.max(candidate.position);
+                return Ok(Claim {
+                    id: candidate.id,
+                    position: candidate.position,
+                    server_key: ctx.layout.server_key(registration.group(), candidate.id),
+                    create_revision: revision,
+                });
+            }
+            Ok(AllocOutcome::Lost { cursor, taken }) => {
+                tracing::debug!(attempt, id = candidate.id, cursor, taken = taken.len(), "id taken; retrying");
+                metrics::counter!(m::ALLOC_CONFLICTS).increment(1);
+                cursor_seen = cursor_seen.max(cursor);
+                learned.insert(candidate.id);
+                for id in taken {
+                    learned.insert(id);
+                }
+            }
+            Err(why) => return Err(Error::InvalidConfig(format!("allocator state under the prefix: {why}"))),
+        }
+    }
+    Err(Error::AllocationContention { attempts: ctx.config.max_alloc_attempts })
+}
+
+/// Every id looks taken: count the slots to tell a full space from a stale view.
+async fn exhausted_or_contention(ctx: &Ctx, attempt: u32) -> Error {
+    let mut kv = ctx.client.kv_client();
+    let options = etcd_client::GetOptions::new().with_prefix().with_count_only();
+    match bounded("count slots", ctx.config.request_timeout, kv.get(ctx.layout.slots_prefix(), Some(options))).await {
+        Ok(resp) if resp.count() >= i64::from(ctx.config.id_space) => {
+            Error::IdSpaceExhausted { id_space: ctx.config.id_space }
+        }
+        Ok(_) => Error::AllocationContention { attempts: attempt + 1 },
+        Err(e) => e,
+    }
+}
+
+/// A well-mixed 64-bit hash (splitmix64), to derive each attempt's spread from the seed.
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The running supervisor of one registration.
+pub(crate) struct Supervisor {
+    ctx: Arc<Ctx>,
+    registration: Registration,
+    claim: Claim,
+    lease: Option<LeaseSession>,
+    status: watch::Sender<RegistrationStatus>,
+    own_gone: Arc<Notify>,
+    cancel: CancellationToken,
+}
+
+/// Why the registered phase ended.
+enum Ended {
+    Cancelled,
+    LeaseLost(String),
+    Taken(String),
+}
+
+impl Supervisor {
+    /// Starts supervising a fresh claim.
+    pub(crate) fn spawn(
+        ctx: Arc<Ctx>,
+        registration: Registration,
+        claim: Claim,
+        lease: LeaseSession,
+        cancel: CancellationToken,
+    ) -> (watch::Receiver<RegistrationStatus>, tokio::task::JoinHandle<Option<Held>>) {
+        let deadline = match lease.state() {
+            LeaseState::Alive { deadline } => deadline,
+            LeaseState::Lost { .. } => Instant::now(),
+        };
+        let (status, rx) = watch::channel(RegistrationStatus::Registered { id: claim.id, deadline });
+        let sup = Supervisor {
+            ctx,
+            registration,
+            claim,
+            lease: Some(lease),
+            status,
+            own_gone: Arc::new(Notify::new()),
+            cancel,
+        };
+        sup.track_own_key();
+        (rx, tokio::spawn(sup.run()))
+    }
+
+    fn track_own_key(&self) {
+        lock(&self.ctx.shared).own = Some(OwnKey {
+            key: self.claim.server_key.clone().into_bytes(),
+            create_revision: self.claim.create_revision,
+            gone: self.own_gone.clone(),
+        });
+    }
+
+    async fn emit(&self, event: Event) {
+        tokio::select! {
+            () = self.cancel.cancelled() => {}
+            _ = self.ctx.events.send(event) => {}
+        }
+    }
+
+    async fn run(mut self) -> Option<Held> {
+        loop {
+            let ended = self.registered_phase().await;
+            let reason = match ended {
+                Ended::Cancelled => {
+                    lock(&self.ctx.shared).own = None;
+                    return self.lease.take().map(|lease| Held { claim: self.claim.clone(), lease });
+                }
+                Ended::LeaseLost(reason) => reason,
+                Ended::Taken(reason) => {
+                    // Our key was re-created by another server while our lease lived.
+                    match self.on_taken(reason).await {
+                        Some(()) => continue,
+                        None => return self.stopped().await,
+                    }
+                }
+            };
+            metrics::counter!(m::LEASE_LOST).increment(1);
+            tracing::warn!(id = self.claim.id, %reason, "registration lost; re-registering");
+            self.status.send_replace(RegistrationStatus::Recovering { id: self.claim.id });
+            self.emit(Event::LeaseLost { id: self.claim.id, reason }).await;
+            match self.recover().await {
+                Recovery::Done => {}
+                Recovery::Cancelled => {
+                    lock(&self.ctx.shared).own = None;
+                    return None;
+                }
+                Recovery::Stop => return self.stopped().await,
+            }
+        }
+    }
+
+    /// Waits for cancellation after a fail-stop, keeping the status `Stopped`.
+    async fn stopped(self) -> Option<Held> {
+        lock(&self.ctx.shared).own = None;
+        self.cancel.cancelled().await;
+        None
+    }
+
+    /// Registered: mirror the lease deadline into the status until something ends it.
+    async fn registered_phase(&mut self) -> Ended {
+        let Some(lease) = self.lease.as_ref() else {
+            return Ended::LeaseLost("no lease".into());
+        };
+        let mut lease_rx = lease.subscribe();
+        loop {
+            let state = lease_rx.borrow_and_update().clone();
+            let deadline = match state {
+                LeaseState::Alive { deadline } => deadline,
+                LeaseState::Lost { reason } => return Ended::LeaseLost(reason),
+            };
+            self.status.send_replace(RegistrationStatus::Registered { id: self.claim.id, deadline });
+            tokio::select! {
+                () = self.cancel.cancelled() => return Ended::Cancelled,
+                changed = lease_rx.changed() => if changed.is_err() {
+                    return Ended::LeaseLost("keep-alive task ended".into());
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    return Ended::LeaseLost("lease deadline passed without a keep-alive acknowledgement".into());
+                }
+                () = self.own_gone.notified() => match self.restore().await {
+                    Restore::Intact => {}
+                    Restore::Restored => tracing::warn!(id = self.claim.id, "our key was deleted by someone else; restored"),
+                    Restore::LeaseGone(reason) => return Ended::LeaseLost(reason),
+                    Restore::Taken(reason) => return Ended::Taken(reason),
+                    Restore::Failed(e) => {
+                        // Try again soon: re-arm the notification.
+                        tracing::warn!(error = %e, "restoring our key failed; will retry");
+                        let gone = self.own_gone.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            gone.notify_one();
+                        });
+                    }
+                },
+            }
+        }
+    }
+
+    /// Our key was deleted (or re-created) by someone else: put it back, guarded.
+    async fn restore(&mut self) -> Restore {
+        let Some(lease_id) = self.lease.as_ref().map(LeaseSession::id) else {
+            return Restore::LeaseGone("no lease".into());
+        };
+        let c = &self.claim;
+        let slot = self.ctx.layout.slot_key(c.id);
+        let record = self.registration.encode(c.id, c.position, alloc::now_unix_ms());
+        let put = |key: &str, value: Vec<u8>| TxnOp::put(key.to_owned(), value, Some(PutOptions::new().with_lease(lease_id)));
+        // Intact: nothing to do. Slot still ours: put the server key back. Both gone: both back.
+        let txn = Txn::new()
+            .when([Compare::create_revision(c.server_key.clone(), CompareOp::Equal, c.create_revision)])
+            .or_else([TxnOp::txn(
+                Txn::new()
+                    .when([
+                        Compare::create_revision(c.server_key.clone(), CompareOp::Equal, 0),
+                        Compare::lease(slot.clone(), CompareOp::Equal, lease_id),
+                    ])
+                    .and_then([put(&c.server_key, record.clone())])
+                    .or_else([TxnOp::txn(
+                        Txn::new()
+                            .when([
+                                Compare::create_revision(c.server_key.clone(), CompareOp::Equal, 0),
+                                Compare::create_revision(slot.clone(), CompareOp::Equal, 0),
+                            ])
+                            .and_then([put(&slot, c.server_key.clone().into_bytes()), put(&c.server_key, record)]),
+                    )]),
+            )]);
+        let mut kv = self.ctx.client.kv_client();
+        let resp = match bounded("restore key", self.ctx.config.request_timeout, kv.txn(txn)).await {
+            Ok(resp) => resp,
+            Err(Error::Etcd { source, .. }) if is_lease_not_found(&source) => {
+                return Restore::LeaseGone(format!("our key was deleted and our lease is gone: {source}"));
+            }
+            Err(e) => return Restore::Failed(e),
+        };
+        if resp.succeeded() {
+            return Restore::Intact;
+        }
+        let revision = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
+        let restored = resp.op_responses().into_iter().any(|op| match op {
+            TxnOpResponse::Txn(inner) => {
+                inner.succeeded()
+                    || inner.op_responses().into_iter().any(|op| matches!(op, TxnOpResponse::Txn(t) if t.succeeded()))
+            }
+            _ => false,
+        });
+        if restored {
+            metrics::counter!(m::KEY_RESTORES).increment(1);
+            self.claim.create_revision = revision;
+            self.track_own_key();
+            Restore::Restored
+        } else {
+            Restore::Taken(format!("id {} is now held by another registration", c.id))
+        }
+    }
+
+    /// Recovering: revoke the old lease (best effort), then re-register the same id forever
+    /// with jittered exponential backoff.
+    async fn recover(&mut self) -> Recovery {
+        let ctx = self.ctx.clone();
+        let old_lease_id = self.lease.as_ref().map_or(0, LeaseSession::id);
+        if let Some(old) = self.lease.take() {
+            let bound = ctx.config.request_timeout.min(old.ttl()).max(Duration::from_millis(100));
+            if let Err(e) = old.revoke(&ctx.client, bound).await {
+                tracing::debug!(error = %e, "revoking the lost lease failed (best effort)");
+            }
+        }
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(ctx.config.lease_ttl.min(Duration::from_secs(5)))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            if self.cancel.is_cancelled() {
+                return Recovery::Cancelled;
+            }
+            let cancel = self.cancel.clone();
+            let attempt = tokio::select! {
+                () = cancel.cancelled() => return Recovery::Cancelled,
+                a = self.reregister_same_id(old_lease_id) => a,
+            };
+            match attempt {
+                Attempt::Done(lease, revision) => {
+                    let previous_id = self.claim.id;
+                    self.claim.create_revision = revision;
+                    self.lease = Some(lease);
+                    self.track_own_key();
+                    metrics::counter!(m::REREGISTRATIONS).increment(1);
+                    tracing::info!(id = self.claim.id, revision, "re-registered with the same id");
+                    self.emit(Event::Reregistered { id: self.claim.id, previous_id, revision }).await;
+                    return Recovery::Done;
+                }
+                Attempt::Taken(reason) => {
+                    return match self.on_taken(reason).await {
+                        Some(()) => Recovery::Done,
+                        None => Recovery::Stop,
+                    };
+                }
+                Attempt::Retry(why) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(1));
+                    tracing::debug!(%why, delay_ms = delay.as_millis() as u64, "re-registration failed; retrying");
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return Recovery::Cancelled,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One try at getting our id back with a fresh lease.
+    async fn reregister_same_id(&mut self, old_lease_id: i64) -> Attempt {
+        let ctx = self.ctx.clone();
+        let lease = match LeaseSession::grant(&ctx.client, ctx.config.lease_ttl, ctx.config.request_timeout).await {
+            Ok(lease) => lease,
+            Err(e) => return Attempt::Retry(e.to_string()),
+        };
+        let c = &self.claim;
+        let slot = ctx.layout.slot_key(c.id);
+        let record = self.registration.encode(c.id, c.position, alloc::now_unix_ms());
+        let opts = Some(PutOptions::new().with_lease(lease.id()));
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(slot.clone(), CompareOp::Equal, 0),
+                Compare::create_revision(c.server_key.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::put(slot.clone(), c.server_key.clone(), opts.clone()),
+                TxnOp::put(c.server_key.clone(), record, opts),
+            ])
+            .or_else([TxnOp::get(slot, None), TxnOp::get(c.server_key.clone(), None)]);
+        let mut kv = ctx.client.kv_client();
+        let resp = match bounded("re-register", ctx.config.request_timeout, kv.txn(txn)).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                revoke_quietly(&ctx, lease).await;
+                return Attempt::Retry(e.to_string());
+            }
+        };
+        if resp.succeeded() {
+            let revision = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
+            return Attempt::Done(lease, revision);
+        }
+        // Who holds it? Our old lease (its revoke did not get through yet) is not "taken".
+        let holders: Vec<i64> = resp
+            .op_responses()
+            .into_iter()
+            .filter_map(|op| match op {
+                TxnOpResponse::Get(get) => get.kvs().first().map(etcd_client::KeyValue::lease),
+                _ => None,
+            })
+            .collect();
+        revoke_quietly(&ctx, lease).await;
+        if old_lease_id != 0 && holders.iter().all(|l| *l == old_lease_id) {
+            let mut client = ctx.client.lease_client();
+            let _ = bounded("lease revoke", ctx.config.request_timeout, client.revoke(old_lease_id)).await;
+            return Attempt::Retry("our old keys are still there; revoking the old lease again".into());
+        }
+        Attempt::Taken(format!("id {} was taken by another server while this one was away", c.id))
+    }
+
+    /// The id is held by another server: apply the policy. `Some` when registered again.
+    async fn on_taken(&mut self, reason: String) -> Option<()> {
+        let old_id = self.claim.id;
+        if let Some(old) = self.lease.take() {
+            revoke_quietly(&self.ctx, old).await;
+        }
+        match self.ctx.config.on_id_taken {
+            IdTakenPolicy::FailStop => {
+                tracing::error!(id = old_id, %reason, "registration stopped (fail-stop policy)");
+                self.status.send_replace(RegistrationStatus::Stopped { id: old_id, reason: reason.clone() });
+                self.emit(Event::RegistrationStopped { id: old_id, reason }).await;
+                None
+            }
+            IdTakenPolicy::NewId => {
+                self.status.send_replace(RegistrationStatus::Recovering { id: old_id });
+                let ctx = self.ctx.clone();
+                let mut backoff = ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_jitter()
+                    .without_max_times()
+                    .build();
+                loop {
+                    let attempt = async {
+                        let lease = LeaseSession::grant(&ctx.client, ctx.config.lease_ttl, ctx.config.request_timeout).await?;
+                        match allocate(&ctx, &self.registration, lease.id()).await {
+                            Ok(claim) => Ok((lease, claim)),
+                            Err(e) => {
+                                revoke_quietly(&ctx, lease).await;
+                                Err(e)
+                            }
+                        }
+                    };
+                    let result = tokio::select! {
+                        () = self.cancel.cancelled() => return None,
+                        r = attempt => r,
+                    };
+                    match result {
+                        Ok((lease, claim)) => {
+                            let revision = claim.create_revision;
+                            tracing::warn!(old_id, new_id = claim.id, "id was taken; registered with a new id");
+                            self.claim = claim;
+                            self.lease = Some(lease);
+                            self.track_own_key();
+                            metrics::counter!(m::REREGISTRATIONS).increment(1);
+                            self.emit(Event::Reregistered { id: self.claim.id, previous_id: old_id, revision }).await;
+                            return Some(());
+                        }
+                        Err(e) => {
+                            let delay = backoff.next().unwrap_or(Duration::from_secs(1));
+                            tracing::warn!(error = %e, "registering with a new id failed; retrying");
+                            tokio::select! {
+                                () = self.cancel.cancelled() => return None,
+                                () = tokio::time::sleep(delay) => {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn revoke_quietly(ctx: &Ctx, lease: LeaseSession) {
+    if let Err(e) = lease.revoke(&ctx.client, ctx.config.request_timeout).await {
+        tracing::debug!(error = %e, "revoking an unused lease failed; it expires");
+    }
+}
+
+enum Restore {
+    Intact,
+    Restored,
+    LeaseGone(String),
+    Taken(String),
+    Failed(Error),
+}
+
+enum Recovery {
+    Done,
+    Cancelled,
+    Stop,
+}
+
+enum Attempt {
+    Done(LeaseSession, i64),
+    Taken(String),
+    Retry(String),
+}

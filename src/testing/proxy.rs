@@ -1,0 +1,182 @@
+//! A TCP fault proxy for tests: sits between one client and one etcd member on loopback and
+//! can cut, stall and restore that client's connection.
+//!
+//! - **cut**: every open connection is closed at once and new ones are accepted and closed
+//!   immediately (a crashed route: the client sees resets and refusals);
+//! - **stall**: connections stay open but no byte is forwarded in either direction (a black
+//!   hole: the client sees silence, the hardest case for a watch or a keep-alive);
+//! - **restore**: bytes flow again (data held during a stall is delivered, as TCP would after
+//!   a partition heals).
+//!
+//! Bounded: it binds 127.0.0.1 only, refuses non-loopback targets, serves at most
+//! [`MAX_CONNECTIONS`] connections at once, and stops every task when dropped.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Most connections served at once.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward.
+    Pass,
+    /// Close everything, refuse new connections.
+    Cut,
+    /// Hold every byte.
+    Stall,
+}
+
+/// A running fault proxy; stops when dropped.
+#[derive(Debug)]
+pub struct FaultProxy {
+    addr: SocketAddr,
+    mode: watch::Sender<Mode>,
+    cancel: CancellationToken,
+    open: Arc<AtomicUsize>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy to `target` (`http://127.0.0.1:PORT` or `127.0.0.1:PORT`).
+    ///
+    /// # Errors
+    /// A target that is not a loopback address, or a bind failure.
+    pub async fn start(target: &str) -> io::Result<Self> {
+        let authority = target.trim_start_matches("http://").trim_start_matches("https://");
+        let target: SocketAddr = authority
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{target}: {e}")))?;
+        if !target.ip().is_loopback() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the fault proxy only targets loopback"));
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (mode, mode_rx) = watch::channel(Mode::Pass);
+        let cancel = CancellationToken::new();
+        let open = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(accept_loop(listener, target, mode_rx, cancel.clone(), open.clone()));
+        Ok(FaultProxy { addr, mode, cancel, open })
+    }
+
+    /// The endpoint clients should use, `http://127.0.0.1:PORT`.
+    #[must_use]
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Closes every connection and refuses new ones until [`FaultProxy::restore`].
+    pub fn cut(&self) {
+        self.mode.send_replace(Mode::Cut);
+    }
+
+    /// Holds every byte until [`FaultProxy::restore`] (connections stay open).
+    pub fn stall(&self) {
+        self.mode.send_replace(Mode::Stall);
+    }
+
+    /// Forwards again.
+    pub fn restore(&self) {
+        self.mode.send_replace(Mode::Pass);
+    }
+
+    /// The current mode.
+    #[must_use]
+    pub fn mode(&self) -> Mode {
+        *self.mode.borrow()
+    }
+
+    /// Connections currently open through the proxy.
+    #[must_use]
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    target: SocketAddr,
+    mode: watch::Receiver<Mode>,
+    cancel: CancellationToken,
+    open: Arc<AtomicUsize>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((client, _)) = accepted else { continue };
+        if *mode.borrow() == Mode::Cut || open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            drop(client);
+            continue;
+        }
+        let mode = mode.clone();
+        let cancel = cancel.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            let Ok(server) = TcpStream::connect(target).await else { return };
+            open.fetch_add(1, Ordering::Relaxed);
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = pump(cr, sw, mode.clone()) => {}
+                () = pump(sr, cw, mode.clone()) => {}
+                () = until_cut(mode) => {}
+            }
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// Resolves when the mode becomes `Cut` (or the proxy is gone).
+async fn until_cut(mut mode: watch::Receiver<Mode>) {
+    let _ = mode.wait_for(|m| *m == Mode::Cut).await;
+}
+
+/// Copies bytes one way, holding them while the mode is `Stall`. Ends on EOF, error or cut.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        // Stalled: read nothing, so the sender's window fills up as on a dead link.
+        if mode.wait_for(|m| *m != Mode::Stall).await.is_err() {
+            return;
+        }
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            changed = mode.changed() => {
+                if changed.is_err() { return; }
+                continue;
+            }
+        };
+        if mode.wait_for(|m| *m != Mode::Stall).await.is_err() {
+            return;
+        }
+        if *mode.borrow() == Mode::Cut || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
