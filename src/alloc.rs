@@ -18,8 +18,8 @@
 //!      put server_key        = ServerRecord      (our lease)
 //!      txn { if cursor < p then put cursor = p
 //!            else txn { if cursor absent then put cursor = p } }   // monotonic advance
-//! else get cursor; get slot keys of the next 2 × spread_window positions (keys only);
-//!      get server_key (keys only)
+//! else get cursor; get slot(id); get slot keys of the next 2 × spread_window positions
+//!      (keys only); get server_key (keys only)
 //! ```
 //!
 //! The slot key makes ids unique across *all* groups (one compare cannot look under every
@@ -261,7 +261,9 @@ pub fn build_txn(req: &AllocRequest<'_>) -> Txn {
                 .and_then([TxnOp::put(cursor_key.clone(), new_cursor, None)]),
         )]);
 
-    let mut on_conflict = vec![TxnOp::get(cursor_key, None)];
+    // The candidate's slot comes second: if it is held by *our* lease, an earlier attempt of
+    // this very transaction succeeded and only its answer was lost (a retried request).
+    let mut on_conflict = vec![TxnOp::get(cursor_key, None), TxnOp::get(slot.clone(), None)];
     let read_ahead = u64::from(req.params.spread_window.max(1)) * 2;
     for (lo, hi) in id_ranges_after(req.cursor, read_ahead, req.params.id_space) {
         on_conflict.push(TxnOp::get(
@@ -313,13 +315,16 @@ pub enum AllocOutcome {
     },
 }
 
-/// Reads the answer of [`build_txn`]'s transaction.
+/// Reads the answer of [`build_txn`]'s transaction sent with lease `lease_id`. A failure
+/// whose candidate slot is held by `lease_id` is our own earlier success (the request was
+/// retried after its answer was lost), and reads as [`AllocOutcome::Won`].
 ///
 /// # Errors
 /// A description of the unexpected shape (it would be a bug in this module or a foreign etcd).
 pub fn read_answer(
     layout: &KeyLayout,
     candidate: Candidate,
+    lease_id: i64,
     resp: &TxnResponse,
 ) -> Result<AllocOutcome, String> {
     let revision = resp
@@ -340,6 +345,13 @@ pub fn read_answer(
             if let Some(kv) = get.kvs().first() {
                 cursor = decode_cursor(kv.value())
                     .ok_or_else(|| format!("cursor value {:?} is not 20 digits", kv.value_str()))?;
+            }
+        } else if i == 1 {
+            if let Some(kv) = get.kvs().first() {
+                if kv.lease() == lease_id && lease_id != 0 {
+                    return Ok(AllocOutcome::Won { revision: kv.create_revision() });
+                }
+                taken.push(candidate.id);
             }
         } else if i == last {
             // The server key exists although its slot may not: treat the id as taken.

@@ -182,3 +182,39 @@ where
         Err(_) => Err(Error::Timeout { op, timeout }),
     }
 }
+
+/// Runs an idempotent unary request, retrying transient failures (an endpoint down, a leader
+/// change, a refused connection) with jittered exponential backoff until `timeout` has passed
+/// in total. Every caller's request is safe to repeat: reads, guarded transactions whose
+/// failure branch recognises our own earlier success, and lease grants (a lease lost in a
+/// retry expires by itself).
+pub(crate) async fn retrying<T, F, Fut>(op: &'static str, timeout: Duration, mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    use backon::BackoffBuilder;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut delays = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_millis(500))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        let outcome = tokio::time::timeout_at(deadline, call()).await;
+        match outcome {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if crate::error::is_transient(&e) => {
+                let delay = delays.next().unwrap_or(Duration::from_millis(500));
+                if tokio::time::Instant::now() + delay >= deadline {
+                    return Err(Error::etcd(op, e));
+                }
+                tracing::debug!(op, error = %e, "transient etcd error; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Ok(Err(e)) => return Err(Error::etcd(op, e)),
+            Err(_) => return Err(Error::Timeout { op, timeout }),
+        }
+    }
+}

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::client::{bounded, connect};
+use crate::client::{connect, retrying};
 use crate::config::ConnectorConfig;
 use crate::error::{Error, Result};
 use crate::events::Event;
@@ -79,6 +79,9 @@ impl std::fmt::Debug for Connector {
 struct Running {
     cancel: CancellationToken,
     task: JoinHandle<Option<Held>>,
+    /// Cancels the supervisor when the connector is dropped while registered, so the
+    /// keep-alive stops and the lease expires (a crash, as peers see it).
+    _stop: DropGuard,
 }
 
 /// What [`Connector::handle_connection_failure`] found out about a peer.
@@ -287,7 +290,7 @@ impl Connector {
         let cancel = CancellationToken::new();
         let (status, task) = Supervisor::spawn(self.ctx.clone(), registration, claim, lease, cancel.clone());
         *self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status);
-        *running = Some(Running { cancel, task });
+        *running = Some(Running { _stop: cancel.clone().drop_guard(), cancel, task });
         Ok(id)
     }
 
@@ -322,8 +325,12 @@ impl Connector {
                 TxnOp::delete(slot, None::<DeleteOptions>),
             ]);
         let cfg = &self.ctx.config;
-        let mut kv = self.ctx.client.kv_client();
-        let deleted = bounded("deregister", cfg.request_timeout, kv.txn(guard)).await;
+        let kv = self.ctx.client.kv_client();
+        let deleted = retrying("deregister", cfg.request_timeout, || {
+            let (mut kv, guard) = (kv.clone(), guard.clone());
+            async move { kv.txn(guard).await }
+        })
+        .await;
         let timeout = cfg.request_timeout.min(lease.ttl()).max(Duration::from_millis(100));
         let revoked = lease.revoke(&self.ctx.client, timeout).await;
         match deleted {
@@ -351,8 +358,12 @@ impl Connector {
                 _ => return Ok(PeerStatus::Unknown),
             }
         };
-        let mut kv = self.ctx.client.kv_client();
-        let resp = bounded("read peer", self.ctx.config.request_timeout, kv.get(key, None)).await?;
+        let kv = self.ctx.client.kv_client();
+        let resp = retrying("read peer", self.ctx.config.request_timeout, || {
+            let (mut kv, key) = (kv.clone(), key.clone());
+            async move { kv.get(key, None).await }
+        })
+        .await?;
         if resp.kvs().first().is_some_and(|kv| kv.create_revision() == create_revision) {
             return Ok(PeerStatus::Registered);
         }

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::bounded;
+use crate::client::{bounded, retrying};
 use crate::error::{is_lease_not_found, Result};
 
 /// What the keep-alive task believes about the lease.
@@ -56,9 +56,14 @@ impl LeaseSession {
     /// The grant request failed or timed out.
     pub async fn grant(client: &Client, ttl: Duration, request_timeout: Duration) -> Result<Self> {
         let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let mut lease = client.lease_client();
-        let sent = Instant::now();
-        let resp = bounded("lease grant", request_timeout, lease.grant(ttl_secs, None)).await?;
+        let lease = client.lease_client();
+        let mut sent = Instant::now();
+        let resp = retrying("lease grant", request_timeout, || {
+            let mut lease = lease.clone();
+            sent = Instant::now();
+            async move { lease.grant(ttl_secs, None).await }
+        })
+        .await?;
         let granted = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0));
         let (tx, rx) = watch::channel(LeaseState::Alive {
             deadline: sent + granted,

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::alloc::{self, AllocHint, AllocOutcome, AllocRequest, IdSet};
-use crate::client::bounded;
+use crate::client::retrying;
 use crate::config::{ConnectorConfig, IdTakenPolicy};
 use crate::error::{is_lease_not_found, Error, Result};
 use crate::events::Event;
@@ -123,7 +123,7 @@ pub(crate) async fn allocate(ctx: &Ctx, registration: &Registration, lease_id: i
     let params = ctx.config.alloc_params();
     let mut learned = IdSet::default();
     let mut cursor_seen = 0u64;
-    let mut kv = ctx.client.kv_client();
+    let kv = ctx.client.kv_client();
     for attempt in 0..ctx.config.max_alloc_attempts {
         let hint = {
             let shared = lock(&ctx.shared);
@@ -154,8 +154,12 @@ pub(crate) async fn allocate(ctx: &Ctx, registration: &Registration, lease_id: i
         };
         ctx.requests.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(m::ALLOC_TXNS).increment(1);
-        let resp = bounded("allocate id", ctx.config.request_timeout, kv.txn(alloc::build_txn(&request))).await?;
-        match alloc::read_answer(&ctx.layout, candidate, &resp) {
+        let txn = alloc::build_txn(&request);
+        let resp = retrying("allocate id", ctx.config.request_timeout, || {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        }).await?;
+        match alloc::read_answer(&ctx.layout, candidate, lease_id, &resp) {
             Ok(AllocOutcome::Won { revision }) => {
                 let mut shared = lock(&ctx.shared);
                 shared.cursor = shared.cursor.max(candidate.position);
@@ -183,9 +187,14 @@ pub(crate) async fn allocate(ctx: &Ctx, registration: &Registration, lease_id: i
 
 /// Every id looks taken: count the slots to tell a full space from a stale view.
 async fn exhausted_or_contention(ctx: &Ctx, attempt: u32) -> Error {
-    let mut kv = ctx.client.kv_client();
+    let kv = ctx.client.kv_client();
     let options = etcd_client::GetOptions::new().with_prefix().with_count_only();
-    match bounded("count slots", ctx.config.request_timeout, kv.get(ctx.layout.slots_prefix(), Some(options))).await {
+    let prefix = ctx.layout.slots_prefix();
+    let count = retrying("count slots", ctx.config.request_timeout, || {
+        let (mut kv, prefix, options) = (kv.clone(), prefix.clone(), options.clone());
+        async move { kv.get(prefix, Some(options)).await }
+    });
+    match count.await {
         Ok(resp) if resp.count() >= i64::from(ctx.config.id_space) => {
             Error::IdSpaceExhausted { id_space: ctx.config.id_space }
         }
@@ -307,6 +316,7 @@ impl Supervisor {
             return Ended::LeaseLost("no lease".into());
         };
         let mut lease_rx = lease.subscribe();
+        let mut last_check = Instant::now();
         loop {
             let state = lease_rx.borrow_and_update().clone();
             let deadline = match state {
@@ -314,7 +324,14 @@ impl Supervisor {
                 LeaseState::Lost { reason } => return Ended::LeaseLost(reason),
             };
             self.status.send_replace(RegistrationStatus::Registered { id: self.claim.id, deadline });
+            let check_at = last_check + self.ctx.config.lease_ttl;
             tokio::select! {
+                // Once per TTL, check that our slot and key are intact (the watch only sees the
+                // server key; a deleted slot would let another server take our id).
+                () = tokio::time::sleep_until(check_at) => {
+                    last_check = Instant::now();
+                    self.own_gone.notify_one();
+                }
                 () = self.cancel.cancelled() => return Ended::Cancelled,
                 changed = lease_rx.changed() => if changed.is_err() {
                     return Ended::LeaseLost("keep-alive task ended".into());
@@ -323,8 +340,7 @@ impl Supervisor {
                     return Ended::LeaseLost("lease deadline passed without a keep-alive acknowledgement".into());
                 }
                 () = self.own_gone.notified() => match self.restore().await {
-                    Restore::Intact => {}
-                    Restore::Restored => tracing::warn!(id = self.claim.id, "our key was deleted by someone else; restored"),
+                    Restore::Intact | Restore::Restored => {}
                     Restore::LeaseGone(reason) => return Ended::LeaseLost(reason),
                     Restore::Taken(reason) => return Ended::Taken(reason),
                     Restore::Failed(e) => {
@@ -341,7 +357,16 @@ impl Supervisor {
         }
     }
 
-    /// Our key was deleted (or re-created) by someone else: put it back, guarded.
+    /// Checks that our server key and slot are intact and puts back whatever someone else
+    /// deleted, guarded so that nothing of another registration is ever overwritten:
+    ///
+    /// ```text
+    /// if server is ours and slot is ours            → intact
+    /// elif server is ours and slot is absent        → put slot
+    /// elif server is absent and slot is ours        → put server (new create revision)
+    /// elif server is absent and slot is absent      → put both   (new create revision)
+    /// else                                          → taken by another registration
+    /// ```
     async fn restore(&mut self) -> Restore {
         let Some(lease_id) = self.lease.as_ref().map(LeaseSession::id) else {
             return Restore::LeaseGone("no lease".into());
@@ -349,28 +374,31 @@ impl Supervisor {
         let c = &self.claim;
         let slot = self.ctx.layout.slot_key(c.id);
         let record = self.registration.encode(c.id, c.position, alloc::now_unix_ms());
-        let put = |key: &str, value: Vec<u8>| TxnOp::put(key.to_owned(), value, Some(PutOptions::new().with_lease(lease_id)));
-        // Intact: nothing to do. Slot still ours: put the server key back. Both gone: both back.
+        let put = |key: &str, value: Vec<u8>| {
+            TxnOp::put(key.to_owned(), value, Some(PutOptions::new().with_lease(lease_id)))
+        };
+        let server_is = |rev: i64| Compare::create_revision(c.server_key.clone(), CompareOp::Equal, rev);
+        let slot_ours = Compare::lease(slot.clone(), CompareOp::Equal, lease_id);
+        let slot_absent = Compare::create_revision(slot.clone(), CompareOp::Equal, 0);
+        let both_absent = Txn::new()
+            .when([server_is(0), slot_absent.clone()])
+            .and_then([put(&slot, c.server_key.clone().into_bytes()), put(&c.server_key, record.clone())]);
+        let server_absent = Txn::new()
+            .when([server_is(0), slot_ours.clone()])
+            .and_then([put(&c.server_key, record)])
+            .or_else([TxnOp::txn(both_absent)]);
+        let slot_missing = Txn::new()
+            .when([server_is(c.create_revision), slot_absent])
+            .and_then([put(&slot, c.server_key.clone().into_bytes())])
+            .or_else([TxnOp::txn(server_absent)]);
         let txn = Txn::new()
-            .when([Compare::create_revision(c.server_key.clone(), CompareOp::Equal, c.create_revision)])
-            .or_else([TxnOp::txn(
-                Txn::new()
-                    .when([
-                        Compare::create_revision(c.server_key.clone(), CompareOp::Equal, 0),
-                        Compare::lease(slot.clone(), CompareOp::Equal, lease_id),
-                    ])
-                    .and_then([put(&c.server_key, record.clone())])
-                    .or_else([TxnOp::txn(
-                        Txn::new()
-                            .when([
-                                Compare::create_revision(c.server_key.clone(), CompareOp::Equal, 0),
-                                Compare::create_revision(slot.clone(), CompareOp::Equal, 0),
-                            ])
-                            .and_then([put(&slot, c.server_key.clone().into_bytes()), put(&c.server_key, record)]),
-                    )]),
-            )]);
-        let mut kv = self.ctx.client.kv_client();
-        let resp = match bounded("restore key", self.ctx.config.request_timeout, kv.txn(txn)).await {
+            .when([server_is(c.create_revision), slot_ours])
+            .or_else([TxnOp::txn(slot_missing)]);
+        let kv = self.ctx.client.kv_client();
+        let resp = match retrying("restore key", self.ctx.config.request_timeout, || {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        }).await {
             Ok(resp) => resp,
             Err(Error::Etcd { source, .. }) if is_lease_not_found(&source) => {
                 return Restore::LeaseGone(format!("our key was deleted and our lease is gone: {source}"));
@@ -381,20 +409,31 @@ impl Supervisor {
             return Restore::Intact;
         }
         let revision = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
-        let restored = resp.op_responses().into_iter().any(|op| match op {
-            TxnOpResponse::Txn(inner) => {
-                inner.succeeded()
-                    || inner.op_responses().into_iter().any(|op| matches!(op, TxnOpResponse::Txn(t) if t.succeeded()))
+        // Walk the nested answers: which level succeeded?
+        let mut level = 0;
+        let mut ops = resp.op_responses();
+        let restored_level = loop {
+            let Some(TxnOpResponse::Txn(inner)) = ops.into_iter().next() else { break None };
+            level += 1;
+            if inner.succeeded() {
+                break Some(level);
             }
-            _ => false,
-        });
-        if restored {
-            metrics::counter!(m::KEY_RESTORES).increment(1);
-            self.claim.create_revision = revision;
-            self.track_own_key();
-            Restore::Restored
-        } else {
-            Restore::Taken(format!("id {} is now held by another registration", c.id))
+            ops = inner.op_responses();
+        };
+        match restored_level {
+            Some(1) => {
+                metrics::counter!(m::KEY_RESTORES).increment(1);
+                tracing::warn!(id = c.id, "our slot key was deleted by someone else; restored");
+                Restore::Restored
+            }
+            Some(_) => {
+                metrics::counter!(m::KEY_RESTORES).increment(1);
+                tracing::warn!(id = c.id, "our server key was deleted by someone else; restored");
+                self.claim.create_revision = revision;
+                self.track_own_key();
+                Restore::Restored
+            }
+            None => Restore::Taken(format!("id {} is now held by another registration", c.id)),
         }
     }
 
@@ -474,8 +513,11 @@ impl Supervisor {
                 TxnOp::put(c.server_key.clone(), record, opts),
             ])
             .or_else([TxnOp::get(slot, None), TxnOp::get(c.server_key.clone(), None)]);
-        let mut kv = ctx.client.kv_client();
-        let resp = match bounded("re-register", ctx.config.request_timeout, kv.txn(txn)).await {
+        let kv = ctx.client.kv_client();
+        let resp = match retrying("re-register", ctx.config.request_timeout, || {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        }).await {
             Ok(resp) => resp,
             Err(e) => {
                 revoke_quietly(&ctx, lease).await;
@@ -495,10 +537,25 @@ impl Supervisor {
                 _ => None,
             })
             .collect();
+        if holders.first() == Some(&lease.id()) {
+            // A retried request whose first attempt succeeded.
+            let revision = resp
+                .op_responses()
+                .into_iter()
+                .find_map(|op| match op {
+                    TxnOpResponse::Get(get) => get.kvs().first().map(etcd_client::KeyValue::create_revision),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            return Attempt::Done(lease, revision);
+        }
         revoke_quietly(&ctx, lease).await;
         if old_lease_id != 0 && holders.iter().all(|l| *l == old_lease_id) {
-            let mut client = ctx.client.lease_client();
-            let _ = bounded("lease revoke", ctx.config.request_timeout, client.revoke(old_lease_id)).await;
+            let client = ctx.client.lease_client();
+            let _ = retrying("lease revoke", ctx.config.request_timeout, || {
+                let mut client = client.clone();
+                async move { client.revoke(old_lease_id).await }
+            }).await;
             return Attempt::Retry("our old keys are still there; revoking the old lease again".into());
         }
         Attempt::Taken(format!("id {} was taken by another server while this one was away", c.id))

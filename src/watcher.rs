@@ -21,14 +21,20 @@
 //!   an event response's header may run ahead of events still queued for a catching-up
 //!   watcher, so it is not used).
 //! - **Watchdog**: a stream silent for `progress_interval` is asked for a progress
-//!   notification; one silent for `idle_timeout` is dropped and reopened at `from`.
+//!   notification; one silent for `idle_timeout` (no event, no answer) is dropped and
+//!   reopened at `from`. The answer to a progress *request* only proves the stream is alive:
+//!   etcd before 3.4.24 / 3.5.8 answers it even for a watcher still catching up, so it never
+//!   moves the resume point (server-initiated progress notifications, sent to caught-up
+//!   watchers only, do).
 //! - **Backoff**: any failure waits a jittered exponential delay (backon) and retries the state
-//!   it failed in, resuming where it was: no event is lost or repeated. A compacted resume
-//!   point cannot be resumed (etcd only keeps history after the compaction), so it relists.
+//!   it failed in. A broken stream that reopens at once resumes at `from`: no event is lost or
+//!   repeated. A compacted resume point cannot be resumed (etcd only keeps history after the
+//!   compaction), so it relists.
 //!
-//! While failing, the view keeps its last state (an error never empties it) and is marked
-//! stale ([`Event::Stale`]); it turns fresh ([`Event::Fresh`]) after a completed relist or a
-//! progress notification, i.e. once it provably caught up.
+//! When etcd cannot be reached (a failed reopen or read), the view keeps its last state (an
+//! error never empties it) and is marked stale ([`Event::Stale`]). Once etcd answers again the
+//! watcher relists, emits exactly the joins and leaves it missed, then [`Event::Fresh`]: a
+//! completed relist is what proves the view caught up.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -156,8 +162,9 @@ enum State {
         last_heard: Instant,
         progress_requested: bool,
     },
-    /// Waiting out a failure before `then`.
-    Backoff { then: Box<State> },
+    /// Waiting out a failure before `then`; `unreachable` marks the view stale (a broken
+    /// stream that reopens at once does not).
+    Backoff { then: Box<State>, unreachable: bool },
 }
 
 impl State {
@@ -279,30 +286,34 @@ impl Watcher {
                         tracing::warn!(error = %e, "snapshot read failed; retrying");
                         // Restart the list from scratch: a pinned revision may be compacted.
                         let then = Box::new(list_from_scratch(initial));
-                        (Vec::new(), State::Backoff { then })
+                        (Vec::new(), State::Backoff { then, unreachable: true })
                     }
                 }
             }
+            State::Open { from } if lock(&self.shared).stale => {
+                // After an outage, relist instead of resuming: the completed relist is what
+                // proves the view caught up (etcd 3.4.23 / 3.5.1 answer a progress request even
+                // for a watcher still catching up, so a progress answer proves nothing there).
+                let _ = from;
+                (Vec::new(), list_from_scratch(false))
+            }
             State::Open { from } => match self.open(from).await {
-                Ok(mut stream) => {
+                Ok(stream) => {
                     metrics::counter!(m::WATCH_RESTARTS).increment(1);
-                    // While stale, ask at once for the progress notification that proves we
-                    // caught up (it is what turns the view fresh again).
-                    let stale = lock(&self.shared).stale;
-                    let progress_requested = stale && stream.request_progress().await.is_ok();
                     let last_heard = Instant::now();
-                    (Vec::new(), State::Watch { from, stream, last_heard, progress_requested })
+                    (Vec::new(), State::Watch { from, stream, last_heard, progress_requested: false })
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, from, "opening the watch failed; retrying");
-                    (Vec::new(), State::Backoff { then: Box::new(State::Open { from }) })
+                    let then = Box::new(State::Open { from });
+                    (Vec::new(), State::Backoff { then, unreachable: true })
                 }
             },
             State::Watch { from, stream, last_heard, progress_requested } => {
                 self.watch_step(from, stream, last_heard, progress_requested).await
             }
-            State::Backoff { then } => {
-                let stale = self.mark_stale();
+            State::Backoff { then, unreachable } => {
+                let stale = if unreachable { self.mark_stale() } else { None };
                 let delay = self
                     .backoff
                     .get_or_insert_with(backoff)
@@ -436,7 +447,8 @@ impl Watcher {
             }
             () = tokio::time::sleep_until(give_up_at) => {
                 tracing::warn!(from, silent_for = ?self.settings.idle_timeout, "watch stream silent; recreating it");
-                return (Vec::new(), State::Backoff { then: Box::new(State::Open { from }) });
+                let then = Box::new(State::Open { from });
+                return (Vec::new(), State::Backoff { then, unreachable: false });
             }
             msg = stream.message() => msg,
         };
@@ -444,11 +456,13 @@ impl Watcher {
             Ok(Some(resp)) => resp,
             Ok(None) => {
                 tracing::info!(from, "watch stream ended; resuming");
-                return (Vec::new(), State::Backoff { then: Box::new(State::Open { from }) });
+                let then = Box::new(State::Open { from });
+                return (Vec::new(), State::Backoff { then, unreachable: false });
             }
             Err(e) => {
                 tracing::info!(error = %e, from, "watch stream failed; resuming");
-                return (Vec::new(), State::Backoff { then: Box::new(State::Open { from }) });
+                let then = Box::new(State::Open { from });
+                return (Vec::new(), State::Backoff { then, unreachable: false });
             }
         };
         if resp.canceled() {
@@ -469,13 +483,20 @@ impl Watcher {
                 let watch = State::Watch { from, stream, last_heard: heard, progress_requested };
                 return (Vec::new(), watch);
             }
-            // A progress notification: every event up to its revision was sent.
+            if resp.watch_id() == -1 {
+                // The answer to our progress request: proof of life only. etcd before
+                // 3.4.24 / 3.5.8 sends it even while this watcher is still catching up, so
+                // it does not prove that everything up to its revision was delivered.
+                let watch = State::Watch { from, stream, last_heard: heard, progress_requested: false };
+                return (Vec::new(), watch);
+            }
+            // A server-side progress notification (sent to synced watchers only): every
+            // event up to its revision was sent.
             let next = from.max(header_revision + 1);
             lock(&self.shared).revision = next - 1;
             metrics::gauge!(m::REVISION_LAG).set(0.0);
-            let events = self.mark_fresh(next - 1).into_iter().collect();
             let watch = State::Watch { from: next, stream, last_heard: heard, progress_requested: false };
-            return (events, watch);
+            return (Vec::new(), watch);
         }
         let mut changes = Vec::with_capacity(resp.events().len());
         let mut last = from - 1;
