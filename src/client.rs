@@ -23,6 +23,9 @@ use crate::error::{Error, Result};
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Pause between connect probes while an endpoint refuses.
+const PROBE_RETRY: Duration = Duration::from_millis(100);
+
 /// Connects and proves that etcd answers, within `cfg.connect_timeout`.
 ///
 /// `require_leader` is set so that a member cut off from its cluster's leader refuses our
@@ -43,7 +46,7 @@ pub(crate) async fn connect(cfg: &ConnectorConfig, probe_key: &str) -> Result<Cl
         options = options.with_tls(tls_options(tls)?);
     }
     if let Some(auth) = &cfg.auth {
-        if cfg.tls.is_none() {
+        if cfg.tls.is_none() && !cfg.endpoints.iter().all(|e| is_loopback(e)) {
             tracing::warn!(
                 user = %auth.user,
                 "etcd authentication without TLS: the password crosses the network in plaintext"
@@ -54,16 +57,35 @@ pub(crate) async fn connect(cfg: &ConnectorConfig, probe_key: &str) -> Result<Cl
     let failed = |stage: Stage, e: etcd_client::Error| connect_error(cfg, &endpoints, stage, &e);
     let attempt = async {
         // With credentials, this already authenticates (and so completes a TLS handshake).
-        let mut client = Client::connect(&cfg.endpoints, Some(options))
-            .await
-            .map_err(|e| failed(Stage::Connect, e))?;
+        // etcd refuses a missing or untrusted client certificate by closing the connection
+        // right after the TLS 1.3 handshake, which reads like any dropped connection; a second
+        // try gets the TLS alert that says why (or, if it works, it was a passing close).
+        let mut client = match Client::connect(&cfg.endpoints, Some(options.clone())).await {
+            Err(e) if cfg.tls.is_some() && closed_by_peer(&e) => {
+                Client::connect(&cfg.endpoints, Some(options)).await
+            }
+            other => other,
+        }
+        .map_err(|e| failed(Stage::Connect, e))?;
         // A count-only read of a key we are allowed to read: proves a working, authorised
         // path to a member that has a leader.
-        client
-            .get(probe_key, Some(GetOptions::new().with_count_only()))
-            .await
-            .map_err(|e| failed(Stage::Probe(probe_key), e))?;
-        Ok(client)
+        // One endpoint down (a dead member of a cluster) is retried on another until the
+        // connect timeout, but TLS and authorisation errors are final at once.
+        let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
+        loop {
+            match client.get(probe_key, Some(GetOptions::new().with_count_only())).await {
+                Ok(_) => return Ok(client),
+                Err(e)
+                    if crate::error::is_transient(&e)
+                        && !looks_like_tls(&error_chain(&e))
+                        && tokio::time::Instant::now() + PROBE_RETRY < deadline =>
+                {
+                    tracing::debug!(error = %e, "etcd probe failed; retrying");
+                    tokio::time::sleep(PROBE_RETRY).await;
+                }
+                Err(e) => return Err(failed(Stage::Probe(probe_key), e)),
+            }
+        }
     };
     match tokio::time::timeout(cfg.connect_timeout, attempt).await {
         Ok(result) => result,
@@ -107,22 +129,30 @@ fn connect_error(
     e: &etcd_client::Error,
 ) -> Error {
     let reason = error_chain(e);
-    if let (Some(auth), etcd_client::Error::GRpcStatus(status)) = (&cfg.auth, e) {
+    if let etcd_client::Error::GRpcStatus(status) = e {
         use tonic::Code;
+        let message = status.message();
         let refused = match status.code() {
             Code::InvalidArgument | Code::Unauthenticated | Code::FailedPrecondition => {
-                status.message().contains("auth")
+                message.contains("auth") || message.contains("user name is empty")
             }
             Code::PermissionDenied => true,
             _ => false,
         };
         if refused {
-            let reason = match stage {
-                Stage::Probe(key) => format!("cannot read {key:?}: {}", status.message()),
-                Stage::Connect => status.message().to_owned(),
+            let mut reason = match stage {
+                Stage::Probe(key) => format!("cannot read {key:?}: {message}"),
+                Stage::Connect => message.to_owned(),
             };
+            if cfg.auth.is_none() && message.contains("user name is empty") {
+                reason.push_str(" (etcd requires authentication: configure a user and password)");
+            }
             return Error::Auth {
-                user: auth.user.clone(),
+                user: cfg
+                    .auth
+                    .as_ref()
+                    .map(|a| a.user.clone())
+                    .unwrap_or_default(),
                 reason,
             };
         }
@@ -131,6 +161,19 @@ fn connect_error(
         return Error::Tls {
             endpoints: endpoints.to_owned(),
             reason,
+        };
+    }
+    if cfg.tls.is_some() && closed_by_peer(e) {
+        let hint = match cfg.tls.as_ref().and_then(|t| t.cert.as_ref()) {
+            None => "no client certificate was presented (set tls.cert and tls.key)",
+            Some(_) => "check that etcd trusts the CA of tls.cert",
+        };
+        return Error::Tls {
+            endpoints: endpoints.to_owned(),
+            reason: format!(
+                "{reason}; etcd closed the connection after the TLS handshake, which is how \
+                 it refuses a missing or untrusted client certificate (mutual TLS): {hint}"
+            ),
         };
     }
     Error::Unreachable {
@@ -154,6 +197,24 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// Whether an endpoint names this machine (where plaintext does not cross a network).
+fn is_loopback(endpoint: &str) -> bool {
+    let host = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest);
+    ["127.", "localhost:", "[::1]:"]
+        .iter()
+        .any(|p| host.starts_with(p))
+}
+
+/// Whether the server hung up on us (rather than refusing to connect, or timing out).
+fn closed_by_peer(e: &etcd_client::Error) -> bool {
+    let chain = error_chain(e).to_ascii_lowercase();
+    ["connection closed", "connection reset", "broken pipe"]
+        .iter()
+        .any(|needle| chain.contains(needle))
 }
 
 /// Whether an error text comes from the TLS layer (rustls' wording).
@@ -216,5 +277,35 @@ where
             Ok(Err(e)) => return Err(Error::etcd(op, e)),
             Err(_) => return Err(Error::Timeout { op, timeout }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_endpoints() {
+        for e in [
+            "http://127.0.0.1:2379",
+            "localhost:2379",
+            "https://[::1]:2379",
+        ] {
+            assert!(is_loopback(e), "{e}");
+        }
+        for e in [
+            "http://10.0.0.1:2379",
+            "https://etcd.example:2379",
+            "http://localhostx:1",
+        ] {
+            assert!(!is_loopback(e), "{e}");
+        }
+    }
+
+    #[test]
+    fn tls_wording_is_recognised() {
+        assert!(looks_like_tls("invalid peer certificate: UnknownIssuer"));
+        assert!(looks_like_tls("received fatal alert: BadCertificate"));
+        assert!(!looks_like_tls("tcp connect error: Connection refused"));
     }
 }

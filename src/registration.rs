@@ -395,7 +395,13 @@ impl Supervisor {
             .when([server_is(c.create_revision), slot_ours])
             .or_else([TxnOp::txn(slot_missing)]);
         let kv = self.ctx.client.kv_client();
-        let resp = match retrying("restore key", self.ctx.config.request_timeout, || {
+        // Never outlive the lease deadline: past it, the lease-loss path takes over.
+        let bound = match self.lease.as_ref().map(LeaseSession::state) {
+            Some(LeaseState::Alive { deadline }) => deadline.saturating_duration_since(Instant::now()),
+            _ => Duration::ZERO,
+        };
+        let bound = bound.min(self.ctx.config.request_timeout).max(Duration::from_millis(50));
+        let resp = match retrying("restore key", bound, || {
             let (mut kv, txn) = (kv.clone(), txn.clone());
             async move { kv.txn(txn).await }
         }).await {
@@ -433,7 +439,7 @@ impl Supervisor {
                 self.track_own_key();
                 Restore::Restored
             }
-            None => Restore::Taken(format!("id {} is now held by another registration", c.id)),
+            None => Restore::Taken(format!("id {} was taken by another server", c.id)),
         }
     }
 
