@@ -456,7 +456,8 @@ impl Supervisor {
         }
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(ctx.config.lease_ttl.min(Duration::from_secs(5)))
+            // Half a TTL at most: back within about a TTL of etcd answering again.
+            .with_max_delay((ctx.config.lease_ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(5)))
             .with_jitter()
             .without_max_times()
             .build();

@@ -128,6 +128,9 @@ pub(crate) struct WatcherSettings {
     pub(crate) request_timeout: Duration,
     pub(crate) progress_interval: Duration,
     pub(crate) idle_timeout: Duration,
+    /// Longest pause between retries: half a lease TTL (at most 5 s), so that after an outage
+    /// a view catches up well within a TTL of etcd answering again.
+    pub(crate) max_backoff: Duration,
 }
 
 impl WatcherSettings {
@@ -139,6 +142,7 @@ impl WatcherSettings {
             request_timeout: config.request_timeout,
             progress_interval: config.progress_interval,
             idle_timeout: config.watch_idle_timeout,
+            max_backoff: (config.lease_ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(5)),
         }
     }
 }
@@ -226,10 +230,10 @@ struct Watcher {
     backoff: Option<backon::ExponentialBackoff>,
 }
 
-fn backoff() -> backon::ExponentialBackoff {
+fn backoff(max: Duration) -> backon::ExponentialBackoff {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
+        .with_max_delay(max)
         .with_jitter()
         .without_max_times()
         .build()
@@ -316,7 +320,7 @@ impl Watcher {
                 let stale = if unreachable { self.mark_stale() } else { None };
                 let delay = self
                     .backoff
-                    .get_or_insert_with(backoff)
+                    .get_or_insert_with(|| backoff(self.settings.max_backoff))
                     .next()
                     .unwrap_or(Duration::from_secs(5));
                 tracing::debug!(delay_ms = delay.as_millis(), next = then.name(), "watcher backing off");

@@ -1,0 +1,264 @@
+//! A bounded chaos test: random kills and restarts of etcd members, cuts and heals of
+//! servers' connections, server crashes, graceful leaves and new servers, for a fixed period.
+//! A checker over the recorded histories then asserts:
+//! 1. never two live holders of one id at any etcd revision (replaying etcd's own history);
+//! 2. every server's event history is well formed (per id, joins and leaves alternate);
+//! 3. within TTL + 2 s after the last fault, every live server's view equals etcd's truth.
+//!
+//! The seed is printed; set `CHAOS_SEED` to replay a run.
+#![cfg(feature = "test-support")]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use darkrift_etcd::testing::{EtcdCluster, FaultProxy};
+use darkrift_etcd::{Connector, ConnectorConfig, Event};
+use etcd_client::{EventType, GetOptions, WatchOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const CHAOS_FOR: Duration = Duration::from_secs(20);
+const TTL: Duration = Duration::from_secs(2);
+const SERVERS: usize = 5;
+
+struct Server {
+    connector: Arc<Connector>,
+    proxies: Vec<FaultProxy>,
+    history: Arc<Mutex<Vec<Event>>>,
+    cut: bool,
+}
+
+async fn start_server(etcd: &EtcdCluster, prefix: &str, n: usize) -> Option<Server> {
+    let mut proxies = Vec::new();
+    for i in 0..etcd.len() {
+        proxies.push(FaultProxy::start(&etcd.endpoint(i)).await.expect("proxy"));
+    }
+    let cfg = ConnectorConfig {
+        endpoints: proxies.iter().map(FaultProxy::endpoint).collect(),
+        ..config(etcd, prefix)
+    }
+    .with_lease_ttl(TTL)
+    .with_id_space(8)
+    .with_spread_window(2);
+    // etcd may be without quorum right now: a server that cannot start is simply not started.
+    let connector = Arc::new(Connector::connect(cfg).await.ok()?);
+    let mut events = connector.events().expect("events");
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let h = history.clone();
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            h.lock().expect("history").push(e);
+        }
+    });
+    let group = if n % 2 == 0 { "lobby" } else { "game" };
+    let port = u16::try_from(4000 + n).expect("port");
+    connector.register_server(group, "127.0.0.1", port, no_props()).await.ok()?;
+    Some(Server { connector, proxies, history, cut: false })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_never_two_holders_and_views_converge() {
+    let seed: u64 = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    println!("CHAOS_SEED={seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut etcd = EtcdCluster::three_node().await.expect("cluster");
+    let prefix = prefix();
+    let mut servers: Vec<Server> = Vec::new();
+    let mut started = 0;
+    while servers.len() < SERVERS {
+        if let Some(s) = start_server(&etcd, &prefix, started).await {
+            servers.push(s);
+        }
+        started += 1;
+    }
+    let mut dropped: Vec<Server> = Vec::new();
+    let mut down_member: Option<usize> = None;
+
+    let chaos_end = tokio::time::Instant::now() + CHAOS_FOR;
+    let mut faults = 0;
+    while tokio::time::Instant::now() < chaos_end {
+        let pause = Duration::from_millis(rng.random_range(200..900));
+        tokio::time::sleep(pause).await; // the pacing of the fault injector, not a wait for an event
+        faults += 1;
+        match rng.random_range(0..7) {
+            0 => {
+                // Kill or restart an etcd member (at most one down, so there is a quorum).
+                match down_member.take() {
+                    Some(i) => etcd.restart(i).await.expect("restart member"),
+                    None => {
+                        let i = rng.random_range(0..etcd.len());
+                        etcd.kill(i).expect("kill member");
+                        down_member = Some(i);
+                    }
+                }
+            }
+            1 | 2 => {
+                // Cut or heal a server's connections.
+                if servers.is_empty() {
+                    continue;
+                }
+                let s = rng.random_range(0..servers.len());
+                let server = &mut servers[s];
+                for p in &server.proxies {
+                    if server.cut {
+                        p.restore();
+                    } else if rng.random_bool(0.5) {
+                        p.cut();
+                    } else {
+                        p.stall();
+                    }
+                }
+                server.cut = !server.cut;
+            }
+            3 => {
+                // A crash: the connector is dropped without deregistering.
+                if servers.len() > 2 {
+                    let s = rng.random_range(0..servers.len());
+                    dropped.push(servers.remove(s));
+                }
+            }
+            4 => {
+                // A graceful leave.
+                if servers.len() > 2 {
+                    let s = rng.random_range(0..servers.len());
+                    let server = servers.remove(s);
+                    for p in &server.proxies {
+                        p.restore();
+                    }
+                    let _ = server.connector.deregister_server().await;
+                    dropped.push(server);
+                }
+            }
+            _ => {
+                if let Some(s) = start_server(&etcd, &prefix, started).await {
+                    servers.push(s);
+                }
+                started += 1;
+            }
+        }
+    }
+    // Heal everything: the last fault ends here.
+    if let Some(i) = down_member.take() {
+        etcd.restart(i).await.expect("restart member");
+    }
+    for s in &mut servers {
+        for p in &s.proxies {
+            p.restore();
+        }
+        s.cut = false;
+    }
+    let healed_at = tokio::time::Instant::now();
+    // Crashed servers stop their tasks now (their leases expire within the TTL).
+    for d in &dropped {
+        drop(d.connector.clone());
+    }
+    let dropped_connectors: Vec<Arc<Connector>> = dropped.iter().map(|d| d.connector.clone()).collect();
+    drop(dropped);
+    drop(dropped_connectors);
+    println!("faults injected: {faults}, servers started: {started}, live at the end: {}", servers.len());
+
+    // 3. Convergence: within TTL + 2 s of the heal, every live server's view equals etcd's truth.
+    let mut raw = etcd.client().await.expect("raw client");
+    let bound = TTL + Duration::from_secs(2);
+    let truth = loop {
+        let resp = raw.get(format!("{prefix}/"), Some(GetOptions::new().with_prefix())).await.expect("get");
+        let truth: BTreeSet<u16> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key_str().ok()?.rsplit('/').next()?.parse().ok())
+            .collect();
+        // Crashed servers' leases have expired; cut servers have re-registered (or stopped
+        // for good, by the fail-stop policy, if their id was taken meanwhile).
+        let registered: BTreeSet<u16> = servers
+            .iter()
+            .filter(|s| s.connector.is_registered())
+            .filter_map(|s| s.connector.registered_id())
+            .collect();
+        let converged = truth == registered
+            && servers.iter().all(|s| {
+                let view: BTreeSet<u16> = s.connector.servers().iter().map(|i| i.id).collect();
+                view == truth
+            });
+        if converged {
+            break truth;
+        }
+        assert!(
+            healed_at.elapsed() <= bound,
+            "views did not converge to {truth:?} (registered: {registered:?}) within {bound:?}; views: {:?}",
+            servers
+                .iter()
+                .map(|s| (s.connector.registered_id(), s.connector.is_stale(), s.connector.servers().iter().map(|i| i.id).collect::<Vec<_>>()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition with a bound
+    };
+    println!("converged after {:?} on {truth:?}", healed_at.elapsed());
+
+    // 1. Replay etcd's own history of the server range: never two keys for one id.
+    let now = raw.get("x", None).await.expect("get").header().expect("header").revision();
+    let mut watch = raw
+        .watch(format!("{prefix}/"), Some(WatchOptions::new().with_prefix().with_start_revision(1)))
+        .await
+        .expect("watch history");
+    let mut live: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
+    let mut replayed_to = 0;
+    while replayed_to < now {
+        let resp = tokio::time::timeout(PROMPT, watch.message()).await.expect("history").expect("ok").expect("msg");
+        if resp.events().is_empty() {
+            if resp.created() {
+                continue;
+            }
+            break;
+        }
+        let mut by_rev: BTreeMap<i64, Vec<&etcd_client::Event>> = BTreeMap::new();
+        for ev in resp.events() {
+            let rev = ev.kv().map_or(0, etcd_client::KeyValue::mod_revision);
+            by_rev.entry(rev).or_default().push(ev);
+        }
+        for (rev, evs) in by_rev {
+            for ev in evs {
+                let kv = ev.kv().expect("kv");
+                let key = kv.key_str().expect("utf8").to_owned();
+                let id: u16 = key.rsplit('/').next().and_then(|s| s.parse().ok()).expect("id");
+                match ev.event_type() {
+                    EventType::Put => {
+                        live.entry(id).or_default().insert(key);
+                    }
+                    EventType::Delete => {
+                        live.entry(id).or_default().remove(&key);
+                    }
+                }
+            }
+            for (id, keys) in &live {
+                assert!(keys.len() <= 1, "two live holders of id {id} at revision {rev}: {keys:?}");
+            }
+            replayed_to = rev;
+        }
+    }
+    drop(watch);
+
+    // 2. Every history is well formed: per id, joins and leaves alternate.
+    for s in &servers {
+        let history = s.history.lock().expect("history").clone();
+        let mut present: HashMap<u16, bool> = HashMap::new();
+        for e in &history {
+            match e {
+                Event::Join { server, .. } => {
+                    let was = present.insert(server.id, true).unwrap_or(false);
+                    assert!(!was, "duplicate join of {} in {history:?}", server.id);
+                }
+                Event::Leave { id, .. } => {
+                    let was = present.insert(*id, false).unwrap_or(false);
+                    assert!(was, "leave of {id} that had not joined in {history:?}");
+                }
+                _ => {}
+            }
+        }
+        let joined: BTreeSet<u16> = present.iter().filter(|(_, p)| **p).map(|(id, _)| *id).collect();
+        assert_eq!(joined, truth, "the event history adds up to the view");
+    }
+}
