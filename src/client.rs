@@ -52,7 +52,11 @@ pub(crate) async fn connect(cfg: &ConnectorConfig, probe_key: &str) -> Result<Cl
                 "etcd authentication without TLS: the password crosses the network in plaintext"
             );
         }
-        options = options.with_user(auth.user.clone(), auth.password.expose());
+        // Tokens expire (`--auth-token-ttl`): etcd-client re-authenticates and retries a call
+        // refused as Unauthenticated, which also covers reopening watch and keep-alive streams.
+        options = options
+            .with_user(auth.user.clone(), auth.password.expose())
+            .with_auto_token_refresh(true);
     }
     let failed = |stage: Stage, e: etcd_client::Error| connect_error(cfg, &endpoints, stage, &e);
     let attempt = async {
@@ -249,7 +253,15 @@ where
 /// in total. Every caller's request is safe to repeat: reads, guarded transactions whose
 /// failure branch recognises our own earlier success, and lease grants (a lease lost in a
 /// retry expires by itself).
-pub(crate) async fn retrying<T, F, Fut>(op: &'static str, timeout: Duration, mut call: F) -> Result<T>
+///
+/// An expired or outdated auth token (`Unauthenticated`, "invalid auth token", "revision of
+/// auth store is old") is refreshed with the configured credentials and the request retried.
+pub(crate) async fn retrying<T, F, Fut>(
+    client: &Client,
+    op: &'static str,
+    timeout: Duration,
+    mut call: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
@@ -266,6 +278,12 @@ where
         let outcome = tokio::time::timeout_at(deadline, call()).await;
         match outcome {
             Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if is_auth_token_error(&e) => {
+                tracing::info!(op, error = %e, "auth token refused; refreshing it");
+                if let Err(refresh) = client.refresh_token().await {
+                    return Err(Error::etcd(op, refresh));
+                }
+            }
             Ok(Err(e)) if crate::error::is_transient(&e) => {
                 let delay = delays.next().unwrap_or(Duration::from_millis(500));
                 if tokio::time::Instant::now() + delay >= deadline {
@@ -308,4 +326,14 @@ mod tests {
         assert!(looks_like_tls("received fatal alert: BadCertificate"));
         assert!(!looks_like_tls("tcp connect error: Connection refused"));
     }
+}
+
+/// True when etcd refused the request's auth token: expired, unknown, or issued before the
+/// auth store changed. A refreshed token fixes all three.
+pub(crate) fn is_auth_token_error(e: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = e else { return false };
+    let msg = status.message();
+    status.code() == tonic::Code::Unauthenticated
+        || msg.contains("invalid auth token")
+        || msg.contains("revision of auth store is old")
 }

@@ -326,7 +326,7 @@ impl Connector {
             ]);
         let cfg = &self.ctx.config;
         let kv = self.ctx.client.kv_client();
-        let deleted = retrying("deregister", cfg.request_timeout, || {
+        let deleted = retrying(&self.ctx.client, "deregister", cfg.request_timeout, || {
             let (mut kv, guard) = (kv.clone(), guard.clone());
             async move { kv.txn(guard).await }
         })
@@ -359,7 +359,7 @@ impl Connector {
             }
         };
         let kv = self.ctx.client.kv_client();
-        let resp = retrying("read peer", self.ctx.config.request_timeout, || {
+        let resp = retrying(&self.ctx.client, "read peer", self.ctx.config.request_timeout, || {
             let (mut kv, key) = (kv.clone(), key.clone());
             async move { kv.get(key, None).await }
         })

@@ -58,7 +58,7 @@ impl LeaseSession {
         let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let lease = client.lease_client();
         let mut sent = Instant::now();
-        let resp = retrying("lease grant", request_timeout, || {
+        let resp = retrying(client, "lease grant", request_timeout, || {
             let mut lease = lease.clone();
             sent = Instant::now();
             async move { lease.grant(ttl_secs, None).await }

@@ -155,7 +155,7 @@ pub(crate) async fn allocate(ctx: &Ctx, registration: &Registration, lease_id: i
         ctx.requests.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(m::ALLOC_TXNS).increment(1);
         let txn = alloc::build_txn(&request);
-        let resp = retrying("allocate id", ctx.config.request_timeout, || {
+        let resp = retrying(&ctx.client, "allocate id", ctx.config.request_timeout, || {
             let (mut kv, txn) = (kv.clone(), txn.clone());
             async move { kv.txn(txn).await }
         }).await?;
@@ -190,7 +190,7 @@ async fn exhausted_or_contention(ctx: &Ctx, attempt: u32) -> Error {
     let kv = ctx.client.kv_client();
     let options = etcd_client::GetOptions::new().with_prefix().with_count_only();
     let prefix = ctx.layout.slots_prefix();
-    let count = retrying("count slots", ctx.config.request_timeout, || {
+    let count = retrying(&ctx.client, "count slots", ctx.config.request_timeout, || {
         let (mut kv, prefix, options) = (kv.clone(), prefix.clone(), options.clone());
         async move { kv.get(prefix, Some(options)).await }
     });
@@ -401,7 +401,7 @@ impl Supervisor {
             _ => Duration::ZERO,
         };
         let bound = bound.min(self.ctx.config.request_timeout).max(Duration::from_millis(50));
-        let resp = match retrying("restore key", bound, || {
+        let resp = match retrying(&self.ctx.client, "restore key", bound, || {
             let (mut kv, txn) = (kv.clone(), txn.clone());
             async move { kv.txn(txn).await }
         }).await {
@@ -521,7 +521,7 @@ impl Supervisor {
             ])
             .or_else([TxnOp::get(slot, None), TxnOp::get(c.server_key.clone(), None)]);
         let kv = ctx.client.kv_client();
-        let resp = match retrying("re-register", ctx.config.request_timeout, || {
+        let resp = match retrying(&ctx.client, "re-register", ctx.config.request_timeout, || {
             let (mut kv, txn) = (kv.clone(), txn.clone());
             async move { kv.txn(txn).await }
         }).await {
@@ -559,7 +559,7 @@ impl Supervisor {
         revoke_quietly(&ctx, lease).await;
         if old_lease_id != 0 && holders.iter().all(|l| *l == old_lease_id) {
             let client = ctx.client.lease_client();
-            let _ = retrying("lease revoke", ctx.config.request_timeout, || {
+            let _ = retrying(&ctx.client, "lease revoke", ctx.config.request_timeout, || {
                 let mut client = client.clone();
                 async move { client.revoke(old_lease_id).await }
             }).await;

@@ -343,3 +343,52 @@ async fn id_taken_while_away_fail_stop_and_new_id_policies() {
         assert!(b.is_registered());
     }
 }
+
+/// etcd with auth enabled and a 1 s `--auth-token-ttl`: registration, keep-alive and watch
+/// keep working across several token lifetimes, for a least-privilege user.
+#[tokio::test]
+async fn auth_tokens_expire_and_are_refreshed() {
+    use darkrift_etcd::config::AuthConfig;
+    use etcd_client::Permission;
+
+    let etcd = EtcdCluster::builder().extra_args(["--auth-token-ttl", "1"]).build().await.expect("etcd");
+    let prefix = prefix();
+    let mut root = etcd.client().await.expect("raw client");
+    root.user_add("root", "rootpw", None).await.expect("root user");
+    root.role_add("root").await.expect("root role");
+    root.user_grant_role("root", "root").await.expect("grant root");
+    root.role_add("darkrift").await.expect("role");
+    for range in [format!("{prefix}/"), format!("{prefix}.alloc/")] {
+        let perm = Permission::read_write(range).with_prefix();
+        root.role_grant_permission("darkrift", perm).await.expect("grant");
+    }
+    root.user_add("darkrift", "pw", None).await.expect("user");
+    root.user_grant_role("darkrift", "darkrift").await.expect("grant role");
+    root.auth_enable().await.expect("auth enable");
+
+    let mut cfg = config(&etcd, &prefix);
+    cfg.auth = Some(AuthConfig::new("darkrift", "pw"));
+    let (w, mut w_events) = connect(cfg.clone()).await;
+    until_synced(&mut w_events).await;
+    let (a, mut a_events) = connect(cfg.clone()).await;
+    let a_id = a.register_server("game", "127.0.0.1", 1, no_props()).await.expect("register");
+    next(&mut w_events, PROMPT).await;
+    // Several token lifetimes later (the fence is watched throughout: the lease never lapses),
+    // a new registration and its join still go through.
+    let mut status = a.status().expect("status");
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < until {
+        let _ = tokio::time::timeout(Duration::from_millis(200), status.changed()).await;
+        assert!(status.borrow().is_registered(), "lease lapsed while tokens expired");
+    }
+    let b = Connector::connect(cfg.clone()).await.expect("connect");
+    let b_id = b.register_server("lobby", "127.0.0.1", 2, no_props()).await.expect("register after token expiry");
+    let got = collect_until(&mut w_events, PROMPT, |e| membership(e).len() == 1).await;
+    assert_eq!(membership(&got), [format!("join {b_id}")]);
+    assert_eq!(ids(&w), BTreeSet::from([a_id, b_id]));
+    b.deregister_server().await.expect("deregister after token expiry");
+    let got = collect_until(&mut w_events, PROMPT, |e| membership(e).len() == 1).await;
+    assert_eq!(membership(&got), [format!("leave {b_id}")]);
+    let seen = drain_for(&mut a_events, Duration::from_millis(100)).await;
+    assert!(!seen.iter().any(|e| matches!(e, Event::LeaseLost { .. })), "{seen:?}");
+}
