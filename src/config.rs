@@ -85,6 +85,46 @@ pub struct ConnectorConfig {
     /// Watch silence after which the watch stream is considered stuck and recreated.
     #[serde(with = "secs")]
     pub watch_idle_timeout: Duration,
+    /// Health-gated liveness through DarkRift's HTTP health check: the lease is kept alive
+    /// only while `GET url` answers 200. `None` (default): no HTTP probe (a probe can still be
+    /// set in code with [`crate::Connector::set_health_probe`]).
+    pub health: Option<crate::health::HealthConfig>,
+    /// Peer-reported eviction (`handle_connection_failure`); `None` (default): off.
+    pub eviction: Option<EvictionConfig>,
+    /// What this server does when its key is removed by someone else (an operator, or peers'
+    /// eviction) while its lease lives.
+    pub on_key_removed: KeyRemovedPolicy,
+}
+
+/// Peer-reported eviction: when at least `min_reporters` distinct live servers report the same
+/// peer unreachable within `window`, its registration is deleted (guarded by its create
+/// revision).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvictionConfig {
+    /// Distinct reporters needed (at least 1; 2 or more so one confused server cannot evict).
+    pub min_reporters: u32,
+    /// How recent a report must be to count.
+    #[serde(with = "secs")]
+    pub window: Duration,
+}
+
+impl Default for EvictionConfig {
+    fn default() -> Self {
+        EvictionConfig { min_reporters: 2, window: Duration::from_secs(30) }
+    }
+}
+
+/// What a server does when its key disappears while its lease lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyRemovedPolicy {
+    /// Put it back (same id, same lease); peers see a leave then a join. The default.
+    #[default]
+    Restore,
+    /// Stop: revoke the lease and emit [`crate::Event::RegistrationStopped`] (for clusters that
+    /// use eviction and want an evicted server out until restarted).
+    Stop,
 }
 
 /// TLS settings: the CA that signed etcd's server certificate and, for mutual TLS, this
@@ -263,6 +303,9 @@ impl Default for ConnectorConfig {
             on_id_taken: IdTakenPolicy::FailStop,
             progress_interval: DEFAULT_PROGRESS_INTERVAL,
             watch_idle_timeout: DEFAULT_WATCH_IDLE_TIMEOUT,
+            health: None,
+            eviction: None,
+            on_key_removed: KeyRemovedPolicy::Restore,
         }
     }
 }
@@ -431,6 +474,17 @@ impl ConnectorConfig {
         if !(1..=10_000).contains(&self.page_size) {
             return bad("page_size: 1..=10000".into());
         }
+        if let Some(h) = &self.health {
+            crate::health::HttpHealthProbe::new(&h.url, h.timeout)?;
+            if h.interval.is_zero() || h.timeout.is_zero() {
+                return bad("health: interval and timeout must be more than zero".into());
+            }
+        }
+        if let Some(e) = &self.eviction {
+            if e.min_reporters == 0 || e.window.is_zero() {
+                return bad("eviction: min_reporters and window must be more than zero".into());
+            }
+        }
         self.validate_security()?;
         KeyLayout::new(&self.prefix)
     }
@@ -452,16 +506,16 @@ impl ConnectorConfig {
 }
 
 /// Serde for `Duration` as (fractional) seconds.
-mod secs {
+pub(crate) mod secs {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let v = f64::deserialize(d)?;
         Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom)
     }

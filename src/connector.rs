@@ -24,6 +24,7 @@ use crate::client::{connect, retrying};
 use crate::config::ConnectorConfig;
 use crate::error::{Error, Result};
 use crate::events::Event;
+use crate::health::{spawn_gate, HealthProbe, HttpHealthProbe};
 use crate::lease::LeaseSession;
 use crate::record::{Registration, ServerInfo};
 use crate::registration::{allocate, Ctx, Held, RegistrationStatus, Supervisor};
@@ -62,6 +63,7 @@ pub struct Connector {
     events: Mutex<Option<mpsc::Receiver<Event>>>,
     registration: tokio::sync::Mutex<Option<Running>>,
     status: Mutex<Option<watch::Receiver<RegistrationStatus>>>,
+    probe: Mutex<Option<Arc<dyn HealthProbe>>>,
     _stop: DropGuard,
 }
 
@@ -91,6 +93,9 @@ pub enum PeerStatus {
     Registered,
     /// Its registration is gone; its leave has been delivered (or is about to be, in order).
     Gone,
+    /// Enough live servers reported it unreachable (eviction is on): its registration was
+    /// deleted, guarded by its create revision, and its leave follows.
+    Evicted,
     /// The id is not a member of our view (never joined, or already left).
     Unknown,
 }
@@ -140,6 +145,7 @@ impl Connector {
             events: Mutex::new(Some(rx)),
             registration: tokio::sync::Mutex::new(None),
             status: Mutex::new(None),
+            probe: Mutex::new(None),
             _stop: cancel.drop_guard(),
         }
     }
@@ -250,6 +256,33 @@ impl Connector {
         self.status().is_some_and(|s| s.borrow().is_registered())
     }
 
+    /// Gates this server's liveness on `probe` (instead of the HTTP probe of
+    /// [`ConnectorConfig::health`]): keep-alives are sent only while it passes, so a server
+    /// unhealthy for longer than the TTL leaves, and comes back with the same id once healthy.
+    /// Takes effect at the next registration. The probe is polled every
+    /// `health.interval` (1 s when no `health` settings are given).
+    pub fn set_health_probe(&self, probe: impl HealthProbe) {
+        let probe: Arc<dyn HealthProbe> = Arc::new(probe);
+        *self.probe.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(probe);
+    }
+
+    /// The health probe in force, if any, and its polling interval.
+    fn health_probe(&self) -> Result<Option<(Arc<dyn HealthProbe>, Duration)>> {
+        let health = self.ctx.config.health.clone();
+        let interval = health.as_ref().map_or(Duration::from_secs(1), |h| h.interval);
+        let set = self.probe.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(probe) = set {
+            return Ok(Some((probe, interval)));
+        }
+        match health {
+            Some(h) => {
+                let probe: Arc<dyn HealthProbe> = Arc::new(HttpHealthProbe::new(&h.url, h.timeout)?);
+                Ok(Some((probe, h.interval)))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Registers this server and returns its cluster-unique id (DarkRift's `RegisterServer`).
     ///
     /// Validates the input first (nothing is written on a bad input), waits for the initial
@@ -274,11 +307,21 @@ impl Connector {
         }
         let cfg = &self.ctx.config;
         self.wait_synced(cfg.connect_timeout.max(cfg.request_timeout)).await?;
+        let cancel = CancellationToken::new();
+        let gate = self.health_probe()?.map(|(probe, interval)| spawn_gate(probe, interval, cancel.child_token()));
         self.ctx.requests.fetch_add(1, Ordering::Relaxed);
-        let lease = LeaseSession::grant(&self.ctx.client, cfg.lease_ttl, cfg.request_timeout).await?;
+        let granted = LeaseSession::grant_gated(&self.ctx.client, cfg.lease_ttl, cfg.request_timeout, gate.clone()).await;
+        let lease = match granted {
+            Ok(lease) => lease,
+            Err(e) => {
+                cancel.cancel();
+                return Err(e);
+            }
+        };
         let claim = match allocate(&self.ctx, &registration, lease.id()).await {
             Ok(claim) => claim,
             Err(e) => {
+                cancel.cancel();
                 if let Err(revoke) = lease.revoke(&self.ctx.client, cfg.request_timeout).await {
                     tracing::debug!(error = %revoke, "revoking the unused lease failed; it expires");
                 }
@@ -287,8 +330,7 @@ impl Connector {
         };
         let id = claim.id;
         tracing::info!(id, group, host, port, revision = claim.create_revision, "registered");
-        let cancel = CancellationToken::new();
-        let (status, task) = Supervisor::spawn(self.ctx.clone(), registration, claim, lease, cancel.clone());
+        let (status, task) = Supervisor::spawn(self.ctx.clone(), registration, claim, lease, cancel.clone(), gate);
         *self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status);
         *running = Some(Running { _stop: cancel.clone().drop_guard(), cancel, task });
         Ok(id)
@@ -364,13 +406,106 @@ impl Connector {
             async move { kv.get(key, None).await }
         })
         .await?;
-        if resp.kvs().first().is_some_and(|kv| kv.create_revision() == create_revision) {
-            return Ok(PeerStatus::Registered);
+        if let Some(kv) = resp.kvs().first().filter(|kv| kv.create_revision() == create_revision) {
+            let peer_lease = kv.lease();
+            return match &self.ctx.config.eviction {
+                Some(eviction) => self.report(id, create_revision, peer_lease, eviction).await,
+                None => Ok(PeerStatus::Registered),
+            };
         }
         let (done, wait) = oneshot::channel();
         self.commands.send(Command::Resync(done)).await.map_err(|_| Error::Shutdown)?;
         wait.await.map_err(|_| Error::Shutdown)?;
         Ok(PeerStatus::Gone)
+    }
+}
+
+impl Connector {
+    /// Files our report that peer `id` (registration `create_revision`) is unreachable, and
+    /// evicts it once `min_reporters` distinct live servers reported it within the window.
+    ///
+    /// Reports are keys bound to the reporters' leases, so a reporter that dies takes its
+    /// report with it; they name the peer's create revision, so reports about an earlier
+    /// registration of the same id never count against a new one.
+    async fn report(
+        &self,
+        id: u16,
+        create_revision: i64,
+        peer_lease: i64,
+        eviction: &crate::config::EvictionConfig,
+    ) -> Result<PeerStatus> {
+        let Some((me, lease)) = self.current_claim() else {
+            // Only a registered server may report: its report must die with it.
+            return Ok(PeerStatus::Registered);
+        };
+        let layout = &self.ctx.layout;
+        let cfg = &self.ctx.config;
+        let kv = self.ctx.client.kv_client();
+        let now = crate::alloc::now_unix_ms();
+        let report = layout.report_key(id, create_revision, me);
+        let put_opts = etcd_client::PutOptions::new().with_lease(lease);
+        retrying(&self.ctx.client, "report peer", cfg.request_timeout, || {
+            let (mut kv, key, opts) = (kv.clone(), report.clone(), put_opts.clone());
+            async move { kv.put(key, now.to_string(), Some(opts)).await }
+        })
+        .await?;
+        let prefix = layout.reports_prefix(id, create_revision);
+        let reports = retrying(&self.ctx.client, "read reports", cfg.request_timeout, || {
+            let (mut kv, prefix) = (kv.clone(), prefix.clone());
+            async move { kv.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await }
+        })
+        .await?;
+        let window_ms = i64::try_from(eviction.window.as_millis()).unwrap_or(i64::MAX);
+        let recent = reports
+            .kvs()
+            .iter()
+            .filter(|r| r.value_str().ok().and_then(|v| v.parse::<i64>().ok()).is_some_and(|t| now - t <= window_ms))
+            .count();
+        tracing::info!(peer = id, reporters = recent, needed = eviction.min_reporters, "reported an unreachable peer");
+        if recent < usize::try_from(eviction.min_reporters).unwrap_or(usize::MAX) {
+            return Ok(PeerStatus::Registered);
+        }
+        // Evict exactly that registration: its key only if still the same create revision,
+        // its slot only if still on its lease.
+        let Some(server) = lock(&self.ctx.shared).view.get(id).cloned() else {
+            return Ok(PeerStatus::Unknown);
+        };
+        let server_key = layout.server_key(&server.group, id);
+        let slot = layout.slot_key(id);
+        let evict = Txn::new()
+            .when([
+                Compare::create_revision(server_key.clone(), CompareOp::Equal, create_revision),
+                Compare::lease(slot.clone(), CompareOp::Equal, peer_lease),
+            ])
+            .and_then([
+                TxnOp::delete(server_key, None::<DeleteOptions>),
+                TxnOp::delete(slot, None::<DeleteOptions>),
+                TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix())),
+            ]);
+        let resp = retrying(&self.ctx.client, "evict peer", cfg.request_timeout, || {
+            let (mut kv, evict) = (kv.clone(), evict.clone());
+            async move { kv.txn(evict).await }
+        })
+        .await?;
+        if resp.succeeded() {
+            tracing::warn!(peer = id, reporters = recent, "peer evicted after enough reports");
+            Ok(PeerStatus::Evicted)
+        } else {
+            Ok(PeerStatus::Gone)
+        }
+    }
+
+    /// Our id and lease while registered.
+    fn current_claim(&self) -> Option<(u16, i64)> {
+        let status = self.status()?;
+        let status = status.borrow();
+        match &*status {
+            RegistrationStatus::Registered { id, .. } if status.is_registered() => {
+                let lease = lock(&self.ctx.shared).own.as_ref().map(|o| o.lease)?;
+                Some((*id, lease))
+            }
+            _ => None,
+        }
     }
 }
 

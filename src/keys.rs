@@ -4,6 +4,8 @@
 //! <prefix>/<group>/<id>          one key per live server (value: ServerRecord), on its lease
 //! <prefix>.alloc/cursor          round-robin allocation cursor (no lease: it must outlive servers)
 //! <prefix>.alloc/slot/<id:05>    one key per live id, on the holder's lease (value: server key)
+//! <prefix>.alloc/reports/<peer:05>/<peer create revision>/<reporter:05>
+//!                                "reporter cannot reach peer" (eviction), on the reporter's lease
 //! ```
 //!
 //! The allocator keys sit *beside* the server prefix, not under it, so a watch on
@@ -118,6 +120,19 @@ impl KeyLayout {
     #[must_use]
     pub fn slots_prefix(&self) -> String {
         format!("{}.alloc/slot/", self.prefix)
+    }
+
+    /// `<prefix>.alloc/reports/<peer:05>/<peer_create_revision>/`: the reports that servers
+    /// could not reach one registration of `peer` (peer-reported eviction).
+    #[must_use]
+    pub fn reports_prefix(&self, peer: u16, peer_create_revision: i64) -> String {
+        format!("{}.alloc/reports/{peer:05}/{peer_create_revision}/", self.prefix)
+    }
+
+    /// One reporter's report about one registration of `peer`.
+    #[must_use]
+    pub fn report_key(&self, peer: u16, peer_create_revision: i64, reporter: u16) -> String {
+        format!("{}{reporter:05}", self.reports_prefix(peer, peer_create_revision))
     }
 
     /// Parses the id out of a slot key read back from a range.

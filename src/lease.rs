@@ -55,6 +55,20 @@ impl LeaseSession {
     /// # Errors
     /// The grant request failed or timed out.
     pub async fn grant(client: &Client, ttl: Duration, request_timeout: Duration) -> Result<Self> {
+        Self::grant_gated(client, ttl, request_timeout, None).await
+    }
+
+    /// Like [`LeaseSession::grant`], but keep-alives are sent only while `gate` (a health
+    /// verdict) is true: an unhealthy server lets its lease expire.
+    ///
+    /// # Errors
+    /// The grant request failed or timed out.
+    pub async fn grant_gated(
+        client: &Client,
+        ttl: Duration,
+        request_timeout: Duration,
+        gate: Option<watch::Receiver<bool>>,
+    ) -> Result<Self> {
         let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let lease = client.lease_client();
         let mut sent = Instant::now();
@@ -75,6 +89,7 @@ impl LeaseSession {
             interval: (ttl / 3).max(Duration::from_millis(100)),
             state: tx,
             cancel: cancel.clone(),
+            gate,
         };
         tokio::spawn(task.run());
         tracing::debug!(
@@ -145,6 +160,7 @@ impl Drop for LeaseSession {
 }
 
 struct KeepAlive {
+    gate: Option<watch::Receiver<bool>>,
     client: Client,
     id: i64,
     interval: Duration,
@@ -222,6 +238,10 @@ impl KeepAlive {
                     return true;
                 }
                 _ = tick.tick() => {
+                    if self.gate.as_ref().is_some_and(|g| !*g.borrow()) {
+                        tracing::debug!("health probe failing: keep-alive withheld");
+                        continue;
+                    }
                     let now = Instant::now();
                     if let Err(e) = keeper.keep_alive().await {
                         tracing::debug!(error = %e, "keep-alive send failed; reopening");

@@ -39,6 +39,7 @@ pub mod config;
 pub mod connector;
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod keys;
 pub mod lease;
 pub mod membership;

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alloc::{self, AllocHint, AllocOutcome, AllocRequest, IdSet};
 use crate::client::retrying;
-use crate::config::{ConnectorConfig, IdTakenPolicy};
+use crate::config::{ConnectorConfig, IdTakenPolicy, KeyRemovedPolicy};
 use crate::error::{is_lease_not_found, Error, Result};
 use crate::events::Event;
 use crate::keys::KeyLayout;
@@ -220,6 +220,8 @@ pub(crate) struct Supervisor {
     status: watch::Sender<RegistrationStatus>,
     own_gone: Arc<Notify>,
     cancel: CancellationToken,
+    /// Health verdicts gating the keep-alive (and re-registration), if a probe is set.
+    health: Option<watch::Receiver<bool>>,
 }
 
 /// Why the registered phase ended.
@@ -227,6 +229,8 @@ enum Ended {
     Cancelled,
     LeaseLost(String),
     Taken(String),
+    /// Our key was removed and the policy says stop.
+    Removed(String),
 }
 
 impl Supervisor {
@@ -237,6 +241,7 @@ impl Supervisor {
         claim: Claim,
         lease: LeaseSession,
         cancel: CancellationToken,
+        health: Option<watch::Receiver<bool>>,
     ) -> (watch::Receiver<RegistrationStatus>, tokio::task::JoinHandle<Option<Held>>) {
         let deadline = match lease.state() {
             LeaseState::Alive { deadline } => deadline,
@@ -251,6 +256,7 @@ impl Supervisor {
             status,
             own_gone: Arc::new(Notify::new()),
             cancel,
+            health,
         };
         sup.track_own_key();
         (rx, tokio::spawn(sup.run()))
@@ -260,6 +266,7 @@ impl Supervisor {
         lock(&self.ctx.shared).own = Some(OwnKey {
             key: self.claim.server_key.clone().into_bytes(),
             create_revision: self.claim.create_revision,
+            lease: self.lease.as_ref().map_or(0, LeaseSession::id),
             gone: self.own_gone.clone(),
         });
     }
@@ -286,6 +293,16 @@ impl Supervisor {
                         Some(()) => continue,
                         None => return self.stopped().await,
                     }
+                }
+                Ended::Removed(reason) => {
+                    if let Some(old) = self.lease.take() {
+                        revoke_quietly(&self.ctx, old).await;
+                    }
+                    tracing::error!(id = self.claim.id, %reason, "registration stopped (key-removed policy)");
+                    let id = self.claim.id;
+                    self.status.send_replace(RegistrationStatus::Stopped { id, reason: reason.clone() });
+                    self.emit(Event::RegistrationStopped { id, reason }).await;
+                    return self.stopped().await;
                 }
             };
             metrics::counter!(m::LEASE_LOST).increment(1);
@@ -341,6 +358,7 @@ impl Supervisor {
                 }
                 () = self.own_gone.notified() => match self.restore().await {
                     Restore::Intact | Restore::Restored => {}
+                    Restore::Removed(reason) => return Ended::Removed(reason),
                     Restore::LeaseGone(reason) => return Ended::LeaseLost(reason),
                     Restore::Taken(reason) => return Ended::Taken(reason),
                     Restore::Failed(e) => {
@@ -391,9 +409,9 @@ impl Supervisor {
             .when([server_is(c.create_revision), slot_absent])
             .and_then([put(&slot, c.server_key.clone().into_bytes())])
             .or_else([TxnOp::txn(server_absent)]);
-        let txn = Txn::new()
-            .when([server_is(c.create_revision), slot_ours])
-            .or_else([TxnOp::txn(slot_missing)]);
+        let stop_if_removed = self.ctx.config.on_key_removed == KeyRemovedPolicy::Stop;
+        let txn = Txn::new().when([server_is(c.create_revision), slot_ours]);
+        let txn = if stop_if_removed { txn } else { txn.or_else([TxnOp::txn(slot_missing)]) };
         let kv = self.ctx.client.kv_client();
         // Never outlive the lease deadline: past it, the lease-loss path takes over.
         let bound = match self.lease.as_ref().map(LeaseSession::state) {
@@ -413,6 +431,9 @@ impl Supervisor {
         };
         if resp.succeeded() {
             return Restore::Intact;
+        }
+        if stop_if_removed {
+            return Restore::Removed(format!("the registration of id {} was removed by someone else (evicted?)", c.id));
         }
         let revision = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
         // Walk the nested answers: which level succeeded?
@@ -466,6 +487,13 @@ impl Supervisor {
                 return Recovery::Cancelled;
             }
             let cancel = self.cancel.clone();
+            if let Some(mut health) = self.health.clone() {
+                // An unhealthy server stays out until its probe passes again.
+                tokio::select! {
+                    () = cancel.cancelled() => return Recovery::Cancelled,
+                    _ = health.wait_for(|healthy| *healthy) => {}
+                }
+            }
             let attempt = tokio::select! {
                 () = cancel.cancelled() => return Recovery::Cancelled,
                 a = self.reregister_same_id(old_lease_id) => a,
@@ -502,7 +530,8 @@ impl Supervisor {
     /// One try at getting our id back with a fresh lease.
     async fn reregister_same_id(&mut self, old_lease_id: i64) -> Attempt {
         let ctx = self.ctx.clone();
-        let lease = match LeaseSession::grant(&ctx.client, ctx.config.lease_ttl, ctx.config.request_timeout).await {
+        let gate = self.health.clone();
+        let lease = match LeaseSession::grant_gated(&ctx.client, ctx.config.lease_ttl, ctx.config.request_timeout, gate).await {
             Ok(lease) => lease,
             Err(e) => return Attempt::Retry(e.to_string()),
         };
@@ -592,7 +621,8 @@ impl Supervisor {
                     .build();
                 loop {
                     let attempt = async {
-                        let lease = LeaseSession::grant(&ctx.client, ctx.config.lease_ttl, ctx.config.request_timeout).await?;
+                        let gate = self.health.clone();
+                        let lease = LeaseSession::grant_gated(&ctx.client, ctx.config.lease_ttl, ctx.config.request_timeout, gate).await?;
                         match allocate(&ctx, &self.registration, lease.id()).await {
                             Ok(claim) => Ok((lease, claim)),
                             Err(e) => {
@@ -639,6 +669,8 @@ async fn revoke_quietly(ctx: &Ctx, lease: LeaseSession) {
 
 enum Restore {
     Intact,
+    /// Gone, and the policy forbids putting it back.
+    Removed(String),
     Restored,
     LeaseGone(String),
     Taken(String),

@@ -76,6 +76,8 @@ pub(crate) struct Shared {
 pub(crate) struct OwnKey {
     pub(crate) key: Vec<u8>,
     pub(crate) create_revision: i64,
+    /// The lease our keys are bound to (reports we file are bound to it too).
+    pub(crate) lease: i64,
     pub(crate) gone: Arc<Notify>,
 }
 
