@@ -49,11 +49,12 @@ pub enum Error {
         reason: String,
     },
 
-    /// etcd refused the configured user and password (or authentication is not enabled on
-    /// etcd while credentials were given).
+    /// etcd refused our credentials: a wrong user or password, a user without permission on
+    /// the registry's keys, or no credentials where etcd requires them.
     #[error("etcd authentication as user {user:?} failed: {reason}")]
     Auth {
-        /// The user name (the password is never part of an error).
+        /// The user name, empty when none was configured (the password is never part of an
+        /// error).
         user: String,
         /// What etcd answered.
         reason: String,

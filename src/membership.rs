@@ -322,6 +322,7 @@ mod tests {
                 Event::Join { server, revision } => format!("join {} @{revision}", server.id),
                 Event::Leave { id, revision, .. } => format!("leave {id} @{revision}"),
                 Event::Synced { revision } => format!("synced @{revision}"),
+                other => format!("{other:?}"),
             })
             .collect()
     }

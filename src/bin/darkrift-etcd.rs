@@ -4,10 +4,12 @@
 //! `tracing` (`RUST_LOG` sets the filter).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use darkrift_etcd::config::{AuthConfig, Secret, TlsConfig};
 use darkrift_etcd::{list_servers, Connector, ConnectorConfig, Event, ServerInfo};
 use serde_json::json;
 
@@ -51,6 +53,37 @@ struct Global {
         default_value_t = 65535
     )]
     id_space: u16,
+    /// CA certificate (PEM) that signed etcd's server certificate. Turns TLS on: every
+    /// endpoint must then be https://. Only this CA is trusted.
+    #[arg(long, global = true, env = "DARKRIFT_ETCD_CA_CERT", value_name = "PEM")]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --key and --ca-cert.
+    #[arg(long, global = true, env = "DARKRIFT_ETCD_CERT", value_name = "PEM")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, global = true, env = "DARKRIFT_ETCD_KEY", value_name = "PEM")]
+    key: Option<PathBuf>,
+    /// etcd user (etcd authentication); needs --password or --password-file.
+    #[arg(long, global = true, env = "DARKRIFT_ETCD_USER")]
+    user: Option<String>,
+    /// Password of --user. Prefer --password-file or the environment variable: command-line
+    /// arguments are visible to other local users. Never printed or logged.
+    #[arg(
+        long,
+        global = true,
+        env = "DARKRIFT_ETCD_PASSWORD",
+        hide_env_values = true,
+        value_parser = parse_secret
+    )]
+    password: Option<Secret>,
+    /// File holding the password of --user (one trailing newline is ignored).
+    #[arg(
+        long,
+        global = true,
+        env = "DARKRIFT_ETCD_PASSWORD_FILE",
+        value_name = "PATH"
+    )]
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,14 +145,64 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
-fn config(global: &Global) -> ConnectorConfig {
-    ConnectorConfig {
+fn parse_secret(s: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(s))
+}
+
+/// Reads a password file; the error names the file, never its content.
+fn read_password_file(path: &Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--password-file {}: {e}", path.display()))?;
+    let password = text
+        .strip_suffix('\n')
+        .map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+    if password.is_empty() {
+        return Err(format!(
+            "--password-file {}: the file is empty",
+            path.display()
+        ));
+    }
+    Ok(Secret::new(password))
+}
+
+/// The settings the options describe. The pairings of the security options are checked here
+/// rather than with clap's `requires`, which misjudges global options set through the
+/// environment.
+fn config(global: &Global) -> Result<ConnectorConfig, String> {
+    let tls = match (&global.ca_cert, &global.cert, &global.key) {
+        (None, None, None) => None,
+        (None, _, _) => return Err("--cert and --key need --ca-cert".into()),
+        (Some(_), Some(_), None) => return Err("--cert needs --key".into()),
+        (Some(_), None, Some(_)) => return Err("--key needs --cert".into()),
+        (Some(ca), cert, key) => Some(TlsConfig {
+            ca_cert: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+    };
+    let auth = match (&global.user, &global.password, &global.password_file) {
+        (None, None, None) => None,
+        (None, _, _) => return Err("--password and --password-file need --user".into()),
+        (Some(_), Some(_), Some(_)) => {
+            return Err("give either --password or --password-file, not both".into());
+        }
+        (Some(user), Some(password), None) => Some(AuthConfig::new(user.clone(), password.clone())),
+        (Some(user), None, Some(file)) => {
+            Some(AuthConfig::new(user.clone(), read_password_file(file)?))
+        }
+        (Some(_), None, None) => {
+            return Err("--user needs --password or --password-file".into());
+        }
+    };
+    Ok(ConnectorConfig {
         endpoints: global.endpoints.clone(),
         prefix: global.prefix.clone(),
         connect_timeout: global.connect_timeout,
         id_space: global.id_space,
+        tls,
+        auth,
         ..ConnectorConfig::default()
-    }
+    })
 }
 
 fn join_line(server: &ServerInfo, revision: i64) -> serde_json::Value {
@@ -218,7 +301,7 @@ async fn register(
     properties: BTreeMap<String, String>,
     ttl: u64,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let cfg = config(global).with_lease_ttl(Duration::from_secs(ttl));
+    let cfg = config(global)?.with_lease_ttl(Duration::from_secs(ttl));
     // Validate the input before touching the network: bad input never reaches etcd.
     darkrift_etcd::Registration::new(group, host, port, properties.clone())?;
     let stop = tokio::spawn(shutdown_signal());
@@ -257,7 +340,7 @@ async fn watch(global: &Global, group: Option<&str>) -> Result<(), Box<dyn std::
         darkrift_etcd::record::validate_group(g)?;
     }
     let stop = tokio::spawn(shutdown_signal());
-    let connector = Connector::connect(config(global)).await?;
+    let connector = Connector::connect(config(global)?).await?;
     let mut events = connector.events()?;
     tokio::pin!(stop);
     loop {
@@ -279,7 +362,7 @@ async fn ls(
     if let Some(g) = group {
         darkrift_etcd::record::validate_group(g)?;
     }
-    let (_revision, servers, skipped) = list_servers(&config(global)).await?;
+    let (_revision, servers, skipped) = list_servers(&config(global)?).await?;
     let servers: Vec<ServerInfo> = servers
         .into_iter()
         .filter(|s| group.is_none_or(|g| g == s.group))
@@ -327,4 +410,55 @@ async fn ls(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod security_tests {
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Result<ConnectorConfig, String> {
+        let mut argv = vec!["darkrift-etcd"];
+        argv.extend_from_slice(args);
+        argv.push("ls");
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        config(&cli.global)
+    }
+
+    #[test]
+    fn security_options_pair_up() {
+        let tls = cfg(&["--ca-cert", "ca", "--cert", "c", "--key", "k"]).unwrap();
+        let tls = tls.tls.unwrap();
+        assert_eq!(tls.ca_cert, PathBuf::from("ca"));
+        assert_eq!(tls.key, Some(PathBuf::from("k")));
+        assert!(cfg(&["--cert", "c", "--key", "k"]).is_err());
+        assert!(cfg(&["--ca-cert", "ca", "--cert", "c"]).is_err());
+        assert!(cfg(&["--ca-cert", "ca", "--key", "k"]).is_err());
+        let auth = cfg(&["--user", "u", "--password", "pw"])
+            .unwrap()
+            .auth
+            .unwrap();
+        assert_eq!((auth.user.as_str(), auth.password.expose()), ("u", "pw"));
+        assert!(cfg(&["--user", "u"]).is_err());
+        assert!(cfg(&["--password", "pw"]).is_err());
+        assert!(cfg(&["--user", "u", "--password", "pw", "--password-file", "f"]).is_err());
+    }
+
+    #[test]
+    fn password_files_lose_one_newline_and_errors_hide_the_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        for (content, want) in [
+            ("pw\n", "pw"),
+            ("pw\r\n", "pw"),
+            ("pw", "pw"),
+            ("p w\n\n", "p w\n"),
+        ] {
+            std::fs::write(&path, content).unwrap();
+            assert_eq!(read_password_file(&path).unwrap().expose(), want);
+        }
+        std::fs::write(&path, "\n").unwrap();
+        assert!(read_password_file(&path).unwrap_err().contains("empty"));
+        let missing = read_password_file(&dir.path().join("nope")).unwrap_err();
+        assert!(missing.contains("--password-file"), "{missing}");
+    }
 }

@@ -266,7 +266,10 @@ impl ClusterConfig {
         if root.tag_name().name() != "cluster" {
             return Err(shape(
                 root,
-                format!("root element is <{}>, expected <cluster>", root.tag_name().name()),
+                format!(
+                    "root element is <{}>, expected <cluster>",
+                    root.tag_name().name()
+                ),
             ));
         }
         let groups_el = root
@@ -453,7 +456,10 @@ visibility = "internal"
         let g1 = xml.group("Group1").unwrap();
         assert_eq!(g1.visibility, Visibility::External);
         assert_eq!(g1.connects_to, BTreeSet::from(["Group2".to_owned()]));
-        assert_eq!(xml.group("Group2").unwrap().visibility, Visibility::Internal);
+        assert_eq!(
+            xml.group("Group2").unwrap().visibility,
+            Visibility::Internal
+        );
         for group in ["Group1", "Group2"] {
             assert_eq!(
                 xml.topology(group).unwrap(),
@@ -524,7 +530,10 @@ visibility = "internal"
         let e = err_of(ClusterConfig::from_toml_str(
             "[[groups]]\nname='a/b'\nvisibility='external'\n",
         ));
-        assert!(matches!(e, ClusterConfigError::InvalidGroupName { .. }), "{e}");
+        assert!(
+            matches!(e, ClusterConfigError::InvalidGroupName { .. }),
+            "{e}"
+        );
     }
 
     #[test]
@@ -534,7 +543,10 @@ visibility = "internal"
             ClusterConfigError::Xml(_)
         ));
         let e = err_of(ClusterConfig::from_darkrift_xml("<configuration/>"));
-        assert!(matches!(e, ClusterConfigError::XmlShape { line: 1, .. }), "{e}");
+        assert!(
+            matches!(e, ClusterConfigError::XmlShape { line: 1, .. }),
+            "{e}"
+        );
         let e = err_of(ClusterConfig::from_darkrift_xml("<cluster>\n</cluster>"));
         assert!(e.to_string().contains("<groups>"), "{e}");
         let e = err_of(ClusterConfig::from_darkrift_xml(
@@ -561,13 +573,12 @@ visibility = "internal"
     #[test]
     fn placement_checks_group_and_advertised_address() {
         let c = ClusterConfig::from_toml_str(SAMPLE_TOML).unwrap();
-        let settings = |group: Option<&str>, host: Option<&str>, port: Option<u16>| {
-            ServerSettings {
+        let settings =
+            |group: Option<&str>, host: Option<&str>, port: Option<u16>| ServerSettings {
                 group: group.map(Into::into),
                 advertised_host: host.map(Into::into),
                 advertised_port: port,
-            }
-        };
+            };
         assert_eq!(c.place(&settings(None, None, None)).unwrap(), None);
         let p = c
             .place(&settings(Some("Group1"), Some("10.0.0.1"), Some(4296)))
@@ -589,9 +600,7 @@ visibility = "internal"
             (Some("h"), None, "port"),
             (Some("h"), Some(0), "port"),
         ] {
-            let e = c
-                .place(&settings(Some("Group1"), host, port))
-                .unwrap_err();
+            let e = c.place(&settings(Some("Group1"), host, port)).unwrap_err();
             assert!(
                 matches!(&e, ClusterConfigError::MissingAdvertisedAddress { missing: m, .. } if *m == missing),
                 "{e}"
@@ -600,7 +609,10 @@ visibility = "internal"
         let e = c
             .place(&settings(Some("Group1"), Some("a b"), Some(1)))
             .unwrap_err();
-        assert!(matches!(e, ClusterConfigError::InvalidAdvertisedHost(_)), "{e}");
+        assert!(
+            matches!(e, ClusterConfigError::InvalidAdvertisedHost(_)),
+            "{e}"
+        );
     }
 
     #[test]

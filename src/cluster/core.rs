@@ -418,8 +418,15 @@ mod tests {
         lobby.apply(&join(3, "chat"));
         lobby.apply(&join(4, "admin"));
         lobby.apply(&join(5, "other"));
-        assert!(lobby.accepts_identify(2).is_none(), "game does not dial lobby");
-        assert_eq!(lobby.accepts_identify(3).map(|s| s.id), Some(3), "chat does");
+        assert!(
+            lobby.accepts_identify(2).is_none(),
+            "game does not dial lobby"
+        );
+        assert_eq!(
+            lobby.accepts_identify(3).map(|s| s.id),
+            Some(3),
+            "chat does"
+        );
         assert_eq!(lobby.accepts_identify(4).map(|s| s.id), Some(4));
         assert!(lobby.accepts_identify(5).is_none(), "untracked");
         assert!(lobby.accepts_identify(6).is_none(), "not announced");
@@ -479,9 +486,8 @@ mod tests {
                 let group = groups[usize::try_from(next() % 5).unwrap()];
                 if next() % 2 == 0 {
                     let out = c.apply(&join(id, group));
-                    let new = id != 1
-                        && !model.contains_key(&id)
-                        && topology.direction(group).is_some();
+                    let new =
+                        id != 1 && !model.contains_key(&id) && topology.direction(group).is_some();
                     assert_eq!(out.is_some(), new);
                     if new {
                         model.insert(id, group);
@@ -497,10 +503,7 @@ mod tests {
                     .map(|(id, _)| *id)
                     .collect();
                 assert_eq!(ids(c.upstream()), want_up);
-                assert_eq!(
-                    c.upstream().count() + c.downstream().count(),
-                    model.len()
-                );
+                assert_eq!(c.upstream().count() + c.downstream().count(), model.len());
             }
         }
     }

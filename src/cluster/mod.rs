@@ -7,8 +7,8 @@ pub mod config;
 pub mod core;
 pub mod topology;
 
+pub use self::core::{ClusterCore, ClusterEvent, CoreStats};
 pub use config::{
     ClusterConfig, ClusterConfigError, GroupConfig, Placement, ServerSettings, Visibility,
 };
-pub use self::core::{ClusterCore, ClusterEvent, CoreStats};
 pub use topology::{Direction, Topology};

@@ -65,12 +65,13 @@ impl MeshArgs {
             advertised_host: Some(self.host.clone()),
             advertised_port: Some(self.port),
         };
-        let placement = cluster
-            .place(&settings)?
-            .ok_or_else(|| ClusterConfigError::UnknownServerGroup {
-                group: self.group.clone(),
-                known: String::new(),
-            })?;
+        let placement =
+            cluster
+                .place(&settings)?
+                .ok_or_else(|| ClusterConfigError::UnknownServerGroup {
+                    group: self.group.clone(),
+                    known: String::new(),
+                })?;
         Ok(MeshConfig {
             connector: ConnectorConfig::new(self.endpoints.clone())
                 .with_prefix(self.prefix.clone())
@@ -106,8 +107,17 @@ mod tests {
         .unwrap();
         let path = file.to_str().unwrap();
         let args = MeshArgs::try_parse_from([
-            "mesh", "--cluster", path, "--group", "lobby", "--host", "lobby1", "--port",
-            "7001", "--endpoints", "http://a:2379,http://b:2379",
+            "mesh",
+            "--cluster",
+            path,
+            "--group",
+            "lobby",
+            "--host",
+            "lobby1",
+            "--port",
+            "7001",
+            "--endpoints",
+            "http://a:2379,http://b:2379",
         ])
         .unwrap();
         let c = args.to_config().unwrap();
@@ -117,7 +127,15 @@ mod tests {
         assert_eq!(c.topology.upstream_groups().collect::<Vec<_>>(), ["game"]);
 
         let bad = MeshArgs::try_parse_from([
-            "mesh", "--cluster", path, "--group", "chat", "--host", "h", "--port", "1",
+            "mesh",
+            "--cluster",
+            path,
+            "--group",
+            "chat",
+            "--host",
+            "h",
+            "--port",
+            "1",
         ])
         .unwrap();
         assert!(matches!(
@@ -125,7 +143,15 @@ mod tests {
             Err(ClusterConfigError::UnknownServerGroup { .. })
         ));
         let no_port = MeshArgs::try_parse_from([
-            "mesh", "--cluster", path, "--group", "game", "--host", "h", "--port", "0",
+            "mesh",
+            "--cluster",
+            path,
+            "--group",
+            "game",
+            "--host",
+            "h",
+            "--port",
+            "0",
         ])
         .unwrap();
         assert!(matches!(

@@ -91,14 +91,16 @@ async fn attempt(
     connect_timeout: Duration,
     handshake_timeout: Duration,
 ) -> Result<TcpStream, String> {
-    let mut stream =
-        match tokio::time::timeout(connect_timeout, TcpStream::connect((host.as_str(), port)))
-            .await
-        {
-            Err(_) => return Err(format!("connect to {host}:{port} timed out")),
-            Ok(Err(e)) => return Err(format!("connect to {host}:{port}: {e}")),
-            Ok(Ok(s)) => s,
-        };
+    let mut stream = match tokio::time::timeout(
+        connect_timeout,
+        TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
+        Err(_) => return Err(format!("connect to {host}:{port} timed out")),
+        Ok(Err(e)) => return Err(format!("connect to {host}:{port}: {e}")),
+        Ok(Ok(s)) => s,
+    };
     // The handshake is a few bytes each way; Nagle would only delay it.
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY not set");
@@ -113,6 +115,8 @@ async fn attempt(
             "{host}:{port} answered as server {id}, expected {expected}"
         )),
         Ok(other) => Err(format!("unexpected {other:?} instead of a Welcome")),
-        Err(e) => Err(format!("no Welcome (refused or not yet announced there?): {e}")),
+        Err(e) => Err(format!(
+            "no Welcome (refused or not yet announced there?): {e}"
+        )),
     }
 }

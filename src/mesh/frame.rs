@@ -105,7 +105,11 @@ mod tests {
     fn encoding_is_tag_then_big_endian_id() {
         assert_eq!(Frame::Identify(0x1234).encode(), [0x01, 0x12, 0x34]);
         assert_eq!(Frame::Welcome(7).encode(), [0x02, 0x00, 0x07]);
-        for f in [Frame::Identify(0), Frame::Identify(65535), Frame::Welcome(300)] {
+        for f in [
+            Frame::Identify(0),
+            Frame::Identify(65535),
+            Frame::Welcome(300),
+        ] {
             assert_eq!(Frame::decode(f.encode()).unwrap(), f);
         }
         assert!(matches!(

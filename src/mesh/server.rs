@@ -113,12 +113,10 @@ impl Runner {
                     addr: config.listen,
                     source,
                 })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| MeshError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let local_addr = listener.local_addr().map_err(|source| MeshError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         let connector = Connector::connect(config.connector.clone()).await?;
         let events = connector.events()?;
         let group = config.topology.group().to_owned();
@@ -185,7 +183,10 @@ impl Runner {
         let id = self.core.own_id();
         let deregistered = if outcome.is_ok() {
             // DarkRift's order on a clean stop: deregister first, then drop the connections.
-            self.connector.deregister_server().await.map_err(MeshError::from)
+            self.connector
+                .deregister_server()
+                .await
+                .map_err(MeshError::from)
         } else {
             Ok(())
         };

@@ -1,0 +1,334 @@
+//! The mesh on a real etcd: 3 lobby servers dial 3 game servers (lobby connectsTo game), a
+//! game server crashes and comes back, and the handshake refuses whoever it must.
+#![cfg(all(feature = "test-support", feature = "mesh"))]
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use darkrift_etcd::cluster::{ClusterConfig, Direction};
+use darkrift_etcd::mesh::{
+    DialPolicy, Frame, Link, Mesh, MeshConfig, MeshEvent, MeshEvents, MeshState,
+};
+use darkrift_etcd::testing::{free_port, EtcdCluster};
+use darkrift_etcd::ConnectorConfig;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const TTL: Duration = Duration::from_secs(2);
+const PROMPT: Duration = Duration::from_secs(15);
+const CLUSTER: &str = r#"
+[[groups]]
+name = "lobby"
+visibility = "external"
+connects_to = ["game"]
+
+[[groups]]
+name = "game"
+visibility = "internal"
+"#;
+
+fn prefix() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "/mesh{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn mesh_config(etcd: &EtcdCluster, prefix: &str, group: &str, port: u16) -> MeshConfig {
+    let cluster = ClusterConfig::from_toml_str(CLUSTER).expect("cluster");
+    MeshConfig {
+        connector: ConnectorConfig::new(etcd.endpoints())
+            .with_prefix(prefix)
+            .with_lease_ttl(TTL),
+        host: "127.0.0.1".into(),
+        port,
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        topology: cluster.topology(group).expect("group"),
+        dial: DialPolicy {
+            attempts: 4,
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(1),
+        },
+        identify_timeout: Duration::from_millis(800),
+    }
+}
+
+async fn start(etcd: &EtcdCluster, prefix: &str, group: &str, port: u16) -> (Mesh, MeshEvents) {
+    Mesh::start(mesh_config(etcd, prefix, group, port))
+        .await
+        .expect("mesh starts")
+}
+
+/// Waits until `mesh`'s state satisfies `ok`, at most until `deadline`.
+async fn wait_state(
+    mesh: &Mesh,
+    deadline: Instant,
+    what: &str,
+    ok: impl FnMut(&MeshState) -> bool,
+) {
+    let mut state = mesh.state();
+    if tokio::time::timeout_at(deadline, state.wait_for(ok))
+        .await
+        .is_err()
+    {
+        panic!(
+            "server {}: not {what} in time; state: {:?}",
+            mesh.id(),
+            *state.borrow()
+        );
+    }
+}
+
+fn links(peers: &BTreeSet<u16>, direction: Direction) -> BTreeSet<Link> {
+    peers.iter().map(|&peer| Link { peer, direction }).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lobbies_link_to_every_game_and_a_crashed_game_leaves_within_ttl_then_rejoins() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let prefix = prefix();
+    let mut games = Vec::new();
+    let mut lobbies = Vec::new();
+    for _ in 0..3 {
+        let port = free_port().expect("port");
+        games.push((start(&etcd, &prefix, "game", port).await.0, port));
+        let port = free_port().expect("port");
+        lobbies.push(start(&etcd, &prefix, "lobby", port).await.0);
+    }
+    let game_ids: BTreeSet<u16> = games.iter().map(|(m, _)| m.id()).collect();
+    let lobby_ids: BTreeSet<u16> = lobbies.iter().map(Mesh::id).collect();
+    assert_eq!(game_ids.len() + lobby_ids.len(), 6, "distinct ids");
+
+    // Every lobby ends with an identified link to every game, none to a lobby; every game
+    // with a link from every lobby and nothing else.
+    let deadline = Instant::now() + PROMPT;
+    for lobby in &lobbies {
+        let want = links(&game_ids, Direction::Upstream);
+        wait_state(lobby, deadline, "linked to every game", |s| {
+            s.links == want && s.upstream == game_ids
+        })
+        .await;
+        let state = lobby.state().borrow().clone();
+        assert!(state.downstream.is_empty(), "{state:?}");
+        assert!(state.links.iter().all(|l| !lobby_ids.contains(&l.peer)));
+    }
+    for (game, _) in &games {
+        let want = links(&lobby_ids, Direction::Downstream);
+        wait_state(game, deadline, "linked from every lobby", |s| {
+            s.links == want && s.downstream == lobby_ids && s.upstream.is_empty()
+        })
+        .await;
+    }
+
+    // A game crashes: no deregistration, listener and sockets gone at once.
+    let (crashed, port) = games.remove(0);
+    let crashed_id = crashed.id();
+    let killed_at = Instant::now();
+    crashed.abort();
+    let bound = TTL + Duration::from_millis(1500);
+    for lobby in &lobbies {
+        wait_state(lobby, killed_at + bound, "rid of the crashed game", |s| {
+            !s.knows(crashed_id)
+        })
+        .await;
+    }
+    let gone_after = killed_at.elapsed();
+    assert!(gone_after <= bound, "{gone_after:?}");
+    eprintln!(
+        "crashed game {crashed_id} gone from every lobby after {gone_after:?} (bound {bound:?})"
+    );
+    // The other games are untouched.
+    for lobby in &lobbies {
+        let state = lobby.state().borrow().clone();
+        let rest: BTreeSet<u16> = games.iter().map(|(m, _)| m.id()).collect();
+        assert_eq!(state.links, links(&rest, Direction::Upstream));
+    }
+
+    // Restarted on the same port, it is linked again from every lobby.
+    let (restarted, _events) = start(&etcd, &prefix, "game", port).await;
+    let deadline = Instant::now() + PROMPT;
+    for lobby in &lobbies {
+        wait_state(lobby, deadline, "linked to the restarted game", |s| {
+            s.is_linked(restarted.id(), Direction::Upstream) && s.links.len() == 3
+        })
+        .await;
+    }
+    wait_state(&restarted, deadline, "linked from every lobby", |s| {
+        s.links == links(&lobby_ids, Direction::Downstream)
+    })
+    .await;
+
+    // A clean stop: the games see the lobby leave and drop its link.
+    let lobby = lobbies.pop().expect("a lobby");
+    let lobby_id = lobby.id();
+    lobby.shutdown().await.expect("clean shutdown");
+    let deadline = Instant::now() + PROMPT;
+    for (game, _) in &games {
+        wait_state(game, deadline, "rid of the stopped lobby", |s| {
+            !s.knows(lobby_id)
+        })
+        .await;
+    }
+    for mesh in lobbies.into_iter().chain(games.into_iter().map(|(m, _)| m)) {
+        mesh.shutdown().await.expect("shutdown");
+    }
+    restarted.shutdown().await.expect("shutdown");
+}
+
+/// Reads until the peer closes the socket, bounded; returns what it sent.
+async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(PROMPT, stream.read_to_end(&mut got))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    got
+}
+
+/// Waits for the first event matching `want`.
+async fn next_matching(
+    events: &mut MeshEvents,
+    mut want: impl FnMut(&MeshEvent) -> bool,
+) -> MeshEvent {
+    tokio::time::timeout(PROMPT, async {
+        loop {
+            let e = events.recv().await.expect("events open");
+            if want(&e) {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("event in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identify_is_refused_unless_announced_from_a_dialling_group_and_in_time() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let prefix = prefix();
+    let game_port = free_port().expect("port");
+    let (game, mut game_events) = start(&etcd, &prefix, "game", game_port).await;
+    let lobby_port = free_port().expect("port");
+    let (lobby, mut lobby_events) = start(&etcd, &prefix, "lobby", lobby_port).await;
+    let deadline = Instant::now() + PROMPT;
+    wait_state(&game, deadline, "linked from the lobby", |s| {
+        s.is_linked(lobby.id(), Direction::Downstream)
+    })
+    .await;
+
+    // An id the registry never announced: closed without a Welcome.
+    let mut s = TcpStream::connect(("127.0.0.1", game_port))
+        .await
+        .expect("connect");
+    Frame::Identify(60_000)
+        .write_to(&mut s)
+        .await
+        .expect("write");
+    assert!(read_to_close(&mut s).await.is_empty(), "no Welcome");
+    let e = next_matching(&mut game_events, |e| {
+        matches!(e, MeshEvent::Rejected { .. })
+    })
+    .await;
+    assert_eq!(
+        e,
+        MeshEvent::Rejected {
+            peer: Some(60_000),
+            reason: "not announced by the registry".into()
+        }
+    );
+
+    // An announced server whose group does not dial ours: the game identifying to the lobby.
+    let mut s = TcpStream::connect(("127.0.0.1", lobby_port))
+        .await
+        .expect("connect");
+    Frame::Identify(game.id())
+        .write_to(&mut s)
+        .await
+        .expect("write");
+    assert!(read_to_close(&mut s).await.is_empty(), "no Welcome");
+    let e = next_matching(&mut lobby_events, |e| {
+        matches!(e, MeshEvent::Rejected { .. })
+    })
+    .await;
+    assert!(
+        matches!(&e, MeshEvent::Rejected { peer: Some(id), reason } if *id == game.id() && reason.contains("does not connect")),
+        "{e:?}"
+    );
+
+    // Silence: closed once the identify timeout has passed.
+    let mut s = TcpStream::connect(("127.0.0.1", game_port))
+        .await
+        .expect("connect");
+    let opened = Instant::now();
+    assert!(read_to_close(&mut s).await.is_empty());
+    assert!(
+        opened.elapsed() >= Duration::from_millis(700),
+        "not before the timeout"
+    );
+    let e = next_matching(&mut game_events, |e| {
+        matches!(e, MeshEvent::Rejected { .. })
+    })
+    .await;
+    assert!(matches!(e, MeshEvent::Rejected { peer: None, .. }), "{e:?}");
+
+    // The announced lobby's own link was never disturbed, and its Welcome named the game.
+    assert!(game
+        .state()
+        .borrow()
+        .is_linked(lobby.id(), Direction::Downstream));
+    assert!(lobby
+        .state()
+        .borrow()
+        .is_linked(game.id(), Direction::Upstream));
+    lobby.shutdown().await.expect("shutdown");
+    game.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_is_checked_with_the_registry_after_each_round() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let prefix = prefix();
+    // A "game" that registers a port nobody listens on: alive to etcd, unreachable.
+    let dead_port = free_port().expect("port");
+    let ghost = darkrift_etcd::Connector::connect(
+        ConnectorConfig::new(etcd.endpoints())
+            .with_prefix(prefix.as_str())
+            .with_lease_ttl(TTL),
+    )
+    .await
+    .expect("connect");
+    let ghost_id = ghost
+        .register_server("game", "127.0.0.1", dead_port, Default::default())
+        .await
+        .expect("register");
+    let (lobby, mut events) = start(&etcd, &prefix, "lobby", free_port().expect("port")).await;
+    let e = next_matching(&mut events, |e| matches!(e, MeshEvent::GaveUp { .. })).await;
+    assert!(
+        matches!(&e, MeshEvent::GaveUp { peer, attempts: 4, status, .. } if *peer == ghost_id && status == "registered"),
+        "{e:?}"
+    );
+    // Still registered: another round follows, and gives up the same way.
+    let e = next_matching(&mut events, |e| matches!(e, MeshEvent::GaveUp { .. })).await;
+    assert!(
+        matches!(&e, MeshEvent::GaveUp { peer, .. } if *peer == ghost_id),
+        "{e:?}"
+    );
+    // Once it deregisters, the lobby forgets it and stops dialling.
+    ghost.deregister_server().await.expect("deregister");
+    let e = next_matching(&mut events, |e| matches!(e, MeshEvent::Left { .. })).await;
+    assert_eq!(
+        e,
+        MeshEvent::Left {
+            peer: ghost_id,
+            direction: Direction::Upstream
+        }
+    );
+    assert!(!lobby.state().borrow().knows(ghost_id));
+    lobby.shutdown().await.expect("shutdown");
+}
