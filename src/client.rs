@@ -298,6 +298,16 @@ where
     }
 }
 
+/// True when etcd refused the request's auth token: expired, unknown, or issued before the
+/// auth store changed. A refreshed token fixes all three.
+pub(crate) fn is_auth_token_error(e: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = e else { return false };
+    let msg = status.message();
+    status.code() == tonic::Code::Unauthenticated
+        || msg.contains("invalid auth token")
+        || msg.contains("revision of auth store is old")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,14 +336,4 @@ mod tests {
         assert!(looks_like_tls("received fatal alert: BadCertificate"));
         assert!(!looks_like_tls("tcp connect error: Connection refused"));
     }
-}
-
-/// True when etcd refused the request's auth token: expired, unknown, or issued before the
-/// auth store changed. A refreshed token fixes all three.
-pub(crate) fn is_auth_token_error(e: &etcd_client::Error) -> bool {
-    let etcd_client::Error::GRpcStatus(status) = e else { return false };
-    let msg = status.message();
-    status.code() == tonic::Code::Unauthenticated
-        || msg.contains("invalid auth token")
-        || msg.contains("revision of auth store is old")
 }

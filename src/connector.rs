@@ -60,7 +60,7 @@ pub struct Connector {
     ctx: Arc<Ctx>,
     synced: watch::Receiver<bool>,
     commands: mpsc::Sender<Command>,
-    events: Mutex<Option<mpsc::Receiver<Event>>>,
+    events: Mutex<Option<EventStream>>,
     registration: tokio::sync::Mutex<Option<Running>>,
     status: Mutex<Option<watch::Receiver<RegistrationStatus>>>,
     probe: Mutex<Option<Arc<dyn HealthProbe>>>,
@@ -128,13 +128,14 @@ impl Connector {
         let cancel = CancellationToken::new();
         let (tx, rx) = mpsc::channel(config.event_queue);
         let settings = WatcherSettings::new(layout.clone(), &config);
-        let task = watcher::spawn(client.clone(), settings, tx.clone(), cancel.clone());
+        let task = watcher::spawn(client.clone(), settings, tx, cancel.clone());
+        let (reg_tx, reg_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(Ctx {
             client,
             config,
             layout,
             shared: task.shared,
-            events: tx,
+            events: reg_tx,
             spread_seed: rand::random(),
             requests: AtomicU64::new(0),
         });
@@ -142,7 +143,7 @@ impl Connector {
             ctx,
             synced: task.synced,
             commands: task.commands,
-            events: Mutex::new(Some(rx)),
+            events: Mutex::new(Some(EventStream { membership: rx, registration: reg_rx })),
             registration: tokio::sync::Mutex::new(None),
             status: Mutex::new(None),
             probe: Mutex::new(None),
@@ -175,7 +176,7 @@ impl Connector {
     /// [`Error::EventsTaken`] on the second call.
     pub fn events(&self) -> Result<EventStream> {
         let mut slot = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        slot.take().map(|rx| EventStream { rx }).ok_or(Error::EventsTaken)
+        slot.take().ok_or(Error::EventsTaken)
     }
 
     /// Delivers every event to a DarkRift-style handler on its own task. Ends when the
@@ -186,7 +187,7 @@ impl Connector {
     pub fn spawn_handler<H: ServerRegistryHandler>(&self, mut handler: H) -> Result<JoinHandle<H>> {
         let mut events = self.events()?;
         Ok(tokio::spawn(async move {
-            while let Some(event) = events.rx.recv().await {
+            while let Some(event) = events.recv().await {
                 match event {
                     Event::Join { server, revision } => handler.handle_server_join(&server, revision),
                     Event::Leave { id, revision, .. } => handler.handle_server_leave(id, revision),
@@ -413,9 +414,18 @@ impl Connector {
                 None => Ok(PeerStatus::Registered),
             };
         }
+        // The watcher relists and delivers the leave in order. Bounded: a watcher blocked on a
+        // full event queue (nobody consuming) must not hang the caller.
         let (done, wait) = oneshot::channel();
-        self.commands.send(Command::Resync(done)).await.map_err(|_| Error::Shutdown)?;
-        wait.await.map_err(|_| Error::Shutdown)?;
+        let bound = self.ctx.config.request_timeout;
+        let resync = async {
+            self.commands.send(Command::Resync(done)).await.map_err(|_| Error::Shutdown)?;
+            wait.await.map_err(|_| Error::Shutdown)
+        };
+        match tokio::time::timeout(bound, resync).await {
+            Ok(result) => result?,
+            Err(_) => return Err(Error::Timeout { op: "resync after a connection failure", timeout: bound }),
+        }
         Ok(PeerStatus::Gone)
     }
 }
@@ -522,15 +532,37 @@ pub trait ServerRegistryHandler: Send + 'static {
 }
 
 /// The connector's events as a [`Stream`]; ends when the connector is dropped.
+///
+/// Two sources merged: membership events from the watcher (bounded queue, in revision order)
+/// and this connector's registration events (lease lost, re-registered, stopped), which are
+/// delivered as soon as they happen.
 #[derive(Debug)]
 pub struct EventStream {
-    rx: mpsc::Receiver<Event>,
+    membership: mpsc::Receiver<Event>,
+    registration: mpsc::UnboundedReceiver<Event>,
 }
 
 impl EventStream {
     /// The next event, or `None` once the connector is gone.
     pub async fn recv(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        // Registration events first: they are few and tell the host about its own state.
+        let registration = self.registration.poll_recv(cx);
+        if let Poll::Ready(Some(event)) = registration {
+            return Poll::Ready(Some(event));
+        }
+        match self.membership.poll_recv(cx) {
+            Poll::Ready(Some(event)) => Poll::Ready(Some(event)),
+            // The watcher is gone (connector dropped): drain what is left, then end.
+            Poll::Ready(None) => match registration {
+                Poll::Ready(None) => Poll::Ready(None),
+                _ => self.registration.poll_recv(cx),
+            },
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -538,6 +570,6 @@ impl Stream for EventStream {
     type Item = Event;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.rx.poll_recv(cx)
+        self.poll_event(cx)
     }
 }

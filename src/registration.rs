@@ -91,7 +91,10 @@ pub(crate) struct Ctx {
     pub(crate) config: ConnectorConfig,
     pub(crate) layout: KeyLayout,
     pub(crate) shared: SharedView,
-    pub(crate) events: mpsc::Sender<Event>,
+    /// The registration's own events (lease lost, re-registered, stopped). Unbounded on
+    /// purpose: they are rare (one per loss), and the supervisor must never wait for a slow or
+    /// absent consumer before recovering.
+    pub(crate) events: mpsc::UnboundedSender<Event>,
     pub(crate) spread_seed: u64,
     pub(crate) requests: AtomicU64,
 }
@@ -272,10 +275,8 @@ impl Supervisor {
     }
 
     async fn emit(&self, event: Event) {
-        tokio::select! {
-            () = self.cancel.cancelled() => {}
-            _ = self.ctx.events.send(event) => {}
-        }
+        // No receiver left means nobody can consume events any more: nothing to deliver to.
+        let _ = self.ctx.events.send(event);
     }
 
     async fn run(mut self) -> Option<Held> {
