@@ -10,5 +10,5 @@ bash scripts/setup.sh
 ETCD_BIN="${ETCD_BIN:-$(bash scripts/etcd-path.sh 3.5)}"
 export ETCD_BIN
 # The demo launches the mesh example as child processes: build both first.
-cargo build --release --features test-support --example mesh --example demo
-exec cargo run --release --features test-support --example demo -- "$@"
+cargo build --release --features test-support,mesh --example mesh --example demo
+exec cargo run --release --features test-support,mesh --example demo -- "$@"
