@@ -489,6 +489,109 @@ impl ConnectorConfig {
         KeyLayout::new(&self.prefix)
     }
 
+    /// Reads settings from a TOML file (every field optional, unknown fields rejected), e.g.
+    ///
+    /// ```toml
+    /// endpoints = ["http://etcd-1:2379", "http://etcd-2:2379"]
+    /// prefix = "/darkrift/eu-1"
+    /// lease_ttl = 10
+    /// [health]
+    /// url = "http://localhost:10666/health"
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the file and what is wrong with it.
+    pub fn from_toml_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::InvalidConfig(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml_str(&text).map_err(|e| Error::InvalidConfig(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses settings from TOML text (see [`ConnectorConfig::from_toml_file`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] with the parser's message.
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::InvalidConfig(e.to_string()))
+    }
+
+    /// Overrides settings from `DARKRIFT_ETCD_*` environment variables, the same names the
+    /// CLI reads: `ENDPOINTS` (comma-separated), `PREFIX`, `CONNECT_TIMEOUT`, `REQUEST_TIMEOUT`,
+    /// `LEASE_TTL` (seconds), `ID_SPACE`, `CA_CERT`, `CERT`, `KEY`, `USER`, `PASSWORD`,
+    /// `PASSWORD_FILE`, `HEALTH_URL`. Unset or empty variables change nothing.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming a variable whose value does not parse.
+    pub fn with_env(self) -> Result<Self> {
+        self.with_vars(|name| std::env::var(format!("DARKRIFT_ETCD_{name}")).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// [`ConnectorConfig::with_env`] over any variable source (testable without touching the
+    /// process environment).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming a variable whose value does not parse.
+    pub fn with_vars(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        fn secs(name: &str, v: &str) -> Result<Duration> {
+            v.trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .ok_or_else(|| Error::InvalidConfig(format!("DARKRIFT_ETCD_{name}: {v:?} is not a number of seconds")))
+        }
+        if let Some(v) = var("ENDPOINTS") {
+            self.endpoints = v.split(',').map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()).collect();
+        }
+        if let Some(v) = var("PREFIX") {
+            self.prefix = v;
+        }
+        if let Some(v) = var("CONNECT_TIMEOUT") {
+            self.connect_timeout = secs("CONNECT_TIMEOUT", &v)?;
+        }
+        if let Some(v) = var("REQUEST_TIMEOUT") {
+            self.request_timeout = secs("REQUEST_TIMEOUT", &v)?;
+        }
+        if let Some(v) = var("LEASE_TTL") {
+            self.lease_ttl = secs("LEASE_TTL", &v)?;
+        }
+        if let Some(v) = var("ID_SPACE") {
+            self.id_space = v
+                .trim()
+                .parse()
+                .map_err(|_| Error::InvalidConfig(format!("DARKRIFT_ETCD_ID_SPACE: {v:?} is not in 1..=65535")))?;
+        }
+        if let Some(ca) = var("CA_CERT") {
+            let tls = self.tls.get_or_insert_with(|| TlsConfig::new(ca.clone()));
+            tls.ca_cert = ca.into();
+        }
+        if let (Some(cert), Some(tls)) = (var("CERT"), self.tls.as_mut()) {
+            tls.cert = Some(cert.into());
+        }
+        if let (Some(key), Some(tls)) = (var("KEY"), self.tls.as_mut()) {
+            tls.key = Some(key.into());
+        }
+        let password = match (var("PASSWORD"), var("PASSWORD_FILE")) {
+            (Some(p), _) => Some(p),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(&file)
+                    .map(|p| p.trim_end_matches(['\r', '\n']).to_owned())
+                    .map_err(|e| Error::InvalidConfig(format!("DARKRIFT_ETCD_PASSWORD_FILE: cannot read {file}: {e}")))?,
+            ),
+            (None, None) => None,
+        };
+        if let Some(user) = var("USER") {
+            let password = password.clone().unwrap_or_default();
+            self.auth = Some(AuthConfig::new(user, password));
+        } else if let (Some(p), Some(auth)) = (password, self.auth.as_mut()) {
+            auth.password = Secret::new(p);
+        }
+        if let Some(url) = var("HEALTH_URL") {
+            self.health.get_or_insert_with(crate::health::HealthConfig::default).url = url;
+        }
+        Ok(self)
+    }
+
     /// The allocator tunables.
     #[must_use]
     pub fn alloc_params(&self) -> AllocParams {
@@ -584,6 +687,31 @@ mod tests {
                 "{c:?}"
             );
         }
+    }
+
+    #[test]
+    fn toml_and_env_overrides() {
+        let toml = "endpoints = [\"http://a:2379\"]\nprefix = \"/x\"\nlease_ttl = 3\non_id_taken = \"new-id\"\n[health]\nurl = \"http://localhost:10666/health\"\n";
+        let c = ConnectorConfig::from_toml_str(toml).unwrap();
+        assert_eq!(c.endpoints, ["http://a:2379"]);
+        assert_eq!(c.lease_ttl, Duration::from_secs(3));
+        assert_eq!(c.on_id_taken, IdTakenPolicy::NewId);
+        assert_eq!(c.health.as_ref().map(|h| h.interval), Some(Duration::from_secs(1)));
+        assert!(ConnectorConfig::from_toml_str("nonsense = 1").is_err());
+        let env = |name: &str| match name {
+            "ENDPOINTS" => Some("http://b:1, http://c:2".to_owned()),
+            "LEASE_TTL" => Some("7".to_owned()),
+            "USER" => Some("u".to_owned()),
+            "PASSWORD" => Some("p".to_owned()),
+            _ => None,
+        };
+        let c = c.with_vars(env).unwrap();
+        assert_eq!(c.endpoints, ["http://b:1", "http://c:2"]);
+        assert_eq!(c.lease_ttl, Duration::from_secs(7));
+        assert_eq!(c.prefix, "/x", "unset variables change nothing");
+        assert_eq!(c.auth.as_ref().map(|a| a.user.as_str()), Some("u"));
+        let bad = ConnectorConfig::default().with_vars(|n| (n == "LEASE_TTL").then(|| "soon".to_owned()));
+        assert!(matches!(bad, Err(Error::InvalidConfig(m)) if m.contains("LEASE_TTL")));
     }
 
     #[test]
