@@ -35,9 +35,13 @@ else
 fi
 
 echo "fuzz: building ${targets[*]} (sanitizer: $sanitizer)" >&2
-for target in "${targets[@]}"; do
-    cargo fuzz build -O --sanitizer "$sanitizer" "$target" >&2
-done
+if [ "$#" -gt 0 ]; then
+    for target in "${targets[@]}"; do
+        cargo fuzz build -O --sanitizer "$sanitizer" "$target" >&2
+    done
+else
+    cargo fuzz build -O --sanitizer "$sanitizer" >&2
+fi
 
 summary=()
 for target in "${targets[@]}"; do

@@ -565,17 +565,28 @@ impl ConnectorConfig {
             let tls = self.tls.get_or_insert_with(|| TlsConfig::new(ca.clone()));
             tls.ca_cert = ca.into();
         }
-        if let (Some(cert), Some(tls)) = (var("CERT"), self.tls.as_mut()) {
-            tls.cert = Some(cert.into());
-        }
-        if let (Some(key), Some(tls)) = (var("KEY"), self.tls.as_mut()) {
-            tls.key = Some(key.into());
+        for (name, slot) in [("CERT", 0), ("KEY", 1)] {
+            let Some(path) = var(name) else { continue };
+            let Some(tls) = self.tls.as_mut() else {
+                return Err(Error::InvalidConfig(format!(
+                    "DARKRIFT_ETCD_{name} needs a CA certificate (DARKRIFT_ETCD_CA_CERT or tls.ca_cert)"
+                )));
+            };
+            if slot == 0 {
+                tls.cert = Some(path.into());
+            } else {
+                tls.key = Some(path.into());
+            }
         }
         let password = match (var("PASSWORD"), var("PASSWORD_FILE")) {
             (Some(p), _) => Some(p),
             (None, Some(file)) => Some(
                 std::fs::read_to_string(&file)
-                    .map(|p| p.trim_end_matches(['\r', '\n']).to_owned())
+                    // One trailing line break, as the CLI's --password-file.
+                    .map(|p| {
+                        let p = p.strip_suffix('\n').unwrap_or(&p);
+                        p.strip_suffix('\r').unwrap_or(p).to_owned()
+                    })
                     .map_err(|e| Error::InvalidConfig(format!("DARKRIFT_ETCD_PASSWORD_FILE: cannot read {file}: {e}")))?,
             ),
             (None, None) => None,

@@ -251,6 +251,11 @@ pub struct ServerInfo {
 /// [`RecordError::Malformed`] when the bytes are not a record, or the record disagrees with its
 /// key, or its host or port could not be dialled.
 pub fn decode(group: &str, id: u16, value: &[u8]) -> Result<ServerInfo, RecordError> {
+    // The same bounds as on write: a hostile writer cannot push an oversized record (up to
+    // etcd's 1.5 MiB request limit) into every peer's memory as a join.
+    if value.len() > MAX_RECORD_LEN {
+        return Err(RecordError::Malformed(format!("{} bytes, at most {MAX_RECORD_LEN}", value.len())));
+    }
     let rec = ServerRecord::decode(value).map_err(|e| RecordError::Malformed(e.to_string()))?;
     if rec.schema_version == 0 {
         return Err(RecordError::Malformed("schema_version missing".into()));
@@ -268,6 +273,7 @@ pub fn decode(group: &str, id: u16, value: &[u8]) -> Result<ServerInfo, RecordEr
         )));
     }
     validate_host(&rec.host).map_err(|e| RecordError::Malformed(e.to_string()))?;
+    validate_properties(&rec.properties).map_err(|e| RecordError::Malformed(e.to_string()))?;
     let port = u16::try_from(rec.port)
         .ok()
         .filter(|p| *p != 0)
@@ -367,6 +373,24 @@ mod tests {
         );
         let rec = ServerRecord { port: 0, ..rec };
         assert!(decode("g", 1, &rec.encode_to_vec()).is_err(), "port zero");
+    }
+
+    #[test]
+    fn oversized_records_are_malformed_on_read() {
+        let rec = ServerRecord {
+            schema_version: 1,
+            id: 1,
+            group: "g".into(),
+            host: "h".into(),
+            port: 1,
+            properties: props(MAX_PROPERTIES + 1),
+            ..Default::default()
+        };
+        assert!(decode("g", 1, &rec.encode_to_vec()).is_err(), "too many properties");
+        let mut big = BTreeMap::new();
+        big.insert("k".to_owned(), "v".repeat(MAX_RECORD_LEN));
+        let rec = ServerRecord { properties: big, ..rec };
+        assert!(decode("g", 1, &rec.encode_to_vec()).is_err(), "too large");
     }
 
     #[test]

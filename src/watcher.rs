@@ -476,7 +476,15 @@ impl Watcher {
                 let compact_revision = resp.compact_revision();
                 tracing::warn!(from, compact_revision, "watch compacted; relisting");
             } else {
-                tracing::warn!(from, reason = resp.cancel_reason(), "watch cancelled by etcd; relisting");
+                let reason = resp.cancel_reason();
+                tracing::warn!(from, reason, "watch cancelled by etcd; relisting");
+                // An expired auth token cancels a watch instead of failing it ("invalid auth
+                // token" on 3.4, "permission denied" on 3.5): get a fresh token first.
+                if reason.contains("auth token") || reason.contains("permission denied") {
+                    if let Err(e) = self.client.refresh_token().await {
+                        tracing::debug!(error = %e, "refreshing the auth token failed");
+                    }
+                }
             }
             return (Vec::new(), list_from_scratch(false));
         }
