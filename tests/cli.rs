@@ -138,3 +138,45 @@ async fn failed_registration_exits_non_zero_with_a_clear_error() {
     let all = raw.get("", Some(etcd_client::GetOptions::new().with_all_keys())).await.expect("get");
     assert_eq!(all.count(), 0);
 }
+
+#[tokio::test]
+async fn config_file_is_read_and_options_override_it() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("darkrift.toml");
+    let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
+    std::fs::write(&file, format!("endpoints = [{}]\nprefix = \"{prefix}\"\nlease_ttl = 3\n", endpoints.join(", ")))
+        .expect("write config");
+    let c = darkrift_etcd::Connector::connect(config(&etcd, &prefix)).await.expect("connect");
+    let id = c.register_server("game", "127.0.0.1", 5, no_props()).await.expect("register");
+
+    // Only the file says where etcd and the registry are.
+    let out = Command::new(env!("CARGO_BIN_EXE_darkrift-etcd"))
+        .args(["ls", "--json", "--config"])
+        .arg(&file)
+        .output()
+        .await
+        .expect("ls");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listed[0]["id"], id);
+    // An option overrides the file.
+    let out = Command::new(env!("CARGO_BIN_EXE_darkrift-etcd"))
+        .args(["ls", "--json", "--prefix", "/elsewhere", "--config"])
+        .arg(&file)
+        .output()
+        .await
+        .expect("ls");
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).expect("json"), serde_json::json!([]));
+    // A broken file is a clear error.
+    std::fs::write(&file, "lease_ttl = \"soon\"\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_darkrift-etcd"))
+        .args(["ls", "--config"])
+        .arg(&file)
+        .output()
+        .await
+        .expect("ls");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("darkrift.toml"));
+}

@@ -25,34 +25,22 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct Global {
-    /// etcd endpoints, comma-separated.
-    #[arg(
-        long,
-        global = true,
-        env = "DARKRIFT_ETCD_ENDPOINTS",
-        default_value = "http://127.0.0.1:2379",
-        value_delimiter = ','
-    )]
-    endpoints: Vec<String>,
-    /// Key prefix of the registry (several clusters can share one etcd).
-    #[arg(
-        long,
-        global = true,
-        env = "DARKRIFT_ETCD_PREFIX",
-        default_value = "/darkrift"
-    )]
-    prefix: String,
-    /// Bound on reaching etcd, in seconds (e.g. `5`, `0.5`, `500ms`).
-    #[arg(long, global = true, env = "DARKRIFT_ETCD_CONNECT_TIMEOUT", default_value = "5", value_parser = parse_duration)]
-    connect_timeout: Duration,
-    /// Size of the id space (ids 1..=N); every server of a prefix must agree.
-    #[arg(
-        long,
-        global = true,
-        env = "DARKRIFT_ETCD_ID_SPACE",
-        default_value_t = 65535
-    )]
-    id_space: u16,
+    /// Connector settings file (TOML, see ConnectorConfig); options and DARKRIFT_ETCD_*
+    /// variables override what it sets.
+    #[arg(long, global = true, env = "DARKRIFT_ETCD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// etcd endpoints, comma-separated [default: http://127.0.0.1:2379].
+    #[arg(long, global = true, env = "DARKRIFT_ETCD_ENDPOINTS", value_delimiter = ',')]
+    endpoints: Option<Vec<String>>,
+    /// Key prefix of the registry (several clusters can share one etcd) [default: /darkrift].
+    #[arg(long, global = true, env = "DARKRIFT_ETCD_PREFIX")]
+    prefix: Option<String>,
+    /// Bound on reaching etcd, in seconds (e.g. `5`, `0.5`, `500ms`) [default: 5].
+    #[arg(long, global = true, env = "DARKRIFT_ETCD_CONNECT_TIMEOUT", value_parser = parse_duration)]
+    connect_timeout: Option<Duration>,
+    /// Size of the id space (ids 1..=N); every server of a prefix must agree [default: 65535].
+    #[arg(long, global = true, env = "DARKRIFT_ETCD_ID_SPACE")]
+    id_space: Option<u16>,
     /// CA certificate (PEM) that signed etcd's server certificate. Turns TLS on: every
     /// endpoint must then be https://. Only this CA is trusted.
     #[arg(long, global = true, env = "DARKRIFT_ETCD_CA_CERT", value_name = "PEM")]
@@ -103,9 +91,10 @@ enum Command {
         /// A server property, `key=value`; repeatable.
         #[arg(long = "property", value_parser = parse_property)]
         properties: Vec<(String, String)>,
-        /// Lease TTL in whole seconds: a crashed server leaves within about this long.
-        #[arg(long, default_value_t = 10)]
-        ttl: u64,
+        /// Lease TTL in whole seconds: a crashed server leaves within about this long
+        /// [default: 10, or lease_ttl of --config].
+        #[arg(long)]
+        ttl: Option<u64>,
     },
     /// Print the cluster's joins and leaves as JSON lines, without registering.
     Watch {
@@ -194,15 +183,29 @@ fn config(global: &Global) -> Result<ConnectorConfig, String> {
             return Err("--user needs --password or --password-file".into());
         }
     };
-    Ok(ConnectorConfig {
-        endpoints: global.endpoints.clone(),
-        prefix: global.prefix.clone(),
-        connect_timeout: global.connect_timeout,
-        id_space: global.id_space,
-        tls,
-        auth,
-        ..ConnectorConfig::default()
-    })
+    let mut cfg = match &global.config {
+        Some(file) => ConnectorConfig::from_toml_file(file).map_err(|e| e.to_string())?,
+        None => ConnectorConfig::default(),
+    };
+    if let Some(endpoints) = &global.endpoints {
+        cfg.endpoints.clone_from(endpoints);
+    }
+    if let Some(prefix) = &global.prefix {
+        cfg.prefix.clone_from(prefix);
+    }
+    if let Some(t) = global.connect_timeout {
+        cfg.connect_timeout = t;
+    }
+    if let Some(n) = global.id_space {
+        cfg.id_space = n;
+    }
+    if tls.is_some() {
+        cfg.tls = tls;
+    }
+    if auth.is_some() {
+        cfg.auth = auth;
+    }
+    Ok(cfg)
 }
 
 fn join_line(server: &ServerInfo, revision: i64) -> serde_json::Value {
@@ -299,9 +302,12 @@ async fn register(
     host: &str,
     port: u16,
     properties: BTreeMap<String, String>,
-    ttl: u64,
+    ttl: Option<u64>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let cfg = config(global)?.with_lease_ttl(Duration::from_secs(ttl));
+    let mut cfg = config(global)?;
+    if let Some(ttl) = ttl {
+        cfg = cfg.with_lease_ttl(Duration::from_secs(ttl));
+    }
     // Validate the input before touching the network: bad input never reaches etcd.
     darkrift_etcd::Registration::new(group, host, port, properties.clone())?;
     let stop = tokio::spawn(shutdown_signal());
