@@ -349,7 +349,9 @@ pub fn read_answer(
         } else if i == 1 {
             if let Some(kv) = get.kvs().first() {
                 if kv.lease() == lease_id && lease_id != 0 {
-                    return Ok(AllocOutcome::Won { revision: kv.create_revision() });
+                    return Ok(AllocOutcome::Won {
+                        revision: kv.create_revision(),
+                    });
                 }
                 taken.push(candidate.id);
             }

@@ -77,7 +77,10 @@ pub(crate) async fn connect(cfg: &ConnectorConfig, probe_key: &str) -> Result<Cl
         // connect timeout, but TLS and authorisation errors are final at once.
         let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
         loop {
-            match client.get(probe_key, Some(GetOptions::new().with_count_only())).await {
+            match client
+                .get(probe_key, Some(GetOptions::new().with_count_only()))
+                .await
+            {
                 Ok(_) => return Ok(client),
                 Err(e)
                     if crate::error::is_transient(&e)
@@ -301,7 +304,9 @@ where
 /// True when etcd refused the request's auth token: expired, unknown, or issued before the
 /// auth store changed. A refreshed token fixes all three.
 pub(crate) fn is_auth_token_error(e: &etcd_client::Error) -> bool {
-    let etcd_client::Error::GRpcStatus(status) = e else { return false };
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return false;
+    };
     let msg = status.message();
     status.code() == tonic::Code::Unauthenticated
         || msg.contains("invalid auth token")

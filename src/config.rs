@@ -111,7 +111,10 @@ pub struct EvictionConfig {
 
 impl Default for EvictionConfig {
     fn default() -> Self {
-        EvictionConfig { min_reporters: 2, window: Duration::from_secs(30) }
+        EvictionConfig {
+            min_reporters: 2,
+            window: Duration::from_secs(30),
+        }
     }
 }
 
@@ -505,7 +508,8 @@ impl ConnectorConfig {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::InvalidConfig(format!("cannot read {}: {e}", path.display())))?;
-        Self::from_toml_str(&text).map_err(|e| Error::InvalidConfig(format!("{}: {e}", path.display())))
+        Self::from_toml_str(&text)
+            .map_err(|e| Error::InvalidConfig(format!("{}: {e}", path.display())))
     }
 
     /// Parses settings from TOML text (see [`ConnectorConfig::from_toml_file`]).
@@ -524,7 +528,11 @@ impl ConnectorConfig {
     /// # Errors
     /// [`Error::InvalidConfig`] naming a variable whose value does not parse.
     pub fn with_env(self) -> Result<Self> {
-        self.with_vars(|name| std::env::var(format!("DARKRIFT_ETCD_{name}")).ok().filter(|v| !v.is_empty()))
+        self.with_vars(|name| {
+            std::env::var(format!("DARKRIFT_ETCD_{name}"))
+                .ok()
+                .filter(|v| !v.is_empty())
+        })
     }
 
     /// [`ConnectorConfig::with_env`] over any variable source (testable without touching the
@@ -538,10 +546,18 @@ impl ConnectorConfig {
                 .parse::<f64>()
                 .ok()
                 .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                .ok_or_else(|| Error::InvalidConfig(format!("DARKRIFT_ETCD_{name}: {v:?} is not a number of seconds")))
+                .ok_or_else(|| {
+                    Error::InvalidConfig(format!(
+                        "DARKRIFT_ETCD_{name}: {v:?} is not a number of seconds"
+                    ))
+                })
         }
         if let Some(v) = var("ENDPOINTS") {
-            self.endpoints = v.split(',').map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()).collect();
+            self.endpoints = v
+                .split(',')
+                .map(|e| e.trim().to_owned())
+                .filter(|e| !e.is_empty())
+                .collect();
         }
         if let Some(v) = var("PREFIX") {
             self.prefix = v;
@@ -556,10 +572,9 @@ impl ConnectorConfig {
             self.lease_ttl = secs("LEASE_TTL", &v)?;
         }
         if let Some(v) = var("ID_SPACE") {
-            self.id_space = v
-                .trim()
-                .parse()
-                .map_err(|_| Error::InvalidConfig(format!("DARKRIFT_ETCD_ID_SPACE: {v:?} is not in 1..=65535")))?;
+            self.id_space = v.trim().parse().map_err(|_| {
+                Error::InvalidConfig(format!("DARKRIFT_ETCD_ID_SPACE: {v:?} is not in 1..=65535"))
+            })?;
         }
         if let Some(ca) = var("CA_CERT") {
             let tls = self.tls.get_or_insert_with(|| TlsConfig::new(ca.clone()));
@@ -587,7 +602,11 @@ impl ConnectorConfig {
                         let p = p.strip_suffix('\n').unwrap_or(&p);
                         p.strip_suffix('\r').unwrap_or(p).to_owned()
                     })
-                    .map_err(|e| Error::InvalidConfig(format!("DARKRIFT_ETCD_PASSWORD_FILE: cannot read {file}: {e}")))?,
+                    .map_err(|e| {
+                        Error::InvalidConfig(format!(
+                            "DARKRIFT_ETCD_PASSWORD_FILE: cannot read {file}: {e}"
+                        ))
+                    })?,
             ),
             (None, None) => None,
         };
@@ -598,7 +617,9 @@ impl ConnectorConfig {
             auth.password = Secret::new(p);
         }
         if let Some(url) = var("HEALTH_URL") {
-            self.health.get_or_insert_with(crate::health::HealthConfig::default).url = url;
+            self.health
+                .get_or_insert_with(crate::health::HealthConfig::default)
+                .url = url;
         }
         Ok(self)
     }
@@ -707,7 +728,10 @@ mod tests {
         assert_eq!(c.endpoints, ["http://a:2379"]);
         assert_eq!(c.lease_ttl, Duration::from_secs(3));
         assert_eq!(c.on_id_taken, IdTakenPolicy::NewId);
-        assert_eq!(c.health.as_ref().map(|h| h.interval), Some(Duration::from_secs(1)));
+        assert_eq!(
+            c.health.as_ref().map(|h| h.interval),
+            Some(Duration::from_secs(1))
+        );
         assert!(ConnectorConfig::from_toml_str("nonsense = 1").is_err());
         let env = |name: &str| match name {
             "ENDPOINTS" => Some("http://b:1, http://c:2".to_owned()),
@@ -721,7 +745,8 @@ mod tests {
         assert_eq!(c.lease_ttl, Duration::from_secs(7));
         assert_eq!(c.prefix, "/x", "unset variables change nothing");
         assert_eq!(c.auth.as_ref().map(|a| a.user.as_str()), Some("u"));
-        let bad = ConnectorConfig::default().with_vars(|n| (n == "LEASE_TTL").then(|| "soon".to_owned()));
+        let bad =
+            ConnectorConfig::default().with_vars(|n| (n == "LEASE_TTL").then(|| "soon".to_owned()));
         assert!(matches!(bad, Err(Error::InvalidConfig(m)) if m.contains("LEASE_TTL")));
     }
 

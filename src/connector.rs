@@ -143,7 +143,10 @@ impl Connector {
             ctx,
             synced: task.synced,
             commands: task.commands,
-            events: Mutex::new(Some(EventStream { membership: rx, registration: reg_rx })),
+            events: Mutex::new(Some(EventStream {
+                membership: rx,
+                registration: reg_rx,
+            })),
             registration: tokio::sync::Mutex::new(None),
             status: Mutex::new(None),
             probe: Mutex::new(None),
@@ -175,7 +178,10 @@ impl Connector {
     /// # Errors
     /// [`Error::EventsTaken`] on the second call.
     pub fn events(&self) -> Result<EventStream> {
-        let mut slot = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = self
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         slot.take().ok_or(Error::EventsTaken)
     }
 
@@ -189,7 +195,9 @@ impl Connector {
         Ok(tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 match event {
-                    Event::Join { server, revision } => handler.handle_server_join(&server, revision),
+                    Event::Join { server, revision } => {
+                        handler.handle_server_join(&server, revision)
+                    }
                     Event::Leave { id, revision, .. } => handler.handle_server_leave(id, revision),
                     Event::Synced { revision } => handler.handle_synced(revision),
                     other => handler.handle_other(&other),
@@ -209,7 +217,10 @@ impl Connector {
         match tokio::time::timeout(bound, wait).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::Shutdown),
-            Err(_) => Err(Error::Timeout { op: "initial snapshot", timeout: bound }),
+            Err(_) => Err(Error::Timeout {
+                op: "initial snapshot",
+                timeout: bound,
+            }),
         }
     }
 
@@ -242,7 +253,10 @@ impl Connector {
     /// `changed()` to follow it).
     #[must_use]
     pub fn status(&self) -> Option<watch::Receiver<RegistrationStatus>> {
-        self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The id held (or being recovered), if registered.
@@ -264,20 +278,30 @@ impl Connector {
     /// `health.interval` (1 s when no `health` settings are given).
     pub fn set_health_probe(&self, probe: impl HealthProbe) {
         let probe: Arc<dyn HealthProbe> = Arc::new(probe);
-        *self.probe.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(probe);
+        *self
+            .probe
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(probe);
     }
 
     /// The health probe in force, if any, and its polling interval.
     fn health_probe(&self) -> Result<Option<(Arc<dyn HealthProbe>, Duration)>> {
         let health = self.ctx.config.health.clone();
-        let interval = health.as_ref().map_or(Duration::from_secs(1), |h| h.interval);
-        let set = self.probe.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let interval = health
+            .as_ref()
+            .map_or(Duration::from_secs(1), |h| h.interval);
+        let set = self
+            .probe
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         if let Some(probe) = set {
             return Ok(Some((probe, interval)));
         }
         match health {
             Some(h) => {
-                let probe: Arc<dyn HealthProbe> = Arc::new(HttpHealthProbe::new(&h.url, h.timeout)?);
+                let probe: Arc<dyn HealthProbe> =
+                    Arc::new(HttpHealthProbe::new(&h.url, h.timeout)?);
                 Ok(Some((probe, h.interval)))
             }
             None => Ok(None),
@@ -304,14 +328,25 @@ impl Connector {
         let registration = Registration::new(group, host, port, properties)?;
         let mut running = self.registration.lock().await;
         if running.is_some() {
-            return Err(Error::AlreadyRegistered { id: self.registered_id().unwrap_or(0) });
+            return Err(Error::AlreadyRegistered {
+                id: self.registered_id().unwrap_or(0),
+            });
         }
         let cfg = &self.ctx.config;
-        self.wait_synced(cfg.connect_timeout.max(cfg.request_timeout)).await?;
+        self.wait_synced(cfg.connect_timeout.max(cfg.request_timeout))
+            .await?;
         let cancel = CancellationToken::new();
-        let gate = self.health_probe()?.map(|(probe, interval)| spawn_gate(probe, interval, cancel.child_token()));
+        let gate = self
+            .health_probe()?
+            .map(|(probe, interval)| spawn_gate(probe, interval, cancel.child_token()));
         self.ctx.requests.fetch_add(1, Ordering::Relaxed);
-        let granted = LeaseSession::grant_gated(&self.ctx.client, cfg.lease_ttl, cfg.request_timeout, gate.clone()).await;
+        let granted = LeaseSession::grant_gated(
+            &self.ctx.client,
+            cfg.lease_ttl,
+            cfg.request_timeout,
+            gate.clone(),
+        )
+        .await;
         let lease = match granted {
             Ok(lease) => lease,
             Err(e) => {
@@ -330,10 +365,31 @@ impl Connector {
             }
         };
         let id = claim.id;
-        tracing::info!(id, group, host, port, revision = claim.create_revision, "registered");
-        let (status, task) = Supervisor::spawn(self.ctx.clone(), registration, claim, lease, cancel.clone(), gate);
-        *self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status);
-        *running = Some(Running { _stop: cancel.clone().drop_guard(), cancel, task });
+        tracing::info!(
+            id,
+            group,
+            host,
+            port,
+            revision = claim.create_revision,
+            "registered"
+        );
+        let (status, task) = Supervisor::spawn(
+            self.ctx.clone(),
+            registration,
+            claim,
+            lease,
+            cancel.clone(),
+            gate,
+        );
+        *self
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status);
+        *running = Some(Running {
+            _stop: cancel.clone().drop_guard(),
+            cancel,
+            task,
+        });
         Ok(id)
     }
 
@@ -350,7 +406,10 @@ impl Connector {
         let Some(running) = self.registration.lock().await.take() else {
             return Err(Error::NotRegistered);
         };
-        *self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        *self
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         running.cancel.cancel();
         let Ok(Some(held)) = running.task.await else {
             // Stopped by policy or recovering: nothing of ours is in etcd.
@@ -360,7 +419,11 @@ impl Connector {
         let slot = self.ctx.layout.slot_key(claim.id);
         let guard = Txn::new()
             .when([
-                Compare::create_revision(claim.server_key.clone(), CompareOp::Equal, claim.create_revision),
+                Compare::create_revision(
+                    claim.server_key.clone(),
+                    CompareOp::Equal,
+                    claim.create_revision,
+                ),
                 Compare::lease(slot.clone(), CompareOp::Equal, lease.id()),
             ])
             .and_then([
@@ -374,7 +437,10 @@ impl Connector {
             async move { kv.txn(guard).await }
         })
         .await;
-        let timeout = cfg.request_timeout.min(lease.ttl()).max(Duration::from_millis(100));
+        let timeout = cfg
+            .request_timeout
+            .min(lease.ttl())
+            .max(Duration::from_millis(100));
         let revoked = lease.revoke(&self.ctx.client, timeout).await;
         match deleted {
             Ok(resp) if resp.succeeded() => tracing::info!(id = claim.id, "deregistered"),
@@ -402,12 +468,21 @@ impl Connector {
             }
         };
         let kv = self.ctx.client.kv_client();
-        let resp = retrying(&self.ctx.client, "read peer", self.ctx.config.request_timeout, || {
-            let (mut kv, key) = (kv.clone(), key.clone());
-            async move { kv.get(key, None).await }
-        })
+        let resp = retrying(
+            &self.ctx.client,
+            "read peer",
+            self.ctx.config.request_timeout,
+            || {
+                let (mut kv, key) = (kv.clone(), key.clone());
+                async move { kv.get(key, None).await }
+            },
+        )
         .await?;
-        if let Some(kv) = resp.kvs().first().filter(|kv| kv.create_revision() == create_revision) {
+        if let Some(kv) = resp
+            .kvs()
+            .first()
+            .filter(|kv| kv.create_revision() == create_revision)
+        {
             let peer_lease = kv.lease();
             return match &self.ctx.config.eviction {
                 Some(eviction) => self.report(id, create_revision, peer_lease, eviction).await,
@@ -419,12 +494,20 @@ impl Connector {
         let (done, wait) = oneshot::channel();
         let bound = self.ctx.config.request_timeout;
         let resync = async {
-            self.commands.send(Command::Resync(done)).await.map_err(|_| Error::Shutdown)?;
+            self.commands
+                .send(Command::Resync(done))
+                .await
+                .map_err(|_| Error::Shutdown)?;
             wait.await.map_err(|_| Error::Shutdown)
         };
         match tokio::time::timeout(bound, resync).await {
             Ok(result) => result?,
-            Err(_) => return Err(Error::Timeout { op: "resync after a connection failure", timeout: bound }),
+            Err(_) => {
+                return Err(Error::Timeout {
+                    op: "resync after a connection failure",
+                    timeout: bound,
+                })
+            }
         }
         Ok(PeerStatus::Gone)
     }
@@ -460,18 +543,36 @@ impl Connector {
         })
         .await?;
         let prefix = layout.reports_prefix(id, create_revision);
-        let reports = retrying(&self.ctx.client, "read reports", cfg.request_timeout, || {
-            let (mut kv, prefix) = (kv.clone(), prefix.clone());
-            async move { kv.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await }
-        })
+        let reports = retrying(
+            &self.ctx.client,
+            "read reports",
+            cfg.request_timeout,
+            || {
+                let (mut kv, prefix) = (kv.clone(), prefix.clone());
+                async move {
+                    kv.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+                        .await
+                }
+            },
+        )
         .await?;
         let window_ms = i64::try_from(eviction.window.as_millis()).unwrap_or(i64::MAX);
         let recent = reports
             .kvs()
             .iter()
-            .filter(|r| r.value_str().ok().and_then(|v| v.parse::<i64>().ok()).is_some_and(|t| now - t <= window_ms))
+            .filter(|r| {
+                r.value_str()
+                    .ok()
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|t| now - t <= window_ms)
+            })
             .count();
-        tracing::info!(peer = id, reporters = recent, needed = eviction.min_reporters, "reported an unreachable peer");
+        tracing::info!(
+            peer = id,
+            reporters = recent,
+            needed = eviction.min_reporters,
+            "reported an unreachable peer"
+        );
         if recent < usize::try_from(eviction.min_reporters).unwrap_or(usize::MAX) {
             return Ok(PeerStatus::Registered);
         }
@@ -498,7 +599,11 @@ impl Connector {
         })
         .await?;
         if resp.succeeded() {
-            tracing::warn!(peer = id, reporters = recent, "peer evicted after enough reports");
+            tracing::warn!(
+                peer = id,
+                reporters = recent,
+                "peer evicted after enough reports"
+            );
             Ok(PeerStatus::Evicted)
         } else {
             Ok(PeerStatus::Gone)

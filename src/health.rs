@@ -90,7 +90,11 @@ impl HttpHealthProbe {
             )));
         }
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Ok(HttpHealthProbe { url: uri, timeout, client })
+        Ok(HttpHealthProbe {
+            url: uri,
+            timeout,
+            client,
+        })
     }
 }
 

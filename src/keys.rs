@@ -126,13 +126,19 @@ impl KeyLayout {
     /// could not reach one registration of `peer` (peer-reported eviction).
     #[must_use]
     pub fn reports_prefix(&self, peer: u16, peer_create_revision: i64) -> String {
-        format!("{}.alloc/reports/{peer:05}/{peer_create_revision}/", self.prefix)
+        format!(
+            "{}.alloc/reports/{peer:05}/{peer_create_revision}/",
+            self.prefix
+        )
     }
 
     /// One reporter's report about one registration of `peer`.
     #[must_use]
     pub fn report_key(&self, peer: u16, peer_create_revision: i64, reporter: u16) -> String {
-        format!("{}{reporter:05}", self.reports_prefix(peer, peer_create_revision))
+        format!(
+            "{}{reporter:05}",
+            self.reports_prefix(peer, peer_create_revision)
+        )
     }
 
     /// Parses the id out of a slot key read back from a range.

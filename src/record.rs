@@ -254,7 +254,10 @@ pub fn decode(group: &str, id: u16, value: &[u8]) -> Result<ServerInfo, RecordEr
     // The same bounds as on write: a hostile writer cannot push an oversized record (up to
     // etcd's 1.5 MiB request limit) into every peer's memory as a join.
     if value.len() > MAX_RECORD_LEN {
-        return Err(RecordError::Malformed(format!("{} bytes, at most {MAX_RECORD_LEN}", value.len())));
+        return Err(RecordError::Malformed(format!(
+            "{} bytes, at most {MAX_RECORD_LEN}",
+            value.len()
+        )));
     }
     let rec = ServerRecord::decode(value).map_err(|e| RecordError::Malformed(e.to_string()))?;
     if rec.schema_version == 0 {
@@ -386,10 +389,16 @@ mod tests {
             properties: props(MAX_PROPERTIES + 1),
             ..Default::default()
         };
-        assert!(decode("g", 1, &rec.encode_to_vec()).is_err(), "too many properties");
+        assert!(
+            decode("g", 1, &rec.encode_to_vec()).is_err(),
+            "too many properties"
+        );
         let mut big = BTreeMap::new();
         big.insert("k".to_owned(), "v".repeat(MAX_RECORD_LEN));
-        let rec = ServerRecord { properties: big, ..rec };
+        let rec = ServerRecord {
+            properties: big,
+            ..rec
+        };
         assert!(decode("g", 1, &rec.encode_to_vec()).is_err(), "too large");
     }
 

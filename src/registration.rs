@@ -101,7 +101,9 @@ pub(crate) struct Ctx {
 
 impl std::fmt::Debug for Ctx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ctx").field("prefix", &self.layout.prefix()).finish_non_exhaustive()
+        f.debug_struct("Ctx")
+            .field("prefix", &self.layout.prefix())
+            .finish_non_exhaustive()
     }
 }
 
@@ -122,7 +124,11 @@ pub(crate) struct Held {
 }
 
 /// Claims an id: one transaction per attempt, bounded (see [`crate::alloc`]).
-pub(crate) async fn allocate(ctx: &Ctx, registration: &Registration, lease_id: i64) -> Result<Claim> {
+pub(crate) async fn allocate(
+    ctx: &Ctx,
+    registration: &Registration,
+    lease_id: i64,
+) -> Result<Claim> {
     let params = ctx.config.alloc_params();
     let mut learned = IdSet::default();
     let mut cursor_seen = 0u64;
@@ -134,7 +140,10 @@ pub(crate) async fn allocate(ctx: &Ctx, registration: &Registration, lease_id: i
             for id in shared.view.ids() {
                 taken.insert(id);
             }
-            AllocHint { cursor: shared.cursor.max(cursor_seen), taken }
+            AllocHint {
+                cursor: shared.cursor.max(cursor_seen),
+                taken,
+            }
         };
         let spread = splitmix(ctx.spread_seed.wrapping_add(u64::from(attempt)));
         let Some(candidate) = alloc::choose(&hint, params, spread) else {
@@ -158,10 +167,16 @@ pub(crate) async fn allocate(ctx: &Ctx, registration: &Registration, lease_id: i
         ctx.requests.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(m::ALLOC_TXNS).increment(1);
         let txn = alloc::build_txn(&request);
-        let resp = retrying(&ctx.client, "allocate id", ctx.config.request_timeout, || {
-            let (mut kv, txn) = (kv.clone(), txn.clone());
-            async move { kv.txn(txn).await }
-        }).await?;
+        let resp = retrying(
+            &ctx.client,
+            "allocate id",
+            ctx.config.request_timeout,
+            || {
+                let (mut kv, txn) = (kv.clone(), txn.clone());
+                async move { kv.txn(txn).await }
+            },
+        )
+        .await?;
         match alloc::read_answer(&ctx.layout, candidate, lease_id, &resp) {
             Ok(AllocOutcome::Won { revision }) => {
                 let mut shared = lock(&ctx.shared);
@@ -174,7 +189,13 @@ pub(crate) async fn allocate(ctx: &Ctx, registration: &Registration, lease_id: i
                 });
             }
             Ok(AllocOutcome::Lost { cursor, taken }) => {
-                tracing::debug!(attempt, id = candidate.id, cursor, taken = taken.len(), "id taken; retrying");
+                tracing::debug!(
+                    attempt,
+                    id = candidate.id,
+                    cursor,
+                    taken = taken.len(),
+                    "id taken; retrying"
+                );
                 metrics::counter!(m::ALLOC_CONFLICTS).increment(1);
                 cursor_seen = cursor_seen.max(cursor);
                 learned.insert(candidate.id);
@@ -182,26 +203,41 @@ pub(crate) async fn allocate(ctx: &Ctx, registration: &Registration, lease_id: i
                     learned.insert(id);
                 }
             }
-            Err(why) => return Err(Error::InvalidConfig(format!("allocator state under the prefix: {why}"))),
+            Err(why) => {
+                return Err(Error::InvalidConfig(format!(
+                    "allocator state under the prefix: {why}"
+                )))
+            }
         }
     }
-    Err(Error::AllocationContention { attempts: ctx.config.max_alloc_attempts })
+    Err(Error::AllocationContention {
+        attempts: ctx.config.max_alloc_attempts,
+    })
 }
 
 /// Every id looks taken: count the slots to tell a full space from a stale view.
 async fn exhausted_or_contention(ctx: &Ctx, attempt: u32) -> Error {
     let kv = ctx.client.kv_client();
-    let options = etcd_client::GetOptions::new().with_prefix().with_count_only();
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
     let prefix = ctx.layout.slots_prefix();
-    let count = retrying(&ctx.client, "count slots", ctx.config.request_timeout, || {
-        let (mut kv, prefix, options) = (kv.clone(), prefix.clone(), options.clone());
-        async move { kv.get(prefix, Some(options)).await }
-    });
+    let count = retrying(
+        &ctx.client,
+        "count slots",
+        ctx.config.request_timeout,
+        || {
+            let (mut kv, prefix, options) = (kv.clone(), prefix.clone(), options.clone());
+            async move { kv.get(prefix, Some(options)).await }
+        },
+    );
     match count.await {
-        Ok(resp) if resp.count() >= i64::from(ctx.config.id_space) => {
-            Error::IdSpaceExhausted { id_space: ctx.config.id_space }
-        }
-        Ok(_) => Error::AllocationContention { attempts: attempt + 1 },
+        Ok(resp) if resp.count() >= i64::from(ctx.config.id_space) => Error::IdSpaceExhausted {
+            id_space: ctx.config.id_space,
+        },
+        Ok(_) => Error::AllocationContention {
+            attempts: attempt + 1,
+        },
         Err(e) => e,
     }
 }
@@ -245,12 +281,18 @@ impl Supervisor {
         lease: LeaseSession,
         cancel: CancellationToken,
         health: Option<watch::Receiver<bool>>,
-    ) -> (watch::Receiver<RegistrationStatus>, tokio::task::JoinHandle<Option<Held>>) {
+    ) -> (
+        watch::Receiver<RegistrationStatus>,
+        tokio::task::JoinHandle<Option<Held>>,
+    ) {
         let deadline = match lease.state() {
             LeaseState::Alive { deadline } => deadline,
             LeaseState::Lost { .. } => Instant::now(),
         };
-        let (status, rx) = watch::channel(RegistrationStatus::Registered { id: claim.id, deadline });
+        let (status, rx) = watch::channel(RegistrationStatus::Registered {
+            id: claim.id,
+            deadline,
+        });
         let sup = Supervisor {
             ctx,
             registration,
@@ -285,7 +327,10 @@ impl Supervisor {
             let reason = match ended {
                 Ended::Cancelled => {
                     lock(&self.ctx.shared).own = None;
-                    return self.lease.take().map(|lease| Held { claim: self.claim.clone(), lease });
+                    return self.lease.take().map(|lease| Held {
+                        claim: self.claim.clone(),
+                        lease,
+                    });
                 }
                 Ended::LeaseLost(reason) => reason,
                 Ended::Taken(reason) => {
@@ -301,15 +346,23 @@ impl Supervisor {
                     }
                     tracing::error!(id = self.claim.id, %reason, "registration stopped (key-removed policy)");
                     let id = self.claim.id;
-                    self.status.send_replace(RegistrationStatus::Stopped { id, reason: reason.clone() });
+                    self.status.send_replace(RegistrationStatus::Stopped {
+                        id,
+                        reason: reason.clone(),
+                    });
                     self.emit(Event::RegistrationStopped { id, reason }).await;
                     return self.stopped().await;
                 }
             };
             metrics::counter!(m::LEASE_LOST).increment(1);
             tracing::warn!(id = self.claim.id, %reason, "registration lost; re-registering");
-            self.status.send_replace(RegistrationStatus::Recovering { id: self.claim.id });
-            self.emit(Event::LeaseLost { id: self.claim.id, reason }).await;
+            self.status
+                .send_replace(RegistrationStatus::Recovering { id: self.claim.id });
+            self.emit(Event::LeaseLost {
+                id: self.claim.id,
+                reason,
+            })
+            .await;
             match self.recover().await {
                 Recovery::Done => {}
                 Recovery::Cancelled => {
@@ -341,7 +394,10 @@ impl Supervisor {
                 LeaseState::Alive { deadline } => deadline,
                 LeaseState::Lost { reason } => return Ended::LeaseLost(reason),
             };
-            self.status.send_replace(RegistrationStatus::Registered { id: self.claim.id, deadline });
+            self.status.send_replace(RegistrationStatus::Registered {
+                id: self.claim.id,
+                deadline,
+            });
             let check_at = last_check + self.ctx.config.lease_ttl;
             tokio::select! {
                 // Once per TTL, check that our slot and key are intact (the watch only sees the
@@ -392,16 +448,26 @@ impl Supervisor {
         };
         let c = &self.claim;
         let slot = self.ctx.layout.slot_key(c.id);
-        let record = self.registration.encode(c.id, c.position, alloc::now_unix_ms());
+        let record = self
+            .registration
+            .encode(c.id, c.position, alloc::now_unix_ms());
         let put = |key: &str, value: Vec<u8>| {
-            TxnOp::put(key.to_owned(), value, Some(PutOptions::new().with_lease(lease_id)))
+            TxnOp::put(
+                key.to_owned(),
+                value,
+                Some(PutOptions::new().with_lease(lease_id)),
+            )
         };
-        let server_is = |rev: i64| Compare::create_revision(c.server_key.clone(), CompareOp::Equal, rev);
+        let server_is =
+            |rev: i64| Compare::create_revision(c.server_key.clone(), CompareOp::Equal, rev);
         let slot_ours = Compare::lease(slot.clone(), CompareOp::Equal, lease_id);
         let slot_absent = Compare::create_revision(slot.clone(), CompareOp::Equal, 0);
         let both_absent = Txn::new()
             .when([server_is(0), slot_absent.clone()])
-            .and_then([put(&slot, c.server_key.clone().into_bytes()), put(&c.server_key, record.clone())]);
+            .and_then([
+                put(&slot, c.server_key.clone().into_bytes()),
+                put(&c.server_key, record.clone()),
+            ]);
         let server_absent = Txn::new()
             .when([server_is(0), slot_ours.clone()])
             .and_then([put(&c.server_key, record)])
@@ -412,21 +478,33 @@ impl Supervisor {
             .or_else([TxnOp::txn(server_absent)]);
         let stop_if_removed = self.ctx.config.on_key_removed == KeyRemovedPolicy::Stop;
         let txn = Txn::new().when([server_is(c.create_revision), slot_ours]);
-        let txn = if stop_if_removed { txn } else { txn.or_else([TxnOp::txn(slot_missing)]) };
+        let txn = if stop_if_removed {
+            txn
+        } else {
+            txn.or_else([TxnOp::txn(slot_missing)])
+        };
         let kv = self.ctx.client.kv_client();
         // Never outlive the lease deadline: past it, the lease-loss path takes over.
         let bound = match self.lease.as_ref().map(LeaseSession::state) {
-            Some(LeaseState::Alive { deadline }) => deadline.saturating_duration_since(Instant::now()),
+            Some(LeaseState::Alive { deadline }) => {
+                deadline.saturating_duration_since(Instant::now())
+            }
             _ => Duration::ZERO,
         };
-        let bound = bound.min(self.ctx.config.request_timeout).max(Duration::from_millis(50));
+        let bound = bound
+            .min(self.ctx.config.request_timeout)
+            .max(Duration::from_millis(50));
         let resp = match retrying(&self.ctx.client, "restore key", bound, || {
             let (mut kv, txn) = (kv.clone(), txn.clone());
             async move { kv.txn(txn).await }
-        }).await {
+        })
+        .await
+        {
             Ok(resp) => resp,
             Err(Error::Etcd { source, .. }) if is_lease_not_found(&source) => {
-                return Restore::LeaseGone(format!("our key was deleted and our lease is gone: {source}"));
+                return Restore::LeaseGone(format!(
+                    "our key was deleted and our lease is gone: {source}"
+                ));
             }
             Err(e) => return Restore::Failed(e),
         };
@@ -434,14 +512,21 @@ impl Supervisor {
             return Restore::Intact;
         }
         if stop_if_removed {
-            return Restore::Removed(format!("the registration of id {} was removed by someone else (evicted?)", c.id));
+            return Restore::Removed(format!(
+                "the registration of id {} was removed by someone else (evicted?)",
+                c.id
+            ));
         }
-        let revision = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
+        let revision = resp
+            .header()
+            .map_or(0, etcd_client::ResponseHeader::revision);
         // Walk the nested answers: which level succeeded?
         let mut level = 0;
         let mut ops = resp.op_responses();
         let restored_level = loop {
-            let Some(TxnOpResponse::Txn(inner)) = ops.into_iter().next() else { break None };
+            let Some(TxnOpResponse::Txn(inner)) = ops.into_iter().next() else {
+                break None;
+            };
             level += 1;
             if inner.succeeded() {
                 break Some(level);
@@ -451,12 +536,18 @@ impl Supervisor {
         match restored_level {
             Some(1) => {
                 metrics::counter!(m::KEY_RESTORES).increment(1);
-                tracing::warn!(id = c.id, "our slot key was deleted by someone else; restored");
+                tracing::warn!(
+                    id = c.id,
+                    "our slot key was deleted by someone else; restored"
+                );
                 Restore::Restored
             }
             Some(_) => {
                 metrics::counter!(m::KEY_RESTORES).increment(1);
-                tracing::warn!(id = c.id, "our server key was deleted by someone else; restored");
+                tracing::warn!(
+                    id = c.id,
+                    "our server key was deleted by someone else; restored"
+                );
                 self.claim.create_revision = revision;
                 self.track_own_key();
                 Restore::Restored
@@ -471,7 +562,11 @@ impl Supervisor {
         let ctx = self.ctx.clone();
         let old_lease_id = self.lease.as_ref().map_or(0, LeaseSession::id);
         if let Some(old) = self.lease.take() {
-            let bound = ctx.config.request_timeout.min(old.ttl()).max(Duration::from_millis(100));
+            let bound = ctx
+                .config
+                .request_timeout
+                .min(old.ttl())
+                .max(Duration::from_millis(100));
             if let Err(e) = old.revoke(&ctx.client, bound).await {
                 tracing::debug!(error = %e, "revoking the lost lease failed (best effort)");
             }
@@ -479,7 +574,10 @@ impl Supervisor {
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
             // Half a TTL at most: back within about a TTL of etcd answering again.
-            .with_max_delay((ctx.config.lease_ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(5)))
+            .with_max_delay(
+                (ctx.config.lease_ttl / 2)
+                    .clamp(Duration::from_millis(200), Duration::from_secs(5)),
+            )
             .with_jitter()
             .without_max_times()
             .build();
@@ -506,8 +604,17 @@ impl Supervisor {
                     self.lease = Some(lease);
                     self.track_own_key();
                     metrics::counter!(m::REREGISTRATIONS).increment(1);
-                    tracing::info!(id = self.claim.id, revision, "re-registered with the same id");
-                    self.emit(Event::Reregistered { id: self.claim.id, previous_id, revision }).await;
+                    tracing::info!(
+                        id = self.claim.id,
+                        revision,
+                        "re-registered with the same id"
+                    );
+                    self.emit(Event::Reregistered {
+                        id: self.claim.id,
+                        previous_id,
+                        revision,
+                    })
+                    .await;
                     return Recovery::Done;
                 }
                 Attempt::Taken(reason) => {
@@ -532,13 +639,22 @@ impl Supervisor {
     async fn reregister_same_id(&mut self, old_lease_id: i64) -> Attempt {
         let ctx = self.ctx.clone();
         let gate = self.health.clone();
-        let lease = match LeaseSession::grant_gated(&ctx.client, ctx.config.lease_ttl, ctx.config.request_timeout, gate).await {
+        let lease = match LeaseSession::grant_gated(
+            &ctx.client,
+            ctx.config.lease_ttl,
+            ctx.config.request_timeout,
+            gate,
+        )
+        .await
+        {
             Ok(lease) => lease,
             Err(e) => return Attempt::Retry(e.to_string()),
         };
         let c = &self.claim;
         let slot = ctx.layout.slot_key(c.id);
-        let record = self.registration.encode(c.id, c.position, alloc::now_unix_ms());
+        let record = self
+            .registration
+            .encode(c.id, c.position, alloc::now_unix_ms());
         let opts = Some(PutOptions::new().with_lease(lease.id()));
         let txn = Txn::new()
             .when([
@@ -549,12 +665,22 @@ impl Supervisor {
                 TxnOp::put(slot.clone(), c.server_key.clone(), opts.clone()),
                 TxnOp::put(c.server_key.clone(), record, opts),
             ])
-            .or_else([TxnOp::get(slot, None), TxnOp::get(c.server_key.clone(), None)]);
+            .or_else([
+                TxnOp::get(slot, None),
+                TxnOp::get(c.server_key.clone(), None),
+            ]);
         let kv = ctx.client.kv_client();
-        let resp = match retrying(&ctx.client, "re-register", ctx.config.request_timeout, || {
-            let (mut kv, txn) = (kv.clone(), txn.clone());
-            async move { kv.txn(txn).await }
-        }).await {
+        let resp = match retrying(
+            &ctx.client,
+            "re-register",
+            ctx.config.request_timeout,
+            || {
+                let (mut kv, txn) = (kv.clone(), txn.clone());
+                async move { kv.txn(txn).await }
+            },
+        )
+        .await
+        {
             Ok(resp) => resp,
             Err(e) => {
                 revoke_quietly(&ctx, lease).await;
@@ -562,7 +688,9 @@ impl Supervisor {
             }
         };
         if resp.succeeded() {
-            let revision = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
+            let revision = resp
+                .header()
+                .map_or(0, etcd_client::ResponseHeader::revision);
             return Attempt::Done(lease, revision);
         }
         // Who holds it? Our old lease (its revoke did not get through yet) is not "taken".
@@ -580,7 +708,10 @@ impl Supervisor {
                 .op_responses()
                 .into_iter()
                 .find_map(|op| match op {
-                    TxnOpResponse::Get(get) => get.kvs().first().map(etcd_client::KeyValue::create_revision),
+                    TxnOpResponse::Get(get) => get
+                        .kvs()
+                        .first()
+                        .map(etcd_client::KeyValue::create_revision),
                     _ => None,
                 })
                 .unwrap_or(0);
@@ -589,13 +720,24 @@ impl Supervisor {
         revoke_quietly(&ctx, lease).await;
         if old_lease_id != 0 && holders.iter().all(|l| *l == old_lease_id) {
             let client = ctx.client.lease_client();
-            let _ = retrying(&ctx.client, "lease revoke", ctx.config.request_timeout, || {
-                let mut client = client.clone();
-                async move { client.revoke(old_lease_id).await }
-            }).await;
-            return Attempt::Retry("our old keys are still there; revoking the old lease again".into());
+            let _ = retrying(
+                &ctx.client,
+                "lease revoke",
+                ctx.config.request_timeout,
+                || {
+                    let mut client = client.clone();
+                    async move { client.revoke(old_lease_id).await }
+                },
+            )
+            .await;
+            return Attempt::Retry(
+                "our old keys are still there; revoking the old lease again".into(),
+            );
         }
-        Attempt::Taken(format!("id {} was taken by another server while this one was away", c.id))
+        Attempt::Taken(format!(
+            "id {} was taken by another server while this one was away",
+            c.id
+        ))
     }
 
     /// The id is held by another server: apply the policy. `Some` when registered again.
@@ -607,12 +749,17 @@ impl Supervisor {
         match self.ctx.config.on_id_taken {
             IdTakenPolicy::FailStop => {
                 tracing::error!(id = old_id, %reason, "registration stopped (fail-stop policy)");
-                self.status.send_replace(RegistrationStatus::Stopped { id: old_id, reason: reason.clone() });
-                self.emit(Event::RegistrationStopped { id: old_id, reason }).await;
+                self.status.send_replace(RegistrationStatus::Stopped {
+                    id: old_id,
+                    reason: reason.clone(),
+                });
+                self.emit(Event::RegistrationStopped { id: old_id, reason })
+                    .await;
                 None
             }
             IdTakenPolicy::NewId => {
-                self.status.send_replace(RegistrationStatus::Recovering { id: old_id });
+                self.status
+                    .send_replace(RegistrationStatus::Recovering { id: old_id });
                 let ctx = self.ctx.clone();
                 let mut backoff = ExponentialBuilder::default()
                     .with_min_delay(Duration::from_millis(100))
@@ -623,7 +770,13 @@ impl Supervisor {
                 loop {
                     let attempt = async {
                         let gate = self.health.clone();
-                        let lease = LeaseSession::grant_gated(&ctx.client, ctx.config.lease_ttl, ctx.config.request_timeout, gate).await?;
+                        let lease = LeaseSession::grant_gated(
+                            &ctx.client,
+                            ctx.config.lease_ttl,
+                            ctx.config.request_timeout,
+                            gate,
+                        )
+                        .await?;
                         match allocate(&ctx, &self.registration, lease.id()).await {
                             Ok(claim) => Ok((lease, claim)),
                             Err(e) => {
@@ -639,12 +792,21 @@ impl Supervisor {
                     match result {
                         Ok((lease, claim)) => {
                             let revision = claim.create_revision;
-                            tracing::warn!(old_id, new_id = claim.id, "id was taken; registered with a new id");
+                            tracing::warn!(
+                                old_id,
+                                new_id = claim.id,
+                                "id was taken; registered with a new id"
+                            );
                             self.claim = claim;
                             self.lease = Some(lease);
                             self.track_own_key();
                             metrics::counter!(m::REREGISTRATIONS).increment(1);
-                            self.emit(Event::Reregistered { id: self.claim.id, previous_id: old_id, revision }).await;
+                            self.emit(Event::Reregistered {
+                                id: self.claim.id,
+                                previous_id: old_id,
+                                revision,
+                            })
+                            .await;
                             return Some(());
                         }
                         Err(e) => {

@@ -86,7 +86,9 @@ impl Shared {
     fn check_own_changes(&self, changes: &[KvChange]) {
         let Some(own) = &self.own else { return };
         let hit = changes.iter().any(|c| match c {
-            KvChange::Delete { key, revision } => *key == own.key && *revision > own.create_revision,
+            KvChange::Delete { key, revision } => {
+                *key == own.key && *revision > own.create_revision
+            }
             KvChange::Put(kv) => kv.key == own.key && kv.create_revision > own.create_revision,
         });
         if hit {
@@ -112,7 +114,9 @@ pub(crate) type SharedView = Arc<Mutex<Shared>>;
 /// Locks the view; a poisoned lock (a panic elsewhere) still holds a consistent view, because
 /// every mutation is a single call into `Membership`.
 pub(crate) fn lock(shared: &SharedView) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Requests to a running watcher.
@@ -144,7 +148,8 @@ impl WatcherSettings {
             request_timeout: config.request_timeout,
             progress_interval: config.progress_interval,
             idle_timeout: config.watch_idle_timeout,
-            max_backoff: (config.lease_ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(5)),
+            max_backoff: (config.lease_ttl / 2)
+                .clamp(Duration::from_millis(200), Duration::from_secs(5)),
         }
     }
 }
@@ -218,7 +223,11 @@ pub(crate) fn spawn(
         backoff: None,
     };
     tokio::spawn(watcher.run(cancel));
-    WatcherTask { shared, synced, commands: cmd_tx }
+    WatcherTask {
+        shared,
+        synced,
+        commands: cmd_tx,
+    }
 }
 
 struct Watcher {
@@ -242,7 +251,13 @@ fn backoff(max: Duration) -> backon::ExponentialBackoff {
 }
 
 fn list_from_scratch(initial: bool) -> State {
-    State::List { initial, pinned: 0, after: None, acc: Vec::new(), cursor: 0 }
+    State::List {
+        initial,
+        pinned: 0,
+        after: None,
+        acc: Vec::new(),
+        cursor: 0,
+    }
 }
 
 impl Watcher {
@@ -271,8 +286,17 @@ impl Watcher {
     /// One transition. Returns the events to deliver (in order) and the next state.
     async fn step(&mut self, state: State) -> (Vec<Event>, State) {
         match state {
-            State::List { initial, pinned, after, mut acc, mut cursor } => {
-                match self.list_page(pinned, after.as_deref(), &mut acc, &mut cursor).await {
+            State::List {
+                initial,
+                pinned,
+                after,
+                mut acc,
+                mut cursor,
+            } => {
+                match self
+                    .list_page(pinned, after.as_deref(), &mut acc, &mut cursor)
+                    .await
+                {
                     Ok((revision, Some(next))) => {
                         let next = State::List {
                             initial,
@@ -292,7 +316,13 @@ impl Watcher {
                         tracing::warn!(error = %e, "snapshot read failed; retrying");
                         // Restart the list from scratch: a pinned revision may be compacted.
                         let then = Box::new(list_from_scratch(initial));
-                        (Vec::new(), State::Backoff { then, unreachable: true })
+                        (
+                            Vec::new(),
+                            State::Backoff {
+                                then,
+                                unreachable: true,
+                            },
+                        )
                     }
                 }
             }
@@ -307,16 +337,36 @@ impl Watcher {
                 Ok(stream) => {
                     metrics::counter!(m::WATCH_RESTARTS).increment(1);
                     let last_heard = Instant::now();
-                    (Vec::new(), State::Watch { from, stream, last_heard, progress_requested: false })
+                    (
+                        Vec::new(),
+                        State::Watch {
+                            from,
+                            stream,
+                            last_heard,
+                            progress_requested: false,
+                        },
+                    )
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, from, "opening the watch failed; retrying");
                     let then = Box::new(State::Open { from });
-                    (Vec::new(), State::Backoff { then, unreachable: true })
+                    (
+                        Vec::new(),
+                        State::Backoff {
+                            then,
+                            unreachable: true,
+                        },
+                    )
                 }
             },
-            State::Watch { from, stream, last_heard, progress_requested } => {
-                self.watch_step(from, stream, last_heard, progress_requested).await
+            State::Watch {
+                from,
+                stream,
+                last_heard,
+                progress_requested,
+            } => {
+                self.watch_step(from, stream, last_heard, progress_requested)
+                    .await
             }
             State::Backoff { then, unreachable } => {
                 let stale = if unreachable { self.mark_stale() } else { None };
@@ -325,7 +375,11 @@ impl Watcher {
                     .get_or_insert_with(|| backoff(self.settings.max_backoff))
                     .next()
                     .unwrap_or(Duration::from_secs(5));
-                tracing::debug!(delay_ms = delay.as_millis(), next = then.name(), "watcher backing off");
+                tracing::debug!(
+                    delay_ms = delay.as_millis(),
+                    next = then.name(),
+                    "watcher backing off"
+                );
                 tokio::time::sleep(delay).await;
                 (stale.into_iter().collect(), *then)
             }
@@ -363,7 +417,9 @@ impl Watcher {
                 TxnOp::get(layout.cursor_key(), None),
             ]);
             let resp = bounded("snapshot", timeout, self.client.txn(txn)).await?;
-            let revision = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
+            let revision = resp
+                .header()
+                .map_or(0, etcd_client::ResponseHeader::revision);
             let mut page = None;
             for op in resp.op_responses() {
                 if let TxnOpResponse::Get(get) = op {
@@ -386,18 +442,33 @@ impl Watcher {
         Ok((revision, if more { last } else { None }))
     }
 
-    fn finish_list(&mut self, initial: bool, revision: i64, acc: &[KeyValue], cursor: u64) -> Vec<Event> {
+    fn finish_list(
+        &mut self,
+        initial: bool,
+        revision: i64,
+        acc: &[KeyValue],
+        cursor: u64,
+    ) -> Vec<Event> {
         let mut events = {
             let mut shared = lock(&self.shared);
             let skipped_before = shared.view.skipped();
             let events = shared.view.reload(acc, revision);
-            shared.cursor = shared.cursor.max(cursor).max(shared.view.max_alloc_position());
+            shared.cursor = shared
+                .cursor
+                .max(cursor)
+                .max(shared.view.max_alloc_position());
             shared.revision = revision;
             shared.check_own_snapshot(acc, revision);
             record_view_metrics(&shared, skipped_before, 0);
             events
         };
-        tracing::debug!(revision, members = acc.len(), changes = events.len(), initial, "snapshot applied");
+        tracing::debug!(
+            revision,
+            members = acc.len(),
+            changes = events.len(),
+            initial,
+            "snapshot applied"
+        );
         if initial {
             events.push(Event::Synced { revision });
             self.synced.send_replace(true);
@@ -463,12 +534,24 @@ impl Watcher {
             Ok(None) => {
                 tracing::info!(from, "watch stream ended; resuming");
                 let then = Box::new(State::Open { from });
-                return (Vec::new(), State::Backoff { then, unreachable: false });
+                return (
+                    Vec::new(),
+                    State::Backoff {
+                        then,
+                        unreachable: false,
+                    },
+                );
             }
             Err(e) => {
                 tracing::info!(error = %e, from, "watch stream failed; resuming");
                 let then = Box::new(State::Open { from });
-                return (Vec::new(), State::Backoff { then, unreachable: false });
+                return (
+                    Vec::new(),
+                    State::Backoff {
+                        then,
+                        unreachable: false,
+                    },
+                );
             }
         };
         if resp.canceled() {
@@ -490,18 +573,30 @@ impl Watcher {
         }
         self.backoff = None;
         let heard = Instant::now();
-        let header_revision = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
+        let header_revision = resp
+            .header()
+            .map_or(0, etcd_client::ResponseHeader::revision);
         if resp.events().is_empty() {
             if resp.created() {
                 // `created` promises nothing about progress.
-                let watch = State::Watch { from, stream, last_heard: heard, progress_requested };
+                let watch = State::Watch {
+                    from,
+                    stream,
+                    last_heard: heard,
+                    progress_requested,
+                };
                 return (Vec::new(), watch);
             }
             if resp.watch_id() == -1 {
                 // The answer to our progress request: proof of life only. etcd before
                 // 3.4.24 / 3.5.8 sends it even while this watcher is still catching up, so
                 // it does not prove that everything up to its revision was delivered.
-                let watch = State::Watch { from, stream, last_heard: heard, progress_requested: false };
+                let watch = State::Watch {
+                    from,
+                    stream,
+                    last_heard: heard,
+                    progress_requested: false,
+                };
                 return (Vec::new(), watch);
             }
             // A server-side progress notification (sent to synced watchers only): every
@@ -509,7 +604,12 @@ impl Watcher {
             let next = from.max(header_revision + 1);
             lock(&self.shared).revision = next - 1;
             metrics::gauge!(m::REVISION_LAG).set(0.0);
-            let watch = State::Watch { from: next, stream, last_heard: heard, progress_requested: false };
+            let watch = State::Watch {
+                from: next,
+                stream,
+                last_heard: heard,
+                progress_requested: false,
+            };
             return (Vec::new(), watch);
         }
         let mut changes = Vec::with_capacity(resp.events().len());
@@ -535,7 +635,12 @@ impl Watcher {
             record_view_metrics(&shared, skipped_before, header_revision - last);
             events
         };
-        let watch = State::Watch { from: last + 1, stream, last_heard: heard, progress_requested: false };
+        let watch = State::Watch {
+            from: last + 1,
+            stream,
+            last_heard: heard,
+            progress_requested: false,
+        };
         (events, watch)
     }
 
@@ -546,8 +651,13 @@ impl Watcher {
             return None;
         }
         shared.stale = true;
-        tracing::warn!(revision = shared.revision, "registry view is stale: etcd cannot be read");
-        Some(Event::Stale { revision: shared.revision })
+        tracing::warn!(
+            revision = shared.revision,
+            "registry view is stale: etcd cannot be read"
+        );
+        Some(Event::Stale {
+            revision: shared.revision,
+        })
     }
 
     /// Marks the view fresh; returns the event if it was stale.
@@ -597,7 +707,10 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// Reads the whole server range once (paginated, pinned), for one-shot listings.
-pub(crate) async fn list_once(client: &Client, settings: &WatcherSettings) -> Result<(i64, Membership)> {
+pub(crate) async fn list_once(
+    client: &Client,
+    settings: &WatcherSettings,
+) -> Result<(i64, Membership)> {
     let mut view = Membership::new(settings.layout.clone());
     let mut acc = Vec::new();
     let prefix = settings.layout.servers_prefix();
@@ -606,14 +719,18 @@ pub(crate) async fn list_once(client: &Client, settings: &WatcherSettings) -> Re
     let mut pinned = 0;
     let mut kv = client.kv_client();
     loop {
-        let mut options = GetOptions::new().with_range(end.clone()).with_limit(settings.page_size);
+        let mut options = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(settings.page_size);
         if pinned > 0 {
             options = options.with_revision(pinned);
         }
         let get = kv.get(start.clone(), Some(options));
         let resp = bounded("list", settings.request_timeout, get).await?;
         if pinned == 0 {
-            pinned = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
+            pinned = resp
+                .header()
+                .map_or(0, etcd_client::ResponseHeader::revision);
         }
         acc.extend(resp.kvs().iter().map(convert_kv));
         match (resp.more(), resp.kvs().last()) {

@@ -56,13 +56,24 @@ async fn start_server(etcd: &EtcdCluster, prefix: &str, n: usize) -> Option<Serv
     });
     let group = if n % 2 == 0 { "lobby" } else { "game" };
     let port = u16::try_from(4000 + n).expect("port");
-    connector.register_server(group, "127.0.0.1", port, no_props()).await.ok()?;
-    Some(Server { connector, proxies, history, cut: false })
+    connector
+        .register_server(group, "127.0.0.1", port, no_props())
+        .await
+        .ok()?;
+    Some(Server {
+        connector,
+        proxies,
+        history,
+        cut: false,
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_never_two_holders_and_views_converge() {
-    let seed: u64 = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let seed: u64 = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
     println!("CHAOS_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut etcd = EtcdCluster::three_node().await.expect("cluster");
@@ -156,16 +167,23 @@ async fn chaos_never_two_holders_and_views_converge() {
     for d in &dropped {
         drop(d.connector.clone());
     }
-    let dropped_connectors: Vec<Arc<Connector>> = dropped.iter().map(|d| d.connector.clone()).collect();
+    let dropped_connectors: Vec<Arc<Connector>> =
+        dropped.iter().map(|d| d.connector.clone()).collect();
     drop(dropped);
     drop(dropped_connectors);
-    println!("faults injected: {faults}, servers started: {started}, live at the end: {}", servers.len());
+    println!(
+        "faults injected: {faults}, servers started: {started}, live at the end: {}",
+        servers.len()
+    );
 
     // 3. Convergence: within TTL + 2 s of the heal, every live server's view equals etcd's truth.
     let mut raw = etcd.client().await.expect("raw client");
     let bound = TTL + Duration::from_secs(2);
     let truth = loop {
-        let resp = raw.get(format!("{prefix}/"), Some(GetOptions::new().with_prefix())).await.expect("get");
+        let resp = raw
+            .get(format!("{prefix}/"), Some(GetOptions::new().with_prefix()))
+            .await
+            .expect("get");
         let truth: BTreeSet<u16> = resp
             .kvs()
             .iter()
@@ -199,15 +217,28 @@ async fn chaos_never_two_holders_and_views_converge() {
     println!("converged after {:?} on {truth:?}", healed_at.elapsed());
 
     // 1. Replay etcd's own history of the server range: never two keys for one id.
-    let now = raw.get("x", None).await.expect("get").header().expect("header").revision();
+    let now = raw
+        .get("x", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision();
     let mut watch = raw
-        .watch(format!("{prefix}/"), Some(WatchOptions::new().with_prefix().with_start_revision(1)))
+        .watch(
+            format!("{prefix}/"),
+            Some(WatchOptions::new().with_prefix().with_start_revision(1)),
+        )
         .await
         .expect("watch history");
     let mut live: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
     let mut replayed_to = 0;
     while replayed_to < now {
-        let resp = tokio::time::timeout(PROMPT, watch.message()).await.expect("history").expect("ok").expect("msg");
+        let resp = tokio::time::timeout(PROMPT, watch.message())
+            .await
+            .expect("history")
+            .expect("ok")
+            .expect("msg");
         if resp.events().is_empty() {
             if resp.created() {
                 continue;
@@ -223,7 +254,11 @@ async fn chaos_never_two_holders_and_views_converge() {
             for ev in evs {
                 let kv = ev.kv().expect("kv");
                 let key = kv.key_str().expect("utf8").to_owned();
-                let id: u16 = key.rsplit('/').next().and_then(|s| s.parse().ok()).expect("id");
+                let id: u16 = key
+                    .rsplit('/')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .expect("id");
                 match ev.event_type() {
                     EventType::Put => {
                         live.entry(id).or_default().insert(key);
@@ -234,7 +269,10 @@ async fn chaos_never_two_holders_and_views_converge() {
                 }
             }
             for (id, keys) in &live {
-                assert!(keys.len() <= 1, "two live holders of id {id} at revision {rev}: {keys:?}");
+                assert!(
+                    keys.len() <= 1,
+                    "two live holders of id {id} at revision {rev}: {keys:?}"
+                );
             }
             replayed_to = rev;
         }
@@ -258,7 +296,11 @@ async fn chaos_never_two_holders_and_views_converge() {
                 _ => {}
             }
         }
-        let joined: BTreeSet<u16> = present.iter().filter(|(_, p)| **p).map(|(id, _)| *id).collect();
+        let joined: BTreeSet<u16> = present
+            .iter()
+            .filter(|(_, p)| **p)
+            .map(|(id, _)| *id)
+            .collect();
         assert_eq!(joined, truth, "the event history adds up to the view");
     }
 }

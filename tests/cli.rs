@@ -27,13 +27,20 @@ fn spawn(mut cmd: Command) -> (Child, Lines<BufReader<ChildStdout>>) {
 }
 
 async fn line(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
-    let l = tokio::time::timeout(PROMPT, lines.next_line()).await.expect("a line in time").expect("read").expect("a line");
+    let l = tokio::time::timeout(PROMPT, lines.next_line())
+        .await
+        .expect("a line in time")
+        .expect("read")
+        .expect("a line");
     serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"))
 }
 
 fn sigterm(child: &Child) {
     let pid = child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     assert!(status.success());
 }
 
@@ -46,12 +53,30 @@ async fn register_watch_ls_and_sigterm() {
         c.args(["watch", "--group", "game"]);
         c
     });
-    assert_eq!(line(&mut watch_lines).await, serde_json::json!({"event": "synced"}));
+    assert_eq!(
+        line(&mut watch_lines).await,
+        serde_json::json!({"event": "synced"})
+    );
 
     let (mut reg, mut reg_lines) = spawn({
         let mut c = cli(&etcd, &prefix);
-        c.args(["register", "--group", "game", "--host", "127.0.0.1", "--port", "4296"])
-            .args(["--property", "region=eu", "--property", "tier=1", "--ttl", "3"]);
+        c.args([
+            "register",
+            "--group",
+            "game",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "4296",
+        ])
+        .args([
+            "--property",
+            "region=eu",
+            "--property",
+            "tier=1",
+            "--ttl",
+            "3",
+        ]);
         c
     });
     let registered = line(&mut reg_lines).await;
@@ -63,7 +88,10 @@ async fn register_watch_ls_and_sigterm() {
     let own_join = line(&mut reg_lines).await;
     assert_eq!(own_join["event"], "join");
     assert_eq!(own_join["id"], id);
-    assert_eq!(own_join["properties"], serde_json::json!({"region": "eu", "tier": "1"}));
+    assert_eq!(
+        own_join["properties"],
+        serde_json::json!({"region": "eu", "tier": "1"})
+    );
     assert!(own_join["revision"].as_i64().expect("revision") > 0);
 
     let seen = line(&mut watch_lines).await;
@@ -72,7 +100,11 @@ async fn register_watch_ls_and_sigterm() {
     assert_eq!(seen["host"], "127.0.0.1");
 
     // ls: a table, and a JSON array.
-    let out = cli(&etcd, &prefix).args(["ls", "--json"]).output().await.expect("ls");
+    let out = cli(&etcd, &prefix)
+        .args(["ls", "--json"])
+        .output()
+        .await
+        .expect("ls");
     assert!(out.status.success());
     let listed: Value = serde_json::from_slice(&out.stdout).expect("json array");
     assert_eq!(
@@ -80,23 +112,43 @@ async fn register_watch_ls_and_sigterm() {
         serde_json::json!([{"id": id, "group": "game", "host": "127.0.0.1", "port": 4296,
                             "properties": {"region": "eu", "tier": "1"}}])
     );
-    let out = cli(&etcd, &prefix).args(["ls", "--group", "lobby"]).output().await.expect("ls");
+    let out = cli(&etcd, &prefix)
+        .args(["ls", "--group", "lobby"])
+        .output()
+        .await
+        .expect("ls");
     let table = String::from_utf8(out.stdout).expect("utf8");
-    assert_eq!(table.lines().count(), 1, "header only for an empty group: {table}");
+    assert_eq!(
+        table.lines().count(),
+        1,
+        "header only for an empty group: {table}"
+    );
     let out = cli(&etcd, &prefix).arg("ls").output().await.expect("ls");
     let table = String::from_utf8(out.stdout).expect("utf8");
-    assert!(table.lines().nth(1).expect("a row").contains("region=eu"), "{table}");
+    assert!(
+        table.lines().nth(1).expect("a row").contains("region=eu"),
+        "{table}"
+    );
 
     // SIGTERM: deregisters, says so, exits 0; the watcher sees the leave.
     sigterm(&reg);
-    assert_eq!(line(&mut reg_lines).await, serde_json::json!({"event": "deregistered", "id": id}));
-    let status = tokio::time::timeout(PROMPT, reg.wait()).await.expect("exits").expect("status");
+    assert_eq!(
+        line(&mut reg_lines).await,
+        serde_json::json!({"event": "deregistered", "id": id})
+    );
+    let status = tokio::time::timeout(PROMPT, reg.wait())
+        .await
+        .expect("exits")
+        .expect("status");
     assert!(status.success(), "{status:?}");
     let left = line(&mut watch_lines).await;
     assert_eq!(left["event"], "leave");
     assert_eq!(left["id"], id);
     sigterm(&watch);
-    let status = tokio::time::timeout(PROMPT, watch.wait()).await.expect("exits").expect("status");
+    let status = tokio::time::timeout(PROMPT, watch.wait())
+        .await
+        .expect("exits")
+        .expect("status");
     assert!(status.success());
 }
 
@@ -115,7 +167,15 @@ async fn failed_registration_exits_non_zero_with_a_clear_error() {
     assert!(stderr.contains("port 0"), "{stderr}");
 
     let out = cli(&etcd, &prefix)
-        .args(["register", "--group", "bad group", "--host", "h", "--port", "1"])
+        .args([
+            "register",
+            "--group",
+            "bad group",
+            "--host",
+            "h",
+            "--port",
+            "1",
+        ])
         .output()
         .await
         .expect("run");
@@ -124,7 +184,10 @@ async fn failed_registration_exits_non_zero_with_a_clear_error() {
 
     let port = darkrift_etcd::testing::free_port().expect("port");
     let out = cli(&etcd, &prefix)
-        .env("DARKRIFT_ETCD_ENDPOINTS", format!("http://127.0.0.1:{port}"))
+        .env(
+            "DARKRIFT_ETCD_ENDPOINTS",
+            format!("http://127.0.0.1:{port}"),
+        )
         .env("DARKRIFT_ETCD_CONNECT_TIMEOUT", "0.5")
         .args(["register", "--group", "g", "--host", "h", "--port", "1"])
         .output()
@@ -132,10 +195,16 @@ async fn failed_registration_exits_non_zero_with_a_clear_error() {
         .expect("run");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("unreachable") && stderr.contains(&port.to_string()), "{stderr}");
+    assert!(
+        stderr.contains("unreachable") && stderr.contains(&port.to_string()),
+        "{stderr}"
+    );
     // Nothing reached etcd.
     let mut raw = etcd.client().await.expect("raw");
-    let all = raw.get("", Some(etcd_client::GetOptions::new().with_all_keys())).await.expect("get");
+    let all = raw
+        .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
+        .await
+        .expect("get");
     assert_eq!(all.count(), 0);
 }
 
@@ -146,10 +215,21 @@ async fn config_file_is_read_and_options_override_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("darkrift.toml");
     let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
-    std::fs::write(&file, format!("endpoints = [{}]\nprefix = \"{prefix}\"\nlease_ttl = 3\n", endpoints.join(", ")))
-        .expect("write config");
-    let c = darkrift_etcd::Connector::connect(config(&etcd, &prefix)).await.expect("connect");
-    let id = c.register_server("game", "127.0.0.1", 5, no_props()).await.expect("register");
+    std::fs::write(
+        &file,
+        format!(
+            "endpoints = [{}]\nprefix = \"{prefix}\"\nlease_ttl = 3\n",
+            endpoints.join(", ")
+        ),
+    )
+    .expect("write config");
+    let c = darkrift_etcd::Connector::connect(config(&etcd, &prefix))
+        .await
+        .expect("connect");
+    let id = c
+        .register_server("game", "127.0.0.1", 5, no_props())
+        .await
+        .expect("register");
 
     // Only the file says where etcd and the registry are.
     let out = Command::new(env!("CARGO_BIN_EXE_darkrift-etcd"))
@@ -158,7 +238,11 @@ async fn config_file_is_read_and_options_override_it() {
         .output()
         .await
         .expect("ls");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listed: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(listed[0]["id"], id);
     // An option overrides the file.
@@ -168,7 +252,10 @@ async fn config_file_is_read_and_options_override_it() {
         .output()
         .await
         .expect("ls");
-    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).expect("json"), serde_json::json!([]));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).expect("json"),
+        serde_json::json!([])
+    );
     // A broken file is a clear error.
     std::fs::write(&file, "lease_ttl = \"soon\"\n").expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_darkrift-etcd"))

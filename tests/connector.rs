@@ -392,11 +392,23 @@ async fn invalid_input_is_rejected_and_nothing_is_written() {
 async fn stale_handle_never_deletes_a_newer_registration() {
     let etcd = etcd().await;
     let prefix = prefix();
-    let proxy = darkrift_etcd::testing::FaultProxy::start(&etcd.endpoint(0)).await.expect("proxy");
-    let cfg = config(&etcd, &prefix).with_id_space(1).with_lease_ttl(Duration::from_secs(5));
-    let old_cfg = ConnectorConfig { endpoints: vec![proxy.endpoint()], ..cfg.clone() };
+    let proxy = darkrift_etcd::testing::FaultProxy::start(&etcd.endpoint(0))
+        .await
+        .expect("proxy");
+    let cfg = config(&etcd, &prefix)
+        .with_id_space(1)
+        .with_lease_ttl(Duration::from_secs(5));
+    let old_cfg = ConnectorConfig {
+        endpoints: vec![proxy.endpoint()],
+        ..cfg.clone()
+    };
     let old = Connector::connect(old_cfg).await.expect("connect");
-    assert_eq!(old.register_server("game", "127.0.0.1", 1, no_props()).await.expect("register"), 1);
+    assert_eq!(
+        old.register_server("game", "127.0.0.1", 1, no_props())
+            .await
+            .expect("register"),
+        1
+    );
     // The old server is cut off (it cannot notice anything), and its lease goes away.
     proxy.stall();
     let mut raw = etcd.client().await.expect("raw client");
@@ -406,18 +418,31 @@ async fn stale_handle_never_deletes_a_newer_registration() {
     // The id is registered again by another server.
     let (new, mut new_events) = connect(cfg).await;
     until_synced(&mut new_events).await;
-    assert_eq!(new.register_server("lobby", "127.0.0.2", 2, no_props()).await.expect("register"), 1);
+    assert_eq!(
+        new.register_server("lobby", "127.0.0.2", 2, no_props())
+            .await
+            .expect("register"),
+        1
+    );
     let new_key = format!("{prefix}/lobby/1");
     let before = raw.get(new_key.clone(), None).await.expect("get").kvs()[0].create_revision();
     // The old handle, still believing it is registered, deregisters: its guarded delete
     // matches nothing of the new registration.
-    assert!(old.is_registered(), "the old handle's local deadline has not passed yet");
+    assert!(
+        old.is_registered(),
+        "the old handle's local deadline has not passed yet"
+    );
     proxy.restore();
-    old.deregister_server().await.expect("deregister is not an error");
+    old.deregister_server()
+        .await
+        .expect("deregister is not an error");
     let after = raw.get(new_key, None).await.expect("get");
     assert_eq!(after.kvs().len(), 1, "the new key survives");
     assert_eq!(after.kvs()[0].create_revision(), before);
-    let slot = raw.get(format!("{prefix}.alloc/slot/00001"), None).await.expect("get");
+    let slot = raw
+        .get(format!("{prefix}.alloc/slot/00001"), None)
+        .await
+        .expect("get");
     assert_eq!(slot.kvs().len(), 1, "the new slot survives");
     assert!(new.is_registered());
 }

@@ -28,8 +28,13 @@ async fn failing_health_probe_lets_the_lease_expire_and_recovery_rejoins_with_th
         let healthy = probe_state.load(Ordering::SeqCst);
         async move { healthy }
     });
-    let id = a.register_server("game", "127.0.0.1", 1, no_props()).await.expect("register");
-    assert!(matches!(next(&mut peer_events, PROMPT).await, Event::Join { ref server, .. } if server.id == id));
+    let id = a
+        .register_server("game", "127.0.0.1", 1, no_props())
+        .await
+        .expect("register");
+    assert!(
+        matches!(next(&mut peer_events, PROMPT).await, Event::Join { ref server, .. } if server.id == id)
+    );
 
     healthy.store(false, Ordering::SeqCst);
     let failed_at = tokio::time::Instant::now();
@@ -57,7 +62,9 @@ async fn failing_health_probe_lets_the_lease_expire_and_recovery_rejoins_with_th
 
 /// A minimal DarkRift-style health endpoint: `GET /health` → the status the test sets.
 async fn health_server(status: Arc<std::sync::atomic::AtomicU16>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
@@ -66,7 +73,11 @@ async fn health_server(status: Arc<std::sync::atomic::AtomicU16>) -> u16 {
                 let mut buf = [0u8; 1024];
                 let _ = conn.read(&mut buf).await;
                 let body = r#"{"listening":true,"type":"Pro"}"#;
-                let reason = if code == 200 { "OK" } else { "Service Unavailable" };
+                let reason = if code == 200 {
+                    "OK"
+                } else {
+                    "Service Unavailable"
+                };
                 let resp = format!(
                     "HTTP/1.1 {code} {reason}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
@@ -95,12 +106,17 @@ async fn http_health_probe_gates_the_registration() {
         timeout: Duration::from_millis(500),
     });
     let a = Connector::connect(cfg).await.expect("connect");
-    let id = a.register_server("game", "127.0.0.1", 1, no_props()).await.expect("register");
+    let id = a
+        .register_server("game", "127.0.0.1", 1, no_props())
+        .await
+        .expect("register");
     next(&mut peer_events, PROMPT).await;
     code.store(503, Ordering::SeqCst);
     assert!(matches!(next(&mut peer_events, PROMPT).await, Event::Leave { id: l, .. } if l == id));
     code.store(200, Ordering::SeqCst);
-    assert!(matches!(next(&mut peer_events, PROMPT).await, Event::Join { ref server, .. } if server.id == id));
+    assert!(
+        matches!(next(&mut peer_events, PROMPT).await, Event::Join { ref server, .. } if server.id == id)
+    );
 }
 
 /// Eviction: a server alive to etcd but unreachable by peers is evicted only after K reports;
@@ -112,42 +128,88 @@ async fn eviction_needs_k_distinct_reporters_and_is_off_by_default() {
     let mut target_cfg = config(&etcd, &prefix);
     target_cfg.on_key_removed = KeyRemovedPolicy::Stop;
     let (target, mut target_events) = connect(target_cfg).await;
-    let target_id = target.register_server("game", "127.0.0.1", 1, no_props()).await.expect("register");
+    let target_id = target
+        .register_server("game", "127.0.0.1", 1, no_props())
+        .await
+        .expect("register");
 
     let mut reporting = config(&etcd, &prefix);
-    reporting.eviction = Some(EvictionConfig { min_reporters: 2, window: Duration::from_secs(30) });
+    reporting.eviction = Some(EvictionConfig {
+        min_reporters: 2,
+        window: Duration::from_secs(30),
+    });
     let mut reporters = Vec::new();
     for port in 2..4 {
         let (c, mut ev) = connect(reporting.clone()).await;
-        c.register_server("lobby", "127.0.0.1", port, no_props()).await.expect("register");
+        c.register_server("lobby", "127.0.0.1", port, no_props())
+            .await
+            .expect("register");
         collect_until(&mut ev, PROMPT, |e| join_ids(e).contains(&target_id)).await;
         reporters.push(c);
     }
     // Policy off: reports change nothing.
     let (off, mut off_events) = connect(config(&etcd, &prefix)).await;
-    off.register_server("lobby", "127.0.0.1", 9, no_props()).await.expect("register");
-    collect_until(&mut off_events, PROMPT, |e| join_ids(e).contains(&target_id)).await;
-    for _ in 0..3 {
-        assert_eq!(off.handle_connection_failure(target_id).await.expect("report"), PeerStatus::Registered);
-    }
-    // One reporter, even twice, is not enough.
-    assert_eq!(reporters[0].handle_connection_failure(target_id).await.expect("report"), PeerStatus::Registered);
-    assert_eq!(reporters[0].handle_connection_failure(target_id).await.expect("report"), PeerStatus::Registered);
-    let mut raw = etcd.client().await.expect("raw");
-    let key = format!("{prefix}/game/{target_id}");
-    assert_eq!(raw.get(key.clone(), None).await.expect("get").count(), 1, "not evicted by one reporter");
-    assert!(target.is_registered());
-    // The second distinct reporter: evicted, guarded by its create revision.
-    assert_eq!(reporters[1].handle_connection_failure(target_id).await.expect("report"), PeerStatus::Evicted);
-    assert_eq!(raw.get(key, None).await.expect("get").count(), 0);
-    let got = collect_until(&mut target_events, PROMPT, |e| {
-        e.iter().any(|e| matches!(e, Event::RegistrationStopped { .. }))
+    off.register_server("lobby", "127.0.0.1", 9, no_props())
+        .await
+        .expect("register");
+    collect_until(&mut off_events, PROMPT, |e| {
+        join_ids(e).contains(&target_id)
     })
     .await;
-    assert!(got.iter().any(|e| matches!(e, Event::RegistrationStopped { id, .. } if *id == target_id)));
+    for _ in 0..3 {
+        assert_eq!(
+            off.handle_connection_failure(target_id)
+                .await
+                .expect("report"),
+            PeerStatus::Registered
+        );
+    }
+    // One reporter, even twice, is not enough.
+    assert_eq!(
+        reporters[0]
+            .handle_connection_failure(target_id)
+            .await
+            .expect("report"),
+        PeerStatus::Registered
+    );
+    assert_eq!(
+        reporters[0]
+            .handle_connection_failure(target_id)
+            .await
+            .expect("report"),
+        PeerStatus::Registered
+    );
+    let mut raw = etcd.client().await.expect("raw");
+    let key = format!("{prefix}/game/{target_id}");
+    assert_eq!(
+        raw.get(key.clone(), None).await.expect("get").count(),
+        1,
+        "not evicted by one reporter"
+    );
+    assert!(target.is_registered());
+    // The second distinct reporter: evicted, guarded by its create revision.
+    assert_eq!(
+        reporters[1]
+            .handle_connection_failure(target_id)
+            .await
+            .expect("report"),
+        PeerStatus::Evicted
+    );
+    assert_eq!(raw.get(key, None).await.expect("get").count(), 0);
+    let got = collect_until(&mut target_events, PROMPT, |e| {
+        e.iter()
+            .any(|e| matches!(e, Event::RegistrationStopped { .. }))
+    })
+    .await;
+    assert!(got
+        .iter()
+        .any(|e| matches!(e, Event::RegistrationStopped { id, .. } if *id == target_id)));
     assert!(!target.is_registered());
     let reports = raw
-        .get(format!("{prefix}.alloc/reports/"), Some(etcd_client::GetOptions::new().with_prefix()))
+        .get(
+            format!("{prefix}.alloc/reports/"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
         .await
         .expect("get");
     assert_eq!(reports.count(), 0, "reports are cleared with the eviction");
@@ -160,17 +222,35 @@ async fn evicted_server_with_restore_policy_comes_back() {
     let etcd = etcd().await;
     let prefix = prefix();
     let (target, _t) = connect(config(&etcd, &prefix)).await;
-    let target_id = target.register_server("game", "127.0.0.1", 1, no_props()).await.expect("register");
+    let target_id = target
+        .register_server("game", "127.0.0.1", 1, no_props())
+        .await
+        .expect("register");
     let mut reporting = config(&etcd, &prefix);
-    reporting.eviction = Some(EvictionConfig { min_reporters: 1, window: Duration::from_secs(30) });
+    reporting.eviction = Some(EvictionConfig {
+        min_reporters: 1,
+        window: Duration::from_secs(30),
+    });
     let (r, mut r_events) = connect(reporting).await;
-    r.register_server("lobby", "127.0.0.1", 2, no_props()).await.expect("register");
+    r.register_server("lobby", "127.0.0.1", 2, no_props())
+        .await
+        .expect("register");
     collect_until(&mut r_events, PROMPT, |e| join_ids(e).contains(&target_id)).await;
-    assert_eq!(r.handle_connection_failure(target_id).await.expect("report"), PeerStatus::Evicted);
+    assert_eq!(
+        r.handle_connection_failure(target_id)
+            .await
+            .expect("report"),
+        PeerStatus::Evicted
+    );
     let got = collect_until(&mut r_events, PROMPT, |e| {
-        e.iter().filter(|e| matches!(e, Event::Join { server, .. } if server.id == target_id)).count() == 1
+        e.iter()
+            .filter(|e| matches!(e, Event::Join { server, .. } if server.id == target_id))
+            .count()
+            == 1
     })
     .await;
-    assert!(got.iter().any(|e| matches!(e, Event::Leave { id, .. } if *id == target_id)));
+    assert!(got
+        .iter()
+        .any(|e| matches!(e, Event::Leave { id, .. } if *id == target_id)));
     assert!(target.is_registered());
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use common::*;
 use darkrift_etcd::testing::{EtcdCluster, FaultProxy};
-use darkrift_etcd::{Connector, ConnectorConfig, Event, EventStream, IdTakenPolicy, RegistrationStatus};
+use darkrift_etcd::{
+    Connector, ConnectorConfig, Event, EventStream, IdTakenPolicy, RegistrationStatus,
+};
 use etcd_client::{CompactionOptions, GetOptions};
 
 /// Membership events only (drops stale/fresh and registration events).
@@ -37,7 +39,10 @@ async fn drain_for(events: &mut EventStream, window: Duration) -> Vec<Event> {
 /// Ids of the servers etcd holds now.
 async fn truth(etcd: &EtcdCluster, prefix: &str) -> BTreeSet<u16> {
     let mut raw = etcd.client().await.expect("raw client");
-    let resp = raw.get(format!("{prefix}/"), Some(GetOptions::new().with_prefix())).await.expect("get");
+    let resp = raw
+        .get(format!("{prefix}/"), Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("get");
     resp.kvs()
         .iter()
         .filter_map(|kv| kv.key_str().ok()?.rsplit('/').next()?.parse().ok())
@@ -50,13 +55,25 @@ fn ids(c: &Connector) -> BTreeSet<u16> {
 
 async fn lease_of(etcd: &EtcdCluster, key: &str) -> i64 {
     let mut raw = etcd.client().await.expect("raw client");
-    raw.get(key, None).await.expect("get").kvs().first().map_or(0, etcd_client::KeyValue::lease)
+    raw.get(key, None)
+        .await
+        .expect("get")
+        .kvs()
+        .first()
+        .map_or(0, etcd_client::KeyValue::lease)
 }
 
 /// Waits (bounded) until the registration status satisfies `f`.
-async fn status_until(c: &Connector, bound: Duration, f: impl Fn(&RegistrationStatus) -> bool) -> RegistrationStatus {
+async fn status_until(
+    c: &Connector,
+    bound: Duration,
+    f: impl Fn(&RegistrationStatus) -> bool,
+) -> RegistrationStatus {
     let mut rx = c.status().expect("registered");
-    let got = tokio::time::timeout(bound, rx.wait_for(|s| f(s))).await.expect("status within bound").expect("open");
+    let got = tokio::time::timeout(bound, rx.wait_for(|s| f(s)))
+        .await
+        .expect("status within bound")
+        .expect("open");
     got.clone()
 }
 
@@ -70,9 +87,15 @@ async fn etcd_restart_within_ttl_loses_nothing() {
     let (w, mut w_events) = connect(cfg.clone()).await;
     until_synced(&mut w_events).await;
     let (a, mut a_events) = connect(cfg.clone()).await;
-    let a_id = a.register_server("game", "127.0.0.1", 1, no_props()).await.expect("register");
+    let a_id = a
+        .register_server("game", "127.0.0.1", 1, no_props())
+        .await
+        .expect("register");
     let b = Connector::connect(cfg.clone()).await.expect("connect");
-    let b_id = b.register_server("lobby", "127.0.0.1", 2, no_props()).await.expect("register");
+    let b_id = b
+        .register_server("lobby", "127.0.0.1", 2, no_props())
+        .await
+        .expect("register");
     collect_until(&mut w_events, PROMPT, |e| membership(e).len() == 2).await;
     let a_lease = lease_of(&etcd, &format!("{prefix}/game/{a_id}")).await;
 
@@ -80,18 +103,26 @@ async fn etcd_restart_within_ttl_loses_nothing() {
     etcd.restart(0).await.expect("restart");
     // A change after the restart reaches the watcher, and it is the only membership change.
     let c = Connector::connect(cfg.clone()).await.expect("connect");
-    let c_id = c.register_server("game", "127.0.0.1", 3, no_props()).await.expect("register");
+    let c_id = c
+        .register_server("game", "127.0.0.1", 3, no_props())
+        .await
+        .expect("register");
     let got = collect_until(&mut w_events, PROMPT, |e| membership(e).len() == 1).await;
     assert_eq!(membership(&got), [format!("join {c_id}")]);
     let more = drain_for(&mut w_events, Duration::from_millis(500)).await;
     assert!(membership(&more).is_empty(), "nothing repeated: {more:?}");
     assert_eq!(ids(&w), BTreeSet::from([a_id, b_id, c_id]));
     // The registrations kept their leases: no loss, no re-registration.
-    assert_eq!(lease_of(&etcd, &format!("{prefix}/game/{a_id}")).await, a_lease);
+    assert_eq!(
+        lease_of(&etcd, &format!("{prefix}/game/{a_id}")).await,
+        a_lease
+    );
     assert!(a.is_registered() && b.is_registered());
     let a_seen = drain_for(&mut a_events, Duration::from_millis(200)).await;
     assert!(
-        !a_seen.iter().any(|e| matches!(e, Event::LeaseLost { .. } | Event::Reregistered { .. })),
+        !a_seen
+            .iter()
+            .any(|e| matches!(e, Event::LeaseLost { .. } | Event::Reregistered { .. })),
         "{a_seen:?}"
     );
 }
@@ -105,10 +136,18 @@ async fn server_cut_longer_than_ttl_reregisters_with_the_same_id() {
     let proxy = FaultProxy::start(&etcd.endpoint(0)).await.expect("proxy");
     let (peer, mut peer_events) = connect(config(&etcd, &prefix)).await;
     until_synced(&mut peer_events).await;
-    let cut_cfg = ConnectorConfig { endpoints: vec![proxy.endpoint()], ..config(&etcd, &prefix) };
+    let cut_cfg = ConnectorConfig {
+        endpoints: vec![proxy.endpoint()],
+        ..config(&etcd, &prefix)
+    };
     let (a, mut a_events) = connect(cut_cfg).await;
-    let id = a.register_server("game", "127.0.0.1", 1, no_props()).await.expect("register");
-    assert!(matches!(next(&mut peer_events, PROMPT).await, Event::Join { ref server, .. } if server.id == id));
+    let id = a
+        .register_server("game", "127.0.0.1", 1, no_props())
+        .await
+        .expect("register");
+    assert!(
+        matches!(next(&mut peer_events, PROMPT).await, Event::Join { ref server, .. } if server.id == id)
+    );
 
     proxy.stall();
     let ttl = a.config().lease_ttl;
@@ -116,18 +155,30 @@ async fn server_cut_longer_than_ttl_reregisters_with_the_same_id() {
     status_until(&a, ttl + Duration::from_secs(1), |s| !s.is_registered()).await;
     assert!(!a.is_registered());
     let left = next(&mut peer_events, ttl + Duration::from_secs(3)).await;
-    assert!(matches!(left, Event::Leave { id: l, .. } if l == id), "{left:?}");
+    assert!(
+        matches!(left, Event::Leave { id: l, .. } if l == id),
+        "{left:?}"
+    );
 
     proxy.restore();
     let back = next(&mut peer_events, PROMPT).await;
-    assert!(matches!(back, Event::Join { ref server, .. } if server.id == id), "{back:?}");
+    assert!(
+        matches!(back, Event::Join { ref server, .. } if server.id == id),
+        "{back:?}"
+    );
     status_until(&a, PROMPT, RegistrationStatus::is_registered).await;
     let seen = collect_until(&mut a_events, PROMPT, |e| {
         e.iter().any(|e| matches!(e, Event::Reregistered { .. }))
     })
     .await;
-    assert!(seen.iter().any(|e| matches!(e, Event::LeaseLost { id: l, .. } if *l == id)), "{seen:?}");
-    assert!(seen.iter().any(|e| matches!(e, Event::Reregistered { id: n, previous_id: p, .. } if *n == id && *p == id)));
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Event::LeaseLost { id: l, .. } if *l == id)),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(
+        |e| matches!(e, Event::Reregistered { id: n, previous_id: p, .. } if *n == id && *p == id)
+    ));
     // Its view converges to etcd's truth.
     let want = truth(&etcd, &prefix).await;
     assert_eq!(want, BTreeSet::from([id]));
@@ -144,23 +195,42 @@ async fn leader_killed_causes_no_spurious_leave() {
     let (w, mut w_events) = connect(cfg.clone()).await;
     until_synced(&mut w_events).await;
     let a = Connector::connect(cfg.clone()).await.expect("connect");
-    let a_id = a.register_server("game", "127.0.0.1", 1, no_props()).await.expect("register");
+    let a_id = a
+        .register_server("game", "127.0.0.1", 1, no_props())
+        .await
+        .expect("register");
     let b = Connector::connect(cfg.clone()).await.expect("connect");
-    let b_id = b.register_server("lobby", "127.0.0.1", 2, no_props()).await.expect("register");
+    let b_id = b
+        .register_server("lobby", "127.0.0.1", 2, no_props())
+        .await
+        .expect("register");
     collect_until(&mut w_events, PROMPT, |e| membership(e).len() == 2).await;
 
     let leader = etcd.leader_index().await.expect("a leader");
     etcd.kill(leader).expect("kill leader");
     // Keep-alives continue: A's lease deadline moves forward past the old one, twice.
-    let RegistrationStatus::Registered { deadline: before, .. } = a.status().expect("status").borrow().clone() else {
+    let RegistrationStatus::Registered {
+        deadline: before, ..
+    } = a.status().expect("status").borrow().clone()
+    else {
         panic!("registered")
     };
     status_until(&a, PROMPT, |s| matches!(s, RegistrationStatus::Registered { deadline, .. } if *deadline > before + Duration::from_secs(2))).await;
     // Watches continue: a new registration reaches the watcher.
     let c = Connector::connect(cfg.clone()).await.expect("connect");
-    let c_id = c.register_server("game", "127.0.0.1", 3, no_props()).await.expect("register");
-    let got = collect_until(&mut w_events, PROMPT, |e| membership(e).contains(&format!("join {c_id}"))).await;
-    assert_eq!(membership(&got), [format!("join {c_id}")], "no spurious leave");
+    let c_id = c
+        .register_server("game", "127.0.0.1", 3, no_props())
+        .await
+        .expect("register");
+    let got = collect_until(&mut w_events, PROMPT, |e| {
+        membership(e).contains(&format!("join {c_id}"))
+    })
+    .await;
+    assert_eq!(
+        membership(&got),
+        [format!("join {c_id}")],
+        "no spurious leave"
+    );
     assert_eq!(ids(&w), BTreeSet::from([a_id, b_id, c_id]));
     assert!(a.is_registered() && b.is_registered());
 }
@@ -174,10 +244,20 @@ async fn watcher_cut_across_compaction_emits_exactly_the_difference() {
     let proxy = FaultProxy::start(&etcd.endpoint(0)).await.expect("proxy");
     let cfg = config(&etcd, &prefix).with_lease_ttl(Duration::from_secs(10));
     let stays = Connector::connect(cfg.clone()).await.expect("connect");
-    let stays_id = stays.register_server("game", "127.0.0.1", 1, no_props()).await.expect("register");
+    let stays_id = stays
+        .register_server("game", "127.0.0.1", 1, no_props())
+        .await
+        .expect("register");
     let goes = Connector::connect(cfg.clone()).await.expect("connect");
-    let goes_id = goes.register_server("game", "127.0.0.1", 2, no_props()).await.expect("register");
-    let (w, mut w_events) = connect(ConnectorConfig { endpoints: vec![proxy.endpoint()], ..cfg.clone() }).await;
+    let goes_id = goes
+        .register_server("game", "127.0.0.1", 2, no_props())
+        .await
+        .expect("register");
+    let (w, mut w_events) = connect(ConnectorConfig {
+        endpoints: vec![proxy.endpoint()],
+        ..cfg.clone()
+    })
+    .await;
     assert_eq!(join_ids(&until_synced(&mut w_events).await).len(), 2);
 
     proxy.cut();
@@ -186,12 +266,24 @@ async fn watcher_cut_across_compaction_emits_exactly_the_difference() {
     let mut keep = Vec::new();
     for port in 10..13 {
         let c = Connector::connect(cfg.clone()).await.expect("connect");
-        new_ids.insert(c.register_server("lobby", "127.0.0.1", port, no_props()).await.expect("register"));
+        new_ids.insert(
+            c.register_server("lobby", "127.0.0.1", port, no_props())
+                .await
+                .expect("register"),
+        );
         keep.push(c);
     }
     let mut raw = etcd.client().await.expect("raw client");
-    let rev = raw.get("x", None).await.expect("get").header().expect("header").revision();
-    raw.compact(rev, Some(CompactionOptions::new().with_physical())).await.expect("compact");
+    let rev = raw
+        .get("x", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision();
+    raw.compact(rev, Some(CompactionOptions::new().with_physical()))
+        .await
+        .expect("compact");
     proxy.restore();
 
     let got = collect_until(&mut w_events, Duration::from_secs(20), |e| {
@@ -203,8 +295,14 @@ async fn watcher_cut_across_compaction_emits_exactly_the_difference() {
     let mut want: Vec<String> = new_ids.iter().map(|id| format!("join {id}")).collect();
     want.push(format!("leave {goes_id}"));
     want.sort();
-    assert_eq!(changes, want, "exactly the missing joins and leaves: {got:?}");
-    assert!(got.iter().any(|e| matches!(e, Event::Stale { .. })), "it said it was stale: {got:?}");
+    assert_eq!(
+        changes, want,
+        "exactly the missing joins and leaves: {got:?}"
+    );
+    assert!(
+        got.iter().any(|e| matches!(e, Event::Stale { .. })),
+        "it said it was stale: {got:?}"
+    );
     let mut expected = new_ids.clone();
     expected.insert(stays_id);
     assert_eq!(ids(&w), expected);
@@ -223,7 +321,10 @@ async fn own_key_deleted_by_someone_else_is_restored() {
     let (peer, mut peer_events) = connect(config(&etcd, &prefix)).await;
     until_synced(&mut peer_events).await;
     let (a, mut a_events) = connect(config(&etcd, &prefix)).await;
-    let id = a.register_server("game", "127.0.0.1", 1, no_props()).await.expect("register");
+    let id = a
+        .register_server("game", "127.0.0.1", 1, no_props())
+        .await
+        .expect("register");
     next(&mut peer_events, PROMPT).await;
     let key = format!("{prefix}/game/{id}");
     let lease = lease_of(&etcd, &key).await;
@@ -231,18 +332,33 @@ async fn own_key_deleted_by_someone_else_is_restored() {
     let mut raw = etcd.client().await.expect("raw client");
     raw.delete(key.clone(), None).await.expect("delete");
     let got = collect_until(&mut peer_events, PROMPT, |e| membership(e).len() == 2).await;
-    assert_eq!(membership(&got), [format!("leave {id}"), format!("join {id}")]);
-    assert_eq!(lease_of(&etcd, &key).await, lease, "restored on the same lease");
+    assert_eq!(
+        membership(&got),
+        [format!("leave {id}"), format!("join {id}")]
+    );
+    assert_eq!(
+        lease_of(&etcd, &key).await,
+        lease,
+        "restored on the same lease"
+    );
     assert_eq!(ids(&peer), BTreeSet::from([id]));
     assert!(a.is_registered());
     let seen = drain_for(&mut a_events, Duration::from_millis(300)).await;
-    assert!(!seen.iter().any(|e| matches!(e, Event::LeaseLost { .. })), "{seen:?}");
+    assert!(
+        !seen.iter().any(|e| matches!(e, Event::LeaseLost { .. })),
+        "{seen:?}"
+    );
 
     // Slot and server key both deleted: both come back.
     raw.delete(key.clone(), None).await.expect("delete");
-    raw.delete(format!("{prefix}.alloc/slot/{id:05}"), None).await.expect("delete");
+    raw.delete(format!("{prefix}.alloc/slot/{id:05}"), None)
+        .await
+        .expect("delete");
     collect_until(&mut peer_events, PROMPT, |e| membership(e).len() == 2).await;
-    assert_eq!(lease_of(&etcd, &format!("{prefix}.alloc/slot/{id:05}")).await, lease);
+    assert_eq!(
+        lease_of(&etcd, &format!("{prefix}.alloc/slot/{id:05}")).await,
+        lease
+    );
 }
 
 /// A consumer that blocks for 3 × TTL does not cost the lease.
@@ -253,14 +369,21 @@ async fn blocked_consumer_does_not_starve_the_keep_alive() {
     let mut cfg = config(&etcd, &prefix);
     cfg.event_queue = 2;
     let (a, mut a_events) = connect(cfg.clone()).await;
-    let id = a.register_server("game", "127.0.0.1", 1, no_props()).await.expect("register");
+    let id = a
+        .register_server("game", "127.0.0.1", 1, no_props())
+        .await
+        .expect("register");
     let key = format!("{prefix}/game/{id}");
     let lease = lease_of(&etcd, &key).await;
     // Fill the queue far beyond its capacity while nobody reads it, for 3 × TTL.
     let mut others = Vec::new();
     for port in 2..8 {
-        let c = Connector::connect(config(&etcd, &prefix)).await.expect("connect");
-        c.register_server("lobby", "127.0.0.1", port, no_props()).await.expect("register");
+        let c = Connector::connect(config(&etcd, &prefix))
+            .await
+            .expect("connect");
+        c.register_server("lobby", "127.0.0.1", port, no_props())
+            .await
+            .expect("register");
         others.push(c);
     }
     let blocked_for = a.config().lease_ttl * 3;
@@ -269,7 +392,10 @@ async fn blocked_consumer_does_not_starve_the_keep_alive() {
     // Watch the fence throughout the blocked period: it must never drop.
     while started.elapsed() < blocked_for {
         let _ = tokio::time::timeout(Duration::from_millis(200), status.changed()).await;
-        assert!(status.borrow().is_registered(), "fence dropped while the consumer was blocked");
+        assert!(
+            status.borrow().is_registered(),
+            "fence dropped while the consumer was blocked"
+        );
     }
     assert_eq!(lease_of(&etcd, &key).await, lease, "same lease, never lost");
     // The consumer catches up with every event, in order, nothing lost.
@@ -286,13 +412,31 @@ async fn id_taken_while_away_fail_stop_and_new_id_policies() {
         let etcd = etcd().await;
         let prefix = prefix();
         let proxy = FaultProxy::start(&etcd.endpoint(0)).await.expect("proxy");
-        let cfg = config(&etcd, &prefix).with_id_space(2).with_spread_window(1);
-        let (a, mut a_events) =
-            connect(ConnectorConfig { endpoints: vec![proxy.endpoint()], ..cfg.clone() }.with_on_id_taken(policy)).await;
-        assert_eq!(a.register_server("game", "127.0.0.1", 1, no_props()).await.expect("register"), 1);
+        let cfg = config(&etcd, &prefix)
+            .with_id_space(2)
+            .with_spread_window(1);
+        let (a, mut a_events) = connect(
+            ConnectorConfig {
+                endpoints: vec![proxy.endpoint()],
+                ..cfg.clone()
+            }
+            .with_on_id_taken(policy),
+        )
+        .await;
+        assert_eq!(
+            a.register_server("game", "127.0.0.1", 1, no_props())
+                .await
+                .expect("register"),
+            1
+        );
         // Move the cursor past 2 so that the next registration wraps to id 1.
         let h = Connector::connect(cfg.clone()).await.expect("connect");
-        assert_eq!(h.register_server("game", "127.0.0.1", 2, no_props()).await.expect("register"), 2);
+        assert_eq!(
+            h.register_server("game", "127.0.0.1", 2, no_props())
+                .await
+                .expect("register"),
+            2
+        );
         h.deregister_server().await.expect("deregister");
 
         proxy.cut();
@@ -300,24 +444,45 @@ async fn id_taken_while_away_fail_stop_and_new_id_policies() {
         // Wait until etcd expired A's registration, then B takes id 1.
         let mut raw = etcd.client().await.expect("raw client");
         let deadline = tokio::time::Instant::now() + PROMPT;
-        while raw.get(format!("{prefix}/game/1"), None).await.expect("get").count() > 0 {
-            assert!(tokio::time::Instant::now() < deadline, "A's key never expired");
-            let _ = tokio::time::timeout(Duration::from_millis(100), std::future::pending::<()>()).await;
+        while raw
+            .get(format!("{prefix}/game/1"), None)
+            .await
+            .expect("get")
+            .count()
+            > 0
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "A's key never expired"
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(100), std::future::pending::<()>())
+                .await;
         }
         let b = Connector::connect(cfg.clone()).await.expect("connect");
-        assert_eq!(b.register_server("lobby", "127.0.0.1", 3, no_props()).await.expect("register"), 1);
+        assert_eq!(
+            b.register_server("lobby", "127.0.0.1", 3, no_props())
+                .await
+                .expect("register"),
+            1
+        );
         proxy.restore();
 
         match policy {
             IdTakenPolicy::FailStop => {
                 let got = collect_until(&mut a_events, PROMPT, |e| {
-                    e.iter().any(|e| matches!(e, Event::RegistrationStopped { .. }))
+                    e.iter()
+                        .any(|e| matches!(e, Event::RegistrationStopped { .. }))
                 })
                 .await;
-                let Some(Event::RegistrationStopped { id, reason }) = got.last() else { unreachable!() };
+                let Some(Event::RegistrationStopped { id, reason }) = got.last() else {
+                    unreachable!()
+                };
                 assert_eq!(*id, 1);
                 assert!(reason.contains("taken by another server"), "{reason}");
-                let s = status_until(&a, PROMPT, |s| matches!(s, RegistrationStatus::Stopped { .. })).await;
+                let s = status_until(&a, PROMPT, |s| {
+                    matches!(s, RegistrationStatus::Stopped { .. })
+                })
+                .await;
                 assert_eq!(s.id(), 1);
                 assert!(!a.is_registered());
             }
@@ -327,7 +492,14 @@ async fn id_taken_while_away_fail_stop_and_new_id_policies() {
                 })
                 .await;
                 assert!(
-                    got.iter().any(|e| matches!(e, Event::Reregistered { id: 2, previous_id: 1, .. })),
+                    got.iter().any(|e| matches!(
+                        e,
+                        Event::Reregistered {
+                            id: 2,
+                            previous_id: 1,
+                            ..
+                        }
+                    )),
                     "{got:?}"
                 );
                 status_until(&a, PROMPT, RegistrationStatus::is_registered).await;
@@ -336,8 +508,15 @@ async fn id_taken_while_away_fail_stop_and_new_id_policies() {
         }
         // Never two live holders: one key per id in etcd, B still holds 1.
         let mut raw = etcd.client().await.expect("raw client");
-        let servers = raw.get(format!("{prefix}/"), Some(GetOptions::new().with_prefix())).await.expect("get");
-        let held: Vec<String> = servers.kvs().iter().map(|kv| kv.key_str().expect("utf8").to_owned()).collect();
+        let servers = raw
+            .get(format!("{prefix}/"), Some(GetOptions::new().with_prefix()))
+            .await
+            .expect("get");
+        let held: Vec<String> = servers
+            .kvs()
+            .iter()
+            .map(|kv| kv.key_str().expect("utf8").to_owned())
+            .collect();
         assert!(held.contains(&format!("{prefix}/lobby/1")), "{held:?}");
         assert!(!held.contains(&format!("{prefix}/game/1")), "{held:?}");
         assert!(b.is_registered());
@@ -351,19 +530,31 @@ async fn auth_tokens_expire_and_are_refreshed() {
     use darkrift_etcd::config::AuthConfig;
     use etcd_client::Permission;
 
-    let etcd = EtcdCluster::builder().extra_args(["--auth-token-ttl", "1"]).build().await.expect("etcd");
+    let etcd = EtcdCluster::builder()
+        .extra_args(["--auth-token-ttl", "1"])
+        .build()
+        .await
+        .expect("etcd");
     let prefix = prefix();
     let mut root = etcd.client().await.expect("raw client");
-    root.user_add("root", "rootpw", None).await.expect("root user");
+    root.user_add("root", "rootpw", None)
+        .await
+        .expect("root user");
     root.role_add("root").await.expect("root role");
-    root.user_grant_role("root", "root").await.expect("grant root");
+    root.user_grant_role("root", "root")
+        .await
+        .expect("grant root");
     root.role_add("darkrift").await.expect("role");
     for range in [format!("{prefix}/"), format!("{prefix}.alloc/")] {
         let perm = Permission::read_write(range).with_prefix();
-        root.role_grant_permission("darkrift", perm).await.expect("grant");
+        root.role_grant_permission("darkrift", perm)
+            .await
+            .expect("grant");
     }
     root.user_add("darkrift", "pw", None).await.expect("user");
-    root.user_grant_role("darkrift", "darkrift").await.expect("grant role");
+    root.user_grant_role("darkrift", "darkrift")
+        .await
+        .expect("grant role");
     root.auth_enable().await.expect("auth enable");
 
     let mut cfg = config(&etcd, &prefix);
@@ -371,7 +562,10 @@ async fn auth_tokens_expire_and_are_refreshed() {
     let (w, mut w_events) = connect(cfg.clone()).await;
     until_synced(&mut w_events).await;
     let (a, mut a_events) = connect(cfg.clone()).await;
-    let a_id = a.register_server("game", "127.0.0.1", 1, no_props()).await.expect("register");
+    let a_id = a
+        .register_server("game", "127.0.0.1", 1, no_props())
+        .await
+        .expect("register");
     next(&mut w_events, PROMPT).await;
     // Several token lifetimes later (the fence is watched throughout: the lease never lapses),
     // a new registration and its join still go through.
@@ -379,16 +573,27 @@ async fn auth_tokens_expire_and_are_refreshed() {
     let until = tokio::time::Instant::now() + Duration::from_secs(4);
     while tokio::time::Instant::now() < until {
         let _ = tokio::time::timeout(Duration::from_millis(200), status.changed()).await;
-        assert!(status.borrow().is_registered(), "lease lapsed while tokens expired");
+        assert!(
+            status.borrow().is_registered(),
+            "lease lapsed while tokens expired"
+        );
     }
     let b = Connector::connect(cfg.clone()).await.expect("connect");
-    let b_id = b.register_server("lobby", "127.0.0.1", 2, no_props()).await.expect("register after token expiry");
+    let b_id = b
+        .register_server("lobby", "127.0.0.1", 2, no_props())
+        .await
+        .expect("register after token expiry");
     let got = collect_until(&mut w_events, PROMPT, |e| membership(e).len() == 1).await;
     assert_eq!(membership(&got), [format!("join {b_id}")]);
     assert_eq!(ids(&w), BTreeSet::from([a_id, b_id]));
-    b.deregister_server().await.expect("deregister after token expiry");
+    b.deregister_server()
+        .await
+        .expect("deregister after token expiry");
     let got = collect_until(&mut w_events, PROMPT, |e| membership(e).len() == 1).await;
     assert_eq!(membership(&got), [format!("leave {b_id}")]);
     let seen = drain_for(&mut a_events, Duration::from_millis(100)).await;
-    assert!(!seen.iter().any(|e| matches!(e, Event::LeaseLost { .. })), "{seen:?}");
+    assert!(
+        !seen.iter().any(|e| matches!(e, Event::LeaseLost { .. })),
+        "{seen:?}"
+    );
 }

@@ -30,7 +30,12 @@ struct Global {
     #[arg(long, global = true, env = "DARKRIFT_ETCD_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// etcd endpoints, comma-separated [default: http://127.0.0.1:2379].
-    #[arg(long, global = true, env = "DARKRIFT_ETCD_ENDPOINTS", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "DARKRIFT_ETCD_ENDPOINTS",
+        value_delimiter = ','
+    )]
     endpoints: Option<Vec<String>>,
     /// Key prefix of the registry (several clusters can share one etcd) [default: /darkrift].
     #[arg(long, global = true, env = "DARKRIFT_ETCD_PREFIX")]
@@ -234,8 +239,14 @@ fn event_line(event: &Event, group: Option<&str>) -> Option<serde_json::Value> {
             .is_none_or(|want| want == g)
             .then(|| json!({"event": "leave", "id": id, "revision": revision})),
         Event::Synced { .. } => Some(json!({"event": "synced"})),
-        Event::LeaseLost { id, reason } => Some(json!({"event": "lease_lost", "id": id, "reason": reason})),
-        Event::Reregistered { id, previous_id, revision } => Some(
+        Event::LeaseLost { id, reason } => {
+            Some(json!({"event": "lease_lost", "id": id, "reason": reason}))
+        }
+        Event::Reregistered {
+            id,
+            previous_id,
+            revision,
+        } => Some(
             json!({"event": "reregistered", "id": id, "previous_id": previous_id, "revision": revision}),
         ),
         Event::RegistrationStopped { id, reason } => {

@@ -50,21 +50,37 @@ impl FaultProxy {
     /// # Errors
     /// A target that is not a loopback address, or a bind failure.
     pub async fn start(target: &str) -> io::Result<Self> {
-        let authority = target.trim_start_matches("http://").trim_start_matches("https://");
+        let authority = target
+            .trim_start_matches("http://")
+            .trim_start_matches("https://");
         let target: SocketAddr = authority
             .trim_end_matches('/')
             .parse()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{target}: {e}")))?;
         if !target.ip().is_loopback() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the fault proxy only targets loopback"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the fault proxy only targets loopback",
+            ));
         }
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (mode, mode_rx) = watch::channel(Mode::Pass);
         let cancel = CancellationToken::new();
         let open = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(accept_loop(listener, target, mode_rx, cancel.clone(), open.clone()));
-        Ok(FaultProxy { addr, mode, cancel, open })
+        tokio::spawn(accept_loop(
+            listener,
+            target,
+            mode_rx,
+            cancel.clone(),
+            open.clone(),
+        ));
+        Ok(FaultProxy {
+            addr,
+            mode,
+            cancel,
+            open,
+        })
     }
 
     /// The endpoint clients should use, `http://127.0.0.1:PORT`.
@@ -128,7 +144,9 @@ async fn accept_loop(
         let cancel = cancel.clone();
         let open = open.clone();
         tokio::spawn(async move {
-            let Ok(server) = TcpStream::connect(target).await else { return };
+            let Ok(server) = TcpStream::connect(target).await else {
+                return;
+            };
             open.fetch_add(1, Ordering::Relaxed);
             let _ = client.set_nodelay(true);
             let _ = server.set_nodelay(true);
