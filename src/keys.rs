@@ -158,7 +158,11 @@ impl KeyLayout {
     /// Classifies a key read from the server range.
     #[must_use]
     pub fn parse_server_key<'a>(&self, key: &'a [u8]) -> ParsedKey<'a> {
-        let Some(rest) = key.strip_prefix(self.servers_prefix().as_bytes()) else {
+        // `<prefix>/` without building it: this runs for every record of every snapshot.
+        let Some(rest) = key
+            .strip_prefix(self.prefix.as_bytes())
+            .and_then(|rest| rest.strip_prefix(b"/"))
+        else {
             return ParsedKey::Malformed("outside the prefix");
         };
         let Ok(rest) = std::str::from_utf8(rest) else {

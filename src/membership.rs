@@ -161,16 +161,35 @@ impl Membership {
         fresh.skipped_keys = std::mem::take(&mut self.skipped_keys);
         fresh.skipped = self.skipped;
         fresh.max_position = self.max_position;
-        let mut ignored = Vec::new();
+        // The joins `put` emits carry the new members' records: keep those new to this view
+        // rather than cloning every member again after the loop (a snapshot of many servers
+        // spends most of its time here).
+        fresh.members.reserve(snapshot.len());
+        fresh.holders.reserve(snapshot.len());
+        let mut joins = Vec::with_capacity(snapshot.len().saturating_sub(self.members.len()));
+        let mut emitted = Vec::new();
         for kv in snapshot {
-            fresh.put(kv, &mut ignored);
+            fresh.put(kv, &mut emitted);
+            for event in emitted.drain(..) {
+                if let Event::Join { server, .. } = event {
+                    let known = self
+                        .members
+                        .get(&kv.key)
+                        .is_some_and(|m| m.create_revision == kv.create_revision);
+                    if !known {
+                        joins.push(server);
+                    }
+                }
+            }
         }
         // Keys skipped before and absent now are forgotten.
-        let present: std::collections::HashSet<&[u8]> =
-            snapshot.iter().map(|kv| kv.key.as_slice()).collect();
-        fresh
-            .skipped_keys
-            .retain(|k, _| present.contains(k.as_slice()));
+        if !fresh.skipped_keys.is_empty() {
+            let present: std::collections::HashSet<&[u8]> =
+                snapshot.iter().map(|kv| kv.key.as_slice()).collect();
+            fresh
+                .skipped_keys
+                .retain(|k, _| present.contains(k.as_slice()));
+        }
 
         let mut leaves: Vec<&Member> = self
             .members
@@ -184,17 +203,8 @@ impl Membership {
             .map(|(_, m)| m)
             .collect();
         leaves.sort_by_key(|m| m.server.id);
-        let mut joins: Vec<&Member> = fresh
-            .members
-            .iter()
-            .filter(|(k, n)| {
-                self.members
-                    .get(*k)
-                    .is_none_or(|m| m.create_revision != n.create_revision)
-            })
-            .map(|(_, n)| n)
-            .collect();
-        joins.sort_by_key(|m| m.server.id);
+        // Ids are unique among members: an unstable sort is exact.
+        joins.sort_unstable_by_key(|s| s.id);
 
         let mut out: Vec<Event> = leaves
             .into_iter()
@@ -204,10 +214,11 @@ impl Membership {
                 revision,
             })
             .collect();
-        out.extend(joins.into_iter().map(|m| Event::Join {
-            server: m.server.clone(),
-            revision,
-        }));
+        out.extend(
+            joins
+                .into_iter()
+                .map(|server| Event::Join { server, revision }),
+        );
         *self = fresh;
         out
     }
@@ -229,7 +240,9 @@ impl Membership {
                     self.skip(kv, &format!("id {} is already held by {holder}", server.id));
                     return;
                 }
-                self.skipped_keys.remove(&kv.key);
+                if !self.skipped_keys.is_empty() {
+                    self.skipped_keys.remove(&kv.key);
+                }
                 self.max_position = self.max_position.max(server.alloc_position);
                 self.holders.insert(server.id, kv.key.clone());
                 self.members.insert(

@@ -164,7 +164,6 @@ pub(crate) async fn allocate(
             lease_id,
             params,
         };
-        ctx.requests.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(m::ALLOC_TXNS).increment(1);
         let txn = alloc::build_txn(&request);
         let resp = retrying(
@@ -172,6 +171,8 @@ pub(crate) async fn allocate(
             "allocate id",
             ctx.config.request_timeout,
             || {
+                // Counted per send: a transient error's retry is one more request to etcd.
+                ctx.requests.fetch_add(1, Ordering::Relaxed);
                 let (mut kv, txn) = (kv.clone(), txn.clone());
                 async move { kv.txn(txn).await }
             },

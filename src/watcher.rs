@@ -15,11 +15,12 @@
 //!   allocator cursor at `R`. The initial list ends with [`Event::Synced`]; a later list
 //!   (recovery) is diffed against the view and emits only the missing joins and leaves.
 //! - **Open/Watch**: a watch from `from` with `prev_kv` and progress notifications, on a
-//!   connection that requires a leader. Each response is applied as one batch. The resume
-//!   point advances to the last event's revision + 1, and on a progress notification to
-//!   `header.revision + 1` (a progress notification promises every event up to it was sent;
-//!   an event response's header may run ahead of events still queued for a catching-up
-//!   watcher, so it is not used).
+//!   connection that requires a leader (`prev_kv` lets a delete event carry the record it
+//!   removed, so a consumer of the raw watch can tell what left). Each response is
+//!   applied as one batch. The resume point advances to the last event's revision + 1, and on
+//!   a progress notification to `header.revision + 1` (a progress notification promises every
+//!   event up to it was sent; an event response's header may run ahead of events still queued
+//!   for a catching-up watcher, so it is not used).
 //! - **Watchdog**: a stream silent for `progress_interval` is asked for a progress
 //!   notification; one silent for `idle_timeout` (no event, no answer) is dropped and
 //!   reopened at `from`. The answer to a progress *request* only proves the stream is alive:
@@ -422,9 +423,9 @@ impl Watcher {
                 .map_or(0, etcd_client::ResponseHeader::revision);
             let mut page = None;
             for op in resp.op_responses() {
-                if let TxnOpResponse::Get(get) = op {
+                if let TxnOpResponse::Get(mut get) = op {
                     if page.is_none() {
-                        page = Some((get.kvs().to_vec(), get.more()));
+                        page = Some((get.take_kvs(), get.more()));
                     } else if let Some(kv) = get.kvs().first() {
                         *cursor = decode_cursor(kv.value()).unwrap_or(0);
                     }
@@ -434,11 +435,13 @@ impl Watcher {
             (revision, kvs, more)
         } else {
             let get = self.client.get(start, Some(options));
-            let resp = bounded("snapshot page", timeout, get).await?;
-            (pinned, resp.kvs().to_vec(), resp.more())
+            let mut resp = bounded("snapshot page", timeout, get).await?;
+            let more = resp.more();
+            (pinned, resp.take_kvs(), more)
         };
         let last = kvs.last().map(|kv| kv.key().to_vec());
-        acc.extend(kvs.iter().map(convert_kv));
+        // Moved, not copied: a snapshot of many servers is mostly these bytes.
+        acc.extend(kvs.into_iter().map(into_view_kv));
         Ok((revision, if more { last } else { None }))
     }
 
@@ -682,6 +685,18 @@ fn record_view_metrics(shared: &Shared, skipped_before: u64, lag: i64) {
     {
         metrics::gauge!(m::MEMBERS).set(shared.view.len() as f64);
         metrics::gauge!(m::REVISION_LAG).set(lag.max(0) as f64);
+    }
+}
+
+/// Like [`convert_kv`], taking the bytes instead of copying them.
+fn into_view_kv(kv: etcd_client::KeyValue) -> KeyValue {
+    let (create_revision, mod_revision) = (kv.create_revision(), kv.mod_revision());
+    let (key, value) = kv.into_key_value();
+    KeyValue {
+        key,
+        value,
+        create_revision,
+        mod_revision,
     }
 }
 

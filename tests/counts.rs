@@ -46,7 +46,10 @@ async fn etcd_unary_requests(endpoint: &str) -> BTreeMap<String, u64> {
         let value = value as u64;
         *counts.entry(method.to_owned()).or_insert(0) += value;
     }
-    assert!(!counts.is_empty(), "etcd's /metrics has no unary gRPC counters");
+    assert!(
+        !counts.is_empty(),
+        "etcd's /metrics has no unary gRPC counters"
+    );
     counts
 }
 
@@ -92,7 +95,10 @@ async fn each_of_n_sequential_registrations_costs_exactly_two_requests() {
             2,
             "etcd answered exactly two requests for registration {i}: {before:?} → {after:?}"
         );
-        assert_eq!(method(&after, "LeaseGrant") - method(&before, "LeaseGrant"), 1);
+        assert_eq!(
+            method(&after, "LeaseGrant") - method(&before, "LeaseGrant"),
+            1
+        );
         assert_eq!(method(&after, "Txn") - method(&before, "Txn"), 1);
         assert!(ids.insert(id), "id {id} handed out twice");
         held.push(c);
@@ -158,7 +164,10 @@ async fn a_contended_burst_costs_at_most_k_transactions_per_registration() {
         txns,
         "etcd counted the same transactions"
     );
-    assert_eq!(method(&after, "LeaseGrant") - method(&before, "LeaseGrant"), n);
+    assert_eq!(
+        method(&after, "LeaseGrant") - method(&before, "LeaseGrant"),
+        n
+    );
     for c in &conns {
         c.deregister_server().await.expect("deregister");
     }
