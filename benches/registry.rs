@@ -303,6 +303,43 @@ async fn wait_raw(
     }
 }
 
+/// Waits for `n` events matching `pred`; returns when the last of them was received.
+async fn count_events(
+    rx: &mut mpsc::UnboundedReceiver<(Event, Instant)>,
+    n: usize,
+    pred: impl Fn(&Event) -> bool,
+) -> Res<Instant> {
+    let mut seen = 0;
+    let mut last = Instant::now();
+    while seen < n {
+        last = wait_event(rx, "burst event", &pred).await?;
+        seen += 1;
+    }
+    Ok(last)
+}
+
+/// Waits for `n` raw events of `kind`; returns when the last of them was received.
+async fn count_raw(
+    rx: &mut mpsc::UnboundedReceiver<(EventType, Vec<u8>, Instant)>,
+    n: usize,
+    kind: EventType,
+) -> Res<Instant> {
+    let mut seen = 0;
+    let mut last = Instant::now();
+    while seen < n {
+        match tokio::time::timeout(PROMPT, rx.recv()).await {
+            Ok(Some((k, _, at))) if k == kind => {
+                seen += 1;
+                last = at;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Err("raw watch ended".into()),
+            Err(_) => return Err(format!("only {seen} of {n} raw events within {PROMPT:?}").into()),
+        }
+    }
+    Ok(last)
+}
+
 async fn next_event(events: &mut EventStream) -> Res<Event> {
     match tokio::time::timeout(PROMPT, events.recv()).await {
         Ok(Some(e)) => Ok(e),
@@ -485,6 +522,45 @@ async fn write_servers(
         done??;
     }
     Ok(Arc::try_unwrap(lease_ids).unwrap_or_else(|a| (*a).clone()))
+}
+
+/// Writes the records of servers `1..=count` (server keys only, no slots: these servers
+/// exist for the watchers, not the allocator) in transactions of 128 puts (etcd's default
+/// `--max-txn-ops`) under a few shared leases: a mass join as fast as etcd can take it.
+async fn bulk_write_servers(
+    client: &Client,
+    layout: &KeyLayout,
+    count: u16,
+    leases: usize,
+    ttl_secs: i64,
+) -> Res<Vec<i64>> {
+    let mut lease_ids = Vec::with_capacity(leases);
+    for _ in 0..leases {
+        lease_ids.push(client.clone().lease_grant(ttl_secs, None).await?.id());
+    }
+    let mut kv = client.kv_client();
+    let ids: Vec<u16> = (1..=count).collect();
+    for (n, chunk) in ids.chunks(128).enumerate() {
+        let lease = etcd_client::PutOptions::new().with_lease(lease_ids[n % lease_ids.len()]);
+        let mut puts = Vec::with_capacity(chunk.len());
+        for &id in chunk {
+            let i = usize::from(id);
+            let group = GROUPS[i % GROUPS.len()];
+            let host = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+            let record = Registration::new(group, host, 4296, BTreeMap::new())?.encode(
+                id,
+                u64::from(id),
+                now_unix_ms(),
+            );
+            puts.push(TxnOp::put(
+                layout.server_key(group, id),
+                record,
+                Some(lease.clone()),
+            ));
+        }
+        kv.txn(Txn::new().and_then(puts)).await?;
+    }
+    Ok(lease_ids)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -992,8 +1068,10 @@ async fn p2(report: &mut Report, start: Instant) -> Res<()> {
         "**P2** — N connectors on one prefix (sharing ⌈N/125⌉ etcd clients through \
          `Connector::with_client`, each with its own watcher), all synced, then all call \
          `register_server` at the same instant (a `watch` channel flips). Transactions are \
-         `registration_requests()` minus the lease grants; etcd's own count is the delta of its \
-         `Txn` counter over the burst. Wall time runs from the go signal to the last registration \
+         `registration_requests()` (every request sent, a retry after a transient error \
+         included) minus one lease grant per `register_server` call; etcd's own count is the \
+         delta of its `Txn` counter over the burst (which would also count a watcher's relist). \
+         Wall time runs from the go signal to the last registration \
          returning. Every simulated server watches the prefix, as real ones do, in all three \
          variants: a burst of N makes etcd deliver N² watch events, which on this machine costs \
          more than the registrations themselves. The naive allocator (DarkRift's Consul connector \
@@ -1349,45 +1427,25 @@ async fn p6_p8_p9(
     let servers_prefix = layout.servers_prefix();
     let page_size = ConnectorConfig::default().page_size;
 
-    // Observers for P8, both paused (nobody reads them) while the servers are written.
-    let obs = Connector::connect(config(endpoints, prefix)).await?;
-    let mut obs_events = obs.events()?;
-    until_synced(&mut obs_events).await?;
-    let mut raw_watch_client = Client::connect(endpoints, None).await?;
-    let mut raw_stream = raw_watch_client
-        .watch(
-            servers_prefix.clone(),
-            Some(WatchOptions::new().with_prefix()),
-        )
-        .await?;
-    match raw_stream.message().await? {
-        Some(resp) if resp.created() => {}
-        _ => return Err("raw watch not created".into()),
-    }
+    // P8 observers: a connector and a raw prefix watch, each on the peer runtime (threads of
+    // its own, like a peer process), both consuming live.
+    let peer = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("peer")
+        .enable_all()
+        .build()?;
+    let mut obs_rx = peer_connector(&peer, config(endpoints, prefix)).await?;
+    wait_event(&mut obs_rx, "synced", |e| matches!(e, Event::Synced { .. })).await?;
+    let mut raw_rx = peer_raw_watch(&peer, endpoints, &servers_prefix).await?;
 
-    eprintln!("{} P6: writing {n} servers", elapsed_tag(start));
-    let t = Instant::now();
-    let leases = write_servers(raw, &layout, SNAPSHOT_SERVERS, 10, 600).await?;
-    let write_time = t.elapsed();
-
-    // P8, joins: drain what piled up.
-    let t = Instant::now();
-    let mut joins = 0;
-    while joins < n {
-        if let Event::Join { .. } = next_event(&mut obs_events).await? {
-            joins += 1;
-        }
-    }
-    let ours_join_rate = per(u64::try_from(n)?, 1) / t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let mut puts = 0;
-    while puts < n {
-        let resp = tokio::time::timeout(PROMPT, raw_stream.message())
-            .await??
-            .ok_or("raw watch ended")?;
-        puts += resp.events().len();
-    }
-    let raw_join_rate = per(u64::try_from(n)?, 1) / t.elapsed().as_secs_f64();
+    eprintln!("{} P6/P8: mass join of {n} servers", elapsed_tag(start));
+    let burst = Instant::now();
+    let leases = bulk_write_servers(raw, &layout, SNAPSHOT_SERVERS, 10, 600).await?;
+    let write_time = burst.elapsed();
+    let ours_last = count_events(&mut obs_rx, n, |e| matches!(e, Event::Join { .. })).await?;
+    let raw_last = count_raw(&mut raw_rx, n, EventType::Put).await?;
+    let ours_join_rate = per(u64::try_from(n)?, 1) / (ours_last - burst).as_secs_f64();
+    let raw_join_rate = per(u64::try_from(n)?, 1) / (raw_last - burst).as_secs_f64();
 
     // P6: snapshot → Synced, against a raw paginated get, alternating.
     eprintln!("{} P6: snapshots", elapsed_tag(start));
@@ -1501,28 +1559,16 @@ async fn p6_p8_p9(
         false,
     );
 
-    // P8, leaves: revoke the leases (10 revisions delete everything), then drain.
+    // P8, leaves: revoking the 10 leases deletes everything in 10 revisions.
     eprintln!("{} P8: mass leave", elapsed_tag(start));
+    let burst = Instant::now();
     for lease in &leases {
         raw.lease_revoke(*lease).await?;
     }
-    let t = Instant::now();
-    let mut leaves = 0;
-    while leaves < n {
-        if let Event::Leave { .. } = next_event(&mut obs_events).await? {
-            leaves += 1;
-        }
-    }
-    let ours_leave_rate = per(u64::try_from(n)?, 1) / t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let mut dels = 0;
-    while dels < n {
-        let resp = tokio::time::timeout(PROMPT, raw_stream.message())
-            .await??
-            .ok_or("raw watch ended")?;
-        dels += resp.events().len();
-    }
-    let raw_leave_rate = per(u64::try_from(n)?, 1) / t.elapsed().as_secs_f64();
+    let ours_last = count_events(&mut obs_rx, n, |e| matches!(e, Event::Leave { .. })).await?;
+    let raw_last = count_raw(&mut raw_rx, n, EventType::Delete).await?;
+    let ours_leave_rate = per(u64::try_from(n)?, 1) / (ours_last - burst).as_secs_f64();
+    let raw_leave_rate = per(u64::try_from(n)?, 1) / (raw_last - burst).as_secs_f64();
     for (what, o, r) in [
         ("mass join", ours_join_rate, raw_join_rate),
         ("mass leave", ours_leave_rate, raw_leave_rate),
@@ -1544,25 +1590,27 @@ async fn p6_p8_p9(
         );
     }
     report.notes.push(format!(
-        "**P6/P8/P9** — {n} servers are written directly with the allocator's own transaction \
-         (`darkrift_etcd::alloc::build_txn`, what a connector sends) under 10 shared leases, \
-         {WRITERS} writers at a time, rather than through {n} connectors ({:.1} s, {:.0} \
-         registrations/s). **P6**: a new connector from `Connector::connect` until `Synced` has \
-         been received (all {n} joins consumed), against a new raw client reading the prefix \
-         page by page pinned to one revision (no decoding), alternating, median of \
-         {SNAPSHOT_RUNS}. **P8**: an observing connector and a raw prefix watch, both created \
-         before the writes and not read while they happen; then each is drained in turn and the \
-         rate is events / drain time (so it is the watcher's own rate, not etcd's write rate). \
-         The leave phase revokes the 10 leases and drains the same way. **P9**: live heap bytes \
-         from a counting global allocator in the benchmark binary: the view alone (a \
-         `Membership` loaded from the same {n} records), and a whole connector after its snapshot \
-         minus a connector on an empty prefix (this includes transport buffers); the baseline is \
-         the `Vec<KeyValue>` a raw paginated get holds.",
+        "**P6/P8/P9** — the {n} servers are written directly as records (server keys only, \
+         no allocator slots: they exist for the watchers) in transactions of 128 puts under 10 \
+         shared leases, rather than through {n} connectors ({:.2} s, {:.0} records/s). **P8**: \
+         an observing connector and a raw prefix watch, each on a runtime of its own (a peer \
+         process), consume live while that mass join happens, and later while the 10 leases \
+         are revoked (a mass leave in 10 revisions); the rate is {n} events over the time from \
+         the first write (or revoke) to the last event received, so both are bounded by how \
+         fast etcd writes and sends, and a watcher slower than that shows. **P6**: a new \
+         connector from `Connector::connect` until `Synced` has been received (all {n} joins \
+         consumed), against a new raw client reading the prefix page by page pinned to one \
+         revision (no decoding), alternating, median of {SNAPSHOT_RUNS}. **P9**: live heap \
+         bytes from a counting global allocator in the benchmark binary: the view alone (a \
+         `Membership` loaded from the same {n} records), and a whole connector after its \
+         snapshot minus a connector on an empty prefix (this includes transport buffers); the \
+         baseline is the `Vec<KeyValue>` a raw paginated get holds.",
         write_time.as_secs_f64(),
         per(u64::try_from(n)?, 1) / write_time.as_secs_f64()
     ));
-    drop(obs_events);
-    drop(obs);
+    drop(obs_rx);
+    drop(raw_rx);
+    peer.shutdown_background();
     Ok(())
 }
 
@@ -1919,6 +1967,13 @@ async fn phases(
 // ---------------------------------------------------------------------------------------------
 
 fn main() -> Res<()> {
+    // `RUST_LOG=darkrift_etcd=debug` shows what the library does during a figure (stderr).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
