@@ -11,7 +11,7 @@ use darkrift_etcd::testing::{EtcdCluster, FaultProxy};
 use darkrift_etcd::{
     Connector, ConnectorConfig, Event, EventStream, IdTakenPolicy, RegistrationStatus,
 };
-use etcd_client::{CompactionOptions, GetOptions};
+use etcd_client::{CompactionOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 
 /// Membership events only (drops stale/fresh and registration events).
 fn membership(events: &[Event]) -> Vec<String> {
@@ -349,16 +349,47 @@ async fn own_key_deleted_by_someone_else_is_restored() {
         "{seen:?}"
     );
 
-    // Slot and server key both deleted: both come back.
-    raw.delete(key.clone(), None).await.expect("delete");
-    raw.delete(format!("{prefix}.alloc/slot/{id:05}"), None)
-        .await
-        .expect("delete");
+    // Slot and server key both deleted in one transaction: both come back, together.
+    let slot = format!("{prefix}.alloc/slot/{id:05}");
+    raw.txn(Txn::new().and_then([
+        TxnOp::delete(key.clone(), None),
+        TxnOp::delete(slot.clone(), None),
+    ]))
+    .await
+    .expect("delete both");
     collect_until(&mut peer_events, PROMPT, |e| membership(e).len() == 2).await;
-    assert_eq!(
-        lease_of(&etcd, &format!("{prefix}.alloc/slot/{id:05}")).await,
-        lease
-    );
+    assert_eq!(lease_of(&etcd, &slot).await, lease, "slot restored");
+    assert_eq!(lease_of(&etcd, &key).await, lease, "server key restored");
+
+    // Only the slot deleted: the watch never sees it (it is not a server key), so the
+    // once-per-TTL integrity check must put it back. Await its PUT through a watch.
+    let deleted = raw.delete(slot.clone(), None).await.expect("delete slot");
+    let from = deleted.header().expect("header").revision() + 1;
+    let mut stream = raw
+        .watch(
+            slot.clone(),
+            Some(WatchOptions::new().with_start_revision(from)),
+        )
+        .await
+        .expect("watch slot");
+    let bound = a.config().lease_ttl + PROMPT;
+    let put = tokio::time::timeout(bound, async {
+        while let Some(resp) = stream.message().await.expect("watch") {
+            if let Some(e) = resp
+                .events()
+                .iter()
+                .find(|e| e.event_type() == EventType::Put)
+            {
+                return e.kv().map(etcd_client::KeyValue::lease);
+            }
+        }
+        None
+    })
+    .await
+    .expect("slot restored within one TTL");
+    assert_eq!(put, Some(lease), "slot restored on our lease");
+    let more = drain_for(&mut peer_events, Duration::from_millis(300)).await;
+    assert!(membership(&more).is_empty(), "peers saw nothing: {more:?}");
 }
 
 /// A consumer that blocks for 3 × TTL does not cost the lease.
