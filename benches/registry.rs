@@ -19,7 +19,9 @@
 //! P2 runs on a second etcd started with a longer election timeout (see `P2_ETCD_ARGS` and the
 //! P2 note of the report); everything else shares the first one, each figure on its own prefix.
 //! Development knobs: `BENCH_ONLY=p1,p2,p3,p5,p6,id` runs a subset and writes no file
-//! (`fanout` adds the fan-out diagnostic); `BENCH_BURSTS=16,256` picks the P2 sizes.
+//! (`fanout` adds the fan-out diagnostic); `BENCH_BURSTS=16,256` picks the P2 sizes;
+//! `BENCH_NAME=benchmarks-etcd-3.4` writes `docs/<name>.md` and `.svg` instead (the report of
+//! the other supported etcd version is kept next to the main one).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -1810,7 +1812,7 @@ fn command_output(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn markdown(report: &Report, header: &str) -> String {
+fn markdown(report: &Report, header: &str, name: &str) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(md, "{header}\n");
@@ -1831,10 +1833,7 @@ fn markdown(report: &Report, header: &str) -> String {
             r.id, r.figure, r.ours, r.baseline, r.target, met
         );
     }
-    let _ = writeln!(
-        md,
-        "\n![darkrift-etcd against its baselines](benchmarks.svg)\n"
-    );
+    let _ = writeln!(md, "\n![darkrift-etcd against its baselines]({name}.svg)\n");
     let _ = writeln!(md, "## The full id space\n");
     for c in &report.checks {
         let _ = writeln!(md, "{c}\n");
@@ -2041,15 +2040,20 @@ async fn run() -> Res<()> {
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
     std::fs::create_dir_all(&dir)?;
-    let md = markdown(&report, &header);
-    std::fs::write(dir.join("benchmarks.md"), &md)?;
-    std::fs::write(dir.join("benchmarks.svg"), svg(&report, &subtitle))?;
+    let name = std::env::var("BENCH_NAME").unwrap_or_else(|_| "benchmarks".to_owned());
+    let md = markdown(&report, &header, &name);
+    let (md_path, svg_path) = (
+        dir.join(format!("{name}.md")),
+        dir.join(format!("{name}.svg")),
+    );
+    std::fs::write(&md_path, &md)?;
+    std::fs::write(&svg_path, svg(&report, &subtitle))?;
     println!("{md}");
     eprintln!(
         "{} wrote {} and {}",
         elapsed_tag(start),
-        dir.join("benchmarks.md").display(),
-        dir.join("benchmarks.svg").display()
+        md_path.display(),
+        svg_path.display()
     );
     drop(raw);
     drop(etcd);

@@ -13,9 +13,10 @@
 //! an event. Two keys claiming one id (only a foreign writer can do that: the allocator's slot
 //! keys forbid it) are treated the same way: the first holder stays, the second is skipped.
 //!
-//! [`Membership::reload`] replaces the view with a full snapshot and returns the difference
-//! as leaves then joins, which is how a watcher recovers after compaction without
-//! re-announcing what peers already know.
+//! [`Membership::reload`] (or, page by page, [`Membership::begin_snapshot`],
+//! [`Snapshot::add`] and [`Membership::install`]) replaces the view with a full snapshot and
+//! returns the difference as leaves then joins, which is how a watcher recovers after
+//! compaction without re-announcing what peers already know.
 
 use std::collections::HashMap;
 
@@ -67,6 +68,57 @@ pub struct Membership {
     skipped_keys: HashMap<Vec<u8>, i64>,
     skipped: u64,
     max_position: u64,
+}
+
+/// A full read of the range being assembled, page by page, before it replaces a view.
+///
+/// Built by [`Membership::begin_snapshot`], filled by [`Snapshot::add`], applied by
+/// [`Membership::install`]. Decoding a page while the next one is in flight is what keeps a
+/// snapshot of many servers close to the speed of the raw read.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The new view under construction (members, holders, counters).
+    fresh: Membership,
+    /// Key versions the old view had skipped: the same version found again is not logged
+    /// or counted twice. Keys absent from the snapshot are forgotten.
+    previously_skipped: HashMap<Vec<u8>, i64>,
+    /// Every member found, with its create revision, in the order read; the joins the
+    /// install emits are those the old view did not know (kept here rather than cloned
+    /// again from the new view: a snapshot of many servers spends its time here).
+    servers: Vec<(ServerInfo, i64)>,
+}
+
+impl Snapshot {
+    /// Adds the key-values of one page (in key order, after every earlier page).
+    pub fn add(&mut self, page: &[KeyValue]) {
+        self.fresh.members.reserve(page.len());
+        self.fresh.holders.reserve(page.len());
+        self.servers.reserve(page.len());
+        let mut emitted = Vec::new();
+        for kv in page {
+            if let Some(&skipped_at) = self.previously_skipped.get(&kv.key) {
+                self.fresh.skipped_keys.insert(kv.key.clone(), skipped_at);
+            }
+            self.fresh.put(kv, &mut emitted);
+            for event in emitted.drain(..) {
+                if let Event::Join { server, .. } = event {
+                    self.servers.push((server, kv.create_revision));
+                }
+            }
+        }
+    }
+
+    /// Number of members found so far.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.fresh.len()
+    }
+
+    /// True when no member was found so far.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.fresh.is_empty()
+    }
 }
 
 impl Membership {
@@ -156,41 +208,39 @@ impl Membership {
 
     /// Replaces the view by a full snapshot taken at `revision` and returns the difference:
     /// leaves of members that are gone or were re-created, then joins of new members.
+    ///
+    /// The same as [`Membership::begin_snapshot`], one [`Snapshot::add`] and
+    /// [`Membership::install`].
     pub fn reload(&mut self, snapshot: &[KeyValue], revision: i64) -> Vec<Event> {
+        let mut next = self.begin_snapshot();
+        next.add(snapshot);
+        self.install(next, revision)
+    }
+
+    /// Starts a full snapshot of the range, to be filled page by page with [`Snapshot::add`]
+    /// (each page is decoded as it arrives, while the next one is read) and swapped in by
+    /// [`Membership::install`]. The view itself is untouched until then.
+    #[must_use]
+    pub fn begin_snapshot(&self) -> Snapshot {
         let mut fresh = Membership::new(self.layout.clone());
-        fresh.skipped_keys = std::mem::take(&mut self.skipped_keys);
         fresh.skipped = self.skipped;
         fresh.max_position = self.max_position;
-        // The joins `put` emits carry the new members' records: keep those new to this view
-        // rather than cloning every member again after the loop (a snapshot of many servers
-        // spends most of its time here).
-        fresh.members.reserve(snapshot.len());
-        fresh.holders.reserve(snapshot.len());
-        let mut joins = Vec::with_capacity(snapshot.len().saturating_sub(self.members.len()));
-        let mut emitted = Vec::new();
-        for kv in snapshot {
-            fresh.put(kv, &mut emitted);
-            for event in emitted.drain(..) {
-                if let Event::Join { server, .. } = event {
-                    let known = self
-                        .members
-                        .get(&kv.key)
-                        .is_some_and(|m| m.create_revision == kv.create_revision);
-                    if !known {
-                        joins.push(server);
-                    }
-                }
-            }
+        Snapshot {
+            fresh,
+            previously_skipped: self.skipped_keys.clone(),
+            servers: Vec::new(),
         }
-        // Keys skipped before and absent now are forgotten.
-        if !fresh.skipped_keys.is_empty() {
-            let present: std::collections::HashSet<&[u8]> =
-                snapshot.iter().map(|kv| kv.key.as_slice()).collect();
-            fresh
-                .skipped_keys
-                .retain(|k, _| present.contains(k.as_slice()));
-        }
+    }
 
+    /// Replaces the view by a completed snapshot taken at `revision` and returns the
+    /// difference: leaves (by id) of members that are gone or were re-created, then joins
+    /// (by id) of members new to this view.
+    pub fn install(&mut self, snapshot: Snapshot, revision: i64) -> Vec<Event> {
+        let Snapshot {
+            fresh,
+            previously_skipped: _,
+            servers,
+        } = snapshot;
         let mut leaves: Vec<&Member> = self
             .members
             .iter()
@@ -203,6 +253,11 @@ impl Membership {
             .map(|(_, m)| m)
             .collect();
         leaves.sort_by_key(|m| m.server.id);
+        let mut joins: Vec<ServerInfo> = servers
+            .into_iter()
+            .filter(|(server, create_revision)| !self.knows(server, *create_revision))
+            .map(|(server, _)| server)
+            .collect();
         // Ids are unique among members: an unstable sort is exact.
         joins.sort_unstable_by_key(|s| s.id);
 
@@ -221,6 +276,23 @@ impl Membership {
         );
         *self = fresh;
         out
+    }
+
+    /// True when this view holds the member `key` with this create revision.
+    #[must_use]
+    pub fn holds(&self, key: &[u8], create_revision: i64) -> bool {
+        self.members
+            .get(key)
+            .is_some_and(|m| m.create_revision == create_revision)
+    }
+
+    /// True when this view already has `server` as the same registration (same id, group
+    /// and so key, and create revision).
+    fn knows(&self, server: &ServerInfo, create_revision: i64) -> bool {
+        self.holders
+            .get(&server.id)
+            .and_then(|k| self.members.get(k))
+            .is_some_and(|m| m.create_revision == create_revision && m.server.group == server.group)
     }
 
     fn put(&mut self, kv: &KeyValue, out: &mut Vec<Event>) {
@@ -436,5 +508,36 @@ mod tests {
             m.reload(&snap, 21).is_empty(),
             "a reload of the same state is silent"
         );
+    }
+
+    #[test]
+    fn a_snapshot_read_page_by_page_touches_the_view_only_when_installed() {
+        let mut m = Membership::new(layout());
+        let garbage = KeyValue {
+            key: b"/dr/g/9".to_vec(),
+            value: b"garbage".to_vec(),
+            create_revision: 5,
+            mod_revision: 5,
+        };
+        m.apply(&[put("g", 1, 2, 2), KvChange::Put(garbage.clone())]);
+        assert_eq!(m.skipped(), 1);
+
+        let mut next = m.begin_snapshot();
+        next.add(&[server_kv("g", 1, 2, 2), garbage.clone()]);
+        next.add(&[server_kv("g", 2, 7, 7)]);
+        assert_eq!(next.len(), 2);
+        assert_eq!(m.len(), 1, "the view is untouched until installed");
+        let ev = m.install(next, 8);
+        assert_eq!(summary(&ev), ["join 2 @8"]);
+        assert_eq!(m.skipped(), 1, "the same bad version is not counted twice");
+        assert!(m.holds(b"/dr/g/2", 7));
+        assert!(!m.holds(b"/dr/g/2", 6));
+
+        // The bad key is gone from the next snapshot: forgotten, so its return counts again.
+        let mut next = m.begin_snapshot();
+        next.add(&[server_kv("g", 1, 2, 2), server_kv("g", 2, 7, 7)]);
+        assert!(m.install(next, 9).is_empty());
+        m.apply(&[KvChange::Put(garbage)]);
+        assert_eq!(m.skipped(), 2);
     }
 }

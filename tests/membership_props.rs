@@ -314,7 +314,12 @@ fn run(steps: &[Step], hostile: bool) -> Result<(), TestCaseError> {
                 for m in mutations {
                     etcd.apply(m, false);
                 }
-                log.extend(view.reload(&etcd.snapshot(), etcd.revision));
+                // Page by page, as the watcher reads it (pages of 3).
+                let mut snapshot = view.begin_snapshot();
+                for page in etcd.snapshot().chunks(3) {
+                    snapshot.add(page);
+                }
+                log.extend(view.install(snapshot, etcd.revision));
                 etcd.reloaded();
                 true
             }
