@@ -536,12 +536,37 @@ impl Connector {
         let kv = self.ctx.client.kv_client();
         let now = crate::alloc::now_unix_ms();
         let report = layout.report_key(id, create_revision, me);
-        let put_opts = etcd_client::PutOptions::new().with_lease(lease);
-        retrying(&self.ctx.client, "report peer", cfg.request_timeout, || {
-            let (mut kv, key, opts) = (kv.clone(), report.clone(), put_opts.clone());
-            async move { kv.put(key, now.to_string(), Some(opts)).await }
+        // Owner-guarded: our report key is written only if it is ours (on our lease) or
+        // absent; a key someone else put there is left alone (and, if lease-less, not
+        // counted below).
+        let put = TxnOp::put(
+            report.clone(),
+            now.to_string(),
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        );
+        let file = Txn::new()
+            .when([Compare::lease(report.clone(), CompareOp::Equal, lease)])
+            .and_then([put.clone()])
+            .or_else([TxnOp::txn(
+                Txn::new()
+                    .when([Compare::create_revision(
+                        report.clone(),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then([put]),
+            )]);
+        let filed = retrying(&self.ctx.client, "report peer", cfg.request_timeout, || {
+            let (mut kv, file) = (kv.clone(), file.clone());
+            async move { kv.txn(file).await }
         })
         .await?;
+        if !filed.succeeded() && !nested_succeeded(&filed) {
+            tracing::warn!(
+                key = %report,
+                "our report key holds a value we did not write; leaving it alone"
+            );
+        }
         let prefix = layout.reports_prefix(id, create_revision);
         let reports = retrying(
             &self.ctx.client,
@@ -560,11 +585,13 @@ impl Connector {
         let recent = reports
             .kvs()
             .iter()
+            // A report lives on its reporter's lease: a lease-less key is not a report.
             .filter(|r| {
-                r.value_str()
-                    .ok()
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .is_some_and(|t| now - t <= window_ms)
+                r.lease() != 0
+                    && r.value_str()
+                        .ok()
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .is_some_and(|t| now - t <= window_ms)
             })
             .count();
         tracing::info!(
@@ -677,4 +704,12 @@ impl Stream for EventStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         self.poll_event(cx)
     }
+}
+
+/// True when the else branch of `resp` was a nested transaction that succeeded.
+fn nested_succeeded(resp: &etcd_client::TxnResponse) -> bool {
+    resp.op_responses().iter().any(|op| match op {
+        etcd_client::TxnOpResponse::Txn(inner) => inner.succeeded(),
+        _ => false,
+    })
 }

@@ -139,13 +139,16 @@ async fn eviction_needs_k_distinct_reporters_and_is_off_by_default() {
         window: Duration::from_secs(30),
     });
     let mut reporters = Vec::new();
+    let mut reporter_ids = Vec::new();
     for port in 2..4 {
         let (c, mut ev) = connect(reporting.clone()).await;
-        c.register_server("lobby", "127.0.0.1", port, no_props())
+        let id = c
+            .register_server("lobby", "127.0.0.1", port, no_props())
             .await
             .expect("register");
         collect_until(&mut ev, PROMPT, |e| join_ids(e).contains(&target_id)).await;
         reporters.push(c);
+        reporter_ids.push(id);
     }
     // Policy off: reports change nothing.
     let (off, mut off_events) = connect(config(&etcd, &prefix)).await;
@@ -187,6 +190,36 @@ async fn eviction_needs_k_distinct_reporters_and_is_off_by_default() {
         "not evicted by one reporter"
     );
     assert!(target.is_registered());
+    // Someone else's lease-less key where the second reporter files its report: left
+    // alone, and not counted as a report.
+    let target_created = raw
+        .get(key.clone(), None)
+        .await
+        .expect("get")
+        .kvs()
+        .first()
+        .map(etcd_client::KeyValue::create_revision)
+        .expect("target key");
+    let planted = format!(
+        "{prefix}.alloc/reports/{target_id:05}/{target_created}/{:05}",
+        reporter_ids[1]
+    );
+    let fake_time = "99999999999999";
+    raw.put(planted.clone(), fake_time, None)
+        .await
+        .expect("plant");
+    assert_eq!(
+        reporters[1]
+            .handle_connection_failure(target_id)
+            .await
+            .expect("report"),
+        PeerStatus::Registered,
+        "a lease-less key is not a report"
+    );
+    let kept = raw.get(planted.clone(), None).await.expect("get");
+    assert_eq!(kept.kvs()[0].value(), fake_time.as_bytes(), "left alone");
+    assert_eq!(kept.kvs()[0].lease(), 0);
+    raw.delete(planted, None).await.expect("clean up");
     // The second distinct reporter: evicted, guarded by its create revision.
     assert_eq!(
         reporters[1]
