@@ -120,15 +120,8 @@ async fn late_connector_sees_the_snapshot_then_synced() {
 async fn graceful_deregistration_removes_keys_and_lease_and_peers_see_the_leave() {
     let etcd = etcd().await;
     let prefix = prefix();
-    let (peer, mut peer_events) = connect(config(&etcd, &prefix)).await;
-    until_synced(&mut peer_events).await;
-    let me = Connector::connect(config(&etcd, &prefix))
-        .await
-        .expect("connect");
-    let id = me
-        .register_server("game", "127.0.0.1", 4296, no_props())
-        .await
-        .expect("register");
+    let (peer, mut peer_events) = synced(config(&etcd, &prefix)).await;
+    let (me, id) = registered(config(&etcd, &prefix), "game", 4296).await;
     let joined = next(&mut peer_events, PROMPT).await;
     assert!(matches!(joined, Event::Join { ref server, .. } if server.id == id));
 
@@ -188,8 +181,7 @@ async fn graceful_deregistration_removes_keys_and_lease_and_peers_see_the_leave(
 async fn killed_cli_process_leaves_within_ttl() {
     let etcd = etcd().await;
     let prefix = prefix();
-    let (_peer, mut peer_events) = connect(config(&etcd, &prefix)).await;
-    until_synced(&mut peer_events).await;
+    let (_peer, mut peer_events) = synced(config(&etcd, &prefix)).await;
     let ttl = 2;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_darkrift-etcd"))
         .args([
@@ -279,13 +271,7 @@ async fn malformed_records_are_skipped_counted_and_harmless() {
         .await
         .expect("delete");
     // A real registration still comes through, and it is the next event.
-    let c = Connector::connect(config(&etcd, &prefix))
-        .await
-        .expect("connect");
-    let id = c
-        .register_server("game", "127.0.0.1", 4000, no_props())
-        .await
-        .expect("register");
+    let (_c, id) = registered(config(&etcd, &prefix), "game", 4000).await;
     match next(&mut events, PROMPT).await {
         Event::Join { server, .. } => assert_eq!(server.id, id),
         other => panic!("expected our join first, got {other:?}"),
@@ -416,8 +402,7 @@ async fn stale_handle_never_deletes_a_newer_registration() {
     let old_lease = raw.get(key.clone(), None).await.expect("get").kvs()[0].lease();
     raw.lease_revoke(old_lease).await.expect("revoke");
     // The id is registered again by another server.
-    let (new, mut new_events) = connect(cfg).await;
-    until_synced(&mut new_events).await;
+    let (new, _new_events) = synced(cfg).await;
     assert_eq!(
         new.register_server("lobby", "127.0.0.2", 2, no_props())
             .await
@@ -523,15 +508,8 @@ async fn cursor_wraps_reuses_freed_ids_skips_live_ones_and_reports_a_full_space(
 async fn connection_failure_rereads_the_peer() {
     let etcd = etcd().await;
     let prefix = prefix();
-    let (me, mut events) = connect(config(&etcd, &prefix)).await;
-    until_synced(&mut events).await;
-    let peer = Connector::connect(config(&etcd, &prefix))
-        .await
-        .expect("connect");
-    let id = peer
-        .register_server("game", "127.0.0.1", 9, no_props())
-        .await
-        .expect("register");
+    let (me, mut events) = synced(config(&etcd, &prefix)).await;
+    let (peer, id) = registered(config(&etcd, &prefix), "game", 9).await;
     next(&mut events, PROMPT).await;
     assert_eq!(
         me.handle_connection_failure(id).await.expect("check"),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use darkrift_etcd::config::{EvictionConfig, KeyRemovedPolicy};
 use darkrift_etcd::health::HealthConfig;
-use darkrift_etcd::{Connector, Event, PeerStatus, RegistrationStatus};
+use darkrift_etcd::{Event, PeerStatus, RegistrationStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The probe fails: peers see the leave within TTL + 1.5 s. It recovers: the join comes back
@@ -19,8 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn failing_health_probe_lets_the_lease_expire_and_recovery_rejoins_with_the_same_id() {
     let etcd = etcd().await;
     let prefix = prefix();
-    let (_peer, mut peer_events) = connect(config(&etcd, &prefix)).await;
-    until_synced(&mut peer_events).await;
+    let (_peer, mut peer_events) = synced(config(&etcd, &prefix)).await;
     let healthy = Arc::new(AtomicBool::new(true));
     let (a, _a_events) = connect(config(&etcd, &prefix)).await;
     let probe_state = healthy.clone();
@@ -97,19 +96,14 @@ async fn http_health_probe_gates_the_registration() {
     let prefix = prefix();
     let code = Arc::new(std::sync::atomic::AtomicU16::new(200));
     let port = health_server(code.clone()).await;
-    let (_peer, mut peer_events) = connect(config(&etcd, &prefix)).await;
-    until_synced(&mut peer_events).await;
+    let (_peer, mut peer_events) = synced(config(&etcd, &prefix)).await;
     let mut cfg = config(&etcd, &prefix);
     cfg.health = Some(HealthConfig {
         url: format!("http://127.0.0.1:{port}/health"),
         interval: Duration::from_millis(200),
         timeout: Duration::from_millis(500),
     });
-    let a = Connector::connect(cfg).await.expect("connect");
-    let id = a
-        .register_server("game", "127.0.0.1", 1, no_props())
-        .await
-        .expect("register");
+    let (_a, id) = registered(cfg, "game", 1).await;
     next(&mut peer_events, PROMPT).await;
     code.store(503, Ordering::SeqCst);
     assert!(matches!(next(&mut peer_events, PROMPT).await, Event::Leave { id: l, .. } if l == id));

@@ -84,29 +84,20 @@ async fn etcd_restart_within_ttl_loses_nothing() {
     let mut etcd = etcd().await;
     let prefix = prefix();
     let cfg = config(&etcd, &prefix).with_lease_ttl(Duration::from_secs(6));
-    let (w, mut w_events) = connect(cfg.clone()).await;
-    until_synced(&mut w_events).await;
+    let (w, mut w_events) = synced(cfg.clone()).await;
     let (a, mut a_events) = connect(cfg.clone()).await;
     let a_id = a
         .register_server("game", "127.0.0.1", 1, no_props())
         .await
         .expect("register");
-    let b = Connector::connect(cfg.clone()).await.expect("connect");
-    let b_id = b
-        .register_server("lobby", "127.0.0.1", 2, no_props())
-        .await
-        .expect("register");
+    let (b, b_id) = registered(cfg.clone(), "lobby", 2).await;
     collect_until(&mut w_events, PROMPT, |e| membership(e).len() == 2).await;
     let a_lease = lease_of(&etcd, &format!("{prefix}/game/{a_id}")).await;
 
     etcd.stop(0).expect("stop");
     etcd.restart(0).await.expect("restart");
     // A change after the restart reaches the watcher, and it is the only membership change.
-    let c = Connector::connect(cfg.clone()).await.expect("connect");
-    let c_id = c
-        .register_server("game", "127.0.0.1", 3, no_props())
-        .await
-        .expect("register");
+    let (_c, c_id) = registered(cfg.clone(), "game", 3).await;
     let got = collect_until(&mut w_events, PROMPT, |e| membership(e).len() == 1).await;
     assert_eq!(membership(&got), [format!("join {c_id}")]);
     let more = drain_for(&mut w_events, Duration::from_millis(500)).await;
@@ -134,8 +125,7 @@ async fn server_cut_longer_than_ttl_reregisters_with_the_same_id() {
     let etcd = etcd().await;
     let prefix = prefix();
     let proxy = FaultProxy::start(&etcd.endpoint(0)).await.expect("proxy");
-    let (peer, mut peer_events) = connect(config(&etcd, &prefix)).await;
-    until_synced(&mut peer_events).await;
+    let (peer, mut peer_events) = synced(config(&etcd, &prefix)).await;
     let cut_cfg = ConnectorConfig {
         endpoints: vec![proxy.endpoint()],
         ..config(&etcd, &prefix)
@@ -192,18 +182,9 @@ async fn leader_killed_causes_no_spurious_leave() {
     let mut etcd = EtcdCluster::three_node().await.expect("cluster");
     let prefix = prefix();
     let cfg = config(&etcd, &prefix).with_lease_ttl(Duration::from_secs(3));
-    let (w, mut w_events) = connect(cfg.clone()).await;
-    until_synced(&mut w_events).await;
-    let a = Connector::connect(cfg.clone()).await.expect("connect");
-    let a_id = a
-        .register_server("game", "127.0.0.1", 1, no_props())
-        .await
-        .expect("register");
-    let b = Connector::connect(cfg.clone()).await.expect("connect");
-    let b_id = b
-        .register_server("lobby", "127.0.0.1", 2, no_props())
-        .await
-        .expect("register");
+    let (w, mut w_events) = synced(cfg.clone()).await;
+    let (a, a_id) = registered(cfg.clone(), "game", 1).await;
+    let (b, b_id) = registered(cfg.clone(), "lobby", 2).await;
     collect_until(&mut w_events, PROMPT, |e| membership(e).len() == 2).await;
 
     let leader = etcd.leader_index().await.expect("a leader");
@@ -217,11 +198,7 @@ async fn leader_killed_causes_no_spurious_leave() {
     };
     status_until(&a, PROMPT, |s| matches!(s, RegistrationStatus::Registered { deadline, .. } if *deadline > before + Duration::from_secs(2))).await;
     // Watches continue: a new registration reaches the watcher.
-    let c = Connector::connect(cfg.clone()).await.expect("connect");
-    let c_id = c
-        .register_server("game", "127.0.0.1", 3, no_props())
-        .await
-        .expect("register");
+    let (_c, c_id) = registered(cfg.clone(), "game", 3).await;
     let got = collect_until(&mut w_events, PROMPT, |e| {
         membership(e).contains(&format!("join {c_id}"))
     })
@@ -243,16 +220,8 @@ async fn watcher_cut_across_compaction_emits_exactly_the_difference() {
     let prefix = prefix();
     let proxy = FaultProxy::start(&etcd.endpoint(0)).await.expect("proxy");
     let cfg = config(&etcd, &prefix).with_lease_ttl(Duration::from_secs(10));
-    let stays = Connector::connect(cfg.clone()).await.expect("connect");
-    let stays_id = stays
-        .register_server("game", "127.0.0.1", 1, no_props())
-        .await
-        .expect("register");
-    let goes = Connector::connect(cfg.clone()).await.expect("connect");
-    let goes_id = goes
-        .register_server("game", "127.0.0.1", 2, no_props())
-        .await
-        .expect("register");
+    let (_stays, stays_id) = registered(cfg.clone(), "game", 1).await;
+    let (goes, goes_id) = registered(cfg.clone(), "game", 2).await;
     let (w, mut w_events) = connect(ConnectorConfig {
         endpoints: vec![proxy.endpoint()],
         ..cfg.clone()
@@ -318,8 +287,7 @@ async fn watcher_cut_across_compaction_emits_exactly_the_difference() {
 async fn own_key_deleted_by_someone_else_is_restored() {
     let etcd = etcd().await;
     let prefix = prefix();
-    let (peer, mut peer_events) = connect(config(&etcd, &prefix)).await;
-    until_synced(&mut peer_events).await;
+    let (peer, mut peer_events) = synced(config(&etcd, &prefix)).await;
     let (a, mut a_events) = connect(config(&etcd, &prefix)).await;
     let id = a
         .register_server("game", "127.0.0.1", 1, no_props())
@@ -590,8 +558,7 @@ async fn auth_tokens_expire_and_are_refreshed() {
 
     let mut cfg = config(&etcd, &prefix);
     cfg.auth = Some(AuthConfig::new("darkrift", "pw"));
-    let (w, mut w_events) = connect(cfg.clone()).await;
-    until_synced(&mut w_events).await;
+    let (w, mut w_events) = synced(cfg.clone()).await;
     let (a, mut a_events) = connect(cfg.clone()).await;
     let a_id = a
         .register_server("game", "127.0.0.1", 1, no_props())
@@ -609,11 +576,7 @@ async fn auth_tokens_expire_and_are_refreshed() {
             "lease lapsed while tokens expired"
         );
     }
-    let b = Connector::connect(cfg.clone()).await.expect("connect");
-    let b_id = b
-        .register_server("lobby", "127.0.0.1", 2, no_props())
-        .await
-        .expect("register after token expiry");
+    let (b, b_id) = registered(cfg.clone(), "lobby", 2).await;
     let got = collect_until(&mut w_events, PROMPT, |e| membership(e).len() == 1).await;
     assert_eq!(membership(&got), [format!("join {b_id}")]);
     assert_eq!(ids(&w), BTreeSet::from([a_id, b_id]));

@@ -42,6 +42,23 @@ pub async fn connect(cfg: ConnectorConfig) -> (Connector, EventStream) {
     (c, events)
 }
 
+/// Connects, takes the event stream and waits for the initial snapshot (`Synced`).
+pub async fn synced(cfg: ConnectorConfig) -> (Connector, EventStream) {
+    let (c, mut events) = connect(cfg).await;
+    until_synced(&mut events).await;
+    (c, events)
+}
+
+/// Connects and registers one server (no properties); returns the connector and its id.
+pub async fn registered(cfg: ConnectorConfig, group: &str, port: u16) -> (Connector, u16) {
+    let c = Connector::connect(cfg).await.expect("connects");
+    let id = c
+        .register_server(group, "127.0.0.1", port, no_props())
+        .await
+        .expect("registers");
+    (c, id)
+}
+
 /// No properties.
 pub fn no_props() -> BTreeMap<String, String> {
     BTreeMap::new()
