@@ -31,16 +31,8 @@ const RUN_FOR: Duration = Duration::from_secs(30);
 /// Bound on any one step.
 const STEP: Duration = Duration::from_secs(20);
 
-const CLUSTER: &str = r#"# lobby servers dial game servers; nobody else talks.
-[[groups]]
-name = "lobby"
-visibility = "external"
-connects_to = ["game"]
-
-[[groups]]
-name = "game"
-visibility = "internal"
-"#;
+/// The cluster the compose topology runs (lobby dials game), one file for all three.
+const CLUSTER: &str = include_str!("../compose/cluster.toml");
 
 /// One child process, as the demo knows it from its JSON lines.
 struct Server {

@@ -51,7 +51,7 @@ async fn main() -> ExitCode {
         }
     });
     let outcome = tokio::select! {
-        signal = shutdown_signal() => {
+        signal = darkrift_etcd::signal::shutdown_signal() => {
             if let Err(e) = signal {
                 tracing::warn!(error = %e, "signal handling failed; stopping");
             }
@@ -69,16 +69,4 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }

@@ -24,6 +24,7 @@
 //! | `watcher` | list + watch state machine feeding `membership` (I/O) |
 //! | [`connector`] | register / deregister / connection failure; composes the above (I/O) |
 //! | [`blocking`] | the connector for hosts that are not async (owns a runtime) |
+//! | [`signal`] | SIGTERM / SIGINT: when a host should deregister |
 //! | [`cluster`] | DarkRift cluster config, topology and the upstream/downstream core (pure) |
 //! | `mesh` | feature `mesh`: a server-to-server TCP mesh driven by the cluster core (I/O) |
 //!
@@ -48,6 +49,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod record;
 pub mod registration;
+pub mod signal;
 #[cfg(feature = "test-support")]
 pub mod testing;
 mod watcher;

@@ -19,16 +19,8 @@ use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(2);
 const PROMPT: Duration = Duration::from_secs(15);
-const CLUSTER: &str = r#"
-[[groups]]
-name = "lobby"
-visibility = "external"
-connects_to = ["game"]
-
-[[groups]]
-name = "game"
-visibility = "internal"
-"#;
+/// The cluster the compose topology runs (lobby dials game), one file for all three.
+const CLUSTER: &str = include_str!("../compose/cluster.toml");
 
 fn prefix() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);

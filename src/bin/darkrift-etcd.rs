@@ -295,18 +295,6 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
-async fn shutdown_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
-}
-
 async fn register(
     global: &Global,
     group: &str,
@@ -321,7 +309,7 @@ async fn register(
     }
     // Validate the input before touching the network: bad input never reaches etcd.
     darkrift_etcd::Registration::new(group, host, port, properties.clone())?;
-    let stop = tokio::spawn(shutdown_signal());
+    let stop = tokio::spawn(darkrift_etcd::signal::shutdown_signal());
     let connector = Connector::connect(cfg).await?;
     let mut events = connector.events()?;
     let id = connector
@@ -356,7 +344,7 @@ async fn watch(global: &Global, group: Option<&str>) -> Result<(), Box<dyn std::
     if let Some(g) = group {
         darkrift_etcd::record::validate_group(g)?;
     }
-    let stop = tokio::spawn(shutdown_signal());
+    let stop = tokio::spawn(darkrift_etcd::signal::shutdown_signal());
     let connector = Connector::connect(config(global)?).await?;
     let mut events = connector.events()?;
     tokio::pin!(stop);
