@@ -251,6 +251,21 @@ where
     }
 }
 
+/// [`retrying`] for one transaction (guarded, so safe to repeat).
+pub(crate) async fn retrying_txn(
+    client: &Client,
+    op: &'static str,
+    timeout: Duration,
+    txn: &etcd_client::Txn,
+) -> Result<etcd_client::TxnResponse> {
+    let kv = client.kv_client();
+    retrying(client, op, timeout, || {
+        let (mut kv, txn) = (kv.clone(), txn.clone());
+        async move { kv.txn(txn).await }
+    })
+    .await
+}
+
 /// Runs an idempotent unary request, retrying transient failures (an endpoint down, a leader
 /// change, a refused connection) with jittered exponential backoff until `timeout` has passed
 /// in total. Every caller's request is safe to repeat: reads, guarded transactions whose

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::client::{connect, retrying};
+use crate::client::{connect, retrying, retrying_txn};
 use crate::config::ConnectorConfig;
 use crate::error::{Error, Result};
 use crate::events::Event;
@@ -431,12 +431,8 @@ impl Connector {
                 TxnOp::delete(slot, None::<DeleteOptions>),
             ]);
         let cfg = &self.ctx.config;
-        let kv = self.ctx.client.kv_client();
-        let deleted = retrying(&self.ctx.client, "deregister", cfg.request_timeout, || {
-            let (mut kv, guard) = (kv.clone(), guard.clone());
-            async move { kv.txn(guard).await }
-        })
-        .await;
+        let deleted =
+            retrying_txn(&self.ctx.client, "deregister", cfg.request_timeout, &guard).await;
         let timeout = cfg
             .request_timeout
             .min(lease.ttl())
@@ -556,11 +552,8 @@ impl Connector {
                     )])
                     .and_then([put]),
             )]);
-        let filed = retrying(&self.ctx.client, "report peer", cfg.request_timeout, || {
-            let (mut kv, file) = (kv.clone(), file.clone());
-            async move { kv.txn(file).await }
-        })
-        .await?;
+        let filed =
+            retrying_txn(&self.ctx.client, "report peer", cfg.request_timeout, &file).await?;
         if !filed.succeeded() && !nested_succeeded(&filed) {
             tracing::warn!(
                 key = %report,
@@ -620,11 +613,8 @@ impl Connector {
                 TxnOp::delete(slot, None::<DeleteOptions>),
                 TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix())),
             ]);
-        let resp = retrying(&self.ctx.client, "evict peer", cfg.request_timeout, || {
-            let (mut kv, evict) = (kv.clone(), evict.clone());
-            async move { kv.txn(evict).await }
-        })
-        .await?;
+        let resp =
+            retrying_txn(&self.ctx.client, "evict peer", cfg.request_timeout, &evict).await?;
         if resp.succeeded() {
             tracing::warn!(
                 peer = id,

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::alloc::{self, AllocHint, AllocOutcome, AllocRequest, IdSet};
-use crate::client::retrying;
+use crate::client::{retrying, retrying_txn};
 use crate::config::{ConnectorConfig, IdTakenPolicy, KeyRemovedPolicy};
 use crate::error::{is_lease_not_found, Error, Result};
 use crate::events::Event;
@@ -484,7 +484,6 @@ impl Supervisor {
         } else {
             txn.or_else([TxnOp::txn(slot_missing)])
         };
-        let kv = self.ctx.client.kv_client();
         // Never outlive the lease deadline: past it, the lease-loss path takes over.
         let bound = match self.lease.as_ref().map(LeaseSession::state) {
             Some(LeaseState::Alive { deadline }) => {
@@ -495,12 +494,7 @@ impl Supervisor {
         let bound = bound
             .min(self.ctx.config.request_timeout)
             .max(Duration::from_millis(50));
-        let resp = match retrying(&self.ctx.client, "restore key", bound, || {
-            let (mut kv, txn) = (kv.clone(), txn.clone());
-            async move { kv.txn(txn).await }
-        })
-        .await
-        {
+        let resp = match retrying_txn(&self.ctx.client, "restore key", bound, &txn).await {
             Ok(resp) => resp,
             Err(Error::Etcd { source, .. }) if is_lease_not_found(&source) => {
                 return Restore::LeaseGone(format!(
@@ -670,17 +664,8 @@ impl Supervisor {
                 TxnOp::get(slot, None),
                 TxnOp::get(c.server_key.clone(), None),
             ]);
-        let kv = ctx.client.kv_client();
-        let resp = match retrying(
-            &ctx.client,
-            "re-register",
-            ctx.config.request_timeout,
-            || {
-                let (mut kv, txn) = (kv.clone(), txn.clone());
-                async move { kv.txn(txn).await }
-            },
-        )
-        .await
+        let resp = match retrying_txn(&ctx.client, "re-register", ctx.config.request_timeout, &txn)
+            .await
         {
             Ok(resp) => resp,
             Err(e) => {
