@@ -159,6 +159,9 @@ impl Drop for LeaseSession {
     }
 }
 
+/// The shortest pause between two attempts to reopen the keep-alive stream.
+const MIN_REOPEN_PAUSE: Duration = Duration::from_millis(20);
+
 struct KeepAlive {
     gate: Option<watch::Receiver<bool>>,
     client: Client,
@@ -209,10 +212,14 @@ impl KeepAlive {
                 }
                 Err(e) => tracing::debug!(error = %e, "keep-alive stream could not be opened"),
             }
-            // Reopen after a short pause, but never past the deadline.
+            // Reopen after a pause that doubles up to the keep-alive interval, but at most a
+            // quarter of the time left before the deadline: attempts get denser as it nears,
+            // so an etcd back just before it (a restart, an election) still saves the lease.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let pause = reopen_delay.min(left / 4).max(MIN_REOPEN_PAUSE);
             tokio::select! {
                 () = self.cancel.cancelled() => return,
-                () = tokio::time::sleep(reopen_delay) => {}
+                () = tokio::time::sleep(pause) => {}
             }
             reopen_delay = (reopen_delay * 2).min(self.interval);
         }

@@ -3,7 +3,8 @@
 //! A checker over the recorded histories then asserts:
 //! 1. never two live holders of one id at any etcd revision (replaying etcd's own history);
 //! 2. every server's event history is well formed (per id, joins and leaves alternate);
-//! 3. within TTL + 2 s after the last fault, every live server's view equals etcd's truth.
+//! 3. within 2 × TTL + 4 s after the last fault, every live server's view equals etcd's truth
+//!    (it typically converges within about 2 s; the run prints the figure).
 //!
 //! The seed is printed; set `CHAOS_SEED` to replay a run.
 #![cfg(feature = "test-support")]
@@ -86,7 +87,6 @@ async fn chaos_never_two_holders_and_views_converge() {
         }
         started += 1;
     }
-    let mut dropped: Vec<Server> = Vec::new();
     let mut down_member: Option<usize> = None;
 
     let chaos_end = tokio::time::Instant::now() + CHAOS_FOR;
@@ -126,10 +126,11 @@ async fn chaos_never_two_holders_and_views_converge() {
                 server.cut = !server.cut;
             }
             3 => {
-                // A crash: the connector is dropped without deregistering.
+                // A crash: the connector is dropped without deregistering (its tasks stop
+                // now; its lease expires within the TTL).
                 if servers.len() > 2 {
                     let s = rng.random_range(0..servers.len());
-                    dropped.push(servers.remove(s));
+                    drop(servers.remove(s));
                 }
             }
             4 => {
@@ -141,7 +142,7 @@ async fn chaos_never_two_holders_and_views_converge() {
                         p.restore();
                     }
                     let _ = server.connector.deregister_server().await;
-                    dropped.push(server);
+                    drop(server);
                 }
             }
             _ => {
@@ -163,22 +164,17 @@ async fn chaos_never_two_holders_and_views_converge() {
         s.cut = false;
     }
     let healed_at = tokio::time::Instant::now();
-    // Crashed servers stop their tasks now (their leases expire within the TTL).
-    for d in &dropped {
-        drop(d.connector.clone());
-    }
-    let dropped_connectors: Vec<Arc<Connector>> =
-        dropped.iter().map(|d| d.connector.clone()).collect();
-    drop(dropped);
-    drop(dropped_connectors);
     println!(
         "faults injected: {faults}, servers started: {started}, live at the end: {}",
         servers.len()
     );
 
-    // 3. Convergence: within TTL + 2 s of the heal, every live server's view equals etcd's truth.
+    // 3. Convergence: soon after the heal, every live server's view equals etcd's truth. The
+    // bound covers a lease that a server crashed just before the heal still holds (one TTL,
+    // plus etcd's expiry scan), a leader election at the heal (the new leader extends every
+    // lease by a TTL), and a cut server's re-registration backoff.
     let mut raw = etcd.client().await.expect("raw client");
-    let bound = TTL + Duration::from_secs(2);
+    let bound = TTL * 2 + Duration::from_secs(4);
     let truth = loop {
         let resp = raw
             .get(format!("{prefix}/"), Some(GetOptions::new().with_prefix()))
@@ -279,9 +275,17 @@ async fn chaos_never_two_holders_and_views_converge() {
     }
     drop(watch);
 
-    // 2. Every history is well formed: per id, joins and leaves alternate.
+    // 2. Every history is well formed: per id, joins and leaves alternate; and it adds up to
+    // the view once the events still queued have been recorded.
     for s in &servers {
-        let history = s.history.lock().expect("history").clone();
+        let deadline = tokio::time::Instant::now() + PROMPT;
+        let history = loop {
+            let history = s.history.lock().expect("history").clone();
+            if joined_in(&history) == truth || tokio::time::Instant::now() >= deadline {
+                break history;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition with a bound
+        };
         let mut present: HashMap<u16, bool> = HashMap::new();
         for e in &history {
             match e {
@@ -303,4 +307,24 @@ async fn chaos_never_two_holders_and_views_converge() {
             .collect();
         assert_eq!(joined, truth, "the event history adds up to the view");
     }
+}
+
+/// The ids a history leaves joined (the last membership event per id is a join).
+fn joined_in(history: &[Event]) -> BTreeSet<u16> {
+    let mut present: HashMap<u16, bool> = HashMap::new();
+    for e in history {
+        match e {
+            Event::Join { server, .. } => {
+                present.insert(server.id, true);
+            }
+            Event::Leave { id, .. } => {
+                present.insert(*id, false);
+            }
+            _ => {}
+        }
+    }
+    present
+        .into_iter()
+        .filter_map(|(id, p)| p.then_some(id))
+        .collect()
 }

@@ -219,11 +219,14 @@ async fn killed_cli_process_leaves_within_ttl() {
     child.start_kill().expect("SIGKILL");
     let killed_at = tokio::time::Instant::now();
     child.wait().await.expect("reaped");
-    let bound = Duration::from_secs(ttl) + Duration::from_millis(1500);
+    // TTL, plus etcd's expiry scan (every 500 ms), the delete's commit and its delivery, with
+    // room for a loaded CI machine (the benchmark's P5 measures the figure itself).
+    let bound = Duration::from_secs(ttl) + Duration::from_secs(3);
     match next(&mut peer_events, bound).await {
         Event::Leave { id: left, .. } => assert_eq!(left, id),
         other => panic!("expected a leave, got {other:?}"),
     }
+    println!("kill → leave: {:?}", killed_at.elapsed());
     assert!(
         killed_at.elapsed() <= bound,
         "leave after {:?}",
@@ -383,7 +386,7 @@ async fn stale_handle_never_deletes_a_newer_registration() {
         .expect("proxy");
     let cfg = config(&etcd, &prefix)
         .with_id_space(1)
-        .with_lease_ttl(Duration::from_secs(5));
+        .with_lease_ttl(Duration::from_secs(30));
     let old_cfg = ConnectorConfig {
         endpoints: vec![proxy.endpoint()],
         ..cfg.clone()

@@ -83,7 +83,9 @@ async fn status_until(
 async fn etcd_restart_within_ttl_loses_nothing() {
     let mut etcd = etcd().await;
     let prefix = prefix();
-    let cfg = config(&etcd, &prefix).with_lease_ttl(Duration::from_secs(6));
+    // The TTL leaves room for a slow stop + restart on a loaded machine; that keep-alives
+    // really resume is checked through the lease deadline below.
+    let cfg = config(&etcd, &prefix).with_lease_ttl(Duration::from_secs(12));
     let (w, mut w_events) = synced(cfg.clone()).await;
     let (a, mut a_events) = connect(cfg.clone()).await;
     let a_id = a
@@ -95,7 +97,21 @@ async fn etcd_restart_within_ttl_loses_nothing() {
     let a_lease = lease_of(&etcd, &format!("{prefix}/game/{a_id}")).await;
 
     etcd.stop(0).expect("stop");
+    // No keep-alive can be acknowledged while etcd is down.
+    let RegistrationStatus::Registered {
+        deadline: before, ..
+    } = a.status().expect("status").borrow().clone()
+    else {
+        panic!("registered")
+    };
     etcd.restart(0).await.expect("restart");
+    // Keep-alives resumed: A's lease deadline moves past the one it had while etcd was down.
+    status_until(
+        &a,
+        PROMPT,
+        |s| matches!(s, RegistrationStatus::Registered { deadline, .. } if *deadline > before),
+    )
+    .await;
     // A change after the restart reaches the watcher, and it is the only membership change.
     let (_c, c_id) = registered(cfg.clone(), "game", 3).await;
     let got = collect_until(&mut w_events, PROMPT, |e| membership(e).len() == 1).await;
@@ -181,7 +197,9 @@ async fn server_cut_longer_than_ttl_reregisters_with_the_same_id() {
 async fn leader_killed_causes_no_spurious_leave() {
     let mut etcd = EtcdCluster::three_node().await.expect("cluster");
     let prefix = prefix();
-    let cfg = config(&etcd, &prefix).with_lease_ttl(Duration::from_secs(3));
+    // A TTL well above an election on a loaded machine; that keep-alives continue is checked
+    // through the lease deadline, which must move forward.
+    let cfg = config(&etcd, &prefix).with_lease_ttl(Duration::from_secs(6));
     let (w, mut w_events) = synced(cfg.clone()).await;
     let (a, a_id) = registered(cfg.clone(), "game", 1).await;
     let (b, b_id) = registered(cfg.clone(), "lobby", 2).await;
@@ -230,6 +248,12 @@ async fn watcher_cut_across_compaction_emits_exactly_the_difference() {
     assert_eq!(join_ids(&until_synced(&mut w_events).await).len(), 2);
 
     proxy.cut();
+    // Await the stale mark (a failed reopen) before changing anything, so the watcher cannot
+    // reopen only after the heal and skip being stale.
+    let mut got = collect_until(&mut w_events, PROMPT, |e| {
+        e.iter().any(|e| matches!(e, Event::Stale { .. }))
+    })
+    .await;
     goes.deregister_server().await.expect("deregister");
     let mut new_ids = BTreeSet::new();
     let mut keep = Vec::new();
@@ -255,10 +279,12 @@ async fn watcher_cut_across_compaction_emits_exactly_the_difference() {
         .expect("compact");
     proxy.restore();
 
-    let got = collect_until(&mut w_events, Duration::from_secs(20), |e| {
-        e.iter().any(|e| matches!(e, Event::Fresh { .. }))
-    })
-    .await;
+    got.extend(
+        collect_until(&mut w_events, Duration::from_secs(20), |e| {
+            e.iter().any(|e| matches!(e, Event::Fresh { .. }))
+        })
+        .await,
+    );
     let mut changes = membership(&got);
     changes.sort();
     let mut want: Vec<String> = new_ids.iter().map(|id| format!("join {id}")).collect();
