@@ -162,6 +162,12 @@ impl Drop for LeaseSession {
 /// The shortest pause between two attempts to reopen the keep-alive stream.
 const MIN_REOPEN_PAUSE: Duration = Duration::from_millis(20);
 
+/// The pause before the next attempt to reopen the keep-alive stream: the backoff `delay`,
+/// but at most a quarter of the time `left` before the local deadline.
+fn reopen_pause(delay: Duration, left: Duration) -> Duration {
+    delay.min(left / 4).max(MIN_REOPEN_PAUSE)
+}
+
 struct KeepAlive {
     gate: Option<watch::Receiver<bool>>,
     client: Client,
@@ -215,8 +221,10 @@ impl KeepAlive {
             // Reopen after a pause that doubles up to the keep-alive interval, but at most a
             // quarter of the time left before the deadline: attempts get denser as it nears,
             // so an etcd back just before it (a restart, an election) still saves the lease.
-            let left = deadline.saturating_duration_since(Instant::now());
-            let pause = reopen_delay.min(left / 4).max(MIN_REOPEN_PAUSE);
+            let pause = reopen_pause(
+                reopen_delay,
+                deadline.saturating_duration_since(Instant::now()),
+            );
             tokio::select! {
                 () = self.cancel.cancelled() => return,
                 () = tokio::time::sleep(pause) => {}
@@ -284,5 +292,25 @@ impl KeepAlive {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopen_attempts_get_denser_as_the_deadline_nears() {
+        let delay = Duration::from_secs(2);
+        assert_eq!(reopen_pause(delay, Duration::from_secs(20)), delay);
+        assert_eq!(
+            reopen_pause(delay, Duration::from_secs(4)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            reopen_pause(delay, Duration::from_millis(400)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(reopen_pause(delay, Duration::ZERO), MIN_REOPEN_PAUSE);
     }
 }
