@@ -221,6 +221,9 @@ impl KeepAlive {
             // Reopen after a pause that doubles up to the keep-alive interval, but at most a
             // quarter of the time left before the deadline: attempts get denser as it nears,
             // so an etcd back just before it (a restart, an election) still saves the lease.
+            let Some(deadline) = self.deadline() else {
+                return;
+            };
             let pause = reopen_pause(
                 reopen_delay,
                 deadline.saturating_duration_since(Instant::now()),

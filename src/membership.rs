@@ -219,7 +219,9 @@ impl Membership {
 
     /// Starts a full snapshot of the range, to be filled page by page with [`Snapshot::add`]
     /// (each page is decoded as it arrives, while the next one is read) and swapped in by
-    /// [`Membership::install`]. The view itself is untouched until then.
+    /// [`Membership::install`]. The view itself is untouched until then, and must not change
+    /// in between (the watcher applies no watch event while it lists): the snapshot carries
+    /// the view's skip count and cursor bound forward from this moment.
     #[must_use]
     pub fn begin_snapshot(&self) -> Snapshot {
         let mut fresh = Membership::new(self.layout.clone());

@@ -13,8 +13,9 @@
 //!   `R` and every later page is read at `R`, so the snapshot is one consistent cut however
 //!   many pages it has. The first page is a read-only transaction that also reads the
 //!   allocator cursor at `R`. Each page is decoded into a [`Snapshot`] on a blocking thread
-//!   while the next one is read, and the view is replaced only once the last page is in. The initial list ends with [`Event::Synced`]; a later list
-//!   (recovery) is diffed against the view and emits only the missing joins and leaves.
+//!   while the next one is read, and the view is replaced only once the last page is in.
+//!   The initial list ends with [`Event::Synced`]; a later list (recovery) is diffed against
+//!   the view and emits only the missing joins and leaves.
 //! - **Open/Watch**: a watch from `from` with progress notifications, on a connection that
 //!   requires a leader. It does not ask for `prev_kv`: a delete is matched to the member by
 //!   its key, and the view already holds that member's record, so the previous value would
@@ -330,8 +331,15 @@ impl Watcher {
                     Err(e) => match e.try_into_panic() {
                         // A bug in decoding: let it surface as the panic it is.
                         Ok(panic) => std::panic::resume_unwind(panic),
-                        // The runtime is shutting down.
-                        Err(_) => return (Vec::new(), list_from_scratch(initial)),
+                        // The runtime is shutting down: start over, paced like any failure.
+                        Err(_) => {
+                            let then = Box::new(list_from_scratch(initial));
+                            let backoff = State::Backoff {
+                                then,
+                                unreachable: false,
+                            };
+                            return (Vec::new(), backoff);
+                        }
                     },
                 };
                 match page {
