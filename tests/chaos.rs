@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::*;
 use darkrift_etcd::testing::{EtcdCluster, FaultProxy};
-use darkrift_etcd::{Connector, ConnectorConfig, Event};
+use darkrift_etcd::{Connector, ConnectorConfig, Event, RegistrationStatus};
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -192,7 +192,16 @@ async fn chaos_never_two_holders_and_views_converge() {
             .filter(|s| s.connector.is_registered())
             .filter_map(|s| s.connector.registered_id())
             .collect();
-        let converged = truth == registered
+        // Settled: every server is registered or has stopped for good; one still recovering
+        // (its re-registration in backoff) would join after the check.
+        let settled = servers.iter().all(|s| {
+            s.connector.status().is_some_and(|st| {
+                let st = st.borrow();
+                st.is_registered() || matches!(*st, RegistrationStatus::Stopped { .. })
+            })
+        });
+        let converged = settled
+            && truth == registered
             && servers.iter().all(|s| {
                 let view: BTreeSet<u16> = s.connector.servers().iter().map(|i| i.id).collect();
                 view == truth
