@@ -38,9 +38,8 @@ async fn failing_health_probe_lets_the_lease_expire_and_recovery_rejoins_with_th
     healthy.store(false, Ordering::SeqCst);
     let failed_at = tokio::time::Instant::now();
     let ttl = a.config().lease_ttl;
-    // The probe polls every second: one interval on top of TTL + 3 s (etcd's expiry scan,
-    // commit and delivery, with room for a loaded CI machine).
-    let bound = ttl + Duration::from_secs(3) + Duration::from_secs(1);
+    // The probe polls every second: allow one interval on top of TTL + 1.5 s.
+    let bound = ttl + Duration::from_millis(1500) + Duration::from_secs(1);
     match next(&mut peer_events, bound).await {
         Event::Leave { id: left, .. } => assert_eq!(left, id),
         other => panic!("expected a leave, got {other:?}"),

@@ -123,8 +123,8 @@ async fn lobbies_link_to_every_game_and_a_crashed_game_leaves_within_ttl_then_re
     let crashed_id = crashed.id();
     let killed_at = Instant::now();
     crashed.abort();
-    // TTL, plus etcd's expiry scan, commit and delivery, with room for a loaded CI machine.
-    let bound = TTL + Duration::from_secs(3);
+    // The bound: TTL + 1.5 s (etcd's expiry scan, commit and delivery).
+    let bound = TTL + Duration::from_millis(1500);
     for lobby in &lobbies {
         wait_state(lobby, killed_at + bound, "rid of the crashed game", |s| {
             !s.knows(crashed_id)
