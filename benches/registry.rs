@@ -716,6 +716,19 @@ struct Burst {
     over_consul_limit: usize,
 }
 
+impl Burst {
+    /// One progress line on stderr.
+    fn log(&self, who: &str) {
+        eprintln!(
+            "    {who}: {} registered, {} txns, {:.0} ms, etcd CPU {:.1} s",
+            self.registered,
+            self.txns,
+            ms(self.wall),
+            self.etcd_cpu
+        );
+    }
+}
+
 /// The etcd clients a burst of `n` shares (one per 125 registrants).
 async fn burst_clients(endpoints: &[String], n: usize) -> Res<Vec<Client>> {
     let mut clients = Vec::new();
@@ -955,31 +968,13 @@ async fn p2(report: &mut Report, start: Instant) -> Res<()> {
     for n in sizes {
         eprintln!("{} P2 N={n}: ours", elapsed_tag(start));
         let ours = p2_ours(&endpoints, etcd_pid, n).await?;
-        eprintln!(
-            "    ours: {} registered, {} txns, {:.0} ms, etcd CPU {:.1} s",
-            ours.registered,
-            ours.txns,
-            ms(ours.wall),
-            ours.etcd_cpu
-        );
+        ours.log("ours");
         eprintln!("{} P2 N={n}: raw floor", elapsed_tag(start));
         let raw = p2_raw(&endpoints, etcd_pid, n).await?;
-        eprintln!(
-            "    raw: {} registered, {} txns, {:.0} ms, etcd CPU {:.1} s",
-            raw.registered,
-            raw.txns,
-            ms(raw.wall),
-            raw.etcd_cpu
-        );
+        raw.log("raw");
         eprintln!("{} P2 N={n}: naive", elapsed_tag(start));
         let naive = p2_naive(&endpoints, etcd_pid, n).await?;
-        eprintln!(
-            "    naive: {} registered, {} txns, {:.0} ms, etcd CPU {:.1} s",
-            naive.registered,
-            naive.txns,
-            ms(naive.wall),
-            naive.etcd_cpu
-        );
+        naive.log("naive");
         let ours_per = per(ours.txns, n);
         let naive_per = per(naive.txns, naive.registered.max(1));
         let naive_txt = if naive.registered == n {

@@ -206,13 +206,7 @@ async fn chaos_never_two_holders_and_views_converge() {
     };
 
     // 1. Replay etcd's own history of the server range: never two keys for one id.
-    let now = raw
-        .get("x", None)
-        .await
-        .expect("get")
-        .header()
-        .expect("header")
-        .revision();
+    let now = current_revision(&mut raw).await;
     let mut watch = raw
         .watch(
             format!("{prefix}/"),

@@ -316,13 +316,7 @@ async fn invalid_input_is_rejected_and_nothing_is_written() {
         .await
         .expect("connect");
     let mut raw = etcd.client().await.expect("raw client");
-    let before = raw
-        .get("", Some(GetOptions::new().with_all_keys()))
-        .await
-        .expect("get")
-        .header()
-        .expect("header")
-        .revision();
+    let before = current_revision(&mut raw).await;
     for (group, port) in [("", 1), ("has space", 1), ("a/b", 1), (&*"x".repeat(65), 1)] {
         let err = c
             .register_server(group, "127.0.0.1", port, no_props())

@@ -267,13 +267,7 @@ async fn watcher_cut_across_compaction_emits_exactly_the_difference() {
         keep.push(c);
     }
     let mut raw = etcd.client().await.expect("raw client");
-    let rev = raw
-        .get("x", None)
-        .await
-        .expect("get")
-        .header()
-        .expect("header")
-        .revision();
+    let rev = current_revision(&mut raw).await;
     raw.compact(rev, Some(CompactionOptions::new().with_physical()))
         .await
         .expect("compact");

@@ -424,13 +424,7 @@ async fn oversize_registrations_write_nothing() {
         .await
         .expect("connects");
     let mut raw = etcd.client().await.expect("client");
-    let revision_before = raw
-        .get("/", Some(GetOptions::new().with_count_only()))
-        .await
-        .expect("get")
-        .header()
-        .expect("header")
-        .revision();
+    let revision_before = current_revision(&mut raw).await;
 
     let many: BTreeMap<String, String> = (0..1000).map(|i| (format!("k{i}"), "v".into())).collect();
     let huge_value: BTreeMap<String, String> =

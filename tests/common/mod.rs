@@ -59,6 +59,16 @@ pub async fn registered(cfg: ConnectorConfig, group: &str, port: u16) -> (Connec
     (c, id)
 }
 
+/// etcd's current revision (a count-only read's header).
+pub async fn current_revision(raw: &mut etcd_client::Client) -> i64 {
+    raw.get("/", Some(etcd_client::GetOptions::new().with_count_only()))
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision()
+}
+
 /// No properties.
 pub fn no_props() -> BTreeMap<String, String> {
     BTreeMap::new()
