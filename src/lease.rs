@@ -196,6 +196,20 @@ impl KeepAlive {
             let Some(deadline) = self.deadline() else {
                 return;
             };
+            // Opening the stream sends a keep-alive at once (etcd-client does): with a failing
+            // health probe, wait for it to pass first, so a reopen cannot renew the lease.
+            if let Some(gate) = &self.gate {
+                let mut gate = gate.clone();
+                tokio::select! {
+                    () = self.cancel.cancelled() => return,
+                    () = tokio::time::sleep_until(deadline) => {
+                        self.lost("keep-alive deadline passed while the health probe failed".into());
+                        return;
+                    }
+                    // A gate whose sender is gone no longer gates anything.
+                    _ = gate.wait_for(|healthy| *healthy) => {}
+                }
+            }
             let mut lease_client = self.client.lease_client();
             let opened = tokio::select! {
                 () = self.cancel.cancelled() => return,

@@ -10,7 +10,8 @@ use std::time::Duration;
 use common::*;
 use darkrift_etcd::config::{EvictionConfig, KeyRemovedPolicy};
 use darkrift_etcd::health::HealthConfig;
-use darkrift_etcd::{Event, PeerStatus, RegistrationStatus};
+use darkrift_etcd::testing::FaultProxy;
+use darkrift_etcd::{ConnectorConfig, Event, PeerStatus, RegistrationStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The probe fails: peers see the leave within TTL + 1.5 s. It recovers: the join comes back
@@ -57,6 +58,101 @@ async fn failing_health_probe_lets_the_lease_expire_and_recovery_rejoins_with_th
         .await
         .expect("registered again")
         .expect("open");
+}
+
+/// Opening a keep-alive stream sends a keep-alive at once: one reopened (after a cut) while
+/// the probe fails must not renew the lease. The leave comes when the lease held at the cut
+/// expires, not a TTL after the reopen.
+#[tokio::test]
+async fn a_reopened_keep_alive_stream_does_not_renew_an_unhealthy_lease() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let proxy = FaultProxy::start(&etcd.endpoint(0)).await.expect("proxy");
+    let (_peer, mut peer_events) = synced(config(&etcd, &prefix)).await;
+    let mut cfg = ConnectorConfig {
+        endpoints: vec![proxy.endpoint()],
+        ..config(&etcd, &prefix)
+    }
+    .with_lease_ttl(Duration::from_secs(9));
+    cfg.health = Some(HealthConfig {
+        interval: Duration::from_millis(100),
+        ..HealthConfig::default()
+    });
+    let (a, _a_events) = connect(cfg).await;
+    let healthy = Arc::new(AtomicBool::new(true));
+    let (verdicts_tx, mut verdicts) = tokio::sync::mpsc::unbounded_channel();
+    let probe_state = healthy.clone();
+    a.set_health_probe(move || {
+        let healthy = probe_state.load(Ordering::SeqCst);
+        let _ = verdicts_tx.send(healthy);
+        async move { healthy }
+    });
+    let id = a
+        .register_server("game", "127.0.0.1", 1, no_props())
+        .await
+        .expect("register");
+    assert!(
+        matches!(next(&mut peer_events, PROMPT).await, Event::Join { ref server, .. } if server.id == id)
+    );
+
+    // Two failing verdicts: the first has reached the keep-alive's gate.
+    healthy.store(false, Ordering::SeqCst);
+    let mut failing = 0;
+    while failing < 2 {
+        let verdict = tokio::time::timeout(PROMPT, verdicts.recv())
+            .await
+            .expect("a verdict")
+            .expect("probe alive");
+        if !verdict {
+            failing += 1;
+        }
+    }
+    let mut raw = etcd.client().await.expect("raw");
+    let lease = raw
+        .get(format!("{prefix}/game/{id}"), None)
+        .await
+        .expect("get")
+        .kvs()[0]
+        .lease();
+    let measured = tokio::time::Instant::now();
+    let left = raw
+        .lease_time_to_live(lease, None)
+        .await
+        .expect("ttl")
+        .ttl();
+    // etcd reports whole seconds: the lease ends within one more.
+    let expires_by = measured + Duration::from_secs(u64::try_from(left).expect("live") + 1);
+
+    // Unhealthy for 3 s (no keep-alive sent), then a short cut breaks the keep-alive stream and
+    // it reopens well before the local deadline (at least 6 s after the last acknowledgement).
+    tokio::time::sleep(Duration::from_secs(3)).await; // the fault injector's pacing
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the cut's duration
+    proxy.restore();
+    // Until the leave, etcd's count-down of the lease never goes back up (a reopened stream
+    // would renew it: etcd-client sends a keep-alive when it opens one).
+    let bound = expires_by + Duration::from_millis(1500);
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
+    let mut last = left;
+    loop {
+        tokio::select! {
+            event = tokio::time::timeout_at(bound, peer_events.recv()) => match event {
+                Ok(Some(Event::Leave { id: gone, .. })) => {
+                    assert_eq!(gone, id);
+                    break;
+                }
+                other => panic!("expected the leave by the lease's own expiry, got {other:?}"),
+            },
+            _ = poll.tick() => { // polling a condition with a bound
+                let now_left = raw.lease_time_to_live(lease, None).await.expect("ttl").ttl();
+                assert!(
+                    now_left <= last,
+                    "the lease was renewed while the probe failed: {now_left} s left, {last} s before"
+                );
+                last = now_left;
+            }
+        }
+    }
 }
 
 /// A minimal DarkRift-style health endpoint: `GET /health` → the status the test sets.
