@@ -298,8 +298,11 @@ where
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) if is_auth_token_error(&e) => {
                 tracing::info!(op, error = %e, "auth token refused; refreshing it");
-                if let Err(refresh) = client.refresh_token().await {
-                    return Err(Error::etcd(op, refresh));
+                // The refresh is a request too: it shares the caller's deadline.
+                match tokio::time::timeout_at(deadline, client.refresh_token()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(refresh)) => return Err(Error::etcd(op, refresh)),
+                    Err(_) => return Err(Error::Timeout { op, timeout }),
                 }
             }
             Ok(Err(e)) if crate::error::is_transient(&e) => {

@@ -317,7 +317,7 @@ impl Supervisor {
         });
     }
 
-    async fn emit(&self, event: Event) {
+    fn emit(&self, event: Event) {
         // No receiver left means nobody can consume events any more: nothing to deliver to.
         let _ = self.ctx.events.send(event);
     }
@@ -351,7 +351,7 @@ impl Supervisor {
                         id,
                         reason: reason.clone(),
                     });
-                    self.emit(Event::RegistrationStopped { id, reason }).await;
+                    self.emit(Event::RegistrationStopped { id, reason });
                     return self.stopped().await;
                 }
             };
@@ -362,8 +362,7 @@ impl Supervisor {
             self.emit(Event::LeaseLost {
                 id: self.claim.id,
                 reason,
-            })
-            .await;
+            });
             match self.recover().await {
                 Recovery::Done => {}
                 Recovery::Cancelled => {
@@ -608,8 +607,7 @@ impl Supervisor {
                         id: self.claim.id,
                         previous_id,
                         revision,
-                    })
-                    .await;
+                    });
                     return Recovery::Done;
                 }
                 Attempt::Taken(reason) => {
@@ -739,8 +737,7 @@ impl Supervisor {
                     id: old_id,
                     reason: reason.clone(),
                 });
-                self.emit(Event::RegistrationStopped { id: old_id, reason })
-                    .await;
+                self.emit(Event::RegistrationStopped { id: old_id, reason });
                 None
             }
             IdTakenPolicy::NewId => {
@@ -791,8 +788,7 @@ impl Supervisor {
                                 id: self.claim.id,
                                 previous_id: old_id,
                                 revision,
-                            })
-                            .await;
+                            });
                             return Some(());
                         }
                         Err(e) => {

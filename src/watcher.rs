@@ -501,7 +501,7 @@ impl Watcher {
         snapshot: Snapshot,
         cursor: u64,
     ) -> Vec<Event> {
-        let mut events = {
+        let (mut events, members) = {
             let mut shared = lock(&self.shared);
             let skipped_before = shared.view.skipped();
             let events = shared.view.install(snapshot, revision);
@@ -512,11 +512,11 @@ impl Watcher {
             shared.revision = revision;
             shared.check_own_snapshot(revision);
             record_view_metrics(&shared, skipped_before, 0);
-            events
+            (events, shared.view.len())
         };
         tracing::debug!(
             revision,
-            members = lock(&self.shared).view.len(),
+            members,
             changes = events.len(),
             initial,
             "snapshot applied"
@@ -789,20 +789,26 @@ pub(crate) async fn list_once(
             options = options.with_revision(pinned);
         }
         let get = kv.get(start.clone(), Some(options));
-        let resp = bounded("list", settings.request_timeout, get).await?;
+        let mut resp = bounded("list", settings.request_timeout, get).await?;
         if pinned == 0 {
             pinned = resp
                 .header()
                 .map_or(0, etcd_client::ResponseHeader::revision);
         }
-        let page: Vec<KeyValue> = resp.kvs().iter().map(convert_kv).collect();
-        snapshot.add(&page);
-        match (resp.more(), resp.kvs().last()) {
+        let next = match (resp.more(), resp.kvs().last()) {
             (true, Some(last)) => {
-                start = last.key().to_vec();
-                start.push(0);
+                let mut next = last.key().to_vec();
+                next.push(0);
+                Some(next)
             }
-            _ => break,
+            _ => None,
+        };
+        // Moved, not copied, as in the watcher's own list.
+        let page: Vec<KeyValue> = resp.take_kvs().into_iter().map(into_view_kv).collect();
+        snapshot.add(&page);
+        match next {
+            Some(next) => start = next,
+            None => break,
         }
     }
     if pinned == 0 {

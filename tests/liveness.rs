@@ -14,18 +14,23 @@ use darkrift_etcd::testing::FaultProxy;
 use darkrift_etcd::{ConnectorConfig, Event, PeerStatus, RegistrationStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The probe fails: peers see the leave within TTL + 1.5 s. It recovers: the join comes back
-/// with the same id.
-#[tokio::test]
-async fn failing_health_probe_lets_the_lease_expire_and_recovery_rejoins_with_the_same_id() {
-    let etcd = etcd().await;
-    let prefix = prefix();
-    let (_peer, mut peer_events) = synced(config(&etcd, &prefix)).await;
+/// Installs a health probe the test switches through the returned flag (each verdict is also
+/// sent on the returned channel), registers, and awaits the peer's join. Returns the flag, the
+/// verdicts and the id.
+async fn register_gated(
+    a: &darkrift_etcd::Connector,
+    peer_events: &mut darkrift_etcd::EventStream,
+) -> (
+    Arc<AtomicBool>,
+    tokio::sync::mpsc::UnboundedReceiver<bool>,
+    u16,
+) {
     let healthy = Arc::new(AtomicBool::new(true));
-    let (a, _a_events) = connect(config(&etcd, &prefix)).await;
+    let (verdicts_tx, verdicts) = tokio::sync::mpsc::unbounded_channel();
     let probe_state = healthy.clone();
     a.set_health_probe(move || {
         let healthy = probe_state.load(Ordering::SeqCst);
+        let _ = verdicts_tx.send(healthy);
         async move { healthy }
     });
     let id = a
@@ -33,8 +38,20 @@ async fn failing_health_probe_lets_the_lease_expire_and_recovery_rejoins_with_th
         .await
         .expect("register");
     assert!(
-        matches!(next(&mut peer_events, PROMPT).await, Event::Join { ref server, .. } if server.id == id)
+        matches!(next(peer_events, PROMPT).await, Event::Join { ref server, .. } if server.id == id)
     );
+    (healthy, verdicts, id)
+}
+
+/// The probe fails: peers see the leave within TTL + 1.5 s. It recovers: the join comes back
+/// with the same id.
+#[tokio::test]
+async fn failing_health_probe_lets_the_lease_expire_and_recovery_rejoins_with_the_same_id() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let (_peer, mut peer_events) = synced(config(&etcd, &prefix)).await;
+    let (a, _a_events) = connect(config(&etcd, &prefix)).await;
+    let (healthy, _verdicts, id) = register_gated(&a, &mut peer_events).await;
 
     healthy.store(false, Ordering::SeqCst);
     let failed_at = tokio::time::Instant::now();
@@ -79,21 +96,7 @@ async fn a_reopened_keep_alive_stream_does_not_renew_an_unhealthy_lease() {
         ..HealthConfig::default()
     });
     let (a, _a_events) = connect(cfg).await;
-    let healthy = Arc::new(AtomicBool::new(true));
-    let (verdicts_tx, mut verdicts) = tokio::sync::mpsc::unbounded_channel();
-    let probe_state = healthy.clone();
-    a.set_health_probe(move || {
-        let healthy = probe_state.load(Ordering::SeqCst);
-        let _ = verdicts_tx.send(healthy);
-        async move { healthy }
-    });
-    let id = a
-        .register_server("game", "127.0.0.1", 1, no_props())
-        .await
-        .expect("register");
-    assert!(
-        matches!(next(&mut peer_events, PROMPT).await, Event::Join { ref server, .. } if server.id == id)
-    );
+    let (healthy, mut verdicts, id) = register_gated(&a, &mut peer_events).await;
 
     // Two failing verdicts: the first has reached the keep-alive's gate.
     healthy.store(false, Ordering::SeqCst);
