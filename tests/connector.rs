@@ -38,14 +38,14 @@ async fn fifty_parallel_registrations_get_distinct_ids_and_every_watcher_sees_ea
                 )
                 .await
                 .expect("register");
-            (c, id)
+            (c, id, i)
         }));
     }
     let mut registered = Vec::new();
     for t in tasks {
         registered.push(t.await.expect("task"));
     }
-    let ids: HashSet<u16> = registered.iter().map(|(_, id)| *id).collect();
+    let ids: HashSet<u16> = registered.iter().map(|(_, id, _)| *id).collect();
     assert_eq!(ids.len(), 50, "ids must be distinct: {ids:?}");
     assert!(!ids.contains(&0));
 
@@ -73,10 +73,12 @@ async fn fifty_parallel_registrations_get_distinct_ids_and_every_watcher_sees_ea
     }
     // Each server's group and port is what it registered.
     let view = watchers[0].0.servers();
-    for (c, id) in &registered {
+    for (c, id, i) in &registered {
         let s = view.iter().find(|s| s.id == *id).expect("in view");
         assert_eq!(c.registered_id(), Some(*id));
         assert!(groups.contains(&s.group.as_str()));
+        assert_eq!(s.group, groups[usize::from(*i) % 3]);
+        assert_eq!(s.port, 5000 + i);
     }
 }
 

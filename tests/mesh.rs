@@ -96,6 +96,10 @@ async fn lobbies_link_to_every_game_and_a_crashed_game_leaves_within_ttl_then_re
     let game_ids: BTreeSet<u16> = games.iter().map(|(m, _)| m.id()).collect();
     let lobby_ids: BTreeSet<u16> = lobbies.iter().map(Mesh::id).collect();
     assert_eq!(game_ids.len() + lobby_ids.len(), 6, "distinct ids");
+    assert!(
+        game_ids.is_disjoint(&lobby_ids),
+        "distinct ids across groups"
+    );
 
     // Every lobby ends with an identified link to every game, none to a lobby; every game
     // with a link from every lobby and nothing else.

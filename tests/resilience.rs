@@ -288,9 +288,13 @@ async fn watcher_cut_across_compaction_emits_exactly_the_difference() {
         changes, want,
         "exactly the missing joins and leaves: {got:?}"
     );
+    // Stale (awaited above) came first; every missed change arrived after it, then Fresh last.
+    let stale_at = got.iter().position(|e| matches!(e, Event::Stale { .. }));
+    let fresh_at = got.iter().position(|e| matches!(e, Event::Fresh { .. }));
+    let first_change = got.iter().position(Event::is_membership);
     assert!(
-        got.iter().any(|e| matches!(e, Event::Stale { .. })),
-        "it said it was stale: {got:?}"
+        stale_at < first_change && first_change < fresh_at && fresh_at == Some(got.len() - 1),
+        "stale, then the missed changes, then fresh: {got:?}"
     );
     let mut expected = new_ids.clone();
     expected.insert(stays_id);

@@ -143,6 +143,9 @@ async fn full_cycle(config: ConnectorConfig) {
     })
     .await;
     assert!(!left.is_empty());
+    assert_eq!(connector.registered_id(), None);
+    let (_, servers, _) = list_servers(&config).await.expect("ls");
+    assert!(servers.is_empty(), "ls no longer sees it: {servers:?}");
 }
 
 /// TLS with server verification: the whole cycle works over https.
