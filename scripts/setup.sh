@@ -124,12 +124,24 @@ check_cc() {
     return "$rc"
 }
 
-check_etcd34() { /usr/bin/etcd --version 2>/dev/null | grep -q '^etcd Version: 3\.4\.'; }
+# `etcd --version` of the binary at $1 starts with "etcd Version: $2". The output is read whole
+# before matching (grep -q would close the pipe early, and under pipefail etcd's SIGPIPE would
+# fail the check at random); ETCD_* variables are cleared because etcd reads them as flags.
+etcd_is_version() {
+    local out
+    out=$(env -u ETCD_BIN "$1" --version 2>/dev/null) || return 1
+    case "$out" in
+        "etcd Version: $2".*) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+check_etcd34() { etcd_is_version /usr/bin/etcd 3.4; }
 
 check_etcd35() {
     local bin
     bin=$(bash "$(dirname "${BASH_SOURCE[0]}")/etcd-path.sh" 3.5 2>/dev/null) || return 1
-    "$bin" --version 2>/dev/null | grep -q '^etcd Version: 3\.5\.'
+    etcd_is_version "$bin" 3.5
 }
 
 check_cargo() { command -v cargo >/dev/null 2>&1 && cargo --version >/dev/null 2>&1; }

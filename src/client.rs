@@ -17,20 +17,27 @@ use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, Tls
 
 use crate::config::{ConnectorConfig, TlsConfig};
 use crate::error::{Error, Result};
+use crate::pool::{PickError, Picked, Pool};
 
-/// HTTP/2 keep-alive: detect a dead TCP connection (a cut cable, a frozen member) in about
-/// 10 s even when no request is in flight, so watches and keep-alives fail over promptly.
-const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 keep-alive pings: a connection whose member stops answering them (a cut cable, a
+/// frozen member) is closed after about 4 s even when no request is in flight. This is the
+/// transport's own check; the pool's per-attempt timeouts and the streams' stall detection
+/// (see [`crate::pool`]) react sooner and do not depend on it.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Pause between connect probes while an endpoint refuses.
+/// Pause between connect probes while every endpoint refuses.
 const PROBE_RETRY: Duration = Duration::from_millis(100);
 
 /// Connects and proves that etcd answers, within `cfg.connect_timeout`.
 ///
+/// Each endpoint gets its own client (see [`crate::pool`]); the first member that answers a
+/// read of `probe_key` proves the cluster reachable, and members that do not answer in time are
+/// suspected, not waited for.
+///
 /// `require_leader` is set so that a member cut off from its cluster's leader refuses our
 /// watches and requests instead of serving a silently stale view.
-pub(crate) async fn connect(cfg: &ConnectorConfig, probe_key: &str) -> Result<Client> {
+pub(crate) async fn connect(cfg: &ConnectorConfig, probe_key: &str) -> Result<Pool> {
     let endpoints = cfg.endpoints.join(",");
     let unreachable = |reason: String| Error::Unreachable {
         endpoints: endpoints.clone(),
@@ -58,45 +65,81 @@ pub(crate) async fn connect(cfg: &ConnectorConfig, probe_key: &str) -> Result<Cl
             .with_user(auth.user.clone(), auth.password.expose())
             .with_auto_token_refresh(true);
     }
+    let pool = Pool::new(&cfg.endpoints, options, cfg.request_timeout);
     let failed = |stage: Stage, e: etcd_client::Error| connect_error(cfg, &endpoints, stage, &e);
+    let mut last_reason = String::from("no answer");
+    let mut tls_closes = 0;
+    let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
     let attempt = async {
-        // With credentials, this already authenticates (and so completes a TLS handshake).
-        // etcd refuses a missing or untrusted client certificate by closing the connection
-        // right after the TLS 1.3 handshake, which reads like any dropped connection; a second
-        // try gets the TLS alert that says why (or, if it works, it was a passing close).
-        let mut client = match Client::connect(&cfg.endpoints, Some(options.clone())).await {
-            Err(e) if cfg.tls.is_some() && closed_by_peer(&e) => {
-                Client::connect(&cfg.endpoints, Some(options)).await
-            }
-            other => other,
-        }
-        .map_err(|e| failed(Stage::Connect, e))?;
-        // A count-only read of a key we are allowed to read: proves a working, authorised
-        // path to a member that has a leader.
-        // One endpoint down (a dead member of a cluster) is retried on another until the
-        // connect timeout, but TLS and authorisation errors are final at once.
-        let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
         loop {
-            match client
-                .get(probe_key, Some(GetOptions::new().with_count_only()))
-                .await
-            {
-                Ok(_) => return Ok(client),
-                Err(e)
-                    if crate::error::is_transient(&e)
-                        && !looks_like_tls(&error_chain(&e))
-                        && tokio::time::Instant::now() + PROBE_RETRY < deadline =>
-                {
-                    tracing::debug!(error = %e, "etcd probe failed; retrying");
-                    tokio::time::sleep(PROBE_RETRY).await;
+            let member = pool.choose();
+            // With credentials, building the client already authenticates (and so completes
+            // a TLS handshake). etcd refuses a missing or untrusted client certificate by
+            // closing the connection right after the TLS 1.3 handshake, which reads like any
+            // dropped connection; a second try gets the TLS alert that says why (or, if it
+            // works, it was a passing close).
+            let client = match pool.client(member).await {
+                Ok(client) => client,
+                Err(PickError::Etcd(e)) => {
+                    if cfg.tls.is_some() && closed_by_peer(&e) && tls_closes == 0 {
+                        tls_closes += 1;
+                        continue;
+                    }
+                    match failed(Stage::Connect, e) {
+                        Error::Unreachable { reason, .. } => {
+                            pool.suspect(member, "connect failed");
+                            last_reason = reason;
+                            pause_if_all_suspected(&pool, deadline).await;
+                            continue;
+                        }
+                        final_error => return Err(final_error),
+                    }
                 }
-                Err(e) => return Err(failed(Stage::Probe(probe_key), e)),
+                Err(PickError::Timeout | PickError::NoMember) => {
+                    pool.suspect(member, "no answer to connect");
+                    last_reason = "no answer".into();
+                    continue;
+                }
+            };
+            // A count-only read of a key we are allowed to read: proves a working, authorised
+            // path to a member that has a leader. A member down or frozen is suspected and
+            // another tried until the connect timeout, but TLS and authorisation errors are
+            // final at once.
+            let mut kv = client.kv_client();
+            let probe = kv.get(probe_key, Some(GetOptions::new().with_count_only()));
+            match tokio::time::timeout(pool.attempt_timeout(), probe).await {
+                Ok(Ok(_)) => {
+                    pool.confirm(member);
+                    return Ok(());
+                }
+                Ok(Err(e))
+                    if crate::error::is_transient(&e) && !looks_like_tls(&error_chain(&e)) =>
+                {
+                    tracing::debug!(error = %e, "etcd probe failed; trying again");
+                    pool.suspect(member, "probe failed");
+                    last_reason = error_chain(&e);
+                    pause_if_all_suspected(&pool, deadline).await;
+                }
+                Ok(Err(e)) => return Err(failed(Stage::Probe(probe_key), e)),
+                Err(_) => {
+                    pool.suspect(member, "no answer to the probe");
+                    last_reason = "no answer".into();
+                }
             }
         }
     };
-    match tokio::time::timeout(cfg.connect_timeout, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(unreachable("no answer".into())),
+    match tokio::time::timeout_at(deadline, attempt).await {
+        Ok(Ok(())) => Ok(pool),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(unreachable(last_reason)),
+    }
+}
+
+/// Waits [`PROBE_RETRY`] when every member has just failed (so a cluster that refuses is not
+/// hammered), and not at all while an untried member is left.
+async fn pause_if_all_suspected(pool: &Pool, deadline: tokio::time::Instant) {
+    if pool.all_suspected() {
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + PROBE_RETRY)).await;
     }
 }
 
@@ -239,84 +282,126 @@ fn looks_like_tls(reason: &str) -> bool {
     .any(|needle| lower.contains(needle))
 }
 
-/// Runs one unary etcd request with a time bound, naming the operation in the error.
-pub(crate) async fn bounded<T, F>(op: &'static str, timeout: Duration, fut: F) -> Result<T>
-where
-    F: Future<Output = std::result::Result<T, etcd_client::Error>>,
-{
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(Error::etcd(op, e)),
-        Err(_) => Err(Error::Timeout { op, timeout }),
-    }
-}
-
 /// [`retrying`] for one transaction (guarded, so safe to repeat).
 pub(crate) async fn retrying_txn(
-    client: &Client,
+    pool: &Pool,
     op: &'static str,
     timeout: Duration,
     txn: &etcd_client::Txn,
 ) -> Result<etcd_client::TxnResponse> {
-    let kv = client.kv_client();
-    retrying(client, op, timeout, || {
-        let (mut kv, txn) = (kv.clone(), txn.clone());
-        async move { kv.txn(txn).await }
+    retrying(pool, op, timeout, |client| {
+        let txn = txn.clone();
+        async move { client.kv_client().txn(txn).await }
     })
     .await
 }
 
-/// Runs an idempotent unary request, retrying transient failures (an endpoint down, a leader
-/// change, a refused connection) with jittered exponential backoff until `timeout` has passed
-/// in total. Every caller's request is safe to repeat: reads, guarded transactions whose
-/// failure branch recognises our own earlier success, and lease grants (a lease lost in a
-/// retry expires by itself).
+/// Runs an idempotent unary request, retrying transient failures (an endpoint down or frozen,
+/// a leader change, a refused connection) until `timeout` has passed in total. Every caller's
+/// request is safe to repeat: reads, guarded transactions whose failure branch recognises our
+/// own earlier success, lease grants (a lease lost in a retry expires by itself) and revokes.
+///
+/// Each attempt goes to the pool's chosen member and is bounded by the pool's attempt timeout
+/// (a third of the request timeout at most), so a member that does not answer costs one
+/// attempt, not the whole request: it is suspected and the next attempt goes to another
+/// member at once. Only when every member has failed recently does the loop back off
+/// (jittered, exponential, 20–500 ms).
 ///
 /// An expired or outdated auth token (`Unauthenticated`, "invalid auth token", "revision of
 /// auth store is old") is refreshed with the configured credentials and the request retried.
 pub(crate) async fn retrying<T, F, Fut>(
-    client: &Client,
+    pool: &Pool,
+    op: &'static str,
+    timeout: Duration,
+    call: F,
+) -> Result<T>
+where
+    F: FnMut(Client) -> Fut,
+    Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    retrying_on(pool, op, timeout, call).await.map(|(v, _)| v)
+}
+
+/// [`retrying`], also returning the member that answered (a stream opened this way lives
+/// there, and must move if that member is suspected later).
+pub(crate) async fn retrying_on<T, F, Fut>(
+    pool: &Pool,
     op: &'static str,
     timeout: Duration,
     mut call: F,
-) -> Result<T>
+) -> Result<(T, usize)>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(Client) -> Fut,
     Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
 {
     use backon::BackoffBuilder;
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut delays = backon::ExponentialBuilder::default()
+    let mut delays = request_backoff().build();
+    let timed_out = || Error::Timeout { op, timeout };
+    loop {
+        let picked = match tokio::time::timeout_at(deadline, pool.pick()).await {
+            Ok(Ok(picked)) => Some(picked),
+            // Building the member's client failed: the pool suspected it; try another.
+            Ok(Err(PickError::Etcd(e))) if !crate::error::is_transient(&e) => {
+                return Err(Error::etcd(op, e));
+            }
+            Ok(Err(_)) => None,
+            Err(_) => return Err(timed_out()),
+        };
+        if let Some(Picked { member, client }) = picked {
+            let attempt_deadline =
+                deadline.min(tokio::time::Instant::now() + pool.attempt_timeout());
+            match tokio::time::timeout_at(attempt_deadline, call(client.clone())).await {
+                Ok(Ok(v)) => {
+                    pool.confirm(member);
+                    return Ok((v, member));
+                }
+                Ok(Err(e)) if is_auth_token_error(&e) => {
+                    tracing::info!(op, error = %e, "auth token refused; refreshing it");
+                    // The refresh is a request too: it shares the caller's deadline.
+                    match tokio::time::timeout_at(deadline, client.refresh_token()).await {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(refresh)) => return Err(Error::etcd(op, refresh)),
+                        Err(_) => return Err(timed_out()),
+                    }
+                }
+                Ok(Err(e)) if crate::error::is_transient(&e) => {
+                    tracing::debug!(op, error = %e, "transient etcd error; trying again");
+                    pool.suspect(member, "transient error");
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::etcd(op, e));
+                    }
+                }
+                Ok(Err(e)) => return Err(Error::etcd(op, e)),
+                Err(_) if tokio::time::Instant::now() >= deadline => return Err(timed_out()),
+                Err(_) => {
+                    tracing::debug!(
+                        op,
+                        "no answer within the attempt timeout; trying another member"
+                    );
+                    pool.suspect(member, "no answer within the attempt timeout");
+                }
+            }
+        }
+        if pool.all_suspected() {
+            let delay = delays.next().unwrap_or(Duration::from_millis(500));
+            if tokio::time::Instant::now() + delay >= deadline {
+                return Err(timed_out());
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// The pause between rounds of [`retrying`] once every member has failed: jittered,
+/// exponential, 20 ms up to 500 ms (backon's jitter adds up to the delay itself, so the real
+/// maximum is 1 s; short next to any request timeout).
+fn request_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(20))
         .with_max_delay(Duration::from_millis(500))
         .with_jitter()
         .without_max_times()
-        .build();
-    loop {
-        let outcome = tokio::time::timeout_at(deadline, call()).await;
-        match outcome {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) if is_auth_token_error(&e) => {
-                tracing::info!(op, error = %e, "auth token refused; refreshing it");
-                // The refresh is a request too: it shares the caller's deadline.
-                match tokio::time::timeout_at(deadline, client.refresh_token()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(refresh)) => return Err(Error::etcd(op, refresh)),
-                    Err(_) => return Err(Error::Timeout { op, timeout }),
-                }
-            }
-            Ok(Err(e)) if crate::error::is_transient(&e) => {
-                let delay = delays.next().unwrap_or(Duration::from_millis(500));
-                if tokio::time::Instant::now() + delay >= deadline {
-                    return Err(Error::etcd(op, e));
-                }
-                tracing::debug!(op, error = %e, "transient etcd error; retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Ok(Err(e)) => return Err(Error::etcd(op, e)),
-            Err(_) => return Err(Error::Timeout { op, timeout }),
-        }
-    }
 }
 
 /// True when etcd refused the request's auth token: expired, unknown, or issued before the

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::health::{spawn_gate, HealthProbe, HttpHealthProbe};
 use crate::lease::LeaseSession;
+use crate::pool::Pool;
 use crate::record::{Registration, ServerInfo};
 use crate::registration::{allocate, Ctx, Held, RegistrationStatus, Supervisor};
 use crate::watcher::{self, lock, Command, WatcherSettings};
@@ -109,29 +110,34 @@ impl Connector {
     /// [`Error::Unreachable`] when no endpoint answers within the connect timeout.
     pub async fn connect(config: ConnectorConfig) -> Result<Self> {
         let layout = config.validate()?;
-        let client = connect(&config, &layout.cursor_key()).await?;
-        Ok(Self::start(client, config, layout))
+        let pool = connect(&config, &layout.cursor_key()).await?;
+        Ok(Self::start(pool, config, layout))
     }
 
     /// Like [`Connector::connect`] but on an existing etcd client (for hosts that share one
     /// connection between several registrations, e.g. benchmarks). The client should have
     /// been built with `require_leader`.
     ///
+    /// A client given this way is used as one member: etcd-client balances its requests over
+    /// its endpoints, and this connector cannot steer around a member of it that freezes
+    /// (see ARCHITECTURE.md, "Gray failures"). [`Connector::connect`] can.
+    ///
     /// # Errors
     /// [`Error::InvalidConfig`] for a bad setting.
     pub fn with_client(client: Client, config: ConnectorConfig) -> Result<Self> {
         let layout = config.validate()?;
-        Ok(Self::start(client, config, layout))
+        let pool = Pool::from_client(client, config.request_timeout);
+        Ok(Self::start(pool, config, layout))
     }
 
-    fn start(client: Client, config: ConnectorConfig, layout: crate::keys::KeyLayout) -> Self {
+    fn start(pool: Pool, config: ConnectorConfig, layout: crate::keys::KeyLayout) -> Self {
         let cancel = CancellationToken::new();
         let (tx, rx) = mpsc::channel(config.event_queue);
         let settings = WatcherSettings::new(layout.clone(), &config);
-        let task = watcher::spawn(client.clone(), settings, tx, cancel.clone());
+        let task = watcher::spawn(pool.clone(), settings, tx, cancel.clone());
         let (reg_tx, reg_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(Ctx {
-            client,
+            pool,
             config,
             layout,
             shared: task.shared,
@@ -158,12 +164,6 @@ impl Connector {
     #[must_use]
     pub fn config(&self) -> &ConnectorConfig {
         &self.ctx.config
-    }
-
-    /// The underlying etcd client (shares the connection).
-    #[must_use]
-    pub fn client(&self) -> &Client {
-        &self.ctx.client
     }
 
     /// Takes the event stream: every join and leave of the registry (this server included),
@@ -341,7 +341,7 @@ impl Connector {
             .map(|(probe, interval)| spawn_gate(probe, interval, cancel.child_token()));
         self.ctx.requests.fetch_add(1, Ordering::Relaxed);
         let granted = LeaseSession::grant_gated(
-            &self.ctx.client,
+            &self.ctx.pool,
             cfg.lease_ttl,
             cfg.request_timeout,
             gate.clone(),
@@ -358,7 +358,7 @@ impl Connector {
             Ok(claim) => claim,
             Err(e) => {
                 cancel.cancel();
-                if let Err(revoke) = lease.revoke(&self.ctx.client, cfg.request_timeout).await {
+                if let Err(revoke) = lease.revoke(&self.ctx.pool, cfg.request_timeout).await {
                     tracing::debug!(error = %revoke, "revoking the unused lease failed; it expires");
                 }
                 return Err(e);
@@ -431,13 +431,12 @@ impl Connector {
                 TxnOp::delete(slot, None::<DeleteOptions>),
             ]);
         let cfg = &self.ctx.config;
-        let deleted =
-            retrying_txn(&self.ctx.client, "deregister", cfg.request_timeout, &guard).await;
+        let deleted = retrying_txn(&self.ctx.pool, "deregister", cfg.request_timeout, &guard).await;
         let timeout = cfg
             .request_timeout
             .min(lease.ttl())
             .max(Duration::from_millis(100));
-        let revoked = lease.revoke(&self.ctx.client, timeout).await;
+        let revoked = lease.revoke(&self.ctx.pool, timeout).await;
         match deleted {
             Ok(resp) if resp.succeeded() => tracing::info!(id = claim.id, "deregistered"),
             Ok(_) => tracing::warn!(
@@ -463,14 +462,13 @@ impl Connector {
                 _ => return Ok(PeerStatus::Unknown),
             }
         };
-        let kv = self.ctx.client.kv_client();
         let resp = retrying(
-            &self.ctx.client,
+            &self.ctx.pool,
             "read peer",
             self.ctx.config.request_timeout,
-            || {
-                let (mut kv, key) = (kv.clone(), key.clone());
-                async move { kv.get(key, None).await }
+            |client| {
+                let key = key.clone();
+                async move { client.kv_client().get(key, None).await }
             },
         )
         .await?;
@@ -529,7 +527,6 @@ impl Connector {
         };
         let layout = &self.ctx.layout;
         let cfg = &self.ctx.config;
-        let kv = self.ctx.client.kv_client();
         let now = crate::alloc::now_unix_ms();
         let report = layout.report_key(id, create_revision, me);
         // Owner-guarded: our report key is written only if it is ours (on our lease) or
@@ -552,8 +549,7 @@ impl Connector {
                     )])
                     .and_then([put]),
             )]);
-        let filed =
-            retrying_txn(&self.ctx.client, "report peer", cfg.request_timeout, &file).await?;
+        let filed = retrying_txn(&self.ctx.pool, "report peer", cfg.request_timeout, &file).await?;
         if !filed.succeeded() && !nested_succeeded(&filed) {
             tracing::warn!(
                 key = %report,
@@ -562,13 +558,15 @@ impl Connector {
         }
         let prefix = layout.reports_prefix(id, create_revision);
         let reports = retrying(
-            &self.ctx.client,
+            &self.ctx.pool,
             "read reports",
             cfg.request_timeout,
-            || {
-                let (mut kv, prefix) = (kv.clone(), prefix.clone());
+            |client| {
+                let prefix = prefix.clone();
                 async move {
-                    kv.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+                    client
+                        .kv_client()
+                        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
                         .await
                 }
             },
@@ -613,8 +611,7 @@ impl Connector {
                 TxnOp::delete(slot, None::<DeleteOptions>),
                 TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix())),
             ]);
-        let resp =
-            retrying_txn(&self.ctx.client, "evict peer", cfg.request_timeout, &evict).await?;
+        let resp = retrying_txn(&self.ctx.pool, "evict peer", cfg.request_timeout, &evict).await?;
         if resp.succeeded() {
             tracing::warn!(
                 peer = id,

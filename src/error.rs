@@ -172,6 +172,8 @@ pub(crate) fn is_lease_not_found(err: &etcd_client::Error) -> bool {
         etcd_client::Error::GRpcStatus(status) => {
             status.code() == tonic::Code::NotFound || status.message().contains("lease not found")
         }
+        // etcd-client's `keep_alive()` turns a first answer with TTL 0 into this.
+        etcd_client::Error::LeaseKeepAliveError(message) => message.contains("lease not found"),
         _ => false,
     }
 }

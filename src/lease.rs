@@ -13,17 +13,23 @@
 //! alive longer than etcd would keep it. The response stream is always drained (an undrained
 //! stream stalls the HTTP/2 window and the keep-alive with it). When the stream breaks
 //! (leader change, restart, network), it is reopened while the deadline has not passed.
+//!
+//! A stream can also go *silent* without breaking: its member froze (SIGSTOP, a stalled disk)
+//! or answers seconds late. A keep-alive unanswered for `stall_bound` (a quarter of the TTL,
+//! at most the pool's attempt timeout) gets its member suspected and the stream reopened on
+//! another member, long before the deadline; a member suspected by any other request moves the
+//! stream too (see the `pool` module).
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use etcd_client::Client;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{bounded, retrying};
+use crate::client::retrying;
 use crate::error::{is_lease_not_found, Result};
+use crate::pool::Pool;
 
 /// What the keep-alive task believes about the lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,32 +56,22 @@ pub struct LeaseSession {
 }
 
 impl LeaseSession {
-    /// Grants a lease of `ttl` and starts keeping it alive.
+    /// Grants a lease of `ttl` and starts keeping it alive; keep-alives are sent only while
+    /// `gate` (a health verdict), if given, is true: an unhealthy server lets its lease expire.
     ///
     /// # Errors
     /// The grant request failed or timed out.
-    pub async fn grant(client: &Client, ttl: Duration, request_timeout: Duration) -> Result<Self> {
-        Self::grant_gated(client, ttl, request_timeout, None).await
-    }
-
-    /// Like [`LeaseSession::grant`], but keep-alives are sent only while `gate` (a health
-    /// verdict) is true: an unhealthy server lets its lease expire.
-    ///
-    /// # Errors
-    /// The grant request failed or timed out.
-    pub async fn grant_gated(
-        client: &Client,
+    pub(crate) async fn grant_gated(
+        pool: &Pool,
         ttl: Duration,
         request_timeout: Duration,
         gate: Option<watch::Receiver<bool>>,
     ) -> Result<Self> {
         let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let lease = client.lease_client();
         let mut sent = Instant::now();
-        let resp = retrying(client, "lease grant", request_timeout, || {
-            let mut lease = lease.clone();
+        let resp = retrying(pool, "lease grant", request_timeout, |client| {
             sent = Instant::now();
-            async move { lease.grant(ttl_secs, None).await }
+            async move { client.lease_client().grant(ttl_secs, None).await }
         })
         .await?;
         let granted = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0));
@@ -84,9 +80,11 @@ impl LeaseSession {
         });
         let cancel = CancellationToken::new();
         let task = KeepAlive {
-            client: client.clone(),
+            pool: pool.clone(),
             id: resp.id(),
             interval: (ttl / 3).max(Duration::from_millis(100)),
+            stall: stall_bound(granted, pool.attempt_timeout()),
+            ttl: granted,
             state: tx,
             cancel: cancel.clone(),
             gate,
@@ -141,10 +139,15 @@ impl LeaseSession {
     /// # Errors
     /// The revoke failed for another reason or timed out; the lease then expires by itself
     /// within its TTL.
-    pub async fn revoke(self, client: &Client, timeout: Duration) -> Result<()> {
+    pub(crate) async fn revoke(self, pool: &Pool, timeout: Duration) -> Result<()> {
         self.cancel.cancel();
-        let mut lease = client.lease_client();
-        match bounded("lease revoke", timeout, lease.revoke(self.id)).await {
+        let id = self.id;
+        // A revoke is safe to repeat (a lease already gone counts as revoked), so it is
+        // retried on another member like any request.
+        let revoke = retrying(pool, "lease revoke", timeout, |client| async move {
+            client.lease_client().revoke(id).await
+        });
+        match revoke.await {
             Ok(_) => Ok(()),
             Err(crate::Error::Etcd { source, .. }) if is_lease_not_found(&source) => Ok(()),
             Err(e) => Err(e),
@@ -168,11 +171,22 @@ fn reopen_pause(delay: Duration, left: Duration) -> Duration {
     delay.min(left / 4).max(MIN_REOPEN_PAUSE)
 }
 
+/// How long a keep-alive may go unanswered before its stream is given up as stalled and
+/// reopened on another member: a quarter of the TTL, at most the pool's `attempt` timeout, at
+/// least 100 ms. With the keep-alive sent every TTL/3, a member that freezes right after an
+/// acknowledgement is left at TTL/3 + TTL/4 (7/12 of the TTL), leaving 5/12 of it for the
+/// reopen, a leader election included; etcd answers a healthy keep-alive in milliseconds.
+fn stall_bound(ttl: Duration, attempt: Duration) -> Duration {
+    (ttl / 4).min(attempt).max(Duration::from_millis(100))
+}
+
 struct KeepAlive {
     gate: Option<watch::Receiver<bool>>,
-    client: Client,
+    pool: Pool,
     id: i64,
     interval: Duration,
+    stall: Duration,
+    ttl: Duration,
     state: watch::Sender<LeaseState>,
     cancel: CancellationToken,
 }
@@ -210,27 +224,54 @@ impl KeepAlive {
                     _ = gate.wait_for(|healthy| *healthy) => {}
                 }
             }
-            let mut lease_client = self.client.lease_client();
+            // Opening the stream sends the first keep-alive: it must be answered within the
+            // stall bound too, or the member is suspected and the next attempt goes elsewhere.
+            let open_sent = Instant::now();
+            let open = async {
+                let picked = self.pool.pick().await.ok()?;
+                let mut lease_client = picked.client.lease_client();
+                let opened =
+                    tokio::time::timeout(self.stall, lease_client.keep_alive(self.id)).await;
+                Some((picked.member, opened))
+            };
             let opened = tokio::select! {
                 () = self.cancel.cancelled() => return,
                 () = tokio::time::sleep_until(deadline) => {
                     self.lost("keep-alive deadline passed without an acknowledgement".into());
                     return;
                 }
-                r = lease_client.keep_alive(self.id) => r,
+                r = open => r,
             };
             match opened {
-                Ok((keeper, stream)) => {
+                Some((member, Ok(Ok((keeper, stream))))) => {
                     reopen_delay = Duration::from_millis(50);
-                    if self.stream(keeper, stream).await {
+                    self.pool.confirm(member);
+                    // etcd-client consumed the answer to the keep-alive the open sent, a TTL
+                    // above 0 (it fails the open otherwise): the lease was renewed to its full
+                    // TTL no earlier than the open was sent.
+                    self.state.send_replace(LeaseState::Alive {
+                        deadline: open_sent + self.ttl,
+                    });
+                    if self.stream(member, keeper, stream).await {
                         return;
                     }
                 }
-                Err(e) if is_lease_not_found(&e) => {
+                Some((_, Ok(Err(e)))) if is_lease_not_found(&e) => {
                     self.lost(format!("etcd says the lease is gone: {e}"));
                     return;
                 }
-                Err(e) => tracing::debug!(error = %e, "keep-alive stream could not be opened"),
+                Some((member, Ok(Err(e)))) => {
+                    tracing::debug!(error = %e, "keep-alive stream could not be opened");
+                    self.pool
+                        .suspect(member, "keep-alive stream could not be opened");
+                }
+                Some((member, Err(_))) => {
+                    tracing::debug!("keep-alive stream open unanswered; trying another member");
+                    self.pool.suspect(member, "keep-alive unanswered");
+                    // Another member may answer at once: no pause.
+                    continue;
+                }
+                None => tracing::debug!("no etcd member for the keep-alive stream"),
             }
             // Reopen after a pause that doubles up to the keep-alive interval, but at most a
             // quarter of the time left before the deadline: attempts get denser as it nears,
@@ -250,24 +291,45 @@ impl KeepAlive {
         }
     }
 
-    /// Drives one keep-alive stream. Returns true when the task should end.
+    /// Drives one keep-alive stream, on pool member `member`. Returns true when the task
+    /// should end; false to reopen the stream (on another member, if this one is suspected).
     async fn stream(
         &self,
+        member: usize,
         mut keeper: etcd_client::LeaseKeeper,
         mut stream: etcd_client::LeaseKeepAliveStream,
     ) -> bool {
+        // Opening the stream sent one keep-alive (etcd-client does), already answered.
         let mut pending: VecDeque<Instant> = VecDeque::new();
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.reset();
+        let mut suspicions = self.pool.suspicions();
+        suspicions.mark_unchanged();
         loop {
             let Some(deadline) = self.deadline() else {
                 return true;
             };
+            // The oldest unanswered keep-alive: unanswered for the stall bound, the member
+            // is frozen or slow, whatever its TCP connection says.
+            let stalled_at = pending.front().map(|sent| *sent + self.stall);
             tokio::select! {
                 () = self.cancel.cancelled() => return true,
                 () = tokio::time::sleep_until(deadline) => {
                     self.lost("keep-alive deadline passed without an acknowledgement".into());
                     return true;
+                }
+                () = sleep_until_some(stalled_at) => {
+                    tracing::info!(stall_ms = self.stall.as_millis() as u64, "keep-alive unanswered; moving the stream to another member");
+                    self.pool.suspect(member, "keep-alive unanswered");
+                    return false;
+                }
+                changed = suspicions.changed() => {
+                    let suspected = *suspicions.borrow_and_update();
+                    if changed.is_ok() && suspected.1 == member {
+                        tracing::debug!("keep-alive member suspected by another request; moving the stream");
+                        return false;
+                    }
                 }
                 _ = tick.tick() => {
                     if self.gate.as_ref().is_some_and(|g| !*g.borrow()) {
@@ -275,11 +337,19 @@ impl KeepAlive {
                         continue;
                     }
                     let now = Instant::now();
-                    if let Err(e) = keeper.keep_alive().await {
-                        tracing::debug!(error = %e, "keep-alive send failed; reopening");
-                        return false;
+                    // The send itself can block on a stalled connection's flow-control window.
+                    match tokio::time::timeout(self.stall, keeper.keep_alive()).await {
+                        Ok(Ok(())) => pending.push_back(now),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "keep-alive send failed; reopening");
+                            self.pool.suspect(member, "keep-alive send failed");
+                            return false;
+                        }
+                        Err(_) => {
+                            self.pool.suspect(member, "keep-alive send blocked");
+                            return false;
+                        }
                     }
-                    pending.push_back(now);
                 }
                 msg = stream.message() => match msg {
                     Ok(Some(resp)) => {
@@ -296,6 +366,7 @@ impl KeepAlive {
                     }
                     Ok(None) => {
                         tracing::debug!("keep-alive stream ended; reopening");
+                        self.pool.suspect(member, "keep-alive stream ended");
                         return false;
                     }
                     Err(e) if is_lease_not_found(&e) => {
@@ -304,6 +375,7 @@ impl KeepAlive {
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "keep-alive stream failed; reopening");
+                        self.pool.suspect(member, "keep-alive stream failed");
                         return false;
                     }
                 }
@@ -312,9 +384,38 @@ impl KeepAlive {
     }
 }
 
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stalled_keep_alive_is_given_up_well_before_the_lease_ends() {
+        let attempt = Duration::from_millis(1666);
+        assert_eq!(
+            stall_bound(Duration::from_secs(5), attempt),
+            Duration::from_millis(1250)
+        );
+        assert_eq!(stall_bound(Duration::from_secs(10), attempt), attempt);
+        assert_eq!(
+            stall_bound(Duration::from_secs(1), Duration::from_millis(50)),
+            Duration::from_millis(100)
+        );
+        // Frozen right after an acknowledgement: the next keep-alive goes out a third of the
+        // TTL later and is given up a stall bound after that, with time left to reopen.
+        for ttl in [5, 10, 30, 60] {
+            let ttl = Duration::from_secs(ttl);
+            let given_up = ttl / 3 + stall_bound(ttl, attempt);
+            assert!(given_up <= ttl * 7 / 12, "{ttl:?}: {given_up:?}");
+        }
+    }
 
     #[test]
     fn reopen_attempts_get_denser_as_the_deadline_nears() {

@@ -47,6 +47,7 @@ pub mod membership;
 #[cfg(feature = "mesh")]
 pub mod mesh;
 pub mod metrics;
+mod pool;
 pub mod record;
 pub mod registration;
 pub mod signal;

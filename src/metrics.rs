@@ -15,6 +15,7 @@
 //! | `darkrift_etcd_revision_lag` | gauge | etcd header revision − revision the view reflects |
 //! | `darkrift_etcd_alloc_txns_total` | counter | allocation transactions sent |
 //! | `darkrift_etcd_alloc_conflicts_total` | counter | allocation transactions that lost a race |
+//! | `darkrift_etcd_member_suspicions_total` | counter | etcd members newly avoided (no answer in time, transport error) |
 
 /// Keep-alive round trip, seconds.
 pub const KEEPALIVE_RTT: &str = "darkrift_etcd_keepalive_rtt_seconds";
@@ -38,3 +39,5 @@ pub const REVISION_LAG: &str = "darkrift_etcd_revision_lag";
 pub const ALLOC_TXNS: &str = "darkrift_etcd_alloc_txns_total";
 /// Allocation transactions that lost a race.
 pub const ALLOC_CONFLICTS: &str = "darkrift_etcd_alloc_conflicts_total";
+/// etcd members newly suspected (see the `pool` module).
+pub const MEMBER_SUSPICIONS: &str = "darkrift_etcd_member_suspicions_total";

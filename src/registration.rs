@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,7 @@ use crate::events::Event;
 use crate::keys::KeyLayout;
 use crate::lease::{LeaseSession, LeaseState};
 use crate::metrics as m;
+use crate::pool::Pool;
 use crate::record::Registration;
 use crate::watcher::{lock, OwnKey, SharedView};
 
@@ -87,7 +88,7 @@ impl RegistrationStatus {
 
 /// What the connector and its registrations share.
 pub(crate) struct Ctx {
-    pub(crate) client: Client,
+    pub(crate) pool: Pool,
     pub(crate) config: ConnectorConfig,
     pub(crate) layout: KeyLayout,
     pub(crate) shared: SharedView,
@@ -132,7 +133,6 @@ pub(crate) async fn allocate(
     let params = ctx.config.alloc_params();
     let mut learned = IdSet::default();
     let mut cursor_seen = 0u64;
-    let kv = ctx.client.kv_client();
     for attempt in 0..ctx.config.max_alloc_attempts {
         let hint = {
             let shared = lock(&ctx.shared);
@@ -167,14 +167,14 @@ pub(crate) async fn allocate(
         metrics::counter!(m::ALLOC_TXNS).increment(1);
         let txn = alloc::build_txn(&request);
         let resp = retrying(
-            &ctx.client,
+            &ctx.pool,
             "allocate id",
             ctx.config.request_timeout,
-            || {
+            |client| {
                 // Counted per send: a transient error's retry is one more request to etcd.
                 ctx.requests.fetch_add(1, Ordering::Relaxed);
-                let (mut kv, txn) = (kv.clone(), txn.clone());
-                async move { kv.txn(txn).await }
+                let txn = txn.clone();
+                async move { client.kv_client().txn(txn).await }
             },
         )
         .await?;
@@ -218,18 +218,17 @@ pub(crate) async fn allocate(
 
 /// Every id looks taken: count the slots to tell a full space from a stale view.
 async fn exhausted_or_contention(ctx: &Ctx, attempt: u32) -> Error {
-    let kv = ctx.client.kv_client();
     let options = etcd_client::GetOptions::new()
         .with_prefix()
         .with_count_only();
     let prefix = ctx.layout.slots_prefix();
     let count = retrying(
-        &ctx.client,
+        &ctx.pool,
         "count slots",
         ctx.config.request_timeout,
-        || {
-            let (mut kv, prefix, options) = (kv.clone(), prefix.clone(), options.clone());
-            async move { kv.get(prefix, Some(options)).await }
+        |client| {
+            let (prefix, options) = (prefix.clone(), options.clone());
+            async move { client.kv_client().get(prefix, Some(options)).await }
         },
     );
     match count.await {
@@ -493,7 +492,7 @@ impl Supervisor {
         let bound = bound
             .min(self.ctx.config.request_timeout)
             .max(Duration::from_millis(50));
-        let resp = match retrying_txn(&self.ctx.client, "restore key", bound, &txn).await {
+        let resp = match retrying_txn(&self.ctx.pool, "restore key", bound, &txn).await {
             Ok(resp) => resp,
             Err(Error::Etcd { source, .. }) if is_lease_not_found(&source) => {
                 return Restore::LeaseGone(format!(
@@ -561,7 +560,7 @@ impl Supervisor {
                 .request_timeout
                 .min(old.ttl())
                 .max(Duration::from_millis(100));
-            if let Err(e) = old.revoke(&ctx.client, bound).await {
+            if let Err(e) = old.revoke(&ctx.pool, bound).await {
                 tracing::debug!(error = %e, "revoking the lost lease failed (best effort)");
             }
         }
@@ -633,7 +632,7 @@ impl Supervisor {
         let ctx = self.ctx.clone();
         let gate = self.health.clone();
         let lease = match LeaseSession::grant_gated(
-            &ctx.client,
+            &ctx.pool,
             ctx.config.lease_ttl,
             ctx.config.request_timeout,
             gate,
@@ -662,15 +661,14 @@ impl Supervisor {
                 TxnOp::get(slot, None),
                 TxnOp::get(c.server_key.clone(), None),
             ]);
-        let resp = match retrying_txn(&ctx.client, "re-register", ctx.config.request_timeout, &txn)
-            .await
-        {
-            Ok(resp) => resp,
-            Err(e) => {
-                revoke_quietly(&ctx, lease).await;
-                return Attempt::Retry(e.to_string());
-            }
-        };
+        let resp =
+            match retrying_txn(&ctx.pool, "re-register", ctx.config.request_timeout, &txn).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    revoke_quietly(&ctx, lease).await;
+                    return Attempt::Retry(e.to_string());
+                }
+            };
         if resp.succeeded() {
             let revision = resp
                 .header()
@@ -703,15 +701,11 @@ impl Supervisor {
         }
         revoke_quietly(&ctx, lease).await;
         if old_lease_id != 0 && holders.iter().all(|l| *l == old_lease_id) {
-            let client = ctx.client.lease_client();
             let _ = retrying(
-                &ctx.client,
+                &ctx.pool,
                 "lease revoke",
                 ctx.config.request_timeout,
-                || {
-                    let mut client = client.clone();
-                    async move { client.revoke(old_lease_id).await }
-                },
+                |client| async move { client.lease_client().revoke(old_lease_id).await },
             )
             .await;
             return Attempt::Retry(
@@ -754,7 +748,7 @@ impl Supervisor {
                     let attempt = async {
                         let gate = self.health.clone();
                         let lease = LeaseSession::grant_gated(
-                            &ctx.client,
+                            &ctx.pool,
                             ctx.config.lease_ttl,
                             ctx.config.request_timeout,
                             gate,
@@ -807,7 +801,7 @@ impl Supervisor {
 }
 
 async fn revoke_quietly(ctx: &Ctx, lease: LeaseSession) {
-    if let Err(e) = lease.revoke(&ctx.client, ctx.config.request_timeout).await {
+    if let Err(e) = lease.revoke(&ctx.pool, ctx.config.request_timeout).await {
         tracing::debug!(error = %e, "revoking an unused lease failed; it expires");
     }
 }

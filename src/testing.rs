@@ -625,6 +625,54 @@ impl EtcdCluster {
         Ok(())
     }
 
+    /// Freezes member `i` with SIGSTOP: its process stays, its sockets stay open and the
+    /// kernel keeps accepting connections for it, but it answers nothing (a stalled disk, a
+    /// paused VM, a long GC pause). [`EtcdCluster::thaw`] resumes it; dropping the cluster
+    /// kills it frozen or not.
+    ///
+    /// # Errors
+    ///
+    /// [`TestingError::NoSuchMember`], or [`TestingError::Io`] if the member does not run or
+    /// cannot be signalled.
+    pub fn freeze(&mut self, i: usize) -> Result<(), TestingError> {
+        self.signal(i, "-STOP")
+    }
+
+    /// Resumes member `i` after [`EtcdCluster::freeze`] (SIGCONT).
+    ///
+    /// # Errors
+    ///
+    /// As [`EtcdCluster::freeze`].
+    pub fn thaw(&mut self, i: usize) -> Result<(), TestingError> {
+        self.signal(i, "-CONT")
+    }
+
+    fn signal(&mut self, i: usize, signal: &str) -> Result<(), TestingError> {
+        let name = self.member(i)?.name.clone();
+        let pid = self.pid(i).ok_or_else(|| {
+            TestingError::io(
+                format!("signalling etcd member {name}"),
+                io::Error::new(io::ErrorKind::NotFound, "the member does not run"),
+            )
+        })?;
+        // The child is not reaped (it runs), so its pid cannot have been reused.
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|err| TestingError::io(format!("kill {signal} {name} (pid {pid})"), err))?;
+        if !status.success() {
+            return Err(TestingError::io(
+                format!("kill {signal} {name} (pid {pid})"),
+                io::Error::other(format!("kill exited with {status}")),
+            ));
+        }
+        info!(member = %name, pid, signal, "signalled etcd member");
+        Ok(())
+    }
+
     /// Stops member `i` gracefully: SIGTERM, then waits for it to exit.
     ///
     /// If it has not exited after 10 s it is killed with SIGKILL. Does nothing if the member

@@ -45,21 +45,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use etcd_client::{
-    Client, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
-};
+use etcd_client::{EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::alloc::decode_cursor;
-use crate::client::bounded;
+use crate::client::{retrying, retrying_on};
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::keys::KeyLayout;
 use crate::membership::{KeyValue, KvChange, Membership, Snapshot};
 use crate::metrics as m;
+use crate::pool::Pool;
 
 /// The view shared between the watcher task and the connector.
 #[derive(Debug)]
@@ -172,12 +171,15 @@ enum State {
     },
     /// Opening a watch that starts at `from`.
     Open { from: i64 },
-    /// Streaming; `from` is the next revision we need.
+    /// Streaming from pool member `member`; `from` is the next revision we need;
+    /// `asked` is when we asked for a progress notification that has not come yet.
     Watch {
         from: i64,
-        stream: WatchStream,
+        /// Boxed: the stream is most of the state's size, and the other states are small.
+        stream: Box<WatchStream>,
+        member: usize,
         last_heard: Instant,
-        progress_requested: bool,
+        asked: Option<Instant>,
     },
     /// Waiting out a failure before `then`; `unreachable` marks the view stale (a broken
     /// stream that reopens at once does not).
@@ -204,7 +206,7 @@ pub(crate) struct WatcherTask {
 
 /// Starts a watcher task that applies changes to a shared view and sends events to `events`.
 pub(crate) fn spawn(
-    client: Client,
+    pool: Pool,
     settings: WatcherSettings,
     events: mpsc::Sender<Event>,
     cancel: CancellationToken,
@@ -219,7 +221,8 @@ pub(crate) fn spawn(
     let (synced_tx, synced) = watch::channel(false);
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let watcher = Watcher {
-        client,
+        suspicions: pool.suspicions(),
+        pool,
         settings,
         shared: shared.clone(),
         events,
@@ -237,7 +240,9 @@ pub(crate) fn spawn(
 }
 
 struct Watcher {
-    client: Client,
+    pool: Pool,
+    /// Members suspected by any request of this connector: a watch on one of them moves.
+    suspicions: watch::Receiver<(u64, usize)>,
     settings: WatcherSettings,
     shared: SharedView,
     events: mpsc::Sender<Event>,
@@ -382,16 +387,18 @@ impl Watcher {
                 (Vec::new(), list_from_scratch(false))
             }
             State::Open { from } => match self.open(from).await {
-                Ok(stream) => {
+                Ok((stream, member)) => {
                     metrics::counter!(m::WATCH_RESTARTS).increment(1);
                     let last_heard = Instant::now();
+                    self.suspicions.mark_unchanged();
                     (
                         Vec::new(),
                         State::Watch {
                             from,
-                            stream,
+                            stream: Box::new(stream),
+                            member,
                             last_heard,
-                            progress_requested: false,
+                            asked: None,
                         },
                     )
                 }
@@ -410,10 +417,11 @@ impl Watcher {
             State::Watch {
                 from,
                 stream,
+                member,
                 last_heard,
-                progress_requested,
+                asked,
             } => {
-                self.watch_step(from, stream, last_heard, progress_requested)
+                self.watch_step(from, stream, member, last_heard, asked)
                     .await
             }
             State::Backoff { then, unreachable } => {
@@ -464,8 +472,11 @@ impl Watcher {
                 TxnOp::get(start, Some(options)),
                 TxnOp::get(layout.cursor_key(), None),
             ]);
-            let mut kv = self.client.kv_client();
-            let resp = bounded("snapshot", timeout, kv.txn(txn)).await?;
+            let resp = retrying(&self.pool, "snapshot", timeout, |client| {
+                let txn = txn.clone();
+                async move { client.kv_client().txn(txn).await }
+            })
+            .await?;
             let revision = resp
                 .header()
                 .map_or(0, etcd_client::ResponseHeader::revision);
@@ -482,9 +493,11 @@ impl Watcher {
             let (kvs, more) = page.unwrap_or_default();
             (revision, kvs, more)
         } else {
-            let mut kv = self.client.kv_client();
-            let get = kv.get(start, Some(options));
-            let mut resp = bounded("snapshot page", timeout, get).await?;
+            let mut resp = retrying(&self.pool, "snapshot page", timeout, |client| {
+                let (start, options) = (start.clone(), options.clone());
+                async move { client.kv_client().get(start, Some(options)).await }
+            })
+            .await?;
             let more = resp.more();
             (pinned, resp.take_kvs(), more)
         };
@@ -534,27 +547,42 @@ impl Watcher {
         events
     }
 
-    async fn open(&mut self, from: i64) -> Result<WatchStream> {
+    /// Opens the watch on the pool's chosen member; returns the stream and that member.
+    async fn open(&mut self, from: i64) -> Result<(WatchStream, usize)> {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(from)
             .with_progress_notify();
         let prefix = self.settings.layout.servers_prefix();
-        let watch = self.client.watch(prefix, Some(options));
-        bounded("watch", self.settings.request_timeout, watch).await
+        retrying_on(
+            &self.pool,
+            "watch",
+            self.settings.request_timeout,
+            |mut client| {
+                let (prefix, options) = (prefix.clone(), options.clone());
+                async move { client.watch(prefix, Some(options)).await }
+            },
+        )
+        .await
     }
 
     async fn watch_step(
         &mut self,
         from: i64,
-        mut stream: WatchStream,
+        mut stream: Box<WatchStream>,
+        member: usize,
         last_heard: Instant,
-        progress_requested: bool,
+        asked: Option<Instant>,
     ) -> (Vec<Event>, State) {
-        // Watchdog: a silent stream is asked for progress after `progress_interval`, and
-        // recreated after `idle_timeout` (a stream can hang on a partitioned member).
+        // Watchdog: a silent stream is asked for progress after `progress_interval`. An
+        // answer (or any message) proves the member alive; none within the pool's attempt
+        // timeout means the member froze or answers too late: it is suspected and the watch
+        // reopened on another member. A stream silent for `idle_timeout` is recreated anyway.
         let ask_at = last_heard + self.settings.progress_interval;
-        let give_up_at = last_heard + self.settings.idle_timeout;
+        let mut give_up_at = last_heard + self.settings.idle_timeout;
+        if let Some(asked) = asked {
+            give_up_at = give_up_at.min(asked + self.pool.attempt_timeout());
+        }
         let msg = tokio::select! {
             cmd = self.commands.recv() => {
                 return match cmd {
@@ -563,17 +591,34 @@ impl Watcher {
                         (Vec::new(), list_from_scratch(false))
                     }
                     None => {
-                        let watch = State::Watch { from, stream, last_heard, progress_requested };
+                        let watch = State::Watch { from, stream, member, last_heard, asked };
                         (Vec::new(), watch)
                     }
                 };
             }
-            () = tokio::time::sleep_until(ask_at), if !progress_requested => {
-                let requested = stream.request_progress().await.is_ok();
-                let watch = State::Watch { from, stream, last_heard, progress_requested: requested };
+            changed = self.suspicions.changed() => {
+                let suspected = self.suspicions.borrow_and_update().1;
+                if changed.is_ok() && suspected == member && self.pool.len() > 1 {
+                    tracing::info!(from, "watch member suspected; moving the watch to another member");
+                    return (Vec::new(), State::Open { from });
+                }
+                let watch = State::Watch { from, stream, member, last_heard, asked };
+                return (Vec::new(), watch);
+            }
+            () = tokio::time::sleep_until(ask_at), if asked.is_none() => {
+                let asked = match stream.request_progress().await {
+                    Ok(()) => Some(Instant::now()),
+                    Err(_) => None,
+                };
+                let watch = State::Watch { from, stream, member, last_heard, asked };
                 return (Vec::new(), watch);
             }
             () = tokio::time::sleep_until(give_up_at) => {
+                if asked.is_some() {
+                    tracing::warn!(from, "watch stream did not answer a progress request in time; moving it to another member");
+                    self.pool.suspect(member, "watch did not answer a progress request");
+                    return (Vec::new(), State::Open { from });
+                }
                 tracing::warn!(from, silent_for = ?self.settings.idle_timeout, "watch stream silent; recreating it");
                 let then = Box::new(State::Open { from });
                 return (Vec::new(), State::Backoff { then, unreachable: false });
@@ -584,6 +629,7 @@ impl Watcher {
             Ok(Some(resp)) => resp,
             Ok(None) => {
                 tracing::info!(from, "watch stream ended; resuming");
+                self.pool.suspect(member, "watch stream ended");
                 let then = Box::new(State::Open { from });
                 return (
                     Vec::new(),
@@ -595,6 +641,7 @@ impl Watcher {
             }
             Err(e) => {
                 tracing::info!(error = %e, from, "watch stream failed; resuming");
+                self.pool.suspect(member, "watch stream failed");
                 let then = Box::new(State::Open { from });
                 return (
                     Vec::new(),
@@ -615,7 +662,11 @@ impl Watcher {
                 // An expired auth token cancels a watch instead of failing it ("invalid auth
                 // token" on 3.4, "permission denied" on 3.5): get a fresh token first.
                 if reason.contains("auth token") || reason.contains("permission denied") {
-                    if let Err(e) = self.client.refresh_token().await {
+                    let refreshed = match self.pool.client(member).await {
+                        Ok(client) => client.refresh_token().await.map_err(|e| e.to_string()),
+                        Err(e) => Err(format!("{e:?}")),
+                    };
+                    if let Err(e) = refreshed {
                         tracing::debug!(error = %e, "refreshing the auth token failed");
                     }
                 }
@@ -633,8 +684,9 @@ impl Watcher {
                 let watch = State::Watch {
                     from,
                     stream,
+                    member,
                     last_heard: heard,
-                    progress_requested,
+                    asked,
                 };
                 return (Vec::new(), watch);
             }
@@ -645,8 +697,9 @@ impl Watcher {
                 let watch = State::Watch {
                     from,
                     stream,
+                    member,
                     last_heard: heard,
-                    progress_requested: false,
+                    asked: None,
                 };
                 return (Vec::new(), watch);
             }
@@ -658,8 +711,9 @@ impl Watcher {
             let watch = State::Watch {
                 from: next,
                 stream,
+                member,
                 last_heard: heard,
-                progress_requested: false,
+                asked: None,
             };
             return (Vec::new(), watch);
         }
@@ -689,8 +743,9 @@ impl Watcher {
         let watch = State::Watch {
             from: last + 1,
             stream,
+            member,
             last_heard: heard,
-            progress_requested: false,
+            asked: None,
         };
         (events, watch)
     }
@@ -771,7 +826,7 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 /// Reads the whole server range once (paginated, pinned), for one-shot listings.
 pub(crate) async fn list_once(
-    client: &Client,
+    pool: &Pool,
     settings: &WatcherSettings,
 ) -> Result<(i64, Membership)> {
     let mut view = Membership::new(settings.layout.clone());
@@ -780,7 +835,6 @@ pub(crate) async fn list_once(
     let end = prefix_end(prefix.as_bytes());
     let mut start = prefix.into_bytes();
     let mut pinned = 0;
-    let mut kv = client.kv_client();
     loop {
         let mut options = GetOptions::new()
             .with_range(end.clone())
@@ -788,8 +842,11 @@ pub(crate) async fn list_once(
         if pinned > 0 {
             options = options.with_revision(pinned);
         }
-        let get = kv.get(start.clone(), Some(options));
-        let mut resp = bounded("list", settings.request_timeout, get).await?;
+        let mut resp = retrying(pool, "list", settings.request_timeout, |client| {
+            let (start, options) = (start.clone(), options.clone());
+            async move { client.kv_client().get(start, Some(options)).await }
+        })
+        .await?;
         if pinned == 0 {
             pinned = resp
                 .header()

@@ -1,5 +1,6 @@
-//! A bounded chaos test: random kills and restarts of etcd members, cuts and heals of
-//! servers' connections, server crashes, graceful leaves and new servers, for a fixed period.
+//! A bounded chaos test: random kills, freezes (SIGSTOP) and restarts of etcd members, cuts,
+//! blackholes, slow links and heals of servers' connections, server crashes, graceful leaves
+//! and new servers, for a fixed period.
 //! A checker over the recorded histories then asserts:
 //! 1. never two live holders of one id at any etcd revision (replaying etcd's own history);
 //! 2. every server's event history is well formed (per id, joins and leaves alternate);
@@ -87,7 +88,8 @@ async fn chaos_never_two_holders_and_views_converge() {
         }
         started += 1;
     }
-    let mut down_member: Option<usize> = None;
+    // The member that is down (killed) or frozen (SIGSTOP), at most one, so there is a quorum.
+    let mut down_member: Option<(usize, bool)> = None;
 
     let chaos_end = tokio::time::Instant::now() + CHAOS_FOR;
     let mut faults = 0;
@@ -97,13 +99,20 @@ async fn chaos_never_two_holders_and_views_converge() {
         faults += 1;
         match rng.random_range(0..7) {
             0 => {
-                // Kill or restart an etcd member (at most one down, so there is a quorum).
+                // Kill or freeze an etcd member, or bring it back (at most one down, so there
+                // is a quorum).
                 match down_member.take() {
-                    Some(i) => etcd.restart(i).await.expect("restart member"),
+                    Some((i, true)) => etcd.thaw(i).expect("thaw member"),
+                    Some((i, false)) => etcd.restart(i).await.expect("restart member"),
                     None => {
                         let i = rng.random_range(0..etcd.len());
-                        etcd.kill(i).expect("kill member");
-                        down_member = Some(i);
+                        let freeze = rng.random_bool(0.5);
+                        if freeze {
+                            etcd.freeze(i).expect("freeze member");
+                        } else {
+                            etcd.kill(i).expect("kill member");
+                        }
+                        down_member = Some((i, freeze));
                     }
                 }
             }
@@ -117,10 +126,12 @@ async fn chaos_never_two_holders_and_views_converge() {
                 for p in &server.proxies {
                     if server.cut {
                         p.restore();
-                    } else if rng.random_bool(0.5) {
-                        p.cut();
                     } else {
-                        p.stall();
+                        match rng.random_range(0..3) {
+                            0 => p.cut(),
+                            1 => p.stall(),
+                            _ => p.slow(Duration::from_millis(rng.random_range(200..1500))),
+                        }
                     }
                 }
                 server.cut = !server.cut;
@@ -154,8 +165,10 @@ async fn chaos_never_two_holders_and_views_converge() {
         }
     }
     // Heal everything: the last fault ends here.
-    if let Some(i) = down_member.take() {
-        etcd.restart(i).await.expect("restart member");
+    match down_member.take() {
+        Some((i, true)) => etcd.thaw(i).expect("thaw member"),
+        Some((i, false)) => etcd.restart(i).await.expect("restart member"),
+        None => {}
     }
     for s in &mut servers {
         for p in &s.proxies {

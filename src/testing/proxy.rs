@@ -5,6 +5,8 @@
 //!   immediately (a crashed route: the client sees resets and refusals);
 //! - **stall**: connections stay open but no byte is forwarded in either direction (a black
 //!   hole: the client sees silence, the hardest case for a watch or a keep-alive);
+//! - **slow**: every chunk is forwarded, each one late by a fixed delay (a member that answers,
+//!   but seconds late: an overloaded disk, a congested link);
 //! - **restore**: bytes flow again (data held during a stall is delivered, as TCP would after
 //!   a partition heals).
 //!
@@ -33,6 +35,8 @@ pub enum Mode {
     Cut,
     /// Hold every byte.
     Stall,
+    /// Forward every chunk this late.
+    Slow(std::time::Duration),
 }
 
 /// A running fault proxy; stops when dropped.
@@ -97,6 +101,11 @@ impl FaultProxy {
     /// Holds every byte until [`FaultProxy::restore`] (connections stay open).
     pub fn stall(&self) {
         self.mode.send_replace(Mode::Stall);
+    }
+
+    /// Forwards every chunk `delay` late until [`FaultProxy::restore`].
+    pub fn slow(&self, delay: std::time::Duration) {
+        self.mode.send_replace(Mode::Slow(delay));
     }
 
     /// Forwards again.
@@ -190,6 +199,10 @@ async fn pump(
                 continue;
             }
         };
+        let current = *mode.borrow();
+        if let Mode::Slow(delay) = current {
+            tokio::time::sleep(delay).await;
+        }
         if mode.wait_for(|m| *m != Mode::Stall).await.is_err() {
             return;
         }

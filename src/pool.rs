@@ -1,0 +1,335 @@
+//! The etcd members we talk to, and which one each request goes to.
+//!
+//! etcd-client spreads the requests of one `Client` over all its endpoints (tower's
+//! power-of-two-choices balancer). That is right while every member either answers or refuses,
+//! and wrong for a *gray* failure: a member that accepts connections and then never answers
+//! (SIGSTOP, a stalled disk, a paused VM, a long GC pause) or answers seconds late. Its TCP
+//! connection looks healthy, so the balancer keeps sending it requests, and every request,
+//! keep-alive and watch that lands there hangs until its caller's timeout, although the other
+//! members hold quorum. Leases then expire and live servers "leave".
+//!
+//! So this module does what etcd's Go client does with its pinned endpoint, per-attempt
+//! timeouts and keep-alive pings, but with the decision in our hands:
+//!
+//! - one etcd-client `Client` per member (`Member`), so a request goes where we send it;
+//! - a **preferred** member that every request and stream starts on, sticky while it works;
+//! - every unary attempt bounded by the **attempt timeout** ([`attempt_timeout`], a third of
+//!   the request timeout, 0.5–2 s), far shorter than the request's own bound: a member that
+//!   does not answer in time is **suspected** and the next attempt goes to the next member;
+//! - a suspicion is broadcast ([`Pool::suspicions`]): the keep-alive and watch streams on that
+//!   member move to another at once instead of waiting to notice the silence themselves;
+//! - a suspicion expires after [`SUSPICION`]; a suspected member is chosen again only when
+//!   every member is suspected (then the one suspected longest ago), so a cluster whose members
+//!   are all slow still gets requests.
+//!
+//! With authentication, building a member's client is itself a request (etcd-client
+//! authenticates when it connects), so members are built lazily, on first use, under the same
+//! attempt timeout: a member frozen at start-up does not hold up the others.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+use tokio::sync::{watch, OnceCell};
+use tokio::time::Instant;
+
+/// How long a member that failed an attempt is avoided when another member is available.
+pub(crate) const SUSPICION: Duration = Duration::from_secs(10);
+
+/// The per-attempt bound for a request whose overall bound is `request_timeout`: a third of
+/// it, between 0.5 s and 2 s. Short enough that a request whose first attempt lands on a
+/// frozen member still has two more attempts on others within its own bound; long enough that
+/// a healthy member under load (a leader election takes about one election timeout, 1 s by
+/// default) is not abandoned for a normal pause.
+#[must_use]
+pub(crate) fn attempt_timeout(request_timeout: Duration) -> Duration {
+    (request_timeout / 3).clamp(Duration::from_millis(500), Duration::from_secs(2))
+}
+
+/// One member: its endpoint, its client once built, and when it was last suspected.
+struct Member {
+    endpoint: String,
+    client: OnceCell<Client>,
+    suspected_at: Mutex<Option<Instant>>,
+}
+
+struct Inner {
+    members: Vec<Member>,
+    options: Option<ConnectOptions>,
+    preferred: AtomicUsize,
+    attempt_timeout: Duration,
+    /// Bumped on every suspicion; the value is the index of the member suspected last.
+    suspicions: watch::Sender<(u64, usize)>,
+}
+
+/// A client of one member, picked for one attempt or one stream.
+#[derive(Clone)]
+pub(crate) struct Picked {
+    /// Index of the member, to report a failure with [`Pool::suspect`].
+    pub(crate) member: usize,
+    /// Its client.
+    pub(crate) client: Client,
+}
+
+/// The members of one etcd cluster and the choice between them. Cheap to clone (shared).
+#[derive(Clone)]
+pub(crate) struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("endpoints", &self.endpoints())
+            .field("preferred", &self.inner.preferred.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// A pool over `endpoints`, each built with `options` when first used.
+    pub(crate) fn new(
+        endpoints: &[String],
+        options: ConnectOptions,
+        request_timeout: Duration,
+    ) -> Self {
+        let members = endpoints
+            .iter()
+            .map(|e| Member {
+                endpoint: e.clone(),
+                client: OnceCell::new(),
+                suspected_at: Mutex::new(None),
+            })
+            .collect();
+        Self::build(members, Some(options), request_timeout)
+    }
+
+    /// A pool of one ready client (which may itself balance over several endpoints: then
+    /// this pool cannot steer around a frozen one).
+    pub(crate) fn from_client(client: Client, request_timeout: Duration) -> Self {
+        let member = Member {
+            endpoint: "(client given by the host)".into(),
+            client: OnceCell::new_with(Some(client)),
+            suspected_at: Mutex::new(None),
+        };
+        Self::build(vec![member], None, request_timeout)
+    }
+
+    fn build(
+        members: Vec<Member>,
+        options: Option<ConnectOptions>,
+        request_timeout: Duration,
+    ) -> Self {
+        let (suspicions, _) = watch::channel((0, usize::MAX));
+        Pool {
+            inner: Arc::new(Inner {
+                members,
+                options,
+                preferred: AtomicUsize::new(0),
+                attempt_timeout: attempt_timeout(request_timeout),
+                suspicions,
+            }),
+        }
+    }
+
+    /// The endpoints, in configuration order.
+    pub(crate) fn endpoints(&self) -> Vec<&str> {
+        self.inner
+            .members
+            .iter()
+            .map(|m| m.endpoint.as_str())
+            .collect()
+    }
+
+    /// The bound of one attempt.
+    pub(crate) fn attempt_timeout(&self) -> Duration {
+        self.inner.attempt_timeout
+    }
+
+    /// Number of members.
+    pub(crate) fn len(&self) -> usize {
+        self.inner.members.len()
+    }
+
+    /// The member the next attempt should go to: the preferred one unless it is suspected,
+    /// else the next one that is not, else the one suspected longest ago.
+    pub(crate) fn choose(&self) -> usize {
+        let now = Instant::now();
+        let suspected: Vec<Option<Instant>> = self
+            .inner
+            .members
+            .iter()
+            .map(|m| {
+                lock(&m.suspected_at).filter(|at| now.saturating_duration_since(*at) < SUSPICION)
+            })
+            .collect();
+        choose_member(self.inner.preferred.load(Ordering::Relaxed), &suspected)
+    }
+
+    /// True when every member failed an attempt within the last [`SUSPICION`]: the next
+    /// attempt goes to one that failed, so it is worth a pause first.
+    pub(crate) fn all_suspected(&self) -> bool {
+        let now = Instant::now();
+        self.inner.members.iter().all(|m| {
+            lock(&m.suspected_at).is_some_and(|at| now.saturating_duration_since(at) < SUSPICION)
+        })
+    }
+
+    /// The client of member `member`, built on first use (bounded by the attempt timeout).
+    ///
+    /// # Errors
+    /// Building it failed or timed out (with authentication, building it is a request).
+    pub(crate) async fn client(&self, member: usize) -> Result<Client, PickError> {
+        let m = self.inner.members.get(member).ok_or(PickError::NoMember)?;
+        let options = self.inner.options.clone();
+        let build = m
+            .client
+            .get_or_try_init(|| Client::connect([m.endpoint.as_str()], options));
+        match tokio::time::timeout(self.inner.attempt_timeout, build).await {
+            Ok(Ok(client)) => Ok(client.clone()),
+            Ok(Err(e)) => Err(PickError::Etcd(e)),
+            Err(_) => Err(PickError::Timeout),
+        }
+    }
+
+    /// [`Pool::choose`] and [`Pool::client`]; a member whose client cannot be built is
+    /// suspected.
+    ///
+    /// # Errors
+    /// As [`Pool::client`].
+    pub(crate) async fn pick(&self) -> Result<Picked, PickError> {
+        let member = self.choose();
+        match self.client(member).await {
+            Ok(client) => Ok(Picked { member, client }),
+            Err(e) => {
+                self.suspect(member, "its client could not be built");
+                Err(e)
+            }
+        }
+    }
+
+    /// Records that `member` failed an attempt (no answer in time, or a transport error):
+    /// avoid it for [`SUSPICION`], move the preferred member on, and tell the streams.
+    pub(crate) fn suspect(&self, member: usize, why: &str) {
+        let Some(m) = self.inner.members.get(member) else {
+            return;
+        };
+        let first = {
+            let mut at = lock(&m.suspected_at);
+            let now = Instant::now();
+            let first = at.is_none_or(|t| now.saturating_duration_since(t) >= SUSPICION);
+            *at = Some(now);
+            first
+        };
+        if self.len() > 1 {
+            // Only the thread that sees `member` preferred moves it on, so two concurrent
+            // failures do not skip a healthy member.
+            let next = (member + 1) % self.len();
+            let _ = self.inner.preferred.compare_exchange(
+                member,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        if first {
+            tracing::warn!(endpoint = %m.endpoint, reason = why, "etcd member suspected; using another");
+            metrics::counter!(crate::metrics::MEMBER_SUSPICIONS).increment(1);
+        } else {
+            tracing::debug!(endpoint = %m.endpoint, reason = why, "etcd member suspected again");
+        }
+        self.inner.suspicions.send_modify(|(count, last)| {
+            *count += 1;
+            *last = member;
+        });
+    }
+
+    /// Records that `member` answered: it is no longer suspected.
+    pub(crate) fn confirm(&self, member: usize) {
+        if let Some(m) = self.inner.members.get(member) {
+            let mut at = lock(&m.suspected_at);
+            if at.take().is_some() {
+                tracing::info!(endpoint = %m.endpoint, "etcd member answers again");
+            }
+        }
+    }
+
+    /// Every suspicion, as `(count, member)`: streams watch this to leave a suspected member.
+    pub(crate) fn suspicions(&self) -> watch::Receiver<(u64, usize)> {
+        self.inner.suspicions.subscribe()
+    }
+}
+
+/// Why no client could be had for an attempt.
+#[derive(Debug)]
+pub(crate) enum PickError {
+    /// Building the member's client failed.
+    Etcd(etcd_client::Error),
+    /// Building the member's client took longer than the attempt timeout.
+    Timeout,
+    /// The pool has no such member (a pool of no members).
+    NoMember,
+}
+
+/// The choice of [`Pool::choose`], pure: `suspected[i]` is when member `i` was suspected, if
+/// it still is.
+fn choose_member(preferred: usize, suspected: &[Option<Instant>]) -> usize {
+    let n = suspected.len();
+    if n == 0 {
+        return 0;
+    }
+    let preferred = preferred % n;
+    (0..n)
+        .map(|k| (preferred + k) % n)
+        .find(|&i| suspected[i].is_none())
+        .or_else(|| {
+            // Every member is suspected: the one suspected longest ago has had the most time
+            // to recover.
+            (0..n).min_by_key(|&i| suspected[i])
+        })
+        .unwrap_or(preferred)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock leaves a plain value behind: still usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_timeout_is_a_third_of_the_request_timeout_within_bounds() {
+        assert_eq!(
+            attempt_timeout(Duration::from_secs(3)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            attempt_timeout(Duration::from_millis(600)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            attempt_timeout(Duration::from_secs(30)),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn the_preferred_member_is_chosen_unless_suspected() {
+        let now = Instant::now();
+        assert_eq!(choose_member(1, &[None, None, None]), 1);
+        assert_eq!(choose_member(1, &[None, Some(now), None]), 2);
+        assert_eq!(choose_member(2, &[None, None, Some(now)]), 0);
+        assert_eq!(choose_member(4, &[None, None, None]), 1);
+    }
+
+    #[test]
+    fn with_every_member_suspected_the_oldest_suspicion_wins() {
+        let now = Instant::now();
+        let earlier = now.checked_sub(Duration::from_secs(3)).unwrap_or(now);
+        assert_eq!(choose_member(0, &[Some(now), Some(earlier), Some(now)]), 1);
+        assert_eq!(choose_member(0, &[]), 0);
+    }
+}
