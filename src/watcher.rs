@@ -738,13 +738,15 @@ fn record_view_metrics(shared: &Shared, skipped_before: u64, lag: i64) {
 
 /// Like [`convert_kv`], taking the bytes instead of copying them.
 fn into_view_kv(kv: etcd_client::KeyValue) -> KeyValue {
-    let (create_revision, mod_revision) = (kv.create_revision(), kv.mod_revision());
+    let (create_revision, mod_revision, lease) =
+        (kv.create_revision(), kv.mod_revision(), kv.lease());
     let (key, value) = kv.into_key_value();
     KeyValue {
         key,
         value,
         create_revision,
         mod_revision,
+        lease,
     }
 }
 
@@ -754,6 +756,7 @@ fn convert_kv(kv: &etcd_client::KeyValue) -> KeyValue {
         value: kv.value().to_vec(),
         create_revision: kv.create_revision(),
         mod_revision: kv.mod_revision(),
+        lease: kv.lease(),
     }
 }
 
