@@ -503,7 +503,7 @@ impl Watcher {
     ) -> Vec<Event> {
         let (mut events, members) = {
             let mut shared = lock(&self.shared);
-            let skipped_before = shared.view.skipped();
+            let counts_before = (shared.view.skipped(), shared.view.shadowed());
             let events = shared.view.install(snapshot, revision);
             shared.cursor = shared
                 .cursor
@@ -511,7 +511,7 @@ impl Watcher {
                 .max(shared.view.max_alloc_position());
             shared.revision = revision;
             shared.check_own_snapshot(revision);
-            record_view_metrics(&shared, skipped_before, 0);
+            record_view_metrics(&shared, counts_before, 0);
             (events, shared.view.len())
         };
         tracing::debug!(
@@ -678,12 +678,12 @@ impl Watcher {
         }
         let events = {
             let mut shared = lock(&self.shared);
-            let skipped_before = shared.view.skipped();
+            let counts_before = (shared.view.skipped(), shared.view.shadowed());
             let events = shared.view.apply(&changes);
             shared.cursor = shared.cursor.max(shared.view.max_alloc_position());
             shared.revision = last;
             shared.check_own_changes(&changes);
-            record_view_metrics(&shared, skipped_before, header_revision - last);
+            record_view_metrics(&shared, counts_before, header_revision - last);
             events
         };
         let watch = State::Watch {
@@ -723,10 +723,15 @@ impl Watcher {
     }
 }
 
-fn record_view_metrics(shared: &Shared, skipped_before: u64, lag: i64) {
-    let skipped = shared.view.skipped().saturating_sub(skipped_before);
+/// `counts_before`: the view's skipped and shadowed counts before the change.
+fn record_view_metrics(shared: &Shared, counts_before: (u64, u64), lag: i64) {
+    let skipped = shared.view.skipped().saturating_sub(counts_before.0);
     if skipped > 0 {
         metrics::counter!(m::SKIPPED_RECORDS).increment(skipped);
+    }
+    let shadowed = shared.view.shadowed().saturating_sub(counts_before.1);
+    if shadowed > 0 {
+        metrics::counter!(m::SHADOWED_RECORDS).increment(shadowed);
     }
     // Gauges are f64; member counts and revision lags are far below 2^52.
     #[allow(clippy::cast_precision_loss)]
