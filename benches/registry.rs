@@ -1496,6 +1496,7 @@ async fn p6_p8_p9(
             value: kv.value().to_vec(),
             create_revision: kv.create_revision(),
             mod_revision: kv.mod_revision(),
+            lease: kv.lease(),
         })
         .collect();
     let raw_bytes = {

@@ -236,10 +236,19 @@ impl Connector {
         lock(&self.ctx.shared).stale
     }
 
-    /// How many malformed or conflicting records under the prefix were skipped so far.
+    /// How many record versions under the prefix were skipped so far: malformed, without a
+    /// lease, or shadowed (see [`Connector::shadowed_records`]).
     #[must_use]
     pub fn skipped_records(&self) -> u64 {
         lock(&self.ctx.shared).view.skipped()
+    }
+
+    /// How many valid record versions were shadowed so far: a second key claiming an id that
+    /// a key created earlier holds (only a foreign writer can do that). They are also counted
+    /// in [`Connector::skipped_records`].
+    #[must_use]
+    pub fn shadowed_records(&self) -> u64 {
+        lock(&self.ctx.shared).view.shadowed()
     }
 
     /// How many etcd requests registrations have sent so far (lease grants and allocation

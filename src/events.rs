@@ -14,15 +14,19 @@ use crate::record::ServerInfo;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
-    /// A server joined (or was present in the initial snapshot).
+    /// A server joined (or was present in the initial snapshot): its key became the holder
+    /// of its id, or its record was edited in place (after the [`Event::Leave`] of the old
+    /// record; see `membership` for the rules).
     Join {
         /// The server.
         server: ServerInfo,
-        /// Revision at which its key was created (or the snapshot revision for servers found
-        /// by a snapshot).
+        /// Revision of the change that made it a member (or the snapshot revision for
+        /// servers found by a snapshot).
         revision: i64,
     },
-    /// A server left: its key was deleted (deregistration, lease expiry, or eviction).
+    /// A server left: its key was deleted (deregistration, lease expiry, or eviction), or it
+    /// stopped being the holder of its id (lease stripped, record malformed or edited in
+    /// place, an earlier key claiming the id).
     Leave {
         /// Its id.
         id: u16,

@@ -10,7 +10,8 @@
 //! | `darkrift_etcd_key_restores_total` | counter | own keys put back after someone deleted them |
 //! | `darkrift_etcd_watch_restarts_total` | counter | watch streams reopened (errors, ends, watchdog) |
 //! | `darkrift_etcd_resyncs_total` | counter | relists after compaction, cancellation or a request |
-//! | `darkrift_etcd_skipped_records_total` | counter | malformed or conflicting records skipped |
+//! | `darkrift_etcd_skipped_records_total` | counter | record versions skipped: malformed, lease-less or shadowed |
+//! | `darkrift_etcd_shadowed_records_total` | counter | valid records on an id an earlier key holds (also in skipped) |
 //! | `darkrift_etcd_members` | gauge | live servers in the watcher's view |
 //! | `darkrift_etcd_revision_lag` | gauge | etcd header revision − revision the view reflects |
 //! | `darkrift_etcd_alloc_txns_total` | counter | allocation transactions sent |
@@ -29,8 +30,10 @@ pub const KEY_RESTORES: &str = "darkrift_etcd_key_restores_total";
 pub const WATCH_RESTARTS: &str = "darkrift_etcd_watch_restarts_total";
 /// Relists (compaction, cancellation, explicit resync).
 pub const RESYNCS: &str = "darkrift_etcd_resyncs_total";
-/// Records skipped as malformed or conflicting.
+/// Record versions skipped: malformed, lease-less, or shadowed.
 pub const SKIPPED_RECORDS: &str = "darkrift_etcd_skipped_records_total";
+/// Valid records on an id that an earlier key holds (see `membership`); also skipped.
+pub const SHADOWED_RECORDS: &str = "darkrift_etcd_shadowed_records_total";
 /// Live servers in the view.
 pub const MEMBERS: &str = "darkrift_etcd_members";
 /// Header revision minus view revision.

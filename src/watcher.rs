@@ -516,7 +516,7 @@ impl Watcher {
     ) -> Vec<Event> {
         let (mut events, members) = {
             let mut shared = lock(&self.shared);
-            let skipped_before = shared.view.skipped();
+            let counts_before = (shared.view.skipped(), shared.view.shadowed());
             let events = shared.view.install(snapshot, revision);
             shared.cursor = shared
                 .cursor
@@ -524,7 +524,7 @@ impl Watcher {
                 .max(shared.view.max_alloc_position());
             shared.revision = revision;
             shared.check_own_snapshot(revision);
-            record_view_metrics(&shared, skipped_before, 0);
+            record_view_metrics(&shared, counts_before, 0);
             (events, shared.view.len())
         };
         tracing::debug!(
@@ -732,12 +732,12 @@ impl Watcher {
         }
         let events = {
             let mut shared = lock(&self.shared);
-            let skipped_before = shared.view.skipped();
+            let counts_before = (shared.view.skipped(), shared.view.shadowed());
             let events = shared.view.apply(&changes);
             shared.cursor = shared.cursor.max(shared.view.max_alloc_position());
             shared.revision = last;
             shared.check_own_changes(&changes);
-            record_view_metrics(&shared, skipped_before, header_revision - last);
+            record_view_metrics(&shared, counts_before, header_revision - last);
             events
         };
         let watch = State::Watch {
@@ -778,10 +778,15 @@ impl Watcher {
     }
 }
 
-fn record_view_metrics(shared: &Shared, skipped_before: u64, lag: i64) {
-    let skipped = shared.view.skipped().saturating_sub(skipped_before);
+/// `counts_before`: the view's skipped and shadowed counts before the change.
+fn record_view_metrics(shared: &Shared, counts_before: (u64, u64), lag: i64) {
+    let skipped = shared.view.skipped().saturating_sub(counts_before.0);
     if skipped > 0 {
         metrics::counter!(m::SKIPPED_RECORDS).increment(skipped);
+    }
+    let shadowed = shared.view.shadowed().saturating_sub(counts_before.1);
+    if shadowed > 0 {
+        metrics::counter!(m::SHADOWED_RECORDS).increment(shadowed);
     }
     // Gauges are f64; member counts and revision lags are far below 2^52.
     #[allow(clippy::cast_precision_loss)]
@@ -793,13 +798,15 @@ fn record_view_metrics(shared: &Shared, skipped_before: u64, lag: i64) {
 
 /// Like [`convert_kv`], taking the bytes instead of copying them.
 fn into_view_kv(kv: etcd_client::KeyValue) -> KeyValue {
-    let (create_revision, mod_revision) = (kv.create_revision(), kv.mod_revision());
+    let (create_revision, mod_revision, lease) =
+        (kv.create_revision(), kv.mod_revision(), kv.lease());
     let (key, value) = kv.into_key_value();
     KeyValue {
         key,
         value,
         create_revision,
         mod_revision,
+        lease,
     }
 }
 
@@ -809,6 +816,7 @@ fn convert_kv(kv: &etcd_client::KeyValue) -> KeyValue {
         value: kv.value().to_vec(),
         create_revision: kv.create_revision(),
         mod_revision: kv.mod_revision(),
+        lease: kv.lease(),
     }
 }
 

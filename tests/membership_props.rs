@@ -219,6 +219,7 @@ impl Etcd {
                     value: bytes,
                     create_revision,
                     mod_revision: self.revision,
+                    lease: 1,
                 };
                 self.data.insert(key, kv.clone());
                 Some(KvChange::Put(kv))
@@ -430,4 +431,393 @@ fn the_generator_covers_re_creations_malformed_records_and_gaps() {
     );
     assert!(malformed > 1000, "malformed records: {malformed}");
     assert!(gaps > 1000, "gaps and lost batches: {gaps}");
+}
+
+// Records that lie (issue 11): lease-less records, records changed in place, and several keys
+// claiming one id. Whatever the interleaving, the live view at every revision is the view a
+// fresh snapshot of etcd at that revision gives, records included, and the events of each
+// revision are exactly the difference a snapshot diff gives.
+
+/// Ids 1..=3, each claimable under three groups; `/dr/a-b/<id>` sorts before `/dr/a/<id>`
+/// ('-' < '/') although the group "a" sorts before "a-b", so a tie exercises the key order.
+const CLAIM_GROUPS: [&str; 3] = ["a", "a-b", "b"];
+
+fn claim_keys() -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = (1..=3u16)
+        .flat_map(|id| {
+            CLAIM_GROUPS
+                .iter()
+                .map(move |g| format!("{PREFIX}/{g}/{id}").into_bytes())
+        })
+        .collect();
+    keys.push(b"/dr/a/01".to_vec());
+    keys.push(b"/dr/b".to_vec());
+    keys
+}
+
+/// What a put writes.
+#[derive(Debug, Clone)]
+enum Write {
+    /// A record valid for its key, with one of three hosts and three property sets, on a
+    /// lease or (like `etcdctl put` without `--lease`) not.
+    Record { host: u8, props: u8, lease: bool },
+    /// Bytes that are not a record.
+    Garbage,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put { key: usize, write: Write },
+    Delete { key: usize },
+}
+
+fn write() -> impl Strategy<Value = Write> {
+    prop_oneof![
+        6 => (0u8..3, 0u8..3).prop_map(|(host, props)| Write::Record { host, props, lease: true }),
+        2 => (0u8..3, 0u8..3).prop_map(|(host, props)| Write::Record { host, props, lease: false }),
+        1 => Just(Write::Garbage),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let n = claim_keys().len();
+    prop_oneof![
+        3 => (0..n, write()).prop_map(|(key, write)| Op::Put { key, write }),
+        2 => (0..n).prop_map(|key| Op::Delete { key }),
+    ]
+}
+
+/// Watch responses, each of one to three transactions (revisions) of one to four operations.
+fn responses() -> impl Strategy<Value = Vec<Vec<Vec<Op>>>> {
+    let txn = proptest::collection::vec(op(), 1..5);
+    proptest::collection::vec(proptest::collection::vec(txn, 1..4), 1..30)
+}
+
+/// A simulated etcd for [`Op`] transactions.
+#[derive(Default)]
+struct Store {
+    data: BTreeMap<Vec<u8>, KeyValue>,
+    revision: i64,
+}
+
+impl Store {
+    /// Applies one transaction at the next revision; returns its watch events (none if it
+    /// changed nothing, which takes no revision). Operations on a key the transaction already
+    /// touched are dropped: etcd refuses a transaction that writes one key twice.
+    fn txn(&mut self, ops: &[Op]) -> Vec<KvChange> {
+        let keys = claim_keys();
+        let revision = self.revision + 1;
+        let mut touched = BTreeSet::new();
+        let mut changes = Vec::new();
+        for op in ops {
+            let (Op::Put { key, .. } | Op::Delete { key }) = op;
+            let key = keys[*key].clone();
+            if !touched.insert(key.clone()) {
+                continue;
+            }
+            match op {
+                Op::Put { write, .. } => {
+                    let (value, lease) = match write {
+                        Write::Record { host, props, lease } => (
+                            lying_record(&key, *host, *props),
+                            if *lease { 7 } else { 0 },
+                        ),
+                        Write::Garbage => (b"garbage".to_vec(), 7),
+                    };
+                    let create_revision = self
+                        .data
+                        .get(&key)
+                        .map_or(revision, |kv| kv.create_revision);
+                    let kv = KeyValue {
+                        key: key.clone(),
+                        value,
+                        create_revision,
+                        mod_revision: revision,
+                        lease,
+                    };
+                    self.data.insert(key, kv.clone());
+                    changes.push(KvChange::Put(kv));
+                }
+                Op::Delete { .. } => {
+                    if self.data.remove(&key).is_some() {
+                        changes.push(KvChange::Delete { key, revision });
+                    }
+                }
+            }
+        }
+        if !changes.is_empty() {
+            self.revision = revision;
+        }
+        changes
+    }
+
+    /// A range read of the whole prefix: sorted by key, as etcd returns it.
+    fn snapshot(&self) -> Vec<KeyValue> {
+        self.data.values().cloned().collect()
+    }
+}
+
+/// A record for `key` (any key: one that does not parse gets a stand-in record).
+fn lying_record(key: &[u8], host: u8, props: u8) -> Vec<u8> {
+    let (group, id) = match layout().parse_server_key(key) {
+        ParsedKey::Server { group, id } => (group.to_owned(), id),
+        ParsedKey::Malformed(_) => ("a".to_owned(), 1),
+    };
+    let properties = (0..props)
+        .map(|i| (format!("k{i}"), format!("v{props}")))
+        .collect();
+    Registration::new(&group, format!("h{host}"), 1000 + id, properties)
+        .expect("valid registration")
+        .encode(id, u64::from(id), i64::from(host))
+}
+
+/// Everything a view shows: each member's record and create revision, by id.
+fn view_state(view: &Membership) -> Vec<(ServerInfo, Option<i64>)> {
+    view.servers()
+        .into_iter()
+        .map(|s| {
+            let revision = view.create_revision(s.id);
+            (s, revision)
+        })
+        .collect()
+}
+
+/// Events grouped by revision, then by id, each id's events in order: the order the live
+/// diff and a snapshot diff emit the ids of one revision in may differ, nothing else may.
+fn by_revision(events: &[Event]) -> BTreeMap<i64, BTreeMap<u16, Vec<Event>>> {
+    let mut out: BTreeMap<i64, BTreeMap<u16, Vec<Event>>> = BTreeMap::new();
+    for event in events {
+        let (id, revision) = match event {
+            Event::Join { server, revision } => (server.id, *revision),
+            Event::Leave { id, revision, .. } => (*id, *revision),
+            _ => continue,
+        };
+        out.entry(revision)
+            .or_default()
+            .entry(id)
+            .or_default()
+            .push(event.clone());
+    }
+    out
+}
+
+/// The rules written out independently of [`Membership`]: a claim is a key that parses, on
+/// a lease, with a valid record; each id is held by its claim with the earliest create
+/// revision, then the smallest key. Returns each id's holder: key, create revision, record.
+fn holders(store: &Store) -> BTreeMap<u16, (Vec<u8>, i64, ServerInfo)> {
+    let mut out: BTreeMap<u16, (Vec<u8>, i64, ServerInfo)> = BTreeMap::new();
+    for kv in store.data.values().filter(|kv| kv.lease != 0) {
+        let Some(server) = valid(&kv.key, &kv.value) else {
+            continue;
+        };
+        let earlier = |(key, create, _): &(Vec<u8>, i64, ServerInfo)| {
+            (*create, key.as_slice()) < (kv.create_revision, kv.key.as_slice())
+        };
+        if !out.get(&server.id).is_some_and(earlier) {
+            out.insert(server.id, (kv.key.clone(), kv.create_revision, server));
+        }
+    }
+    out
+}
+
+/// The events one revision must give, from the holders before and after it: per id, nothing
+/// if the same key and create revision holds it with the same group, host, port and
+/// properties; else a leave of the old holder, then a join of the new one.
+fn expected_events(
+    before: &BTreeMap<u16, (Vec<u8>, i64, ServerInfo)>,
+    after: &BTreeMap<u16, (Vec<u8>, i64, ServerInfo)>,
+    revision: i64,
+) -> Vec<Event> {
+    let announced = |(key, create, s): &(Vec<u8>, i64, ServerInfo)| {
+        (
+            key.clone(),
+            *create,
+            s.host.clone(),
+            s.port,
+            s.properties.clone(),
+        )
+    };
+    let ids: BTreeSet<u16> = before.keys().chain(after.keys()).copied().collect();
+    let mut out = Vec::new();
+    for id in ids {
+        let (b, a) = (before.get(&id), after.get(&id));
+        if b.map(announced) == a.map(announced) {
+            continue;
+        }
+        if let Some((_, _, server)) = b {
+            out.push(Event::Leave {
+                id,
+                group: server.group.clone(),
+                revision,
+            });
+        }
+        if let Some((_, _, server)) = a {
+            out.push(Event::Join {
+                server: server.clone(),
+                revision,
+            });
+        }
+    }
+    out
+}
+
+fn run_lying(responses: &[Vec<Vec<Op>>]) -> Result<(), TestCaseError> {
+    let mut store = Store::default();
+    let mut live = Membership::new(layout());
+    // Reloaded at every revision: its events are the snapshot diff of each revision.
+    let mut reloaded = Membership::new(layout());
+    let mut log = Vec::new();
+    for response in responses {
+        let mut changes = Vec::new();
+        let mut expected = Vec::new();
+        let mut diffs = Vec::new();
+        for ops in response {
+            let before = holders(&store);
+            let txn = store.txn(ops);
+            if txn.is_empty() {
+                continue;
+            }
+            changes.extend(txn);
+            let after = holders(&store);
+            expected.extend(expected_events(&before, &after, store.revision));
+            diffs.extend(reloaded.reload(&store.snapshot(), store.revision));
+            // At every revision, a fresh snapshot holds what the rules say, records included.
+            let mut fresh = Membership::new(layout());
+            fresh.reload(&store.snapshot(), store.revision);
+            let want: Vec<(ServerInfo, Option<i64>)> = after
+                .into_values()
+                .map(|(_, create, server)| (server, Some(create)))
+                .collect();
+            prop_assert_eq!(view_state(&fresh), want);
+            prop_assert_eq!(view_state(&fresh), view_state(&reloaded));
+        }
+        let events = live.apply(&changes);
+        let expected = by_revision(&expected);
+        prop_assert_eq!(
+            &by_revision(&events),
+            &expected,
+            "live events of {:?}",
+            changes
+        );
+        prop_assert_eq!(
+            &by_revision(&diffs),
+            &expected,
+            "snapshot diffs of {:?}",
+            changes
+        );
+        log.extend(events);
+        prop_assert_eq!(
+            view_state(&live),
+            view_state(&reloaded),
+            "at revision {}",
+            store.revision
+        );
+        let open = check_log(&log)?;
+        let ids: BTreeSet<u16> = live.ids().collect();
+        prop_assert_eq!(ids, open, "the view holds exactly the joined ids");
+    }
+    Ok(())
+}
+
+/// One transaction per response, so that the view is compared at every single revision.
+fn one_revision_per_response(responses: Vec<Vec<Vec<Op>>>) -> Vec<Vec<Vec<Op>>> {
+    responses
+        .into_iter()
+        .flatten()
+        .map(|txn| vec![txn])
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn the_live_view_is_a_snapshot_at_every_revision(responses in responses()) {
+        run_lying(&one_revision_per_response(responses))?;
+    }
+
+    #[test]
+    fn a_response_of_several_revisions_is_their_snapshot_diffs(responses in responses()) {
+        run_lying(&responses)?;
+    }
+}
+
+/// The lying-record generator reaches every rule, so the properties above are not vacuous:
+/// lease strips of a member, in-place edits, promotions and take-overs of an id by another
+/// key, ties within one transaction, and shadowed claims.
+#[test]
+fn the_lying_generator_covers_every_rule() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    let mut runner = TestRunner::deterministic();
+    let strategy = responses();
+    let (mut strips, mut edits, mut take_overs, mut ties, mut shadowed) = (0, 0, 0, 0u64, 0);
+    for _ in 0..1000 {
+        let responses = strategy.new_tree(&mut runner).expect("tree").current();
+        let mut store = Store::default();
+        let mut view = Membership::new(layout());
+        for txn in responses.iter().flatten() {
+            let changes = store.txn(txn);
+            let created: Vec<u16> = changes
+                .iter()
+                .filter_map(|c| match c {
+                    KvChange::Put(kv) if kv.create_revision == kv.mod_revision => {
+                        match layout().parse_server_key(&kv.key) {
+                            ParsedKey::Server { id, .. } => Some(id),
+                            ParsedKey::Malformed(_) => None,
+                        }
+                    }
+                    _ => None,
+                })
+                .collect();
+            let distinct: BTreeSet<u16> = created.iter().copied().collect();
+            if distinct.len() < created.len() {
+                ties += 1;
+            }
+            let before = view_state(&view);
+            let events = view.apply(&changes);
+            for pair in events.windows(2) {
+                if let [Event::Leave { id, group, .. }, Event::Join { server, .. }] = pair {
+                    if *id != server.id {
+                        continue;
+                    }
+                    let created_before = before
+                        .iter()
+                        .find(|(s, _)| s.id == *id)
+                        .and_then(|(_, revision)| *revision);
+                    if *group != server.group {
+                        take_overs += 1;
+                    } else if created_before == view.create_revision(*id) {
+                        edits += 1;
+                    }
+                }
+            }
+            for change in &changes {
+                if let KvChange::Put(kv) = change {
+                    let held = before.iter().any(|(s, _)| {
+                        layout().server_key(&s.group, s.id).as_bytes() == kv.key.as_slice()
+                    });
+                    if held && kv.lease == 0 {
+                        strips += 1;
+                    }
+                }
+            }
+        }
+        shadowed += view.shadowed();
+    }
+    println!(
+        "strips {strips}, edits {edits}, take-overs {take_overs}, ties {ties}, shadowed {shadowed}"
+    );
+    assert!(strips > 300, "lease strips of a member: {strips}");
+    assert!(edits > 300, "in-place edits: {edits}");
+    assert!(
+        take_overs > 300,
+        "an id passing to another key: {take_overs}"
+    );
+    assert!(
+        ties > 100,
+        "claims on one id created in one transaction: {ties}"
+    );
+    assert!(shadowed > 1000, "shadowed claims: {shadowed}");
 }
