@@ -286,12 +286,8 @@ where
 {
     use backon::BackoffBuilder;
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut delays = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(20))
-        .with_max_delay(Duration::from_millis(500))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays =
+        crate::backoff::bounded(Duration::from_millis(20), Duration::from_millis(500)).build();
     loop {
         let outcome = tokio::time::timeout_at(deadline, call()).await;
         match outcome {

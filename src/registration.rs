@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
@@ -565,16 +565,12 @@ impl Supervisor {
                 tracing::debug!(error = %e, "revoking the lost lease failed (best effort)");
             }
         }
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            // Half a TTL at most: back within about a TTL of etcd answering again.
-            .with_max_delay(
-                (ctx.config.lease_ttl / 2)
-                    .clamp(Duration::from_millis(200), Duration::from_secs(5)),
-            )
-            .with_jitter()
-            .without_max_times()
-            .build();
+        // Half a TTL at most, jitter included: back within about a TTL of etcd answering again.
+        let mut backoff = crate::backoff::bounded(
+            Duration::from_millis(100),
+            (ctx.config.lease_ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(5)),
+        )
+        .build();
         loop {
             if self.cancel.is_cancelled() {
                 return Recovery::Cancelled;
@@ -744,12 +740,9 @@ impl Supervisor {
                 self.status
                     .send_replace(RegistrationStatus::Recovering { id: old_id });
                 let ctx = self.ctx.clone();
-                let mut backoff = ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(100))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_jitter()
-                    .without_max_times()
-                    .build();
+                let mut backoff =
+                    crate::backoff::bounded(Duration::from_millis(100), Duration::from_secs(5))
+                        .build();
                 loop {
                     let attempt = async {
                         let gate = self.health.clone();

@@ -31,8 +31,8 @@
 //!   etcd before 3.4.24 / 3.5.8 answers it even for a watcher still catching up, so it never
 //!   moves the resume point (server-initiated progress notifications, sent to caught-up
 //!   watchers only, do).
-//! - **Backoff**: any failure waits a jittered exponential delay (backon) and retries the state
-//!   it failed in. A broken stream that reopens at once resumes at `from`: no event is lost or
+//! - **Backoff**: any failure waits a jittered exponential delay (backon, at most half a TTL
+//!   with the jitter included: [`crate::backoff`]) and retries the state it failed in. A broken stream that reopens at once resumes at `from`: no event is lost or
 //!   repeated. A compacted resume point cannot be resumed (etcd only keeps history after the
 //!   compaction), so it relists.
 //!
@@ -44,7 +44,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use etcd_client::{
     Client, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
@@ -54,6 +54,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::alloc::decode_cursor;
+use crate::backoff::Delays;
 use crate::client::bounded;
 use crate::error::{Error, Result};
 use crate::events::Event;
@@ -138,8 +139,8 @@ pub(crate) struct WatcherSettings {
     pub(crate) request_timeout: Duration,
     pub(crate) progress_interval: Duration,
     pub(crate) idle_timeout: Duration,
-    /// Longest pause between retries: half a lease TTL (at most 5 s), so that after an outage
-    /// a view catches up well within a TTL of etcd answering again.
+    /// Longest pause between retries, jitter included: half a lease TTL (at most 5 s), so that
+    /// after an outage a watcher notices etcd is back within half a TTL.
     pub(crate) max_backoff: Duration,
 }
 
@@ -244,16 +245,11 @@ struct Watcher {
     commands: mpsc::Receiver<Command>,
     synced: watch::Sender<bool>,
     resync_waiters: Vec<oneshot::Sender<()>>,
-    backoff: Option<backon::ExponentialBackoff>,
+    backoff: Option<Delays>,
 }
 
-fn backoff(max: Duration) -> backon::ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
+fn backoff(max: Duration) -> Delays {
+    crate::backoff::bounded(Duration::from_millis(100), max).build()
 }
 
 fn list_from_scratch(initial: bool) -> State {
