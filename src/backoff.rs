@@ -32,6 +32,8 @@ pub(crate) fn bounded(min: Duration, bound: Duration) -> Bounded {
 
 impl Bounded {
     /// Stops after `times` delays (a retry budget).
+    // Only the mesh's dialler has a budget.
+    #[cfg(any(feature = "mesh", test))]
     #[must_use]
     pub(crate) fn with_max_times(mut self, times: usize) -> Self {
         self.max_times = Some(times);
