@@ -132,7 +132,6 @@ pub(crate) async fn allocate(
     let params = ctx.config.alloc_params();
     let mut learned = IdSet::default();
     let mut cursor_seen = 0u64;
-    let kv = ctx.client.kv_client();
     for attempt in 0..ctx.config.max_alloc_attempts {
         let hint = {
             let shared = lock(&ctx.shared);
@@ -141,7 +140,7 @@ pub(crate) async fn allocate(
                 taken.insert(id);
             }
             AllocHint {
-                cursor: shared.cursor.max(cursor_seen),
+                cursor: alloc::later_position(shared.cursor, cursor_seen),
                 taken,
             }
         };
@@ -166,22 +165,17 @@ pub(crate) async fn allocate(
         };
         metrics::counter!(m::ALLOC_TXNS).increment(1);
         let txn = alloc::build_txn(&request);
-        let resp = retrying(
-            &ctx.client,
-            "allocate id",
-            ctx.config.request_timeout,
-            || {
-                // Counted per send: a transient error's retry is one more request to etcd.
-                ctx.requests.fetch_add(1, Ordering::Relaxed);
-                let (mut kv, txn) = (kv.clone(), txn.clone());
-                async move { kv.txn(txn).await }
-            },
-        )
-        .await?;
+        let resp = counted_txn(ctx, "allocate id", &txn).await?;
         match alloc::read_answer(&ctx.layout, candidate, lease_id, &resp) {
-            Ok(AllocOutcome::Won { revision }) => {
+            Ok(AllocOutcome::Won {
+                revision,
+                damaged_cursor,
+            }) => {
+                if let Some(damaged) = damaged_cursor {
+                    repair_cursor(ctx, &damaged, candidate.position).await;
+                }
                 let mut shared = lock(&ctx.shared);
-                shared.cursor = shared.cursor.max(candidate.position);
+                shared.cursor = alloc::later_position(shared.cursor, candidate.position);
                 return Ok(Claim {
                     id: candidate.id,
                     position: candidate.position,
@@ -214,6 +208,40 @@ pub(crate) async fn allocate(
     Err(Error::AllocationContention {
         attempts: ctx.config.max_alloc_attempts,
     })
+}
+
+/// Sends a transaction of the allocator, retrying transient errors, and counts every send in
+/// [`Ctx::requests`] (a retry is one more request to etcd).
+async fn counted_txn(ctx: &Ctx, op: &'static str, txn: &Txn) -> Result<etcd_client::TxnResponse> {
+    let kv = ctx.client.kv_client();
+    retrying(&ctx.client, op, ctx.config.request_timeout, || {
+        ctx.requests.fetch_add(1, Ordering::Relaxed);
+        let (mut kv, txn) = (kv.clone(), txn.clone());
+        async move { kv.txn(txn).await }
+    })
+    .await
+}
+
+/// Puts a valid position over a damaged cursor that our allocation read (see
+/// [`alloc::build_repair_txn`]). Best effort: the id is already ours, and whoever allocates
+/// next finds the cursor still damaged and repairs it then.
+async fn repair_cursor(ctx: &Ctx, damaged: &[u8], position: u64) {
+    let txn = alloc::build_repair_txn(&ctx.layout, damaged, position);
+    match counted_txn(ctx, "repair cursor", &txn).await {
+        Ok(resp) if resp.succeeded() => {
+            tracing::warn!(
+                damaged = %String::from_utf8_lossy(damaged),
+                position,
+                "allocation cursor was damaged; repaired"
+            );
+        }
+        // Someone else repaired or advanced it first: nothing of theirs was overwritten.
+        Ok(_) => tracing::debug!(
+            position,
+            "damaged cursor already repaired by another server"
+        ),
+        Err(e) => tracing::warn!(error = %e, "repairing the damaged allocation cursor failed"),
+    }
 }
 
 /// Every id looks taken: count the slots to tell a full space from a stale view.

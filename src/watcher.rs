@@ -53,7 +53,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::alloc::decode_cursor;
+use crate::alloc::{self, decode_cursor};
 use crate::backoff::Delays;
 use crate::client::bounded;
 use crate::error::{Error, Result};
@@ -501,10 +501,10 @@ impl Watcher {
             let mut shared = lock(&self.shared);
             let skipped_before = shared.view.skipped();
             let events = shared.view.install(snapshot, revision);
-            shared.cursor = shared
-                .cursor
-                .max(cursor)
-                .max(shared.view.max_alloc_position());
+            shared.cursor = alloc::later_position(
+                alloc::later_position(shared.cursor, cursor),
+                shared.view.max_alloc_position(),
+            );
             shared.revision = revision;
             shared.check_own_snapshot(revision);
             record_view_metrics(&shared, skipped_before, 0);
@@ -676,7 +676,7 @@ impl Watcher {
             let mut shared = lock(&self.shared);
             let skipped_before = shared.view.skipped();
             let events = shared.view.apply(&changes);
-            shared.cursor = shared.cursor.max(shared.view.max_alloc_position());
+            shared.cursor = alloc::later_position(shared.cursor, shared.view.max_alloc_position());
             shared.revision = last;
             shared.check_own_changes(&changes);
             record_view_metrics(&shared, skipped_before, header_revision - last);
