@@ -85,6 +85,8 @@ pub(crate) struct OwnKey {
     pub(crate) create_revision: i64,
     /// The lease our keys are bound to (reports we file are bound to it too).
     pub(crate) lease: i64,
+    /// The record we wrote: a put of anything else on our key is someone else's edit.
+    pub(crate) record: Vec<u8>,
     pub(crate) gone: Arc<Notify>,
 }
 
@@ -99,6 +101,23 @@ impl Shared {
             KvChange::Put(kv) => kv.key == own.key && kv.create_revision > own.create_revision,
         });
         if hit {
+            own.gone.notify_one();
+        }
+    }
+
+    /// Wakes the supervisor if a put left our key off our lease (an `etcdctl put` without
+    /// `--lease`, or on another lease) or holding another record: the supervisor puts its
+    /// record back on its lease, or the key would outlive a crash of this server. Kept apart
+    /// from [`Shared::check_own_changes`] because it needs the event's lease, which
+    /// [`KvChange`] does not carry. Our own re-put matches both and wakes nobody.
+    fn check_own_edits(&self, events: &[etcd_client::Event]) {
+        let Some(own) = &self.own else { return };
+        let edited = events
+            .iter()
+            .filter(|ev| ev.event_type() == EventType::Put)
+            .filter_map(etcd_client::Event::kv)
+            .any(|kv| kv.key() == own.key && (kv.lease() != own.lease || kv.value() != own.record));
+        if edited {
             own.gone.notify_one();
         }
     }
@@ -679,6 +698,7 @@ impl Watcher {
             shared.cursor = alloc::later_position(shared.cursor, shared.view.max_alloc_position());
             shared.revision = last;
             shared.check_own_changes(&changes);
+            shared.check_own_edits(resp.events());
             record_view_metrics(&shared, skipped_before, header_revision - last);
             events
         };
