@@ -16,8 +16,9 @@
 //! if   slot(id) absent  and  server_key(group, id) absent
 //! then put slot(id)          = server_key        (our lease)
 //!      put server_key        = ServerRecord      (our lease)
-//!      txn { if cursor < p then put cursor = p
-//!            else txn { if cursor absent then put cursor = p } }   // monotonic advance
+//!      txn { if cursor < p then put cursor = p                  // monotonic advance
+//!            else txn { if cursor absent then put cursor = p
+//!                       else get cursor } }                         // what stopped it
 //! else get cursor; get slot(id); get slot keys of the next 2 × spread_window positions
 //!      (keys only); get server_key (keys only)
 //! ```
@@ -28,6 +29,19 @@
 //! forward, an id freed behind the cursor is handed out again only after the cursor has
 //! walked the rest of the space: a peer that is slow to see a leave will not see the same id
 //! come back moments later.
+//!
+//! # A damaged cursor
+//! Valid positions are `0..=`[`MAX_POSITION`] (2^63 − 1: at a million registrations a second,
+//! each moving the cursor by a whole id space, it lasts ~4,000 years). Anything else in the
+//! cursor key (an operator's `abc`, `99999999999999999999`, `u64::MAX`) cannot be compared
+//! numerically, and the monotonic advance above would never overwrite a value that sorts
+//! above ours. So the advance's failure branch reads the cursor back: a value that does not
+//! decode is repaired right after the win, by one more transaction guarded by that exact
+//! value ([`build_repair_txn`]), so that concurrent repairs and valid advances are never
+//! clobbered. Meanwhile the hint treats the damaged cursor as absent (position 0, or the
+//! highest position carried by a record). A cursor that reaches the top of the range is
+//! written past it once and repaired the same way: the round-robin starts again at id 1.
+//! All position arithmetic is checked or saturating: hostile input cannot overflow it.
 //!
 //! The cursor key carries no lease on purpose: bound to a lease it would vanish with the last
 //! server that wrote it and the round-robin would restart at id 1.
@@ -47,6 +61,9 @@ pub const DEFAULT_ID_SPACE: u16 = u16::MAX;
 pub const DEFAULT_SPREAD_WINDOW: u16 = 4096;
 /// Default bound on allocation transactions per registration.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 32;
+/// The highest valid cursor position (2^63 − 1). Leaves room above it, so a candidate
+/// position (the cursor plus at most two id spaces) never overflows a `u64`.
+pub const MAX_POSITION: u64 = u64::MAX / 2;
 
 /// Encodes a cursor position as its stored value.
 #[must_use]
@@ -54,22 +71,42 @@ pub fn encode_cursor(position: u64) -> String {
     format!("{position:020}")
 }
 
-/// Decodes a stored cursor value; anything but 20 ASCII digits is `None`.
+/// Decodes a stored cursor value; anything but 20 ASCII digits naming a position of at most
+/// [`MAX_POSITION`] is `None` (a damaged cursor, repaired by the next allocation).
 #[must_use]
 pub fn decode_cursor(value: &[u8]) -> Option<u64> {
     if value.len() != 20 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(value).ok()?.parse().ok()
+    std::str::from_utf8(value)
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|position| *position <= MAX_POSITION)
+}
+
+/// The later of two allocation hints, ignoring positions beyond [`MAX_POSITION`] (a hostile
+/// record's, or a cursor written past the top): one of those would pin the hint at the top
+/// of the range for good, because hints only move forward.
+#[must_use]
+pub fn later_position(known: u64, seen: u64) -> u64 {
+    let valid = |p: u64| if p <= MAX_POSITION { p } else { 0 };
+    valid(known).max(valid(seen))
 }
 
 /// The id a position names in an id space of size `id_space` (>= 1). Position 0 is "before
 /// the first id" and maps like position `id_space`.
 #[must_use]
 pub fn position_id(position: u64, id_space: u16) -> u16 {
+    id_after(position, 0, id_space)
+}
+
+/// The id of position `position + step`, computed without overflow for any `position`.
+fn id_after(position: u64, step: u64, id_space: u16) -> u16 {
     let n = u64::from(id_space.max(1));
-    let zero_based = (position + n - 1) % n;
-    // zero_based < n <= 65535, so the conversion cannot fail.
+    // Every term is below n <= 65535, so nothing here can overflow; (p + n - 1) % n is the
+    // zero-based id of p, and position 0 maps like position n.
+    let zero_based = (position % n + step % n + n - 1) % n;
     u16::try_from(zero_based + 1).unwrap_or(1)
 }
 
@@ -105,14 +142,14 @@ impl IdSet {
     pub fn insert(&mut self, id: u16) {
         if !self.contains(id) {
             self.bits[usize::from(id >> 6)] |= 1 << (id & 63);
-            self.len += 1;
+            self.len = self.len.saturating_add(1);
         }
     }
     /// Removes `id`.
     pub fn remove(&mut self, id: u16) {
         if self.contains(id) {
             self.bits[usize::from(id >> 6)] &= !(1 << (id & 63));
-            self.len -= 1;
+            self.len = self.len.saturating_sub(1);
         }
     }
     /// How many ids are in the set.
@@ -130,7 +167,8 @@ impl IdSet {
 /// What this server knows when it picks an id.
 #[derive(Debug, Clone)]
 pub struct AllocHint {
-    /// The last cursor position seen (0 when the cursor key does not exist yet).
+    /// The last cursor position seen (0 when the cursor key does not exist yet). A position
+    /// beyond [`MAX_POSITION`] reads as 0.
     pub cursor: u64,
     /// Ids known to be held.
     pub taken: IdSet,
@@ -156,16 +194,22 @@ pub struct Candidate {
 
 /// Picks a candidate: among the first `spread_window` positions after `hint.cursor` whose id
 /// is not known to be taken, the one `spread` selects. `None` when every id is known taken.
+/// A cursor beyond [`MAX_POSITION`] counts as 0, so a candidate's position is at most
+/// `MAX_POSITION + id_space` and never overflows.
 #[must_use]
 pub fn choose(hint: &AllocHint, params: AllocParams, spread: u64) -> Option<Candidate> {
     let n = u64::from(params.id_space.max(1));
     let window = u64::from(params.spread_window.max(1));
     let pick = spread % window;
+    let cursor = later_position(hint.cursor, 0);
+    let at = |step: u64| Candidate {
+        position: cursor.saturating_add(step),
+        id: id_after(cursor, step, params.id_space),
+    };
     let mut free_seen = 0u64;
     let mut last_free = None;
     for step in 1..=n {
-        let position = hint.cursor + step;
-        let id = position_id(position, params.id_space);
+        let Candidate { position, id } = at(step);
         if hint.taken.contains(id) {
             continue;
         }
@@ -173,7 +217,7 @@ pub fn choose(hint: &AllocHint, params: AllocParams, spread: u64) -> Option<Cand
         if free_seen == pick {
             return last_free;
         }
-        free_seen += 1;
+        free_seen = free_seen.saturating_add(1);
         if free_seen == window {
             break;
         }
@@ -185,13 +229,12 @@ pub fn choose(hint: &AllocHint, params: AllocParams, spread: u64) -> Option<Cand
     let pick = spread % free_seen;
     let mut seen = 0u64;
     for step in 1..=n {
-        let position = hint.cursor + step;
-        let id = position_id(position, params.id_space);
-        if !hint.taken.contains(id) {
+        let candidate = at(step);
+        if !hint.taken.contains(candidate.id) {
             if seen == pick {
-                return Some(Candidate { position, id });
+                return Some(candidate);
             }
-            seen += 1;
+            seen = seen.saturating_add(1);
         }
     }
     last_free
@@ -205,8 +248,8 @@ pub fn id_ranges_after(cursor: u64, count: u64, id_space: u16) -> Vec<(u16, u16)
     if count >= n {
         return vec![(1, id_space.max(1))];
     }
-    let lo = position_id(cursor + 1, id_space);
-    let hi = position_id(cursor + count, id_space);
+    let lo = id_after(cursor, 1, id_space);
+    let hi = id_after(cursor, count, id_space);
     if lo <= hi {
         vec![(lo, hi)]
     } else {
@@ -244,27 +287,12 @@ pub fn build_txn(req: &AllocRequest<'_>) -> Txn {
     let new_cursor = encode_cursor(req.candidate.position);
     let lease = Some(PutOptions::new().with_lease(req.lease_id));
 
-    let advance_cursor = Txn::new()
-        .when([Compare::value(
-            cursor_key.clone(),
-            CompareOp::Less,
-            new_cursor.clone(),
-        )])
-        .and_then([TxnOp::put(cursor_key.clone(), new_cursor.clone(), None)])
-        .or_else([TxnOp::txn(
-            Txn::new()
-                .when([Compare::create_revision(
-                    cursor_key.clone(),
-                    CompareOp::Equal,
-                    0,
-                )])
-                .and_then([TxnOp::put(cursor_key.clone(), new_cursor, None)]),
-        )]);
+    let advance_cursor = advance_cursor(&cursor_key, &new_cursor);
 
     // The candidate's slot comes second: if it is held by *our* lease, an earlier attempt of
     // this very transaction succeeded and only its answer was lost (a retried request).
     let mut on_conflict = vec![TxnOp::get(cursor_key, None), TxnOp::get(slot.clone(), None)];
-    let read_ahead = u64::from(req.params.spread_window.max(1)) * 2;
+    let read_ahead = u64::from(req.params.spread_window.max(1)).saturating_mul(2);
     for (lo, hi) in id_ranges_after(req.cursor, read_ahead, req.params.id_space) {
         on_conflict.push(TxnOp::get(
             l.slot_key(lo),
@@ -293,6 +321,41 @@ pub fn build_txn(req: &AllocRequest<'_>) -> Txn {
         .or_else(on_conflict)
 }
 
+/// The monotonic advance of the cursor to `new_cursor`: put it if the stored value sorts
+/// below (the fixed-width encoding makes byte order numeric order) or the key is absent;
+/// otherwise read it back, so that [`read_answer`] can tell a cursor that is simply further
+/// on from a damaged one that no compare would ever let us overwrite.
+fn advance_cursor(cursor_key: &str, new_cursor: &str) -> Txn {
+    let put = || TxnOp::put(cursor_key, new_cursor, None);
+    Txn::new()
+        .when([Compare::value(cursor_key, CompareOp::Less, new_cursor)])
+        .and_then([put()])
+        .or_else([TxnOp::txn(
+            Txn::new()
+                .when([Compare::create_revision(cursor_key, CompareOp::Equal, 0)])
+                .and_then([put()])
+                .or_else([TxnOp::get(cursor_key, None)]),
+        )])
+}
+
+/// Repairs a damaged cursor: put `position` if the cursor still holds exactly `damaged` (the
+/// value our allocation read), else advance it monotonically as an allocation would. The
+/// exact-value guard is what proves nobody repaired or advanced it since: a concurrent
+/// repair wins once, and a valid advance is never overwritten by a lower position.
+#[must_use]
+pub fn build_repair_txn(layout: &KeyLayout, damaged: &[u8], position: u64) -> Txn {
+    let cursor_key = layout.cursor_key();
+    let new_cursor = encode_cursor(position);
+    Txn::new()
+        .when([Compare::value(
+            cursor_key.as_str(),
+            CompareOp::Equal,
+            damaged,
+        )])
+        .and_then([TxnOp::put(cursor_key.as_str(), new_cursor.as_str(), None)])
+        .or_else([TxnOp::txn(advance_cursor(&cursor_key, &new_cursor))])
+}
+
 /// End key (exclusive) of a slot range ending at id `hi` inclusive.
 fn slot_range_end(layout: &KeyLayout, hi: u16) -> String {
     format!("{}{:05}", layout.slots_prefix(), u32::from(hi) + 1)
@@ -305,10 +368,13 @@ pub enum AllocOutcome {
     Won {
         /// Create revision of our server key and slot key.
         revision: i64,
+        /// The cursor's value when it does not decode (damaged, or beyond
+        /// [`MAX_POSITION`]): repair it with [`build_repair_txn`].
+        damaged_cursor: Option<Vec<u8>>,
     },
     /// Someone holds the id (or took a nearby one); retry with what we learnt.
     Lost {
-        /// The cursor as etcd has it now (0 when absent).
+        /// The cursor as etcd has it now (0 when absent or damaged: the win repairs it).
         cursor: u64,
         /// Ids seen taken in the read-ahead ranges (the candidate included, if taken).
         taken: Vec<u16>,
@@ -331,7 +397,10 @@ pub fn read_answer(
         .header()
         .map_or(0, etcd_client::ResponseHeader::revision);
     if resp.succeeded() {
-        return Ok(AllocOutcome::Won { revision });
+        return Ok(AllocOutcome::Won {
+            revision,
+            damaged_cursor: damaged_cursor(resp),
+        });
     }
     let mut cursor = 0;
     let mut taken = Vec::new();
@@ -342,15 +411,20 @@ pub fn read_answer(
             return Err(format!("unexpected op response #{i} in the failure branch"));
         };
         if i == 0 {
-            if let Some(kv) = get.kvs().first() {
-                cursor = decode_cursor(kv.value())
-                    .ok_or_else(|| format!("cursor value {:?} is not 20 digits", kv.value_str()))?;
-            }
+            // A damaged cursor reads as absent: the next attempt's win repairs it.
+            cursor = get
+                .kvs()
+                .first()
+                .and_then(|kv| decode_cursor(kv.value()))
+                .unwrap_or(0);
         } else if i == 1 {
             if let Some(kv) = get.kvs().first() {
                 if kv.lease() == lease_id && lease_id != 0 {
+                    // The lost answer held the cursor's state; the next allocation repairs a
+                    // damaged one.
                     return Ok(AllocOutcome::Won {
                         revision: kv.create_revision(),
+                        damaged_cursor: None,
                     });
                 }
                 taken.push(candidate.id);
@@ -369,6 +443,22 @@ pub fn read_answer(
         }
     }
     Ok(AllocOutcome::Lost { cursor, taken })
+}
+
+/// The cursor value a won transaction read back because its advance did not apply, if that
+/// value is damaged (does not decode). Walks `txn(advance) → txn(absent) → get cursor`.
+fn damaged_cursor(resp: &TxnResponse) -> Option<Vec<u8>> {
+    let mut ops = resp.op_responses();
+    loop {
+        match ops.pop()? {
+            TxnOpResponse::Txn(inner) if !inner.succeeded() => ops = inner.op_responses(),
+            TxnOpResponse::Get(get) => {
+                let value = get.kvs().first()?.value();
+                return decode_cursor(value).is_none().then(|| value.to_vec());
+            }
+            _ => return None,
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch, for the record's registration time.
@@ -402,13 +492,80 @@ mod tests {
     fn cursor_encoding_is_fixed_width_and_ordered() {
         assert_eq!(encode_cursor(7), "00000000000000000007");
         assert_eq!(
-            decode_cursor(encode_cursor(u64::MAX).as_bytes()),
-            Some(u64::MAX)
+            decode_cursor(encode_cursor(MAX_POSITION).as_bytes()),
+            Some(MAX_POSITION)
         );
         assert!(encode_cursor(9) < encode_cursor(10));
         assert!(encode_cursor(65535) < encode_cursor(65536));
         assert_eq!(decode_cursor(b"7"), None);
         assert_eq!(decode_cursor(b"0000000000000000000x"), None);
+    }
+
+    /// The id of a position by wide arithmetic, as the reference for the edges.
+    fn reference_id(position: u64, id_space: u16) -> u16 {
+        let n = u128::from(id_space);
+        u16::try_from((u128::from(position) + n - 1) % n + 1).unwrap()
+    }
+
+    #[test]
+    fn damaged_and_out_of_range_cursors_do_not_decode() {
+        assert_eq!(decode_cursor(encode_cursor(0).as_bytes()), Some(0));
+        assert_eq!(
+            decode_cursor(encode_cursor(MAX_POSITION).as_bytes()),
+            Some(MAX_POSITION)
+        );
+        for damaged in [
+            encode_cursor(MAX_POSITION + 1),
+            encode_cursor(u64::MAX),
+            "99999999999999999999".to_owned(),
+            "abc".to_owned(),
+            String::new(),
+            " 0000000000000000007".to_owned(),
+        ] {
+            assert_eq!(decode_cursor(damaged.as_bytes()), None, "{damaged:?}");
+        }
+        // Every damaged cursor that still has 20 digits sorts above every valid one, so the
+        // monotonic advance alone could never overwrite it.
+        assert!(encode_cursor(MAX_POSITION + 1) > encode_cursor(MAX_POSITION));
+    }
+
+    #[test]
+    fn hints_ignore_positions_beyond_the_range() {
+        assert_eq!(later_position(5, MAX_POSITION + 1), 5);
+        assert_eq!(later_position(u64::MAX, 3), 3);
+        assert_eq!(later_position(MAX_POSITION, 3), MAX_POSITION);
+        assert_eq!(later_position(0, 0), 0);
+    }
+
+    #[test]
+    fn position_arithmetic_at_the_edges_does_not_overflow() {
+        for id_space in [1u16, 3, 100, u16::MAX] {
+            for position in [0, 1, MAX_POSITION, MAX_POSITION + 1, u64::MAX - 1, u64::MAX] {
+                assert_eq!(
+                    position_id(position, id_space),
+                    reference_id(position, id_space),
+                    "{position} in {id_space}"
+                );
+            }
+            for cursor in [0, MAX_POSITION, u64::MAX] {
+                let ranges = id_ranges_after(cursor, 10, id_space);
+                assert!(!ranges.is_empty(), "{cursor}");
+            }
+        }
+        // A cursor at the top of the range: candidates go just past it (the next allocation
+        // repairs the cursor) with the ids the round-robin would name there.
+        let c = choose(&hint(MAX_POSITION, &[]), params(u16::MAX, 1), 0).unwrap();
+        assert_eq!(c.position, MAX_POSITION + 1);
+        assert_eq!(c.id, reference_id(MAX_POSITION + 1, u16::MAX));
+        // Beyond the range, or unparsable (read as 0): start over from the first id.
+        for cursor in [MAX_POSITION + 1, u64::MAX] {
+            let c = choose(&hint(cursor, &[1]), params(10, 1), 0).unwrap();
+            assert_eq!(c, Candidate { position: 2, id: 2 }, "{cursor}");
+        }
+        for spread in [0, 1, u64::MAX] {
+            let c = choose(&hint(u64::MAX, &[]), params(u16::MAX, u16::MAX), spread).unwrap();
+            assert_eq!(c.id, position_id(c.position, u16::MAX));
+        }
     }
 
     #[test]

@@ -336,7 +336,9 @@ where
 {
     use backon::BackoffBuilder;
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut delays = request_backoff().build();
+    // Once every member has failed recently: 20 ms doubling up to 500 ms, jitter included.
+    let mut delays =
+        crate::backoff::bounded(Duration::from_millis(20), Duration::from_millis(500)).build();
     let timed_out = || Error::Timeout { op, timeout };
     loop {
         let picked = match tokio::time::timeout_at(deadline, pool.pick()).await {
@@ -391,17 +393,6 @@ where
             tokio::time::sleep(delay).await;
         }
     }
-}
-
-/// The pause between rounds of [`retrying`] once every member has failed: jittered,
-/// exponential, 20 ms up to 500 ms (backon's jitter adds up to the delay itself, so the real
-/// maximum is 1 s; short next to any request timeout).
-fn request_backoff() -> backon::ExponentialBuilder {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(20))
-        .with_max_delay(Duration::from_millis(500))
-        .with_jitter()
-        .without_max_times()
 }
 
 /// True when etcd refused the request's auth token: expired, unknown, or issued before the

@@ -496,7 +496,7 @@ impl ConnectorConfig {
     ///
     /// ```toml
     /// endpoints = ["http://etcd-1:2379", "http://etcd-2:2379"]
-    /// prefix = "/darkrift/eu-1"
+    /// prefix = "/darkrift-eu-1"
     /// lease_ttl = 10
     /// [health]
     /// url = "http://localhost:10666/health"

@@ -13,6 +13,22 @@
 //! server. Ids in slot keys are zero-padded to five digits so that the byte order of slot keys
 //! is their numeric order, which lets one range read return "the occupied ids from a to b".
 //!
+//! # Prefixes that would share another registry's keys
+//! Several registries can share one etcd, each under its own prefix, only if no registry's
+//! ranges (`<prefix>/` and `<prefix>.alloc/`) lie inside another's. [`KeyLayout::new`]
+//! refuses the two shapes that do:
+//!
+//! - **a segment ending in `.alloc`** (`/darkrift.alloc`, `/games/eu.alloc/x`): its server
+//!   range `…/x.alloc/` is the allocator range of the prefix `…/x` (which would then read
+//!   our records as slots and cursors, and we its slots as servers);
+//! - **the default prefix plus segments** (`/darkrift/eu-1`): its ranges lie inside the
+//!   default registry's server range `/darkrift/`, whose watchers would receive every key it
+//!   writes (and it theirs: `/darkrift/eu-1/…` is also their group `eu-1`).
+//!
+//! Siblings such as `/darkrift-eu-1`, `/darkrift-demo` or `/games/eu-1` stay valid. Nesting
+//! between two prefixes of your own (`/games` and `/games/eu-1`) cannot be seen from one
+//! prefix alone: give registries sibling prefixes, never one inside another.
+//!
 //! Server ids are written without padding (`/darkrift/lobby/17`), as operators expect to read
 //! them; the parser accepts exactly the canonical form (no sign, no leading zero, 1..=65535),
 //! so a key has one spelling and `/darkrift/lobby/017` is malformed, not a second server 17.
@@ -45,7 +61,8 @@ pub enum ParsedKey<'a> {
 
 impl KeyLayout {
     /// Validates a prefix: starts with `/`, does not end with `/`, at most 128 bytes of
-    /// `[A-Za-z0-9._/-]`, no empty segment.
+    /// `[A-Za-z0-9._/-]`, no empty segment, no segment ending in `.alloc`, and not inside the
+    /// default prefix (`/darkrift/…`); see the module docs for why.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the rule.
@@ -68,6 +85,19 @@ impl KeyLayout {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
         {
             return bad("only A-Z, a-z, 0-9, '.', '_', '-' and '/' are allowed");
+        }
+        if prefix.split('/').any(|segment| segment.ends_with(".alloc")) {
+            return bad(
+                "no segment may end in \".alloc\": that is the allocator range of another prefix",
+            );
+        }
+        if prefix
+            .strip_prefix(DEFAULT_PREFIX)
+            .is_some_and(|rest| rest.starts_with('/'))
+        {
+            return bad(&format!(
+                "lies inside the server range of the default prefix {DEFAULT_PREFIX}/; use a sibling such as {DEFAULT_PREFIX}-<name>"
+            ));
         }
         Ok(KeyLayout {
             prefix: prefix.to_owned(),
@@ -212,6 +242,65 @@ mod tests {
             "/ü",
         ] {
             assert!(KeyLayout::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn prefixes_inside_another_registrys_ranges_are_refused() {
+        for bad in [
+            "/darkrift.alloc",
+            "/darkrift.alloc/x",
+            "/x.alloc",
+            "/games/eu.alloc/darkrift",
+            "/.alloc",
+            "/darkrift/game",
+            "/darkrift/eu-1",
+            "/darkrift/a/b",
+        ] {
+            let err = KeyLayout::new(bad).expect_err(bad);
+            assert!(matches!(err, Error::InvalidConfig(_)), "{bad:?}: {err}");
+        }
+        // Siblings and look-alikes stay valid, with the shapes the tests, benchmarks and
+        // compose file use (`/t<pid>-<n>`, `/blocking<pid>-<n>`, `/bench/p1`, `/darkrift-ids`).
+        for good in [
+            "/darkrift",
+            "/darkrift-demo",
+            "/darkrift-ids",
+            "/darkrift-eu-1/x",
+            "/darkriftx/y",
+            "/test-xyz",
+            "/t4242-7",
+            "/blocking4242-0",
+            "/bench/p1",
+            "/games/eu-1/darkrift",
+            "/x.allocator",
+            "/x.alloc2",
+            "/alloc",
+            "/a/darkrift/b",
+        ] {
+            assert!(KeyLayout::new(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn valid_prefixes_never_reach_into_the_default_registrys_ranges() {
+        let default = layout();
+        let ranges = [default.servers_prefix(), default.alloc_prefix()];
+        for prefix in [
+            "/darkrift-demo",
+            "/darkriftx",
+            "/x.allocator",
+            "/darkrift.allocx",
+        ] {
+            let l = KeyLayout::new(prefix).expect(prefix);
+            for ours in [l.servers_prefix(), l.alloc_prefix()] {
+                for theirs in &ranges {
+                    assert!(
+                        !ours.starts_with(theirs.as_str()) && !theirs.starts_with(ours.as_str()),
+                        "{ours} and {theirs} overlap"
+                    );
+                }
+            }
         }
     }
 

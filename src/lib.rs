@@ -33,6 +33,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod alloc;
+mod backoff;
 pub mod blocking;
 mod client;
 pub mod cluster;

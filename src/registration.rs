@@ -6,6 +6,7 @@
 //!                   │  └──────────── re-registered, same id (or a new one) ◄──────┤
 //!                   │                                                             │
 //!                   ├─(our key deleted by someone else)─► restore, guarded ───────┤ (lease gone too)
+//!                   ├─(our key put off our lease / other value)─► put back, guarded │
 //!                   │                                                             ▼
 //!                   └─(deregister / drop)─► handed back to the connector        Stopped
 //!                                                              (fail-stop policy: id taken)
@@ -25,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
@@ -115,6 +116,8 @@ pub(crate) struct Claim {
     pub(crate) position: u64,
     pub(crate) server_key: String,
     pub(crate) create_revision: i64,
+    /// The record as we last wrote it: what the key must hold (see [`Supervisor::restore`]).
+    pub(crate) record: Vec<u8>,
 }
 
 /// What deregistration needs, handed back by the supervisor.
@@ -141,7 +144,7 @@ pub(crate) async fn allocate(
                 taken.insert(id);
             }
             AllocHint {
-                cursor: shared.cursor.max(cursor_seen),
+                cursor: alloc::later_position(shared.cursor, cursor_seen),
                 taken,
             }
         };
@@ -160,33 +163,29 @@ pub(crate) async fn allocate(
             group: registration.group(),
             candidate,
             cursor: hint.cursor,
-            record,
+            record: record.clone(),
             lease_id,
             params,
         };
         metrics::counter!(m::ALLOC_TXNS).increment(1);
         let txn = alloc::build_txn(&request);
-        let resp = retrying(
-            &ctx.pool,
-            "allocate id",
-            ctx.config.request_timeout,
-            |client| {
-                // Counted per send: a transient error's retry is one more request to etcd.
-                ctx.requests.fetch_add(1, Ordering::Relaxed);
-                let txn = txn.clone();
-                async move { client.kv_client().txn(txn).await }
-            },
-        )
-        .await?;
+        let resp = counted_txn(ctx, "allocate id", &txn).await?;
         match alloc::read_answer(&ctx.layout, candidate, lease_id, &resp) {
-            Ok(AllocOutcome::Won { revision }) => {
+            Ok(AllocOutcome::Won {
+                revision,
+                damaged_cursor,
+            }) => {
+                if let Some(damaged) = damaged_cursor {
+                    repair_cursor(ctx, &damaged, candidate.position).await;
+                }
                 let mut shared = lock(&ctx.shared);
-                shared.cursor = shared.cursor.max(candidate.position);
+                shared.cursor = alloc::later_position(shared.cursor, candidate.position);
                 return Ok(Claim {
                     id: candidate.id,
                     position: candidate.position,
                     server_key: ctx.layout.server_key(registration.group(), candidate.id),
                     create_revision: revision,
+                    record,
                 });
             }
             Ok(AllocOutcome::Lost { cursor, taken }) => {
@@ -214,6 +213,40 @@ pub(crate) async fn allocate(
     Err(Error::AllocationContention {
         attempts: ctx.config.max_alloc_attempts,
     })
+}
+
+/// Sends a transaction of the allocator, retrying transient errors, and counts every send in
+/// [`Ctx::requests`] (a retry is one more request to etcd).
+async fn counted_txn(ctx: &Ctx, op: &'static str, txn: &Txn) -> Result<etcd_client::TxnResponse> {
+    retrying(&ctx.pool, op, ctx.config.request_timeout, |client| {
+        // Counted per send: a transient error's retry is one more request to etcd.
+        ctx.requests.fetch_add(1, Ordering::Relaxed);
+        let txn = txn.clone();
+        async move { client.kv_client().txn(txn).await }
+    })
+    .await
+}
+
+/// Puts a valid position over a damaged cursor that our allocation read (see
+/// [`alloc::build_repair_txn`]). Best effort: the id is already ours, and whoever allocates
+/// next finds the cursor still damaged and repairs it then.
+async fn repair_cursor(ctx: &Ctx, damaged: &[u8], position: u64) {
+    let txn = alloc::build_repair_txn(&ctx.layout, damaged, position);
+    match counted_txn(ctx, "repair cursor", &txn).await {
+        Ok(resp) if resp.succeeded() => {
+            tracing::warn!(
+                damaged = %String::from_utf8_lossy(damaged),
+                position,
+                "allocation cursor was damaged; repaired"
+            );
+        }
+        // Someone else repaired or advanced it first: nothing of theirs was overwritten.
+        Ok(_) => tracing::debug!(
+            position,
+            "damaged cursor already repaired by another server"
+        ),
+        Err(e) => tracing::warn!(error = %e, "repairing the damaged allocation cursor failed"),
+    }
 }
 
 /// Every id looks taken: count the slots to tell a full space from a stale view.
@@ -312,6 +345,7 @@ impl Supervisor {
             key: self.claim.server_key.clone().into_bytes(),
             create_revision: self.claim.create_revision,
             lease: self.lease.as_ref().map_or(0, LeaseSession::id),
+            record: self.claim.record.clone(),
             gone: self.own_gone.clone(),
         });
     }
@@ -432,24 +466,30 @@ impl Supervisor {
     }
 
     /// Checks that our server key and slot are intact and puts back whatever someone else
-    /// deleted, guarded so that nothing of another registration is ever overwritten:
+    /// deleted or edited, guarded so that nothing of another registration is ever
+    /// overwritten ("ours": our create revision for the server key, our lease for the slot):
     ///
     /// ```text
-    /// if server is ours and slot is ours            → intact
-    /// elif server is ours and slot is absent        → put slot
+    /// if server is ours, on our lease, holding our record, and slot is ours  → intact
+    /// elif server is ours and slot is ours          → put server (our record, our lease)
+    /// elif server is ours and slot is absent        → put slot, put server
     /// elif server is absent and slot is ours        → put server (new create revision)
     /// elif server is absent and slot is absent      → put both   (new create revision)
     /// else                                          → taken by another registration
     /// ```
+    ///
+    /// The second line undoes an operator's `etcdctl put` of our key without `--lease` (or on
+    /// another lease, or with another value): the create revision survives such a put, so
+    /// it still proves the key is ours, and the slot on our lease proves our id still is.
+    /// Left alone, the key would outlive a crash of this server (a ghost for ever). The
+    /// key-removed policy does not apply: nothing was removed.
     async fn restore(&mut self) -> Restore {
         let Some(lease_id) = self.lease.as_ref().map(LeaseSession::id) else {
             return Restore::LeaseGone("no lease".into());
         };
         let c = &self.claim;
         let slot = self.ctx.layout.slot_key(c.id);
-        let record = self
-            .registration
-            .encode(c.id, c.position, alloc::now_unix_ms());
+        let record = c.record.clone();
         let put = |key: &str, value: Vec<u8>| {
             TxnOp::put(
                 key.to_owned(),
@@ -469,19 +509,34 @@ impl Supervisor {
             ]);
         let server_absent = Txn::new()
             .when([server_is(0), slot_ours.clone()])
-            .and_then([put(&c.server_key, record)])
+            .and_then([put(&c.server_key, record.clone())])
             .or_else([TxnOp::txn(both_absent)]);
         let slot_missing = Txn::new()
             .when([server_is(c.create_revision), slot_absent])
-            .and_then([put(&slot, c.server_key.clone().into_bytes())])
+            .and_then([
+                put(&slot, c.server_key.clone().into_bytes()),
+                // The server key may have lost its lease too; a re-put of the same record
+                // on the same lease is no change to anyone.
+                put(&c.server_key, record.clone()),
+            ])
             .or_else([TxnOp::txn(server_absent)]);
         let stop_if_removed = self.ctx.config.on_key_removed == KeyRemovedPolicy::Stop;
-        let txn = Txn::new().when([server_is(c.create_revision), slot_ours]);
-        let txn = if stop_if_removed {
-            txn
+        let edited = Txn::new()
+            .when([server_is(c.create_revision), slot_ours.clone()])
+            .and_then([put(&c.server_key, record.clone())]);
+        let edited = if stop_if_removed {
+            edited
         } else {
-            txn.or_else([TxnOp::txn(slot_missing)])
+            edited.or_else([TxnOp::txn(slot_missing)])
         };
+        let txn = Txn::new()
+            .when([
+                server_is(c.create_revision),
+                Compare::lease(c.server_key.clone(), CompareOp::Equal, lease_id),
+                Compare::value(c.server_key.clone(), CompareOp::Equal, record),
+                slot_ours,
+            ])
+            .or_else([TxnOp::txn(edited)]);
         // Never outlive the lease deadline: past it, the lease-loss path takes over.
         let bound = match self.lease.as_ref().map(LeaseSession::state) {
             Some(LeaseState::Alive { deadline }) => {
@@ -504,12 +559,6 @@ impl Supervisor {
         if resp.succeeded() {
             return Restore::Intact;
         }
-        if stop_if_removed {
-            return Restore::Removed(format!(
-                "the registration of id {} was removed by someone else (evicted?)",
-                c.id
-            ));
-        }
         let revision = resp
             .header()
             .map_or(0, etcd_client::ResponseHeader::revision);
@@ -528,6 +577,18 @@ impl Supervisor {
         };
         match restored_level {
             Some(1) => {
+                metrics::counter!(m::KEY_RESTORES).increment(1);
+                tracing::warn!(
+                    id = c.id,
+                    "our server key was overwritten by someone else (off our lease, or another value); put back on our lease"
+                );
+                Restore::Restored
+            }
+            None if stop_if_removed => Restore::Removed(format!(
+                "the registration of id {} was removed by someone else (evicted?)",
+                c.id
+            )),
+            Some(2) => {
                 metrics::counter!(m::KEY_RESTORES).increment(1);
                 tracing::warn!(
                     id = c.id,
@@ -564,16 +625,12 @@ impl Supervisor {
                 tracing::debug!(error = %e, "revoking the lost lease failed (best effort)");
             }
         }
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            // Half a TTL at most: back within about a TTL of etcd answering again.
-            .with_max_delay(
-                (ctx.config.lease_ttl / 2)
-                    .clamp(Duration::from_millis(200), Duration::from_secs(5)),
-            )
-            .with_jitter()
-            .without_max_times()
-            .build();
+        // Half a TTL at most, jitter included: back within about a TTL of etcd answering again.
+        let mut backoff = crate::backoff::bounded(
+            Duration::from_millis(100),
+            (ctx.config.lease_ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(5)),
+        )
+        .build();
         loop {
             if self.cancel.is_cancelled() {
                 return Recovery::Cancelled;
@@ -591,9 +648,10 @@ impl Supervisor {
                 a = self.reregister_same_id(old_lease_id) => a,
             };
             match attempt {
-                Attempt::Done(lease, revision) => {
+                Attempt::Done(lease, revision, record) => {
                     let previous_id = self.claim.id;
                     self.claim.create_revision = revision;
+                    self.claim.record = record;
                     self.lease = Some(lease);
                     self.track_own_key();
                     metrics::counter!(m::REREGISTRATIONS).increment(1);
@@ -655,7 +713,7 @@ impl Supervisor {
             ])
             .and_then([
                 TxnOp::put(slot.clone(), c.server_key.clone(), opts.clone()),
-                TxnOp::put(c.server_key.clone(), record, opts),
+                TxnOp::put(c.server_key.clone(), record.clone(), opts),
             ])
             .or_else([
                 TxnOp::get(slot, None),
@@ -673,7 +731,7 @@ impl Supervisor {
             let revision = resp
                 .header()
                 .map_or(0, etcd_client::ResponseHeader::revision);
-            return Attempt::Done(lease, revision);
+            return Attempt::Done(lease, revision, record);
         }
         // Who holds it? Our old lease (its revoke did not get through yet) is not "taken".
         let holders: Vec<i64> = resp
@@ -697,7 +755,7 @@ impl Supervisor {
                     _ => None,
                 })
                 .unwrap_or(0);
-            return Attempt::Done(lease, revision);
+            return Attempt::Done(lease, revision, record);
         }
         revoke_quietly(&ctx, lease).await;
         if old_lease_id != 0 && holders.iter().all(|l| *l == old_lease_id) {
@@ -738,12 +796,9 @@ impl Supervisor {
                 self.status
                     .send_replace(RegistrationStatus::Recovering { id: old_id });
                 let ctx = self.ctx.clone();
-                let mut backoff = ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(100))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_jitter()
-                    .without_max_times()
-                    .build();
+                let mut backoff =
+                    crate::backoff::bounded(Duration::from_millis(100), Duration::from_secs(5))
+                        .build();
                 loop {
                     let attempt = async {
                         let gate = self.health.clone();
@@ -823,7 +878,8 @@ enum Recovery {
 }
 
 enum Attempt {
-    Done(LeaseSession, i64),
+    /// Registered again: the lease, the create revision and the record written.
+    Done(LeaseSession, i64, Vec<u8>),
     Taken(String),
     Retry(String),
 }

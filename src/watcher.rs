@@ -31,8 +31,8 @@
 //!   etcd before 3.4.24 / 3.5.8 answers it even for a watcher still catching up, so it never
 //!   moves the resume point (server-initiated progress notifications, sent to caught-up
 //!   watchers only, do).
-//! - **Backoff**: any failure waits a jittered exponential delay (backon) and retries the state
-//!   it failed in. A broken stream that reopens at once resumes at `from`: no event is lost or
+//! - **Backoff**: any failure waits a jittered exponential delay (backon, at most half a TTL
+//!   with the jitter included: [`crate::backoff`]) and retries the state it failed in. A broken stream that reopens at once resumes at `from`: no event is lost or
 //!   repeated. A compacted resume point cannot be resumed (etcd only keeps history after the
 //!   compaction), so it relists.
 //!
@@ -44,14 +44,15 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use etcd_client::{EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::alloc::decode_cursor;
+use crate::alloc::{self, decode_cursor};
+use crate::backoff::Delays;
 use crate::client::{retrying, retrying_on};
 use crate::error::{Error, Result};
 use crate::events::Event;
@@ -83,6 +84,8 @@ pub(crate) struct OwnKey {
     pub(crate) create_revision: i64,
     /// The lease our keys are bound to (reports we file are bound to it too).
     pub(crate) lease: i64,
+    /// The record we wrote: a put of anything else on our key is someone else's edit.
+    pub(crate) record: Vec<u8>,
     pub(crate) gone: Arc<Notify>,
 }
 
@@ -97,6 +100,23 @@ impl Shared {
             KvChange::Put(kv) => kv.key == own.key && kv.create_revision > own.create_revision,
         });
         if hit {
+            own.gone.notify_one();
+        }
+    }
+
+    /// Wakes the supervisor if a put left our key off our lease (an `etcdctl put` without
+    /// `--lease`, or on another lease) or holding another record: the supervisor puts its
+    /// record back on its lease, or the key would outlive a crash of this server. Kept apart
+    /// from [`Shared::check_own_changes`] because it needs the event's lease, which
+    /// [`KvChange`] does not carry. Our own re-put matches both and wakes nobody.
+    fn check_own_edits(&self, events: &[etcd_client::Event]) {
+        let Some(own) = &self.own else { return };
+        let edited = events
+            .iter()
+            .filter(|ev| ev.event_type() == EventType::Put)
+            .filter_map(etcd_client::Event::kv)
+            .any(|kv| kv.key() == own.key && (kv.lease() != own.lease || kv.value() != own.record));
+        if edited {
             own.gone.notify_one();
         }
     }
@@ -137,8 +157,8 @@ pub(crate) struct WatcherSettings {
     pub(crate) request_timeout: Duration,
     pub(crate) progress_interval: Duration,
     pub(crate) idle_timeout: Duration,
-    /// Longest pause between retries: half a lease TTL (at most 5 s), so that after an outage
-    /// a view catches up well within a TTL of etcd answering again.
+    /// Longest pause between retries, jitter included: half a lease TTL (at most 5 s), so that
+    /// after an outage a watcher notices etcd is back within half a TTL.
     pub(crate) max_backoff: Duration,
 }
 
@@ -249,16 +269,11 @@ struct Watcher {
     commands: mpsc::Receiver<Command>,
     synced: watch::Sender<bool>,
     resync_waiters: Vec<oneshot::Sender<()>>,
-    backoff: Option<backon::ExponentialBackoff>,
+    backoff: Option<Delays>,
 }
 
-fn backoff(max: Duration) -> backon::ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
+fn backoff(max: Duration) -> Delays {
+    crate::backoff::bounded(Duration::from_millis(100), max).build()
 }
 
 fn list_from_scratch(initial: bool) -> State {
@@ -518,10 +533,10 @@ impl Watcher {
             let mut shared = lock(&self.shared);
             let counts_before = (shared.view.skipped(), shared.view.shadowed());
             let events = shared.view.install(snapshot, revision);
-            shared.cursor = shared
-                .cursor
-                .max(cursor)
-                .max(shared.view.max_alloc_position());
+            shared.cursor = alloc::later_position(
+                alloc::later_position(shared.cursor, cursor),
+                shared.view.max_alloc_position(),
+            );
             shared.revision = revision;
             shared.check_own_snapshot(revision);
             record_view_metrics(&shared, counts_before, 0);
@@ -734,9 +749,10 @@ impl Watcher {
             let mut shared = lock(&self.shared);
             let counts_before = (shared.view.skipped(), shared.view.shadowed());
             let events = shared.view.apply(&changes);
-            shared.cursor = shared.cursor.max(shared.view.max_alloc_position());
+            shared.cursor = alloc::later_position(shared.cursor, shared.view.max_alloc_position());
             shared.revision = last;
             shared.check_own_changes(&changes);
+            shared.check_own_edits(resp.events());
             record_view_metrics(&shared, counts_before, header_revision - last);
             events
         };

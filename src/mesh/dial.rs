@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use tokio::net::TcpStream;
 
 use super::frame::Frame;
@@ -15,9 +15,9 @@ pub struct DialPolicy {
     /// Attempts per round, the first included (DarkRift's `reconnectAttempts` is 5). When a
     /// round fails, the connector's `handle_connection_failure` decides what happens next.
     pub attempts: u32,
-    /// Delay before the first retry; doubles per retry.
+    /// Delay before the first retry (plus jitter); doubles per retry.
     pub min_delay: Duration,
-    /// Cap on the delay between retries.
+    /// Cap on the delay between retries, jitter included.
     pub max_delay: Duration,
     /// Bound on one TCP connect.
     pub connect_timeout: Duration,
@@ -54,11 +54,8 @@ pub(crate) async fn dial(
     let host = peer.host.clone();
     let (port, expected) = (peer.port, peer.id);
     let mut attempts = 0u32;
-    let backoff = ExponentialBuilder::new()
-        .with_min_delay(policy.min_delay)
-        .with_max_delay(policy.max_delay)
-        .with_max_times(usize::try_from(policy.attempts.saturating_sub(1)).unwrap_or(usize::MAX))
-        .with_jitter();
+    let backoff = crate::backoff::bounded(policy.min_delay, policy.max_delay)
+        .with_max_times(usize::try_from(policy.attempts.saturating_sub(1)).unwrap_or(usize::MAX));
     let result = (|| {
         attempts += 1;
         attempt(
