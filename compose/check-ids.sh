@@ -1,6 +1,6 @@
 #!/bin/sh
 # The id-allocation scenario's checker: waits until EXPECTED_IDS servers of group CHECK_GROUP
-# are registered (as `darkrift-etcd ls --json` lists them), then fails if two share an id.
+# are registered (as `darkrift-etcd ls -o json` lists them), then fails if two share an id.
 #
 # Environment: EXPECTED_IDS (required), CHECK_GROUP (default `ids`), CHECK_TIMEOUT seconds
 # (default 60), and the CLI's own DARKRIFT_ETCD_ENDPOINTS / DARKRIFT_ETCD_PREFIX.
@@ -14,7 +14,7 @@ ids=""
 count=0
 
 while :; do
-    if json=$(darkrift-etcd ls --json --group "$group"); then
+    if json=$(darkrift-etcd ls -o json --group "$group"); then
         # One object per server, compact JSON: `"id":N` occurs once per object.
         ids=$(printf '%s' "$json" | grep -o '"id":[0-9]*' | cut -d: -f2 || true)
         count=$(printf '%s\n' "$ids" | grep -c . || true)

@@ -1,6 +1,10 @@
 //! Connector settings: typed, documented defaults, validated before anything connects.
 //!
-//! Durations are written in (fractional) seconds in serialized form, e.g. `lease_ttl = 10`.
+//! Durations are read as a number of seconds or with a unit (`lease_ttl = 10`,
+//! `lease_ttl = "10s"`, `"1500ms"`, `"1m"`) and written as (fractional) seconds. [`layers`]
+//! resolves the settings from defaults, a TOML file, `DARKRIFT_ETCD_*` variables and flags.
+
+pub mod layers;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -187,6 +191,48 @@ impl TlsConfig {
             check_pem("tls.key", key, "PRIVATE KEY-----")?;
         }
         Ok(())
+    }
+}
+
+/// Checks an endpoint's form up front, so that a typo is a configuration error at once rather
+/// than a connect timeout: `[http://|https://]host:port[/]`, a port in 1..=65535.
+fn check_endpoint(e: &str) -> std::result::Result<(), &'static str> {
+    if e.trim().is_empty() || e.contains(char::is_whitespace) {
+        return Err("empty or contains spaces");
+    }
+    let rest = match e.split_once("://") {
+        Some((scheme, rest))
+            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+        {
+            rest
+        }
+        Some(_) => return Err("the scheme must be http or https"),
+        None => e,
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#', '@']) {
+        return Err("a path, query or user part is not allowed");
+    }
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return Err("no port");
+    };
+    let host_ok = match host.strip_prefix('[') {
+        Some(v6) => v6
+            .strip_suffix(']')
+            .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
+        }
+    };
+    if !host_ok {
+        return Err("bad host");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err("the port must be in 1..=65535"),
     }
 }
 
@@ -438,9 +484,11 @@ impl ConnectorConfig {
             return bad("endpoints: at least one etcd endpoint is needed".into());
         }
         for e in &self.endpoints {
-            if e.trim().is_empty() || e.contains(char::is_whitespace) {
-                return bad(format!("endpoints: {e:?} is not an endpoint"));
-            }
+            check_endpoint(e).map_err(|why| {
+                Error::InvalidConfig(format!(
+                    "endpoints: {e:?} is not an etcd endpoint ({why}); write http://host:port"
+                ))
+            })?;
         }
         if self.lease_ttl < Duration::from_secs(1) || self.lease_ttl.subsec_nanos() != 0 {
             return bad(format!(
@@ -520,108 +568,46 @@ impl ConnectorConfig {
         toml::from_str(text).map_err(|e| Error::InvalidConfig(e.to_string()))
     }
 
-    /// Overrides settings from `DARKRIFT_ETCD_*` environment variables, the same names the
-    /// CLI reads: `ENDPOINTS` (comma-separated), `PREFIX`, `CONNECT_TIMEOUT`, `REQUEST_TIMEOUT`,
-    /// `LEASE_TTL` (seconds), `ID_SPACE`, `CA_CERT`, `CERT`, `KEY`, `USER`, `PASSWORD`,
-    /// `PASSWORD_FILE`, `HEALTH_URL`. Unset or empty variables change nothing.
+    /// Overrides settings from the `DARKRIFT_ETCD_*` environment variables of
+    /// [`layers::SETTINGS`] (the names the CLI reads, e.g. `ENDPOINTS`, `PREFIX`, `LEASE_TTL`,
+    /// `REQUEST_TIMEOUT`, `CA_CERT`, `USER`, `PASSWORD_FILE`, `HEALTH_URL`). Unset or empty
+    /// variables change nothing; durations read `10`, `10s`, `1500ms`, `1m`. A variable under
+    /// the prefix that nothing reads is logged as a warning naming the closest known one.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming a variable whose value does not parse.
     pub fn with_env(self) -> Result<Self> {
-        self.with_vars(|name| {
-            std::env::var(format!("DARKRIFT_ETCD_{name}"))
-                .ok()
-                .filter(|v| !v.is_empty())
-        })
+        let layered = layers::Layers::from_env().resolve_over(self, Default::default())?;
+        for unknown in &layered.unknown_vars {
+            tracing::warn!("{unknown}");
+        }
+        Ok(layered.settings.connector)
     }
 
     /// [`ConnectorConfig::with_env`] over any variable source (testable without touching the
-    /// process environment).
+    /// process environment): `var` is asked for each name without the `DARKRIFT_ETCD_`
+    /// prefix. Only connector settings are read (not the registering server's identity).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming a variable whose value does not parse.
-    pub fn with_vars(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        fn secs(name: &str, v: &str) -> Result<Duration> {
-            v.trim()
-                .parse::<f64>()
-                .ok()
-                .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                .ok_or_else(|| {
-                    Error::InvalidConfig(format!(
-                        "DARKRIFT_ETCD_{name}: {v:?} is not a number of seconds"
-                    ))
-                })
-        }
-        if let Some(v) = var("ENDPOINTS") {
-            self.endpoints = v
-                .split(',')
-                .map(|e| e.trim().to_owned())
-                .filter(|e| !e.is_empty())
-                .collect();
-        }
-        if let Some(v) = var("PREFIX") {
-            self.prefix = v;
-        }
-        if let Some(v) = var("CONNECT_TIMEOUT") {
-            self.connect_timeout = secs("CONNECT_TIMEOUT", &v)?;
-        }
-        if let Some(v) = var("REQUEST_TIMEOUT") {
-            self.request_timeout = secs("REQUEST_TIMEOUT", &v)?;
-        }
-        if let Some(v) = var("LEASE_TTL") {
-            self.lease_ttl = secs("LEASE_TTL", &v)?;
-        }
-        if let Some(v) = var("ID_SPACE") {
-            self.id_space = v.trim().parse().map_err(|_| {
-                Error::InvalidConfig(format!("DARKRIFT_ETCD_ID_SPACE: {v:?} is not in 1..=65535"))
-            })?;
-        }
-        if let Some(ca) = var("CA_CERT") {
-            let tls = self.tls.get_or_insert_with(|| TlsConfig::new(ca.clone()));
-            tls.ca_cert = ca.into();
-        }
-        for (name, slot) in [("CERT", 0), ("KEY", 1)] {
-            let Some(path) = var(name) else { continue };
-            let Some(tls) = self.tls.as_mut() else {
-                return Err(Error::InvalidConfig(format!(
-                    "DARKRIFT_ETCD_{name} needs a CA certificate (DARKRIFT_ETCD_CA_CERT or tls.ca_cert)"
-                )));
-            };
-            if slot == 0 {
-                tls.cert = Some(path.into());
-            } else {
-                tls.key = Some(path.into());
-            }
-        }
-        let password = match (var("PASSWORD"), var("PASSWORD_FILE")) {
-            (Some(p), _) => Some(p),
-            (None, Some(file)) => Some(
-                std::fs::read_to_string(&file)
-                    // One trailing line break, as the CLI's --password-file.
-                    .map(|p| {
-                        let p = p.strip_suffix('\n').unwrap_or(&p);
-                        p.strip_suffix('\r').unwrap_or(p).to_owned()
-                    })
-                    .map_err(|e| {
-                        Error::InvalidConfig(format!(
-                            "DARKRIFT_ETCD_PASSWORD_FILE: cannot read {file}: {e}"
-                        ))
-                    })?,
-            ),
-            (None, None) => None,
+    pub fn with_vars(self, var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let vars = layers::SETTINGS
+            .iter()
+            .filter(|s| s.scope == layers::Scope::Connector)
+            .flat_map(|s| std::iter::once(s.env).chain(s.env_aliases.iter().copied()))
+            .filter_map(|name| {
+                let value = var(name.strip_prefix(layers::ENV_PREFIX)?)?;
+                (!value.is_empty()).then(|| (name.to_owned(), value))
+            })
+            .collect();
+        let layers = layers::Layers {
+            vars,
+            ..layers::Layers::default()
         };
-        if let Some(user) = var("USER") {
-            let password = password.clone().unwrap_or_default();
-            self.auth = Some(AuthConfig::new(user, password));
-        } else if let (Some(p), Some(auth)) = (password, self.auth.as_mut()) {
-            auth.password = Secret::new(p);
-        }
-        if let Some(url) = var("HEALTH_URL") {
-            self.health
-                .get_or_insert_with(crate::health::HealthConfig::default)
-                .url = url;
-        }
-        Ok(self)
+        Ok(layers
+            .resolve_over(self, Default::default())?
+            .settings
+            .connector)
     }
 
     /// The allocator tunables.
@@ -640,7 +626,8 @@ impl ConnectorConfig {
     }
 }
 
-/// Serde for `Duration` as (fractional) seconds.
+/// Serde for `Duration`: written as (fractional) seconds, read from seconds or a string with
+/// a unit (`"10s"`, `"1500ms"`, `"1m"`).
 pub(crate) mod secs {
     use std::time::Duration;
 
@@ -650,9 +637,19 @@ pub(crate) mod secs {
         s.serialize_f64(d.as_secs_f64())
     }
 
+    /// A number of seconds, or a string in any form [`super::layers::parse_duration`] reads.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Secs(f64),
+        Text(String),
+    }
+
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let v = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom)
+        match Written::deserialize(d)? {
+            Written::Secs(v) => Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom),
+            Written::Text(t) => super::layers::parse_duration(&t).map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -678,6 +675,22 @@ mod tests {
             },
             ConnectorConfig {
                 endpoints: vec![" ".into()],
+                ..ok.clone()
+            },
+            ConnectorConfig {
+                endpoints: vec!["notaurl".into()],
+                ..ok.clone()
+            },
+            ConnectorConfig {
+                endpoints: vec!["ftp://a:1".into()],
+                ..ok.clone()
+            },
+            ConnectorConfig {
+                endpoints: vec!["http://a:0".into()],
+                ..ok.clone()
+            },
+            ConnectorConfig {
+                endpoints: vec!["http://a:1/v3/kv".into()],
                 ..ok.clone()
             },
             ConnectorConfig {
@@ -719,6 +732,42 @@ mod tests {
                 "{c:?}"
             );
         }
+    }
+
+    #[test]
+    fn endpoint_forms() {
+        for ok in [
+            "http://127.0.0.1:2379",
+            "https://etcd-1:2379/",
+            "localhost:2379",
+            "http://[::1]:2379",
+        ] {
+            assert_eq!(check_endpoint(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "notaurl",
+            "http://",
+            "http://:2379",
+            "http://a:b",
+            "http://[::1:2379",
+            "a b:1",
+        ] {
+            assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_in_toml_take_units() {
+        let c = ConnectorConfig::from_toml_str(
+            "lease_ttl = \"1m\"\nconnect_timeout = \"1500ms\"\nrequest_timeout = 2.5\n[health]\ninterval = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.lease_ttl, Duration::from_secs(60));
+        assert_eq!(c.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(c.request_timeout, Duration::from_millis(2500));
+        assert_eq!(c.health.map(|h| h.interval), Some(Duration::from_secs(2)));
+        let e = ConnectorConfig::from_toml_str("lease_ttl = \"soon\"").unwrap_err();
+        assert!(e.to_string().contains("not a duration"), "{e}");
     }
 
     #[test]

@@ -166,6 +166,11 @@ impl Connector {
         &self.ctx.config
     }
 
+    /// The etcd members this connector talks to (shared with [`crate::admin::Admin`]).
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.ctx.pool
+    }
+
     /// Takes the event stream: every join and leave of the registry (this server included),
     /// in etcd revision order, [`Event::Synced`] once the initial snapshot is delivered, and
     /// the registration's own events ([`Event::LeaseLost`], [`Event::Reregistered`], …).

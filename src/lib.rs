@@ -23,6 +23,7 @@
 //! | [`metrics`] | metric names (through the `metrics` facade) |
 //! | `watcher` | list + watch state machine feeding `membership` (I/O) |
 //! | [`connector`] | register / deregister / connection failure; composes the above (I/O) |
+//! | [`admin`] | operator reads and the guarded eviction (`get`, `ls`, `evict`) (I/O) |
 //! | [`blocking`] | the connector for hosts that are not async (owns a runtime) |
 //! | [`signal`] | SIGTERM / SIGINT: when a host should deregister |
 //! | [`cluster`] | DarkRift cluster config, topology and the upstream/downstream core (pure) |
@@ -32,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod admin;
 pub mod alloc;
 mod backoff;
 pub mod blocking;

@@ -826,7 +826,8 @@ fn into_view_kv(kv: etcd_client::KeyValue) -> KeyValue {
     }
 }
 
-fn convert_kv(kv: &etcd_client::KeyValue) -> KeyValue {
+/// A watch event's or a range read's key-value, copied into the view's form.
+pub(crate) fn convert_kv(kv: &etcd_client::KeyValue) -> KeyValue {
     KeyValue {
         key: kv.key().to_vec(),
         value: kv.value().to_vec(),

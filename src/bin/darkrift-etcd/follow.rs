@@ -1,0 +1,204 @@
+//! `register` and `watch`: follow the registry's events and print them as JSON lines until a
+//! signal, a closed stdout, or (for `register`) a stopped registration.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use darkrift_etcd::admin::Admin;
+use darkrift_etcd::config::layers::Layered;
+use darkrift_etcd::{Connector, Event, EventStream, Registration};
+use serde_json::json;
+
+use crate::fail::{Exit, Failure};
+use crate::log::{Repeats, SUMMARY_EVERY, TARGET};
+use crate::out::{self, EventLines};
+
+/// Why following ended.
+#[derive(Debug)]
+enum Ended {
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// stdout's reader went away.
+    Closed,
+    /// The connector's stream ended.
+    StreamEnd,
+    /// The registration was stopped for good.
+    Stopped { id: u16, reason: String },
+}
+
+/// Prints events until something ends it. Keeps the per-group member gauge and tells the log
+/// filter about state changes.
+async fn follow(
+    events: &mut EventStream,
+    lines: &mut EventLines,
+    repeats: &Repeats,
+    synced: &AtomicBool,
+) -> Ended {
+    let stop = darkrift_etcd::signal::shutdown_signal();
+    tokio::pin!(stop);
+    let closed = out::closed();
+    tokio::pin!(closed);
+    let mut summary =
+        tokio::time::interval_at(tokio::time::Instant::now() + SUMMARY_EVERY, SUMMARY_EVERY);
+    loop {
+        let event = tokio::select! {
+            signal = &mut stop => {
+                if let Err(e) = signal {
+                    tracing::warn!(target: TARGET, error = %e, "signal handling failed; stopping");
+                }
+                return Ended::Signal;
+            }
+            () = &mut closed => return Ended::Closed,
+            _ = summary.tick() => {
+                repeats.summarize();
+                continue;
+            }
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => return Ended::StreamEnd,
+            },
+        };
+        match &event {
+            Event::Stale { revision } => {
+                repeats.state_changed();
+                tracing::warn!(target: TARGET, revision, "etcd cannot be read: the view is stale; retrying");
+            }
+            Event::Fresh { revision } => {
+                repeats.state_changed();
+                tracing::info!(target: TARGET, revision, "etcd answers again: the view is fresh");
+            }
+            Event::LeaseLost { .. } | Event::Reregistered { .. } => repeats.state_changed(),
+            Event::Synced { .. } => synced.store(true, Ordering::Relaxed),
+            _ => {}
+        }
+        let group = match &event {
+            Event::Join { server, .. } => Some(server.group.clone()),
+            Event::Leave { group, .. } => Some(group.clone()),
+            _ => None,
+        };
+        let line = lines.line(&event);
+        if let Some(group) = group {
+            let n = lines.members_of(&group) as f64;
+            metrics::gauge!(darkrift_etcd::metrics::GROUP_MEMBERS, "group" => group).set(n);
+        }
+        if let Some((name, fields)) = line {
+            if out::line(name, fields).is_err() {
+                return Ended::Closed;
+            }
+        }
+        if let Event::RegistrationStopped { id, reason } = event {
+            return Ended::Stopped { id, reason };
+        }
+    }
+}
+
+/// Checks the settings, binds the metrics listener (before anything else, so a bad address
+/// fails at once), connects and takes the event stream.
+async fn connect(
+    layered: &Layered,
+    metrics_addr: Option<SocketAddr>,
+) -> Result<(Arc<Connector>, EventStream, Option<crate::monitor::Bound>), Failure> {
+    let cfg = layered.settings.connector.clone();
+    cfg.validate()?;
+    let listener = match metrics_addr {
+        Some(addr) => Some(crate::monitor::bind(addr).await?),
+        None => None,
+    };
+    let connector = Arc::new(Connector::connect(cfg).await?);
+    let events = connector.events()?;
+    Ok((connector, events, listener))
+}
+
+/// `darkrift-etcd register`.
+pub(crate) async fn register(
+    layered: &Layered,
+    repeats: &Repeats,
+    metrics_addr: Option<SocketAddr>,
+) -> Result<(), Failure> {
+    let server = &layered.settings.server;
+    let missing =
+        |what: &str, var: &str| Failure::usage(format!("register needs --{what} (or {var})"));
+    let group = server
+        .group
+        .as_deref()
+        .ok_or_else(|| missing("group", "DARKRIFT_ETCD_GROUP"))?;
+    let host = server
+        .host
+        .as_deref()
+        .ok_or_else(|| missing("host", "DARKRIFT_ETCD_HOST"))?;
+    let port = server
+        .port
+        .ok_or_else(|| missing("port", "DARKRIFT_ETCD_PORT"))?;
+    let properties = server.properties.clone();
+    // Bad input never reaches etcd: the record and the settings are checked first.
+    Registration::new(group, host, port, properties.clone()).map_err(darkrift_etcd::Error::from)?;
+    let (connector, mut events, listener) = connect(layered, metrics_addr).await?;
+    let synced = Arc::new(AtomicBool::new(false));
+    if let Some(listener) = listener {
+        let c = connector.clone();
+        crate::monitor::serve(
+            listener,
+            Arc::new(move || c.is_registered() && !c.is_stale()),
+        );
+    }
+    let id = connector
+        .register_server(group, host, port, properties.clone())
+        .await?;
+    // The create revision of our key: etcd's revision of the registration.
+    let read_back = async { Admin::from_connector(&connector)?.get(id).await };
+    let revision = match read_back.await {
+        Ok((_, Some(entry))) => Some(entry.create_revision),
+        Ok((_, None)) => None,
+        Err(e) => {
+            tracing::warn!(target: TARGET, error = %e, "reading back our registration failed");
+            None
+        }
+    };
+    let registered = out::line(
+        "registered",
+        json!({"id": id, "group": group, "host": host, "port": port,
+               "properties": properties, "revision": revision}),
+    );
+    let ended = if registered.is_err() {
+        Ended::Closed
+    } else {
+        follow(&mut events, &mut EventLines::new(None), repeats, &synced).await
+    };
+    if let Ended::Stopped { id, reason } = ended {
+        return Err(Failure::new(
+            Exit::Stopped,
+            format!("registration of server {id} stopped: {reason}"),
+        ));
+    }
+    connector.deregister_server().await?;
+    // Said only to a reader that is still there.
+    let _ = out::line("deregistered", json!({"id": id}));
+    Ok(())
+}
+
+/// `darkrift-etcd watch`.
+pub(crate) async fn watch(
+    layered: &Layered,
+    group: Option<&str>,
+    repeats: &Repeats,
+    metrics_addr: Option<SocketAddr>,
+) -> Result<(), Failure> {
+    if let Some(g) = group {
+        darkrift_etcd::record::validate_group(g).map_err(darkrift_etcd::Error::from)?;
+    }
+    let (connector, mut events, listener) = connect(layered, metrics_addr).await?;
+    let synced = Arc::new(AtomicBool::new(false));
+    if let Some(listener) = listener {
+        let (c, s) = (connector.clone(), synced.clone());
+        crate::monitor::serve(
+            listener,
+            Arc::new(move || s.load(Ordering::Relaxed) && !c.is_stale()),
+        );
+    }
+    let mut lines = EventLines::new(group.map(str::to_owned));
+    // Whatever ended it (a signal, a closed stdout, the stream), watching has nothing to
+    // undo: the connector's tasks stop when it is dropped.
+    follow(&mut events, &mut lines, repeats, &synced).await;
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! Logs on stderr: text (colour only on a terminal) or JSON, `RUST_LOG` filter.
+//!
+//! During an outage the library warns on every retry (the watcher's reopen, the supervisor's
+//! re-registration; those live in files this CLI does not own). [`Repeats`] turns that into one
+//! warning per state change: the first warning of each call site is printed, later ones are
+//! counted, and a summary line per call site says how many were held back, every
+//! [`SUMMARY_EVERY`] and whenever the view changes state (stale, fresh, re-registered).
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::callsite::Identifier;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Target of the CLI's own log lines (never held back).
+pub(crate) const TARGET: &str = "darkrift_etcd::cli";
+
+/// How often held-back warnings are summed up.
+pub(crate) const SUMMARY_EVERY: Duration = Duration::from_secs(30);
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Warnings held back since they were first printed, by call site.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Repeats {
+    seen: Arc<Mutex<HashMap<Identifier, Held>>>,
+}
+
+#[derive(Debug)]
+struct Held {
+    message: String,
+    count: u64,
+}
+
+/// The `message` field of an event.
+struct Message(String);
+
+impl Visit for Message {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            value.clone_into(&mut self.0);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl Repeats {
+    /// Logs how many warnings each call site held back, and keeps holding them back.
+    pub(crate) fn summarize(&self) {
+        let held: Vec<(String, u64)> = {
+            let mut seen = self
+                .seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            seen.values_mut()
+                .filter(|h| h.count > 0)
+                .map(|h| (h.message.clone(), std::mem::take(&mut h.count)))
+                .collect()
+        };
+        for (message, count) in held {
+            tracing::warn!(target: TARGET, "{message} (repeated {count} more times)");
+        }
+    }
+
+    /// A state change: sums up what was held back, then lets the next warning of every call
+    /// site through again.
+    pub(crate) fn state_changed(&self) {
+        self.summarize();
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Repeats {
+    fn event_enabled(&self, event: &Event<'_>, _cx: Context<'_, S>) -> bool {
+        let meta = event.metadata();
+        if *meta.level() != Level::WARN || meta.target() == TARGET {
+            return true;
+        }
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match seen.get_mut(&meta.callsite()) {
+            Some(held) => {
+                held.count += 1;
+                false
+            }
+            None => {
+                let mut message = Message(String::new());
+                event.record(&mut message);
+                seen.insert(
+                    meta.callsite(),
+                    Held {
+                        message: message.0,
+                        count: 0,
+                    },
+                );
+                true
+            }
+        }
+    }
+}
+
+/// Installs the logger; returns the repeat filter so commands can report state changes.
+pub(crate) fn init(format: Format) -> Repeats {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,darkrift_etcd=info"));
+    let repeats = Repeats::default();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let fmt = match format {
+        Format::Text => fmt.boxed(),
+        Format::Json => fmt.json().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(repeats.clone())
+        .with(fmt.with_filter(filter))
+        .init();
+    repeats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_warning_is_printed_once_per_state() {
+        let repeats = Repeats::default();
+        let printed = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = printed.clone();
+        let collect = tracing_subscriber::fmt::layer()
+            .with_writer(move || Writer(sink.clone()))
+            .with_ansi(false)
+            .without_time();
+        let subscriber = tracing_subscriber::registry()
+            .with(repeats.clone())
+            .with(collect);
+        // One call site, as a retry loop has.
+        let retry = || tracing::warn!("opening the watch failed; retrying");
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..5 {
+                retry();
+            }
+            repeats.summarize();
+            retry();
+            repeats.state_changed();
+            retry();
+        });
+        let text = printed.lock().unwrap().concat();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[1].contains("repeated 4 more times"), "{text}");
+        assert!(lines[2].contains("repeated 1 more times"), "{text}");
+        assert!(
+            lines[3].ends_with("opening the watch failed; retrying"),
+            "{text}"
+        );
+    }
+
+    struct Writer(Arc<Mutex<Vec<String>>>);
+
+    impl std::io::Write for Writer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(buf).into_owned());
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+}

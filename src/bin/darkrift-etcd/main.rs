@@ -1,0 +1,221 @@
+//! `darkrift-etcd`: the operator CLI of the registry.
+//!
+//! stdout carries only data (JSON lines, tables); logs go to stderr (`RUST_LOG`,
+//! `--log-format`). Settings come from one place, `darkrift_etcd::config::layers`: defaults <
+//! `--config` TOML < `DARKRIFT_ETCD_*` variables < flags. Exit codes: see [`fail::Exit`] and
+//! docs/cli.md.
+
+mod fail;
+mod follow;
+mod inspect;
+mod log;
+mod monitor;
+mod out;
+mod settings;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{FromArgMatches, Parser, Subcommand, ValueEnum};
+
+use crate::fail::Failure;
+
+/// DarkRift server registry on etcd: register a server, watch the cluster, inspect, evict.
+#[derive(Debug, Parser)]
+#[command(
+    name = "darkrift-etcd",
+    version,
+    about,
+    after_help = "Examples:\n  darkrift-etcd --endpoints http://etcd:2379 ls\n  \
+                  darkrift-etcd register --group game --host 10.0.0.5 --port 4296 --ttl 10s\n  \
+                  darkrift-etcd watch --group game | jq .\n\n\
+                  Exit codes: 0 ok, 1 other error, 2 usage or configuration, 3 etcd unreachable, \
+                  4 not found, 5 no id (id space exhausted, registration stopped)."
+)]
+struct Cli {
+    /// Settings file (TOML, the fields of ConnectorConfig); variables and flags override it.
+    #[arg(long, global = true, env = "DARKRIFT_ETCD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format on stderr (colour only on a terminal).
+    #[arg(long, global = true, env = "DARKRIFT_ETCD_LOG_FORMAT", value_enum, default_value_t = log::Format::Text)]
+    log_format: log::Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// `-o` of `ls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ListFormat {
+    /// ID, GROUP, HOST, PORT, AGE, TTL LEFT.
+    Table,
+    /// The table and PROPERTIES.
+    Wide,
+    /// One JSON line `{revision, servers:[…]}`.
+    Json,
+}
+
+/// `-o` of `get`, `evict`, `config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OneFormat {
+    /// For people.
+    Text,
+    /// One JSON line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Register a server (group, host, port from flags or DARKRIFT_ETCD_GROUP/HOST/PORT),
+    /// print the cluster's joins and leaves as JSON lines, deregister on SIGINT or SIGTERM.
+    #[command(
+        after_help = "Example:\n  darkrift-etcd register --group game --host 10.0.0.5 --port 4296 --property region=eu --ttl 10s\n  \
+                      # on Kubernetes: env DARKRIFT_ETCD_HOST from the pod IP, no --host"
+    )]
+    Register {
+        /// Serve Prometheus `/metrics` and `/healthz` (200 while registered and the view is
+        /// fresh) on HOST:PORT.
+        #[arg(long, env = "DARKRIFT_ETCD_METRICS_ADDR", value_name = "HOST:PORT")]
+        metrics_addr: Option<SocketAddr>,
+    },
+    /// Print the cluster's joins and leaves as JSON lines, without registering.
+    #[command(after_help = "Example:\n  darkrift-etcd watch --group game | head -1")]
+    Watch {
+        /// Only this group's servers.
+        #[arg(long)]
+        group: Option<String>,
+        /// Serve Prometheus `/metrics` and `/healthz` (200 while the view is fresh) on
+        /// HOST:PORT.
+        #[arg(long, env = "DARKRIFT_ETCD_METRICS_ADDR", value_name = "HOST:PORT")]
+        metrics_addr: Option<SocketAddr>,
+    },
+    /// List the live servers.
+    #[command(
+        after_help = "Examples:\n  darkrift-etcd ls -o wide\n  darkrift-etcd ls --group game -o json | jq '.servers[].id'"
+    )]
+    Ls {
+        /// Only this group's servers.
+        #[arg(long)]
+        group: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+        output: ListFormat,
+        /// Same as `-o json` (kept for scripts written against earlier versions).
+        #[arg(long, hide = true)]
+        json: bool,
+    },
+    /// Show one server: record, lease, TTL left, create revision, age. Exit 4 if the id is
+    /// not registered.
+    #[command(after_help = "Example:\n  darkrift-etcd get 7 -o json")]
+    Get {
+        /// Server id.
+        #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+        id: u16,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = OneFormat::Text)]
+        output: OneFormat,
+    },
+    /// Remove a registration now and revoke its lease (guarded: a newer holder of the id is
+    /// never deleted). Asks on a terminal unless --yes. A holder still running follows its
+    /// on_key_removed policy (restore: it re-registers; stop: it stops).
+    #[command(after_help = "Example:\n  darkrift-etcd evict 7 --yes")]
+    Evict {
+        /// Server id.
+        #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+        id: u16,
+        /// Do not ask (needed when stdin is not a terminal).
+        #[arg(long, short)]
+        yes: bool,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = OneFormat::Text)]
+        output: OneFormat,
+    },
+    /// Print the effective settings and where each came from (default, file, env, flag);
+    /// secrets masked.
+    #[command(after_help = "Example:\n  DARKRIFT_ETCD_LEASE_TTL=5s darkrift-etcd config --ttl 7")]
+    Config,
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  darkrift-etcd completions bash > /etc/bash_completion.d/darkrift-etcd"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// A clap error as one line and a hint; help and version go to stdout as usual.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        // A closed stdout is not worth a panic.
+        let _ = out::text(e.render().to_string().trim_end());
+        return ExitCode::SUCCESS;
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = e.print();
+        return fail::Exit::Usage.into();
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid usage");
+    Failure::usage(first.trim_start_matches("error: "))
+        .hint("see `darkrift-etcd --help` (or `darkrift-etcd <command> --help`)")
+        .report()
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let command = settings::command();
+    let matches = match command.clone().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return usage_error(&e),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    let repeats = log::init(cli.log_format);
+    match run(&cli, &command, &matches, &repeats).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.report(),
+    }
+}
+
+async fn run(
+    cli: &Cli,
+    command: &clap::Command,
+    matches: &clap::ArgMatches,
+    repeats: &log::Repeats,
+) -> Result<(), Failure> {
+    if let Command::Completions { shell } = &cli.command {
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut command.clone(), "darkrift-etcd", &mut script);
+        let _ = out::text(String::from_utf8_lossy(&script).trim_end());
+        return Ok(());
+    }
+    let layered = settings::resolve(cli.config.clone(), command, matches)?;
+    for unknown in &layered.unknown_vars {
+        tracing::warn!(target: log::TARGET, "{unknown}");
+    }
+    match &cli.command {
+        Command::Register { metrics_addr } => {
+            follow::register(&layered, repeats, *metrics_addr).await
+        }
+        Command::Watch {
+            group,
+            metrics_addr,
+        } => follow::watch(&layered, group.as_deref(), repeats, *metrics_addr).await,
+        Command::Ls {
+            group,
+            output,
+            json,
+        } => {
+            let output = if *json { ListFormat::Json } else { *output };
+            inspect::ls(&layered, group.as_deref(), output).await
+        }
+        Command::Get { id, output } => inspect::get(&layered, *id, *output).await,
+        Command::Evict { id, yes, output } => inspect::evict(&layered, *id, *yes, *output).await,
+        Command::Config => inspect::config(&layered, cli.config.as_deref()),
+        Command::Completions { .. } => Ok(()),
+    }
+}
