@@ -1,6 +1,8 @@
 //! A bounded chaos test: random kills, freezes (SIGSTOP) and restarts of etcd members, cuts,
 //! blackholes, slow links and heals of servers' connections, server crashes, graceful leaves
-//! and new servers, for a fixed period.
+//! and new servers, and a careless operator and a hostile writer under the prefix (a live
+//! record's lease stripped or its value overwritten, a second key claiming a live id, garbage in
+//! the allocation cursor), for a fixed period.
 //! A checker over the recorded histories then asserts:
 //! 1. never two live holders of one id at any etcd revision (replaying etcd's own history);
 //! 2. every server's event history is well formed (per id, joins and leaves alternate);
@@ -26,6 +28,10 @@ use rand::{Rng, SeedableRng};
 const CHAOS_FOR: Duration = Duration::from_secs(20);
 const TTL: Duration = Duration::from_secs(2);
 const SERVERS: usize = 5;
+/// The group a hostile writer puts its duplicate claims in (on a lease of its own, revoked at
+/// the heal): they are never holders by the membership rules (a later create revision), and the
+/// checker does not count them as servers.
+const HOSTILE: &str = "hostile";
 
 struct Server {
     connector: Arc<Connector>,
@@ -91,13 +97,19 @@ async fn chaos_never_two_holders_and_views_converge() {
     // The member that is down (killed) or frozen (SIGSTOP), at most one, so there is a quorum.
     let mut down_member: Option<(usize, bool)> = None;
 
+    let mut operator = etcd.client().await.expect("operator client");
+    let hostile_lease = operator
+        .lease_grant(600, None)
+        .await
+        .expect("hostile lease")
+        .id();
     let chaos_end = tokio::time::Instant::now() + CHAOS_FOR;
     let mut faults = 0;
     while tokio::time::Instant::now() < chaos_end {
         let pause = Duration::from_millis(rng.random_range(200..900));
         tokio::time::sleep(pause).await; // the pacing of the fault injector, not a wait for an event
         faults += 1;
-        match rng.random_range(0..7) {
+        match rng.random_range(0..10) {
             0 => {
                 // Kill or freeze an etcd member, or bring it back (at most one down, so there
                 // is a quorum).
@@ -156,6 +168,40 @@ async fn chaos_never_two_holders_and_views_converge() {
                     drop(server);
                 }
             }
+            7 | 8 => {
+                // A careless operator (7: `etcdctl put` without `--lease`, keeping or replacing
+                // the value) or a hostile writer (8: a second key for a live id).
+                let Some(id) = servers
+                    .get(rng.random_range(0..servers.len().max(1)))
+                    .and_then(|s| s.connector.registered_id())
+                else {
+                    continue;
+                };
+                let Some((key, value)) = live_record(&mut operator, &prefix, id).await else {
+                    continue;
+                };
+                // etcd may be without quorum right now: a write that fails is no fault.
+                let _ = if rng.random_bool(0.5) {
+                    let value = if rng.random_bool(0.5) {
+                        value
+                    } else {
+                        b"edited by hand".to_vec()
+                    };
+                    operator.put(key, value, None).await
+                } else {
+                    let claim = format!("{prefix}/{HOSTILE}/{id}");
+                    let options = etcd_client::PutOptions::new().with_lease(hostile_lease);
+                    operator.put(claim, value, Some(options)).await
+                };
+            }
+            9 => {
+                // Garbage in the allocation cursor: the next allocation repairs it.
+                let garbage = ["abc", "99999999999999999999", "18446744073709551615"];
+                let value = garbage[rng.random_range(0..garbage.len())];
+                let _ = operator
+                    .put(format!("{prefix}.alloc/cursor"), value, None)
+                    .await;
+            }
             _ => {
                 if let Some(s) = start_server(&etcd, &prefix, started).await {
                     servers.push(s);
@@ -176,6 +222,11 @@ async fn chaos_never_two_holders_and_views_converge() {
         }
         s.cut = false;
     }
+    // The hostile claims go with their lease.
+    operator
+        .lease_revoke(hostile_lease)
+        .await
+        .expect("revoke the hostile lease");
     let healed_at = tokio::time::Instant::now();
     println!(
         "faults injected: {faults}, servers started: {started}, live at the end: {}",
@@ -251,12 +302,20 @@ async fn chaos_never_two_holders_and_views_converge() {
             for ev in evs {
                 let kv = ev.kv().expect("kv");
                 let key = kv.key_str().expect("utf8").to_owned();
+                if key.starts_with(&format!("{prefix}/{HOSTILE}/")) {
+                    continue;
+                }
                 let id: u16 = key
                     .rsplit('/')
                     .next()
                     .and_then(|s| s.parse().ok())
                     .expect("id");
                 match ev.event_type() {
+                    // A record without a lease is not a registration (it can never expire):
+                    // an operator's edit, which the owner puts back on its lease.
+                    EventType::Put if kv.lease() == 0 => {
+                        live.entry(id).or_default().remove(&key);
+                    }
                     EventType::Put => {
                         live.entry(id).or_default().insert(key);
                     }
@@ -330,6 +389,24 @@ fn joined_in(history: &[Event]) -> BTreeSet<u16> {
         .collect()
 }
 
+/// The key and value of the live record of `id`, if there is one.
+async fn live_record(
+    raw: &mut etcd_client::Client,
+    prefix: &str,
+    id: u16,
+) -> Option<(String, Vec<u8>)> {
+    let resp = raw
+        .get(format!("{prefix}/"), Some(GetOptions::new().with_prefix()))
+        .await
+        .ok()?;
+    let suffix = format!("/{id}");
+    resp.kvs().iter().find_map(|kv| {
+        let key = kv.key_str().ok()?;
+        (key.ends_with(&suffix) && kv.lease() != 0 && !key.contains(&format!("/{HOSTILE}/")))
+            .then(|| (key.to_owned(), kv.value().to_vec()))
+    })
+}
+
 /// What the checker sees at one moment.
 #[derive(Debug)]
 struct Observation {
@@ -354,10 +431,21 @@ async fn observe(raw: &mut etcd_client::Client, prefix: &str, servers: &[Server]
         .get(format!("{prefix}/"), Some(GetOptions::new().with_prefix()))
         .await
         .expect("get");
+    // Servers are the records on a lease outside the hostile group (a lease-less record is an
+    // operator's edit not yet repaired, or left by a server that crashed before repairing it:
+    // no watcher counts it).
+    let hostile = format!("{prefix}/{HOSTILE}/");
     let truth = resp
         .kvs()
         .iter()
-        .filter_map(|kv| kv.key_str().ok()?.rsplit('/').next()?.parse().ok())
+        .filter(|kv| kv.lease() != 0)
+        .filter_map(|kv| {
+            let key = kv.key_str().ok()?;
+            if key.starts_with(&hostile) {
+                return None;
+            }
+            key.rsplit('/').next()?.parse().ok()
+        })
         .collect();
     // Crashed servers' leases have expired; cut servers have re-registered (or stopped for
     // good, by the fail-stop policy, if their id was taken meanwhile).
