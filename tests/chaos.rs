@@ -32,6 +32,8 @@ const SERVERS: usize = 5;
 /// the heal): they are never holders by the membership rules (a later create revision), and the
 /// checker does not count them as servers.
 const HOSTILE: &str = "hostile";
+/// Bound on one request of the operator's plain etcd-client (it may pick a frozen member).
+const OPERATOR_BOUND: Duration = Duration::from_secs(2);
 
 struct Server {
     connector: Arc<Connector>,
@@ -177,22 +179,26 @@ async fn chaos_never_two_holders_and_views_converge() {
                 else {
                     continue;
                 };
-                let Some((key, value)) = live_record(&mut operator, &prefix, id).await else {
+                let read = live_record(&mut operator, &prefix, id);
+                let Ok(Some((key, value))) = tokio::time::timeout(OPERATOR_BOUND, read).await
+                else {
                     continue;
                 };
-                // etcd may be without quorum right now: a write that fails is no fault.
-                let _ = if rng.random_bool(0.5) {
+                // etcd may be without quorum, or the operator's balanced client may have picked a
+                // frozen member: a write that fails or hangs is no fault (bounded).
+                let write = if rng.random_bool(0.5) {
                     let value = if rng.random_bool(0.5) {
                         value
                     } else {
                         b"edited by hand".to_vec()
                     };
-                    operator.put(key, value, None).await
+                    operator.put(key, value, None)
                 } else {
                     let claim = format!("{prefix}/{HOSTILE}/{id}");
                     let options = etcd_client::PutOptions::new().with_lease(hostile_lease);
-                    operator.put(claim, value, Some(options)).await
+                    operator.put(claim, value, Some(options))
                 };
+                let _ = tokio::time::timeout(OPERATOR_BOUND, write).await;
             }
             9 => {
                 // Garbage in the allocation cursor: the next allocation repairs it.
@@ -222,10 +228,11 @@ async fn chaos_never_two_holders_and_views_converge() {
         }
         s.cut = false;
     }
-    // The hostile claims go with their lease.
-    operator
-        .lease_revoke(hostile_lease)
+    // The hostile claims go with their lease (a fresh client: every member answers again).
+    let mut operator = etcd.client().await.expect("operator client");
+    tokio::time::timeout(PROMPT, operator.lease_revoke(hostile_lease))
         .await
+        .expect("revoke within the bound")
         .expect("revoke the hostile lease");
     let healed_at = tokio::time::Instant::now();
     println!(
