@@ -234,10 +234,14 @@ impl Pool {
             );
         }
         if first {
-            tracing::warn!(endpoint = %m.endpoint, reason = why, "etcd member suspected; using another");
             metrics::counter!(crate::metrics::MEMBER_SUSPICIONS).increment(1);
+        }
+        if first && self.len() > 1 {
+            // A failover: worth one line per member and suspicion period.
+            tracing::warn!(endpoint = %m.endpoint, reason = why, "etcd member suspected; using another");
         } else {
-            tracing::debug!(endpoint = %m.endpoint, reason = why, "etcd member suspected again");
+            // The only member, or suspected again: the caller reports what failed.
+            tracing::debug!(endpoint = %m.endpoint, reason = why, "etcd member suspected");
         }
         self.inner.suspicions.send_modify(|(count, last)| {
             *count += 1;
