@@ -34,6 +34,17 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Bound before anything else: a bad address fails at once, before registering.
+    let monitor = match args.metrics_addr {
+        Some(addr) => match darkrift_etcd::monitor::bind(addr).await {
+            Ok(bound) => Some(bound),
+            Err(e) => {
+                eprintln!("mesh: error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let (mut mesh, mut events) = match Mesh::start(config).await {
         Ok(started) => started,
         Err(e) => {
@@ -41,6 +52,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(bound) = monitor {
+        darkrift_etcd::monitor::serve(bound, mesh.readiness());
+    }
     // Print every mesh change, in order; the printer ends when the mesh drops its sender.
     let printer = tokio::spawn(async move {
         while let Some(event) = events.recv().await {

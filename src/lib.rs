@@ -50,6 +50,7 @@ pub mod membership;
 #[cfg(feature = "mesh")]
 pub mod mesh;
 pub mod metrics;
+pub mod monitor;
 mod pool;
 pub mod record;
 pub mod registration;

@@ -343,3 +343,29 @@ async fn an_unreachable_upstream_is_checked_with_the_registry_after_each_round()
     .await;
     lobby.shutdown().await.expect("shutdown");
 }
+
+/// `/healthz` of a mesh server (`--metrics-addr`) follows `Mesh::readiness`: ready once
+/// registered with a fresh view, not ready while etcd cannot be reached (the lease is
+/// unconfirmed past its deadline, the view stale), ready again when etcd is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_registration_and_the_view() {
+    let mut etcd = EtcdCluster::single().await.expect("etcd");
+    let prefix = prefix();
+    let port = free_port().expect("port");
+    let (mesh, _events) = start(&etcd, &prefix, "game", port).await;
+    let ready = mesh.readiness();
+    assert!(ready(), "registered with a fresh view: ready");
+    etcd.kill(0).expect("kill etcd");
+    let deadline = Instant::now() + TTL + PROMPT;
+    while ready() {
+        assert!(Instant::now() < deadline, "still ready with etcd gone");
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition with a bound
+    }
+    etcd.restart(0).await.expect("restart etcd");
+    let deadline = Instant::now() + PROMPT;
+    while !ready() {
+        assert!(Instant::now() < deadline, "not ready again after etcd came back");
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition with a bound
+    }
+    mesh.shutdown().await.expect("clean stop");
+}

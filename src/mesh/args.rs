@@ -1,8 +1,9 @@
 //! The command line of a mesh server (`examples/mesh.rs`), kept in the library so the compose
 //! test can check the compose file's commands against it.
 //!
-//! The registry options use the CLI's names and environment variables
-//! (`DARKRIFT_ETCD_ENDPOINTS`, `DARKRIFT_ETCD_PREFIX`).
+//! The registry options and this server's identity use the CLI's flags and environment
+//! variables (`DARKRIFT_ETCD_ENDPOINTS`, `_PREFIX`, `_TTL`, `_GROUP`, `_HOST` — on Kubernetes
+//! the pod IP —, `_PORT`, `_METRICS_ADDR`), and durations read alike (`10`, `10s`, `1m`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -26,21 +27,25 @@ pub struct MeshArgs {
     /// Key prefix of the registry.
     #[arg(long, env = "DARKRIFT_ETCD_PREFIX", default_value = DEFAULT_PREFIX)]
     pub prefix: String,
-    /// Lease TTL in whole seconds: a crashed server leaves within about this long.
-    #[arg(long, default_value_t = 10)]
-    pub ttl: u64,
+    /// Lease TTL (`10`, `10s`, `1m`; whole seconds): a crashed server leaves within about
+    /// this long.
+    #[arg(long, env = "DARKRIFT_ETCD_TTL", default_value = "10s", value_parser = parse_ttl)]
+    pub ttl: Duration,
     /// Cluster file: `.toml`, or DarkRift's `Cluster.config` XML (`.config` / `.xml`).
     #[arg(long)]
     pub cluster: PathBuf,
     /// This server's group (one of the cluster's).
-    #[arg(long)]
+    #[arg(long, env = "DARKRIFT_ETCD_GROUP")]
     pub group: String,
     /// Advertised host: what peers dial.
-    #[arg(long)]
+    #[arg(long, env = "DARKRIFT_ETCD_HOST")]
     pub host: String,
     /// Advertised port: what peers dial; also the listening port unless `--listen` is given.
-    #[arg(long)]
+    #[arg(long, env = "DARKRIFT_ETCD_PORT")]
     pub port: u16,
+    /// Serve Prometheus `/metrics` and `/healthz` (200 while registered and fresh) here.
+    #[arg(long, env = "DARKRIFT_ETCD_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Listening address (default `0.0.0.0:<port>`).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
@@ -50,6 +55,15 @@ pub struct MeshArgs {
     /// Bound on an incoming connection's Identify, in seconds.
     #[arg(long, default_value_t = DEFAULT_IDENTIFY_TIMEOUT.as_secs())]
     pub identify_timeout: u64,
+}
+
+/// A TTL as the CLI reads it: a duration of whole seconds.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = crate::config::layers::parse_duration(text)?;
+    if ttl.subsec_nanos() != 0 || ttl.is_zero() {
+        return Err(format!("{text:?}: the TTL is a whole number of seconds, at least 1"));
+    }
+    Ok(ttl)
 }
 
 impl MeshArgs {
@@ -75,7 +89,7 @@ impl MeshArgs {
         Ok(MeshConfig {
             connector: ConnectorConfig::new(self.endpoints.clone())
                 .with_prefix(self.prefix.clone())
-                .with_lease_ttl(Duration::from_secs(self.ttl)),
+                .with_lease_ttl(self.ttl),
             host: placement.host,
             port: placement.port,
             listen: self
@@ -94,6 +108,16 @@ impl MeshArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ttl_reads_like_the_cli_and_is_whole_seconds() {
+        assert_eq!(parse_ttl("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_ttl("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_ttl("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_ttl("1500ms").is_err());
+        assert!(parse_ttl("0").is_err());
+        assert!(parse_ttl("soon").is_err());
+    }
 
     #[test]
     fn arguments_build_a_placed_config() {

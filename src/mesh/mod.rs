@@ -217,6 +217,7 @@ pub struct Mesh {
     id: u16,
     local_addr: SocketAddr,
     state: watch::Receiver<MeshState>,
+    connector: std::sync::Arc<crate::Connector>,
     stop: CancellationToken,
     task: Option<JoinHandle<Result<(), MeshError>>>,
 }
@@ -234,12 +235,14 @@ impl Mesh {
         let stop = CancellationToken::new();
         let started = server::Runner::start(config, out_tx, stop.clone()).await?;
         let (id, local_addr, state) = (started.id, started.local_addr, started.state.clone());
+        let connector = started.connector;
         let task = tokio::spawn(started.runner.run());
         Ok((
             Mesh {
                 id,
                 local_addr,
                 state,
+                connector,
                 stop,
                 task: Some(task),
             },
@@ -257,6 +260,14 @@ impl Mesh {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The readiness rule of `/healthz` (see [`crate::monitor`]): registered (the lease is
+    /// confirmed) and the registry view is fresh. Cheap; callable from any thread.
+    #[must_use]
+    pub fn readiness(&self) -> crate::monitor::Healthy {
+        let connector = std::sync::Arc::clone(&self.connector);
+        std::sync::Arc::new(move || connector.is_registered() && !connector.is_stale())
     }
 
     /// The current state, to watch (`wait_for`).

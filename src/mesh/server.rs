@@ -77,6 +77,7 @@ pub(super) struct Started {
     pub(super) id: u16,
     pub(super) local_addr: SocketAddr,
     pub(super) state: watch::Receiver<MeshState>,
+    pub(super) connector: Arc<Connector>,
     pub(super) runner: Runner,
 }
 
@@ -134,12 +135,14 @@ impl Runner {
             ..MeshState::default()
         });
         let (reports_tx, reports) = mpsc::unbounded_channel();
+        let connector = Arc::new(connector);
         Ok(Started {
             id,
             local_addr,
             state: state_rx,
+            connector: Arc::clone(&connector),
             runner: Runner {
-                connector: Arc::new(connector),
+                connector,
                 events,
                 core: ClusterCore::new(config.topology, id),
                 listener,

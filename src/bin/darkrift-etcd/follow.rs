@@ -93,16 +93,26 @@ async fn follow(
     }
 }
 
+/// A monitoring endpoint that cannot start: a bad address is a usage error (exit 2).
+fn monitor_failure(e: darkrift_etcd::monitor::MonitorError) -> Failure {
+    match e {
+        darkrift_etcd::monitor::MonitorError::Listen { .. } => Failure::usage(e.to_string()),
+        darkrift_etcd::monitor::MonitorError::Recorder(_) => {
+            Failure::new(crate::fail::Exit::Other, e.to_string())
+        }
+    }
+}
+
 /// Checks the settings, binds the metrics listener (before anything else, so a bad address
 /// fails at once), connects and takes the event stream.
 async fn connect(
     layered: &Layered,
     metrics_addr: Option<SocketAddr>,
-) -> Result<(Arc<Connector>, EventStream, Option<crate::monitor::Bound>), Failure> {
+) -> Result<(Arc<Connector>, EventStream, Option<darkrift_etcd::monitor::Bound>), Failure> {
     let cfg = layered.settings.connector.clone();
     cfg.validate()?;
     let listener = match metrics_addr {
-        Some(addr) => Some(crate::monitor::bind(addr).await?),
+        Some(addr) => Some(darkrift_etcd::monitor::bind(addr).await.map_err(monitor_failure)?),
         None => None,
     };
     let connector = Arc::new(Connector::connect(cfg).await?);
@@ -137,7 +147,7 @@ pub(crate) async fn register(
     let synced = Arc::new(AtomicBool::new(false));
     if let Some(listener) = listener {
         let c = connector.clone();
-        crate::monitor::serve(
+        darkrift_etcd::monitor::serve(
             listener,
             Arc::new(move || c.is_registered() && !c.is_stale()),
         );
@@ -191,7 +201,7 @@ pub(crate) async fn watch(
     let synced = Arc::new(AtomicBool::new(false));
     if let Some(listener) = listener {
         let (c, s) = (connector.clone(), synced.clone());
-        crate::monitor::serve(
+        darkrift_etcd::monitor::serve(
             listener,
             Arc::new(move || s.load(Ordering::Relaxed) && !c.is_stale()),
         );

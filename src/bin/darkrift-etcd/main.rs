@@ -9,7 +9,6 @@ mod fail;
 mod follow;
 mod inspect;
 mod log;
-mod monitor;
 mod out;
 mod settings;
 

@@ -1,8 +1,10 @@
 //! `--metrics-addr`: Prometheus `/metrics` (the library's metrics, through the `metrics`
-//! facade, with their HELP text) and `/healthz` (200 while healthy, 503 otherwise).
+//! facade, with their HELP text) and `/healthz` (200 while healthy, 503 otherwise), shared by
+//! the CLI's `register` and `watch` and the mesh server.
 //!
-//! The listener is bound before anything else happens, so a bad or busy address fails the
-//! command at once (exit 2) rather than after it registered.
+//! Bind the listener ([`bind`]) before anything else happens, so a bad or busy address fails
+//! the command at once rather than after it registered; then [`serve`] with the host's
+//! readiness rule (registered and fresh, for a server: a Kubernetes readiness probe).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,27 +17,45 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
-use crate::fail::Failure;
-use crate::log::TARGET;
-
 /// Whether `/healthz` answers 200.
-pub(crate) type Healthy = Arc<dyn Fn() -> bool + Send + Sync>;
+pub type Healthy = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Why the monitoring endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// The address cannot be listened on (in use, not local, no permission): a usage error.
+    #[error("--metrics-addr {addr}: cannot listen: {source}")]
+    Listen {
+        /// The address given.
+        addr: SocketAddr,
+        /// The bind error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A metrics recorder is already installed in this process.
+    #[error("metrics: {0}")]
+    Recorder(String),
+}
 
 /// A bound listener and the installed recorder.
-pub(crate) struct Bound {
+#[derive(Debug)]
+pub struct Bound {
     listener: TcpListener,
     handle: PrometheusHandle,
 }
 
-/// Installs the Prometheus recorder and binds `addr`.
-pub(crate) async fn bind(addr: SocketAddr) -> Result<Bound, Failure> {
+/// Installs the Prometheus recorder (process-wide, once) and binds `addr`.
+///
+/// # Errors
+/// [`MonitorError::Listen`] or [`MonitorError::Recorder`].
+pub async fn bind(addr: SocketAddr) -> Result<Bound, MonitorError> {
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| Failure::usage(format!("--metrics-addr {addr}: cannot listen: {e}")))?;
+        .map_err(|source| MonitorError::Listen { addr, source })?;
     let handle = PrometheusBuilder::new()
         .install_recorder()
-        .map_err(|e| Failure::new(crate::fail::Exit::Other, format!("metrics: {e}")))?;
-    darkrift_etcd::metrics::describe();
+        .map_err(|e| MonitorError::Recorder(e.to_string()))?;
+    crate::metrics::describe();
     Ok(Bound { listener, handle })
 }
 
@@ -71,14 +91,14 @@ fn route(
 }
 
 /// Serves `/metrics` and `/healthz` on its own task until the process ends.
-pub(crate) fn serve(bound: Bound, healthy: Healthy) {
+pub fn serve(bound: Bound, healthy: Healthy) {
     let Bound { listener, handle } = bound;
     tokio::spawn(async move {
         loop {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    tracing::warn!(target: TARGET, error = %e, "metrics: accept failed");
+                    tracing::warn!(error = %e, "metrics: accept failed");
                     continue;
                 }
             };
@@ -91,7 +111,7 @@ pub(crate) fn serve(bound: Bound, healthy: Healthy) {
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
                 if let Err(e) = conn.await {
-                    tracing::debug!(target: TARGET, error = %e, "metrics: connection failed");
+                    tracing::debug!(error = %e, "metrics: connection failed");
                 }
             });
         }
