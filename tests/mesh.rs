@@ -364,7 +364,10 @@ async fn readiness_follows_the_registration_and_the_view() {
     etcd.restart(0).await.expect("restart etcd");
     let deadline = Instant::now() + PROMPT;
     while !ready() {
-        assert!(Instant::now() < deadline, "not ready again after etcd came back");
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after etcd came back"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition with a bound
     }
     mesh.shutdown().await.expect("clean stop");

@@ -61,7 +61,9 @@ pub struct MeshArgs {
 fn parse_ttl(text: &str) -> Result<Duration, String> {
     let ttl = crate::config::layers::parse_duration(text)?;
     if ttl.subsec_nanos() != 0 || ttl.is_zero() {
-        return Err(format!("{text:?}: the TTL is a whole number of seconds, at least 1"));
+        return Err(format!(
+            "{text:?}: the TTL is a whole number of seconds, at least 1"
+        ));
     }
     Ok(ttl)
 }

@@ -108,11 +108,22 @@ fn monitor_failure(e: darkrift_etcd::monitor::MonitorError) -> Failure {
 async fn connect(
     layered: &Layered,
     metrics_addr: Option<SocketAddr>,
-) -> Result<(Arc<Connector>, EventStream, Option<darkrift_etcd::monitor::Bound>), Failure> {
+) -> Result<
+    (
+        Arc<Connector>,
+        EventStream,
+        Option<darkrift_etcd::monitor::Bound>,
+    ),
+    Failure,
+> {
     let cfg = layered.settings.connector.clone();
     cfg.validate()?;
     let listener = match metrics_addr {
-        Some(addr) => Some(darkrift_etcd::monitor::bind(addr).await.map_err(monitor_failure)?),
+        Some(addr) => Some(
+            darkrift_etcd::monitor::bind(addr)
+                .await
+                .map_err(monitor_failure)?,
+        ),
         None => None,
     };
     let connector = Arc::new(Connector::connect(cfg).await?);
