@@ -28,6 +28,7 @@
 //! | [`signal`] | SIGTERM / SIGINT: when a host should deregister |
 //! | [`cluster`] | DarkRift cluster config, topology and the upstream/downstream core (pure) |
 //! | `mesh` | feature `mesh`: a server-to-server TCP mesh driven by the cluster core (I/O) |
+//! | `discover` | feature `tower`: joins and leaves as a tower `Discover` for load balancers |
 //!
 //! See ARCHITECTURE.md in the repository for the data path and the recovery rules.
 #![forbid(unsafe_code)]
@@ -41,6 +42,8 @@ mod client;
 pub mod cluster;
 pub mod config;
 pub mod connector;
+#[cfg(feature = "tower")]
+pub mod discover;
 pub mod error;
 pub mod events;
 pub mod health;
