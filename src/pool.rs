@@ -15,7 +15,9 @@
 //! - a **preferred** member that every request and stream starts on, sticky while it works;
 //! - every unary attempt bounded by the **attempt timeout** ([`attempt_timeout`], a third of
 //!   the request timeout, 0.5–2 s), far shorter than the request's own bound: a member that
-//!   does not answer in time is **suspected** and the next attempt goes to the next member;
+//!   does not answer in time is **suspected** and the next attempt goes to the next member
+//!   (with a single endpoint there is no other member, and an attempt may take the whole
+//!   request timeout);
 //! - a suspicion is broadcast ([`Pool::suspicions`]): the keep-alive and watch streams on that
 //!   member move to another at once instead of waiting to notice the silence themselves;
 //! - a suspicion expires after [`SUSPICION`]; a suspected member is chosen again only when
@@ -122,12 +124,19 @@ impl Pool {
         request_timeout: Duration,
     ) -> Self {
         let (suspicions, _) = watch::channel((0, usize::MAX));
+        // With one member there is no other to try: an attempt may take the whole request
+        // timeout (a slow but healthy etcd under load is not cut short for nothing).
+        let attempt_timeout = if members.len() > 1 {
+            attempt_timeout(request_timeout)
+        } else {
+            request_timeout
+        };
         Pool {
             inner: Arc::new(Inner {
                 members,
                 options,
                 preferred: AtomicUsize::new(0),
-                attempt_timeout: attempt_timeout(request_timeout),
+                attempt_timeout,
                 suspicions,
             }),
         }
