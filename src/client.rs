@@ -20,11 +20,13 @@ use crate::error::{Error, Result};
 use crate::pool::{PickError, Picked, Pool};
 
 /// HTTP/2 keep-alive pings: a connection whose member stops answering them (a cut cable, a
-/// frozen member) is closed after about 4 s even when no request is in flight. This is the
-/// transport's own check; the pool's per-attempt timeouts and the streams' stall detection
-/// (see [`crate::pool`]) react sooner and do not depend on it.
-const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
-const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// frozen member) is closed after about 15 s even when no request is in flight. This is only
+/// the transport's backstop: the pool's per-attempt timeouts and the streams' stall detection
+/// (see [`crate::pool`]) react sooner. It is deliberately patient: a ping answered late by a
+/// member that is merely slow must not tear down the keep-alive and watch streams on it (a
+/// 2 s timeout did, with every member answering 2 s late).
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pause between connect probes while every endpoint refuses.
 const PROBE_RETRY: Duration = Duration::from_millis(100);

@@ -16,9 +16,11 @@
 //!
 //! A stream can also go *silent* without breaking: its member froze (SIGSTOP, a stalled disk)
 //! or answers seconds late. A keep-alive unanswered for `stall_bound` (a quarter of the TTL,
-//! at most the pool's attempt timeout) gets its member suspected and the stream reopened on
+//! at most the pool's attempt timeout) gets its member suspected and a stream opened on
 //! another member, long before the deadline; a member suspected by any other request moves the
-//! stream too (see the `pool` module).
+//! stream too (see the `pool` module). The stalled stream is not dropped while its replacement
+//! opens: on a cluster that is merely slow (every member answering late, an overloaded host),
+//! its late answer still renews the lease, and then it simply goes on.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -180,6 +182,51 @@ fn stall_bound(ttl: Duration, attempt: Duration) -> Duration {
     (ttl / 4).min(attempt).max(Duration::from_millis(100))
 }
 
+/// One open keep-alive stream: its member, its two halves, and the send times of the
+/// keep-alives it has not answered yet (oldest first).
+struct Streaming {
+    member: usize,
+    keeper: etcd_client::LeaseKeeper,
+    stream: etcd_client::LeaseKeepAliveStream,
+    pending: VecDeque<Instant>,
+    /// When the last keep-alive went out (the open's own, for a new stream).
+    last_sent: Instant,
+}
+
+/// How driving a stream ended.
+enum Flow {
+    /// The task ends (lost, or cancelled).
+    End,
+    /// The stream broke (an error, an end, a blocked send): open another.
+    Reopen,
+    /// A stream opened on another member while this one stalled answered first: go on there.
+    Switch(Box<Streaming>),
+}
+
+/// The answer to opening a stream: the member, when the open's keep-alive went out, and the
+/// stream (or why not; `Err(_)` when no answer came within the bound).
+type Opened = (
+    usize,
+    Instant,
+    std::result::Result<
+        std::result::Result<
+            (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream),
+            etcd_client::Error,
+        >,
+        tokio::time::error::Elapsed,
+    >,
+);
+
+/// Opens a keep-alive stream on the pool's chosen member; the open sends a keep-alive and
+/// waits (at most `bound`) for its answer. `None` when no member's client could be built.
+async fn open_stream(pool: Pool, id: i64, bound: Duration) -> Option<Opened> {
+    let picked = pool.pick().await.ok()?;
+    let mut lease_client = picked.client.lease_client();
+    let sent = Instant::now();
+    let opened = tokio::time::timeout(bound, lease_client.keep_alive(id)).await;
+    Some((picked.member, sent, opened))
+}
+
 struct KeepAlive {
     gate: Option<watch::Receiver<bool>>,
     pool: Pool,
@@ -204,9 +251,56 @@ impl KeepAlive {
         self.state.send_replace(LeaseState::Lost { reason });
     }
 
+    /// How long an open may wait for its keep-alive's answer: the stall bound, but when every
+    /// member has just failed to answer in time the cluster is slow rather than one member
+    /// frozen, and whichever answers before the deadline will do.
+    fn open_bound(&self) -> Duration {
+        match self.deadline() {
+            Some(deadline) if self.pool.all_suspected() => deadline
+                .saturating_duration_since(Instant::now())
+                .max(self.stall),
+            _ => self.stall,
+        }
+    }
+
+    /// A stream opened: etcd-client consumed the answer to the keep-alive the open sent, a
+    /// TTL above 0 (it fails the open otherwise), so the lease was renewed to its full TTL no
+    /// earlier than `sent`.
+    fn opened(
+        &self,
+        member: usize,
+        sent: Instant,
+        keeper: etcd_client::LeaseKeeper,
+        stream: etcd_client::LeaseKeepAliveStream,
+    ) -> Streaming {
+        self.pool.confirm(member);
+        let deadline = sent + self.ttl;
+        if self.deadline().is_some_and(|current| deadline > current) {
+            self.state.send_replace(LeaseState::Alive { deadline });
+        }
+        Streaming {
+            member,
+            keeper,
+            stream,
+            pending: VecDeque::new(),
+            last_sent: sent,
+        }
+    }
+
     async fn run(self) {
         let mut reopen_delay = Duration::from_millis(50);
+        let mut next: Option<Streaming> = None;
         loop {
+            if let Some(streaming) = next.take() {
+                match self.stream(streaming).await {
+                    Flow::End => return,
+                    Flow::Switch(other) => {
+                        next = Some(*other);
+                        continue;
+                    }
+                    Flow::Reopen => {}
+                }
+            }
             let Some(deadline) = self.deadline() else {
                 return;
             };
@@ -224,16 +318,9 @@ impl KeepAlive {
                     _ = gate.wait_for(|healthy| *healthy) => {}
                 }
             }
-            // Opening the stream sends the first keep-alive: it must be answered within the
-            // stall bound too, or the member is suspected and the next attempt goes elsewhere.
-            let open_sent = Instant::now();
-            let open = async {
-                let picked = self.pool.pick().await.ok()?;
-                let mut lease_client = picked.client.lease_client();
-                let opened =
-                    tokio::time::timeout(self.stall, lease_client.keep_alive(self.id)).await;
-                Some((picked.member, opened))
-            };
+            // The open's keep-alive must be answered within the open bound too, or the member
+            // is suspected and the next attempt goes elsewhere.
+            let open = open_stream(self.pool.clone(), self.id, self.open_bound());
             let opened = tokio::select! {
                 () = self.cancel.cancelled() => return,
                 () = tokio::time::sleep_until(deadline) => {
@@ -243,29 +330,21 @@ impl KeepAlive {
                 r = open => r,
             };
             match opened {
-                Some((member, Ok(Ok((keeper, stream))))) => {
+                Some((member, sent, Ok(Ok((keeper, stream))))) => {
                     reopen_delay = Duration::from_millis(50);
-                    self.pool.confirm(member);
-                    // etcd-client consumed the answer to the keep-alive the open sent, a TTL
-                    // above 0 (it fails the open otherwise): the lease was renewed to its full
-                    // TTL no earlier than the open was sent.
-                    self.state.send_replace(LeaseState::Alive {
-                        deadline: open_sent + self.ttl,
-                    });
-                    if self.stream(member, keeper, stream).await {
-                        return;
-                    }
+                    next = Some(self.opened(member, sent, keeper, stream));
+                    continue;
                 }
-                Some((_, Ok(Err(e)))) if is_lease_not_found(&e) => {
+                Some((_, _, Ok(Err(e)))) if is_lease_not_found(&e) => {
                     self.lost(format!("etcd says the lease is gone: {e}"));
                     return;
                 }
-                Some((member, Ok(Err(e)))) => {
+                Some((member, _, Ok(Err(e)))) => {
                     tracing::debug!(error = %e, "keep-alive stream could not be opened");
                     self.pool
                         .suspect(member, "keep-alive stream could not be opened");
                 }
-                Some((member, Err(_))) => {
+                Some((member, _, Err(_))) => {
                     tracing::debug!("keep-alive stream open unanswered; trying another member");
                     self.pool.suspect(member, "keep-alive unanswered");
                     // Another member may answer at once: no pause.
@@ -291,44 +370,104 @@ impl KeepAlive {
         }
     }
 
-    /// Drives one keep-alive stream, on pool member `member`. Returns true when the task
-    /// should end; false to reopen the stream (on another member, if this one is suspected).
-    async fn stream(
+    /// Applies one acknowledgement: renews the local deadline from the send time of the
+    /// oldest keep-alive it answers (never moving it back). Returns false when it says the
+    /// lease is gone, or the lease was already given up (then the task ends).
+    fn acknowledged(
         &self,
-        member: usize,
-        mut keeper: etcd_client::LeaseKeeper,
-        mut stream: etcd_client::LeaseKeepAliveStream,
+        pending: &mut VecDeque<Instant>,
+        resp: &etcd_client::LeaseKeepAliveResponse,
     ) -> bool {
-        // Opening the stream sent one keep-alive (etcd-client does), already answered.
-        let mut pending: VecDeque<Instant> = VecDeque::new();
-        let mut tick = tokio::time::interval(self.interval);
+        let sent = pending.pop_front().unwrap_or_else(Instant::now);
+        if resp.ttl() <= 0 {
+            self.lost("etcd answered the keep-alive with TTL 0 (expired or revoked)".into());
+            return false;
+        }
+        let ttl = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0));
+        let rtt = sent.elapsed();
+        metrics::histogram!(crate::metrics::KEEPALIVE_RTT).record(rtt.as_secs_f64());
+        tracing::trace!(rtt_ms = rtt.as_millis() as u64, ttl = resp.ttl(), "keep-alive acknowledged");
+        let deadline = sent + ttl;
+        match self.deadline() {
+            // Lost is final for this session: the supervisor re-registers.
+            None => return false,
+            Some(current) if deadline <= current => {}
+            Some(_) => {
+                self.state.send_replace(LeaseState::Alive { deadline });
+            }
+        }
+        true
+    }
+
+    /// Drives one keep-alive stream: a keep-alive every interval, every answer drained.
+    ///
+    /// When the oldest keep-alive goes unanswered for the stall bound (or another request
+    /// suspects this member), a stream is opened on another member *while this one keeps
+    /// going*: a member that is merely slow (an overloaded cluster, every member late) still
+    /// renews the lease with its late answers, and whichever stream answers first wins. An
+    /// answer here drops the hedge; the hedge opening first replaces this stream.
+    async fn stream(&self, streaming: Streaming) -> Flow {
+        let Streaming {
+            member,
+            mut keeper,
+            mut stream,
+            mut pending,
+            last_sent,
+        } = streaming;
+        // The next keep-alive is due an interval after the last one (a new stream's open sent
+        // one, which etcd-client consumed), at once if overdue.
+        let mut tick = tokio::time::interval_at(last_sent + self.interval, self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.reset();
         let mut suspicions = self.pool.suspicions();
         suspicions.mark_unchanged();
+        let mut hedge: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Option<Opened>> + Send>>> = None;
         loop {
             let Some(deadline) = self.deadline() else {
-                return true;
+                return Flow::End;
             };
             // The oldest unanswered keep-alive: unanswered for the stall bound, the member
             // is frozen or slow, whatever its TCP connection says.
             let stalled_at = pending.front().map(|sent| *sent + self.stall);
+            let hedging = hedge.is_some();
+            let hedged = async {
+                match hedge.as_mut() {
+                    Some(open) => open.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                () = self.cancel.cancelled() => return true,
+                () = self.cancel.cancelled() => return Flow::End,
                 () = tokio::time::sleep_until(deadline) => {
                     self.lost("keep-alive deadline passed without an acknowledgement".into());
-                    return true;
+                    return Flow::End;
                 }
-                () = sleep_until_some(stalled_at) => {
-                    tracing::info!(stall_ms = self.stall.as_millis() as u64, "keep-alive unanswered; moving the stream to another member");
+                () = sleep_until_some(stalled_at), if !hedging => {
+                    tracing::info!(stall_ms = self.stall.as_millis() as u64, "keep-alive unanswered; opening a stream on another member too");
                     self.pool.suspect(member, "keep-alive unanswered");
-                    return false;
+                    hedge = Some(Box::pin(open_stream(self.pool.clone(), self.id, self.open_bound())));
                 }
-                changed = suspicions.changed() => {
+                changed = suspicions.changed(), if !hedging => {
                     let suspected = *suspicions.borrow_and_update();
-                    if changed.is_ok() && suspected.1 == member {
-                        tracing::debug!("keep-alive member suspected by another request; moving the stream");
-                        return false;
+                    if changed.is_ok() && suspected.1 == member && self.pool.len() > 1 {
+                        tracing::debug!("keep-alive member suspected by another request; opening a stream on another member too");
+                        hedge = Some(Box::pin(open_stream(self.pool.clone(), self.id, self.open_bound())));
+                    }
+                }
+                opened = hedged => {
+                    hedge = None;
+                    match opened {
+                        Some((other, sent, Ok(Ok((keeper, stream))))) => {
+                            tracing::debug!("the stream on another member answered first; moving there");
+                            return Flow::Switch(Box::new(self.opened(other, sent, keeper, stream)));
+                        }
+                        Some((_, _, Ok(Err(e)))) if is_lease_not_found(&e) => {
+                            self.lost(format!("etcd says the lease is gone: {e}"));
+                            return Flow::End;
+                        }
+                        // That member failed too; if this stream still stalls, the next stall
+                        // check (at once) tries another.
+                        Some((other, _, _)) => self.pool.suspect(other, "keep-alive unanswered"),
+                        None => {}
                     }
                 }
                 _ = tick.tick() => {
@@ -343,40 +482,37 @@ impl KeepAlive {
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "keep-alive send failed; reopening");
                             self.pool.suspect(member, "keep-alive send failed");
-                            return false;
+                            return Flow::Reopen;
                         }
                         Err(_) => {
                             self.pool.suspect(member, "keep-alive send blocked");
-                            return false;
+                            return Flow::Reopen;
                         }
                     }
                 }
                 msg = stream.message() => match msg {
                     Ok(Some(resp)) => {
-                        let sent = pending.pop_front().unwrap_or_else(Instant::now);
-                        if resp.ttl() <= 0 {
-                            self.lost("etcd answered the keep-alive with TTL 0 (expired or revoked)".into());
-                            return true;
+                        if !self.acknowledged(&mut pending, &resp) {
+                            return Flow::End;
                         }
-                        let ttl = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0));
-                        let rtt = sent.elapsed();
-                        metrics::histogram!(crate::metrics::KEEPALIVE_RTT).record(rtt.as_secs_f64());
-                        tracing::trace!(rtt_ms = rtt.as_millis() as u64, ttl = resp.ttl(), "keep-alive acknowledged");
-                        self.state.send_replace(LeaseState::Alive { deadline: sent + ttl });
+                        if hedge.take().is_some() {
+                            tracing::debug!("the stalled keep-alive stream answered late; keeping it");
+                            self.pool.confirm(member);
+                        }
                     }
                     Ok(None) => {
                         tracing::debug!("keep-alive stream ended; reopening");
                         self.pool.suspect(member, "keep-alive stream ended");
-                        return false;
+                        return Flow::Reopen;
                     }
                     Err(e) if is_lease_not_found(&e) => {
                         self.lost(format!("etcd says the lease is gone: {e}"));
-                        return true;
+                        return Flow::End;
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "keep-alive stream failed; reopening");
                         self.pool.suspect(member, "keep-alive stream failed");
-                        return false;
+                        return Flow::Reopen;
                     }
                 }
             }

@@ -185,13 +185,18 @@ fn lease_losses(history: &History) -> usize {
         .count()
 }
 
-async fn scenario(fault: Fault) {
+/// `GRAY_LOG=1` shows what the library does (debug) while a scenario runs.
+fn log_if_asked() {
     if std::env::var_os("GRAY_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("darkrift_etcd=debug")
             .with_test_writer()
             .try_init();
     }
+}
+
+async fn scenario(fault: Fault) {
+    log_if_asked();
     let mut bed = Bed::new(fault).await;
     let prefix = prefix();
 
@@ -417,4 +422,65 @@ async fn a_blackholed_member_listed_first_costs_no_lease_and_no_leave() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_answering_seconds_late_costs_no_lease_and_no_leave() {
     scenario(Fault::SlowLeader(Duration::from_secs(3))).await;
+}
+
+/// Every member answers late (a proxy in front of each forwards every chunk 1 s late, so a
+/// keep-alive's round trip is about 2 s, longer than the stall bound of TTL/4): moving the
+/// keep-alive to another member cannot help, and the stalled stream's late answers must still
+/// count. For 3 × TTL: no lease lost, no leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_whose_every_member_answers_late_keeps_its_leases() {
+    log_if_asked();
+    let etcd = EtcdCluster::three_node().await.expect("3-node etcd starts");
+    let mut proxies = Vec::new();
+    for i in 0..3 {
+        proxies.push(
+            FaultProxy::start(&etcd.endpoint(i))
+                .await
+                .expect("proxy starts"),
+        );
+    }
+    let endpoints: Vec<String> = proxies.iter().map(FaultProxy::endpoint).collect();
+    let prefix = prefix();
+    let config = || {
+        let mut config = ConnectorConfig::new(endpoints.clone())
+            .with_prefix(&prefix)
+            .with_lease_ttl(TTL)
+            .with_connect_timeout(Duration::from_secs(5));
+        config.request_timeout = REQUEST_TIMEOUT;
+        config
+    };
+    let watcher = Connector::connect(config()).await.expect("watcher connects");
+    let mut watcher_events = watcher.events().expect("events");
+    let mut watcher_history = History::new();
+    let mut registrants = Vec::new();
+    for port in 0..2u16 {
+        let c = Connector::connect(config()).await.expect("connects");
+        let events = c.events().expect("events");
+        let id = c
+            .register_server("game", "127.0.0.1", 7200 + port, no_props())
+            .await
+            .expect("registers");
+        await_membership(&mut watcher_events, &mut watcher_history, id, true, PROMPT).await;
+        registrants.push((c, events, History::new(), id));
+    }
+    for p in &proxies {
+        p.slow(Duration::from_secs(1));
+    }
+    let slow_until = Instant::now() + TTL * 3;
+    for (_, events, history, _) in &mut registrants {
+        record_until(events, history, slow_until).await;
+    }
+    record_until(&mut watcher_events, &mut watcher_history, slow_until).await;
+    for p in &proxies {
+        p.restore();
+    }
+    for (c, _, history, id) in &registrants {
+        assert_eq!(lease_losses(history), 0, "registrant {id}: {history:?}");
+        assert_eq!(c.registered_id(), Some(*id));
+    }
+    assert!(
+        leaves(&watcher_history).is_empty(),
+        "no leave while the cluster was slow: {watcher_history:?}"
+    );
 }

@@ -178,36 +178,61 @@ async fn until_cut(mut mode: watch::Receiver<Mode>) {
 }
 
 /// Copies bytes one way, holding them while the mode is `Stall`. Ends on EOF, error or cut.
+///
+/// `Slow(d)` is a latency, not a bandwidth limit: each chunk is forwarded `d` after it was
+/// read, chunks read meanwhile travel alongside it (a reader and a writer joined by a queue),
+/// as on a long link; a member that answers late does not get later with every byte.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
 ) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        // Stalled: read nothing, so the sender's window fills up as on a dead link.
-        if mode.wait_for(|m| *m != Mode::Stall).await.is_err() {
-            return;
-        }
-        let n = tokio::select! {
-            r = from.read(&mut buf) => match r {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            },
-            changed = mode.changed() => {
-                if changed.is_err() { return; }
-                continue;
+    let (queue, mut queued) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(1024);
+    let mut writer_mode = mode.clone();
+    let writer = async move {
+        while let Some((due, bytes)) = queued.recv().await {
+            tokio::time::sleep_until(due).await;
+            if writer_mode.wait_for(|m| *m != Mode::Stall).await.is_err() {
+                return;
             }
-        };
-        let current = *mode.borrow();
-        if let Mode::Slow(delay) = current {
-            tokio::time::sleep(delay).await;
+            if *writer_mode.borrow() == Mode::Cut || to.write_all(&bytes).await.is_err() {
+                return;
+            }
         }
-        if mode.wait_for(|m| *m != Mode::Stall).await.is_err() {
-            return;
+    };
+    let reader = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            // Stalled: read nothing, so the sender's window fills up as on a dead link.
+            if mode.wait_for(|m| *m != Mode::Stall).await.is_err() {
+                return;
+            }
+            let n = tokio::select! {
+                r = from.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                },
+                changed = mode.changed() => {
+                    if changed.is_err() { return; }
+                    continue;
+                }
+            };
+            let delay = match *mode.borrow() {
+                Mode::Slow(delay) => delay,
+                _ => std::time::Duration::ZERO,
+            };
+            let due = tokio::time::Instant::now() + delay;
+            if queue.send((due, buf[..n].to_vec())).await.is_err() {
+                return;
+            }
         }
-        if *mode.borrow() == Mode::Cut || to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
+    };
+    // The writer failing ends the direction at once; the reader ending (EOF, error) lets
+    // the writer deliver what is queued first (it ends when the queue is drained).
+    tokio::pin!(writer);
+    tokio::pin!(reader);
+    tokio::select! {
+        () = &mut writer => {}
+        () = &mut reader => writer.await,
     }
 }
