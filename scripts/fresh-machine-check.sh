@@ -14,7 +14,12 @@
 #   bash scripts/demo.sh
 #   bash scripts/test.sh
 #
-# with DARKRIFT_SKIP_DOCKER=1 (no Docker engine inside; scripts/docker-test.sh says it skipped).
+# with DARKRIFT_SKIP_DOCKER=1 (no Docker engine inside; the Docker tests say they skipped).
+#
+# A network that intercepts TLS (as the one this project's machines are on does) needs its CA
+# trusted: FRESH_MACHINE_CA_FILE (default: the host's SSL_CERT_FILE, when set) is mounted
+# read-only and named by SSL_CERT_FILE, PIP_CERT and CARGO_HTTP_CAINFO; FRESH_MACHINE_CA_FILE=
+# (empty) passes nothing. Nothing else of the host reaches the container.
 # Prints each command's exit code and duration; exits non-zero if either failed. The container
 # is removed on exit; its full output is kept in /tmp/darkrift-fresh-machine.<pid>.log.
 set -euo pipefail
@@ -29,6 +34,17 @@ rustup_home=${RUSTUP_HOME:-$HOME/.rustup}
 cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
 [ -d "$rustup_home" ] && [ -x "$cargo_bin/cargo" ] || die "no rustup toolchain at $rustup_home and $cargo_bin"
 toolchain=$(rustup show active-toolchain 2>/dev/null | cut -d' ' -f1)
+
+ca_file=${FRESH_MACHINE_CA_FILE-${SSL_CERT_FILE:-}}
+ca_args=()
+if [ -n "$ca_file" ]; then
+    [ -r "$ca_file" ] || die "FRESH_MACHINE_CA_FILE=$ca_file is not readable"
+    ca_args=(-v "$ca_file:/etc/darkrift-network-ca.pem:ro"
+        -e SSL_CERT_FILE=/etc/darkrift-network-ca.pem
+        -e PIP_CERT=/etc/darkrift-network-ca.pem
+        -e CARGO_HTTP_CAINFO=/etc/darkrift-network-ca.pem)
+    log "TLS: trusting the CA bundle $ca_file (the network's), mounted read-only"
+fi
 
 base=$(bash scripts/docker-images.sh base)
 name="darkrift-fresh-$$"
@@ -48,7 +64,7 @@ docker run -d --name "$name" --network bridge \
     -e RUSTUP_HOME=/root/.rustup -e CARGO_HOME=/root/.cargo \
     -e RUSTUP_TOOLCHAIN="$toolchain" \
     -e PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    -e DARKRIFT_SKIP_DOCKER=1 \
+    -e DARKRIFT_SKIP_DOCKER=1 "${ca_args[@]}" \
     "$base" sleep infinity >/dev/null
 docker exec "$name" mkdir -p /root/darkrift-etcd
 git archive --format=tar "$rev" | docker exec -i "$name" tar -x -C /root/darkrift-etcd

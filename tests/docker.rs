@@ -17,23 +17,36 @@ fn skipped() -> bool {
     false
 }
 
-/// The compose tools that run here: `docker compose` (v2) and `docker-compose` (1.29).
-fn compose_tools() -> Vec<Vec<&'static str>> {
-    [vec!["docker", "compose"], vec!["docker-compose"]]
-        .into_iter()
-        .filter(|tool| {
-            Command::new(tool[0])
-                .args(&tool[1..])
-                .arg("version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .collect()
+/// The compose tools that run here: `docker compose` (v2), `docker-compose` (1.29), and the
+/// Compose v2 binary scripts/compose-v2.sh fetched, if it did.
+fn compose_tools() -> Vec<Vec<String>> {
+    let fetched = std::env::var("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| Path::new(&h).join(".cache")))
+        .map(|c| c.join("darkrift-etcd/compose-v2/root/usr/bin/docker-compose"))
+        .ok()
+        .filter(|p| p.exists())
+        .map(|p| vec![p.display().to_string()]);
+    [
+        Some(vec!["docker".to_owned(), "compose".to_owned()]),
+        Some(vec!["docker-compose".to_owned()]),
+        fetched,
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|tool| {
+        Command::new(&tool[0])
+            .args(&tool[1..])
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+    .collect()
 }
 
-fn compose(tool: &[&str], files: &[&str], args: &[&str]) -> String {
+fn compose(tool: &[String], files: &[&str], args: &[&str]) -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("compose");
-    let mut c = Command::new(tool[0]);
+    let mut c = Command::new(&tool[0]);
     c.args(&tool[1..]).args(["-p", "darkrift-config-check"]);
     for f in files {
         c.arg("-f").arg(dir.join(f));
