@@ -20,7 +20,9 @@
 # trusted: FRESH_MACHINE_CA_FILE (default: the host's SSL_CERT_FILE, when set) is mounted
 # read-only and named by SSL_CERT_FILE, PIP_CERT and CARGO_HTTP_CAINFO; FRESH_MACHINE_CA_FILE=
 # (empty) passes nothing. Nothing else of the host reaches the container.
-# Prints each command's exit code and duration; exits non-zero if either failed. The container
+# Prints each command's exit code and duration; exits non-zero if either failed or ran longer
+# than FRESH_MACHINE_TIMEOUT seconds (default 5400; exit 124), or if Docker's disk has less than
+# FRESH_MACHINE_MIN_FREE_GB free (default 8). The container
 # is removed on exit; its full output is kept in /tmp/darkrift-fresh-machine.<pid>.log.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -45,6 +47,14 @@ if [ -n "$ca_file" ]; then
         -e CARGO_HTTP_CAINFO=/etc/darkrift-network-ca.pem)
     log "TLS: trusting the CA bundle $ca_file (the network's), mounted read-only"
 fi
+
+# The two commands build the crate twice (release for the demo, debug with every test target)
+# inside the container: about 7 GB on Docker's disk.
+need_gb=${FRESH_MACHINE_MIN_FREE_GB:-8}
+root_dir=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)
+free_gb=$(df -P -BG "$root_dir" | awk 'NR==2 {sub("G", "", $4); print $4}')
+[ "$free_gb" -ge "$need_gb" ] \
+    || die "only ${free_gb} GB free under $root_dir, the check needs about $need_gb (FRESH_MACHINE_MIN_FREE_GB)"
 
 base=$(bash scripts/docker-images.sh base)
 name="darkrift-fresh-$$"
@@ -75,7 +85,8 @@ for cmd in "bash scripts/demo.sh" "bash scripts/test.sh"; do
     log "running: $cmd"
     start=$(date +%s)
     rc=0
-    docker exec -w /root/darkrift-etcd "$name" $cmd >>"$out" 2>&1 || rc=$?
+    # Bounded: a command that hangs (as demo.sh did when `kill` was missing) fails the check.
+    timeout "${FRESH_MACHINE_TIMEOUT:-5400}" docker exec -w /root/darkrift-etcd "$name" $cmd >>"$out" 2>&1 || rc=$?
     took=$(($(date +%s) - start))
     summary+=("$(printf '%-22s exit %d after %dm%02ds' "$cmd" "$rc" $((took / 60)) $((took % 60)))")
     log "${summary[-1]}"
