@@ -76,11 +76,17 @@ async fn main() -> ExitCode {
     if let Err(e) = printer.await {
         tracing::warn!(error = %e, "printer task failed");
     }
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match outcome {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("mesh: error: {e}");
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Exit now rather than when the runtime is dropped: that waits for every blocking task,
+    // and a dial may be stuck resolving a peer that is gone (getaddrinfo cannot be cancelled;
+    // Docker's DNS took 20 s to fail the name of a killed container), which held `docker stop`
+    // for up to its grace period after the deregistration. stdout is line-buffered and the
+    // printer has finished, so nothing is lost.
+    std::process::exit(code)
 }

