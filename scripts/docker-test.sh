@@ -428,7 +428,7 @@ scenario_mesh() {
     docker stop "$c" >/dev/null
     local stopped; stopped=$(elapsed "$t0" "$(now)")
     d=$(time_to "$(container game2)" "$t0" "\"event\":\"left\",\"peer\":$L2," 15) || die "mesh: game2 never saw lobby2 leave"
-    local dw; dw=$(time_to "$(container watch)" "$t0" "\"event\":\"leave\",\"id\":$L2," 15) || die "mesh: the watcher never saw lobby2 leave"
+    local dw; dw=$(time_to "$(container watch)" "$t0" "\"event\":\"leave\",\"group\":\"lobby\",.*\"id\":$L2," 15) || die "mesh: the watcher never saw lobby2 leave"
     [ "$(docker inspect --format '{{.State.ExitCode}}' "$c")" = 0 ] || die "mesh: lobby2 did not exit 0 on SIGTERM"
     within "$d" 10 || die "mesh: lobby2's leave seen after $d s, beyond the 10 s stop grace period"
     figure "docker stop lobby2 ($L2): returned in $stopped s (exit 0); game2 saw the leave after $d s, the watcher after $dw s"

@@ -217,15 +217,23 @@ type Opened = (
     >,
 );
 
-/// Opens a keep-alive stream on the pool's chosen member; the open sends a keep-alive and
-/// waits (at most `bound`) for its answer. `None` when no member's client could be built.
-async fn open_stream(pool: Pool, id: i64, bound: Duration) -> Option<Opened> {
-    let picked = pool.pick().await.ok()?;
-    let mut lease_client = picked.client.lease_client();
+/// Opens a keep-alive stream on pool member `member`; the open sends a keep-alive and waits
+/// (at most `bound`, building the member's client included) for its answer. `None` when the
+/// member's client could not be built.
+async fn open_stream(pool: Pool, member: usize, id: i64, bound: Duration) -> Option<Opened> {
     let sent = Instant::now();
-    let opened = tokio::time::timeout(bound, lease_client.keep_alive(id)).await;
-    Some((picked.member, sent, opened))
+    let client = tokio::time::timeout(bound, pool.client(member))
+        .await
+        .ok()?
+        .ok()?;
+    let mut lease_client = client.lease_client();
+    let left = bound.saturating_sub(sent.elapsed());
+    let opened = tokio::time::timeout(left, lease_client.keep_alive(id)).await;
+    Some((member, sent, opened))
 }
+
+/// An open in flight.
+type Opening = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Opened>> + Send>>;
 
 struct KeepAlive {
     gate: Option<watch::Receiver<bool>>,
@@ -249,18 +257,6 @@ impl KeepAlive {
     fn lost(&self, reason: String) {
         tracing::warn!(lease = format_args!("{:x}", self.id), %reason, "lease lost");
         self.state.send_replace(LeaseState::Lost { reason });
-    }
-
-    /// How long an open may wait for its keep-alive's answer: the stall bound, but when every
-    /// member has just failed to answer in time the cluster is slow rather than one member
-    /// frozen, and whichever answers before the deadline will do.
-    fn open_bound(&self) -> Duration {
-        match self.deadline() {
-            Some(deadline) if self.pool.all_suspected() => deadline
-                .saturating_duration_since(Instant::now())
-                .max(self.stall),
-            _ => self.stall,
-        }
     }
 
     /// A stream opened: etcd-client consumed the answer to the keep-alive the open sent, a
@@ -318,55 +314,74 @@ impl KeepAlive {
                     _ = gate.wait_for(|healthy| *healthy) => {}
                 }
             }
-            // The open's keep-alive must be answered within the open bound too, or the member
-            // is suspected and the next attempt goes elsewhere.
-            let open = open_stream(self.pool.clone(), self.id, self.open_bound());
-            let opened = tokio::select! {
-                () = self.cancel.cancelled() => return,
-                () = tokio::time::sleep_until(deadline) => {
-                    self.lost("keep-alive deadline passed without an acknowledgement".into());
+            // Opens race: one goes to the chosen member; if it has not answered within the
+            // stall bound, that member is suspected and another open goes to the next, the
+            // first still running. Whichever answers first wins, so a member that is down (its
+            // connect may hang) costs one stall bound and a cluster that is merely slow still
+            // answers. Each open may run until the deadline.
+            let mut opens: futures::stream::FuturesUnordered<Opening> =
+                futures::stream::FuturesUnordered::new();
+            let mut next_open = Instant::now();
+            let mut last_member: Option<usize> = None;
+            let streaming = loop {
+                let Some(deadline) = self.deadline() else {
                     return;
+                };
+                let can_open = opens.len() < self.pool.len().max(1);
+                tokio::select! {
+                    () = self.cancel.cancelled() => return,
+                    () = tokio::time::sleep_until(deadline) => {
+                        self.lost("keep-alive deadline passed without an acknowledgement".into());
+                        return;
+                    }
+                    () = tokio::time::sleep_until(next_open), if can_open => {
+                        if let Some(member) = last_member {
+                            if !opens.is_empty() {
+                                self.pool.suspect(member, "keep-alive unanswered");
+                            }
+                        }
+                        let member = self.pool.choose();
+                        let bound = deadline.saturating_duration_since(Instant::now());
+                        opens.push(Box::pin(open_stream(self.pool.clone(), member, self.id, bound)));
+                        last_member = Some(member);
+                        next_open = Instant::now() + self.stall;
+                    }
+                    Some(opened) = futures::StreamExt::next(&mut opens), if !opens.is_empty() => {
+                        match opened {
+                            Some((member, sent, Ok(Ok((keeper, stream))))) => {
+                                break self.opened(member, sent, keeper, stream);
+                            }
+                            Some((_, _, Ok(Err(e)))) if is_lease_not_found(&e) => {
+                                self.lost(format!("etcd says the lease is gone: {e}"));
+                                return;
+                            }
+                            Some((member, _, Ok(Err(e)))) => {
+                                tracing::debug!(error = %e, "keep-alive stream could not be opened");
+                                self.pool.suspect(member, "keep-alive stream could not be opened");
+                                // A refusal is quick: try the next member after a pause that
+                                // doubles up to the keep-alive interval, but at most a quarter
+                                // of the time left, so attempts get denser as the deadline
+                                // nears and an etcd back just before it still saves the lease.
+                                let pause = reopen_pause(
+                                    reopen_delay,
+                                    deadline.saturating_duration_since(Instant::now()),
+                                );
+                                reopen_delay = (reopen_delay * 2).min(self.interval);
+                                next_open = next_open.min(Instant::now() + pause);
+                            }
+                            Some((member, _, Err(_))) => {
+                                self.pool.suspect(member, "keep-alive unanswered");
+                            }
+                            None => {
+                                tracing::debug!("no etcd client for the keep-alive stream");
+                                next_open = next_open.min(Instant::now() + MIN_REOPEN_PAUSE);
+                            }
+                        }
+                    }
                 }
-                r = open => r,
             };
-            match opened {
-                Some((member, sent, Ok(Ok((keeper, stream))))) => {
-                    reopen_delay = Duration::from_millis(50);
-                    next = Some(self.opened(member, sent, keeper, stream));
-                    continue;
-                }
-                Some((_, _, Ok(Err(e)))) if is_lease_not_found(&e) => {
-                    self.lost(format!("etcd says the lease is gone: {e}"));
-                    return;
-                }
-                Some((member, _, Ok(Err(e)))) => {
-                    tracing::debug!(error = %e, "keep-alive stream could not be opened");
-                    self.pool
-                        .suspect(member, "keep-alive stream could not be opened");
-                }
-                Some((member, _, Err(_))) => {
-                    tracing::debug!("keep-alive stream open unanswered; trying another member");
-                    self.pool.suspect(member, "keep-alive unanswered");
-                    // Another member may answer at once: no pause.
-                    continue;
-                }
-                None => tracing::debug!("no etcd member for the keep-alive stream"),
-            }
-            // Reopen after a pause that doubles up to the keep-alive interval, but at most a
-            // quarter of the time left before the deadline: attempts get denser as it nears,
-            // so an etcd back just before it (a restart, an election) still saves the lease.
-            let Some(deadline) = self.deadline() else {
-                return;
-            };
-            let pause = reopen_pause(
-                reopen_delay,
-                deadline.saturating_duration_since(Instant::now()),
-            );
-            tokio::select! {
-                () = self.cancel.cancelled() => return,
-                () = tokio::time::sleep(pause) => {}
-            }
-            reopen_delay = (reopen_delay * 2).min(self.interval);
+            reopen_delay = Duration::from_millis(50);
+            next = Some(streaming);
         }
     }
 
@@ -420,7 +435,7 @@ impl KeepAlive {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut suspicions = self.pool.suspicions();
         suspicions.mark_unchanged();
-        let mut hedge: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Option<Opened>> + Send>>> = None;
+        let mut hedge: Option<Opening> = None;
         loop {
             let Some(deadline) = self.deadline() else {
                 return Flow::End;
@@ -444,13 +459,15 @@ impl KeepAlive {
                 () = sleep_until_some(stalled_at), if !hedging => {
                     tracing::info!(stall_ms = self.stall.as_millis() as u64, "keep-alive unanswered; opening a stream on another member too");
                     self.pool.suspect(member, "keep-alive unanswered");
-                    hedge = Some(Box::pin(open_stream(self.pool.clone(), self.id, self.open_bound())));
+                    let other = self.pool.choose();
+                    hedge = Some(Box::pin(open_stream(self.pool.clone(), other, self.id, self.stall)));
                 }
                 changed = suspicions.changed(), if !hedging => {
                     let suspected = *suspicions.borrow_and_update();
                     if changed.is_ok() && suspected.1 == member && self.pool.len() > 1 {
                         tracing::debug!("keep-alive member suspected by another request; opening a stream on another member too");
-                        hedge = Some(Box::pin(open_stream(self.pool.clone(), self.id, self.open_bound())));
+                        let other = self.pool.choose();
+                        hedge = Some(Box::pin(open_stream(self.pool.clone(), other, self.id, self.stall)));
                     }
                 }
                 opened = hedged => {
