@@ -267,12 +267,13 @@ async fn a_link_cut_between_one_lobby_and_the_game_never_evicts_it() {
     );
 
     proxy.cut();
-    // A loses its link and gives up round after round: the registry keeps the game, since A
+    // A loses its link and gives up round after round: the cut route accepts and closes, which
+    // is not a refusal, so each round spends its budget; the registry keeps the game, since A
     // is its only reporter.
     for round in 0..3 {
         let (e, _) = until(&mut a_events, |e| matches!(e, MeshEvent::GaveUp { .. })).await;
         assert!(
-            matches!(&e, MeshEvent::GaveUp { peer, status, .. }
+            matches!(&e, MeshEvent::GaveUp { peer, status, refused: false, .. }
                 if *peer == game_id && status == "registered"),
             "round {round}: {e:?}"
         );
