@@ -13,12 +13,13 @@
 //! time of N simultaneous registrations, ours against a naive compare-and-swap counter (the
 //! scheme of DarkRift's Consul connector); P3/P4 join and leave propagation against raw
 //! put→watch and delete→watch; P5 kill → leave at peers for a `darkrift-etcd register` child
-//! process; P6 snapshot of 10,000 servers → `Synced` against a raw paginated get; P8 watcher
+//! process; P5b kill → leave at every lobby for a mesh game server with eviction on, against the
+//! same mesh with eviction off; P6 snapshot of 10,000 servers → `Synced` against a raw paginated get; P8 watcher
 //! throughput against a raw watch; P9 memory per tracked server. And once, the full id space.
 //!
 //! P2 runs on a second etcd started with a longer election timeout (see `P2_ETCD_ARGS` and the
 //! P2 note of the report); everything else shares the first one, each figure on its own prefix.
-//! Development knobs: `BENCH_ONLY=p1,p2,p3,p5,p6,id` runs a subset and writes no file
+//! Development knobs: `BENCH_ONLY=p1,p2,p3,p5,p5b,p6,id` runs a subset and writes no file
 //! (`fanout` adds the fan-out diagnostic); `BENCH_BURSTS=16,256` picks the P2 sizes;
 //! `BENCH_NAME=benchmarks-etcd-3.4` writes `docs/<name>.md` and `.svg` instead (the report of
 //! the other supported etcd version is kept next to the main one).
@@ -66,6 +67,12 @@ const LATENCY_SAMPLES: usize = 2000;
 /// P5: child processes killed, and their lease TTL.
 const KILLED_CHILDREN: usize = 5;
 const KILL_TTL_SECS: u64 = 2;
+/// P5b: game servers killed one after another, their TTL (the default), the lobbies that dial
+/// each one, and the reporters eviction needs.
+const FAST_KILLS: usize = 12;
+const FAST_TTL_SECS: u64 = 10;
+const FAST_LOBBIES: usize = 2;
+const FAST_REPORTERS: u32 = 2;
 /// Concurrent writers when servers are written directly with the allocator's transaction.
 const WRITERS: usize = 64;
 const GROUPS: [&str; 4] = ["lobby", "game", "chat", "match"];
@@ -1310,6 +1317,17 @@ async fn p3_p4(endpoints: &[String], report: &mut Report) -> Res<()> {
     Ok(())
 }
 
+/// Spawns a child that prints JSON lines on stdout (piped), logs only errors (discarded), and
+/// dies with the benchmark.
+fn spawn_quiet(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    cmd.env("RUST_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+}
+
 async fn p5(endpoints: &[String], report: &mut Report) -> Res<()> {
     let prefix = "/bench/p5";
     let obs = Connector::connect(config(endpoints, prefix)).await?;
@@ -1318,17 +1336,13 @@ async fn p5(endpoints: &[String], report: &mut Report) -> Res<()> {
     let bin = env!("CARGO_BIN_EXE_darkrift-etcd");
     let mut children = Vec::new();
     for i in 0..KILLED_CHILDREN {
-        let mut child = tokio::process::Command::new(bin)
+        let mut child = tokio::process::Command::new(bin);
+        child
             .args(["--endpoints", &endpoints.join(","), "--prefix", prefix])
             .args(["register", "--group", "p5", "--host", "127.0.0.1"])
             .args(["--port", &(7100 + i).to_string()])
-            .args(["--ttl", &KILL_TTL_SECS.to_string()])
-            .env("RUST_LOG", "error")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
+            .args(["--ttl", &KILL_TTL_SECS.to_string()]);
+        let mut child = spawn_quiet(&mut child)?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let id = tokio::time::timeout(PROMPT, async {
@@ -1408,6 +1422,246 @@ async fn p5(endpoints: &[String], report: &mut Report) -> Res<()> {
          each is then sent SIGKILL and the time to the observer's Leave is taken. The lease is \
          renewed every T/3, so etcd expires it between about 2T/3 and T after the kill, plus \
          etcd's expiry check (every 500 ms)."
+    ));
+    Ok(())
+}
+
+/// A mesh example child process and its JSON lines, each stamped when read.
+struct MeshChild {
+    child: tokio::process::Child,
+    id: u16,
+    lines: mpsc::UnboundedReceiver<(serde_json::Value, Instant)>,
+}
+
+/// Builds the mesh example (release, a no-op when fresh) and returns its path: benchmarks see
+/// only the package's binaries, not its examples.
+fn mesh_binary() -> Res<std::path::PathBuf> {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = std::process::Command::new(cargo)
+        .current_dir(manifest)
+        // The bench's own feature plus `mesh`: the library build is shared with
+        // `cargo bench --features test-support,mesh`.
+        .args(["build", "--release", "--features", "test-support,mesh"])
+        .args(["--example", "mesh"])
+        .status()?;
+    if !status.success() {
+        return Err("building the mesh example failed".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| manifest.join("target"), std::path::PathBuf::from);
+    Ok(target.join("release").join("examples").join("mesh"))
+}
+
+/// Starts a mesh server of `group` and waits for its registration.
+async fn spawn_mesh(
+    bin: &std::path::Path,
+    endpoints: &[String],
+    prefix: &str,
+    group: &str,
+    eviction: bool,
+) -> Res<MeshChild> {
+    let port = darkrift_etcd::testing::free_port()?.to_string();
+    let cluster = concat!(env!("CARGO_MANIFEST_DIR"), "/compose/cluster.toml");
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args(["--endpoints", &endpoints.join(","), "--prefix", prefix])
+        .args(["--ttl", &format!("{FAST_TTL_SECS}s"), "--cluster", cluster])
+        .args(["--group", group, "--host", "127.0.0.1", "--port", &port])
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    if eviction {
+        cmd.args(["--eviction-min-reporters", &FAST_REPORTERS.to_string()])
+            .args(["--eviction-window", &format!("{FAST_TTL_SECS}s")]);
+    }
+    let mut child = spawn_quiet(&mut cmd)?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, mut lines) = mpsc::unbounded_channel();
+    // Drains the pipe (the child never blocks on it) and stamps each line as it arrives.
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            let at = Instant::now();
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if tx.send((v, at)).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let (registered, _) = wait_value(&mut lines, "mesh registration", |v| {
+        v["event"] == "registered"
+    })
+    .await?;
+    let id = registered["id"]
+        .as_u64()
+        .and_then(|id| u16::try_from(id).ok())
+        .ok_or("registration line without an id")?;
+    Ok(MeshChild { child, id, lines })
+}
+
+/// Waits for a JSON line matching `pred`; returns when it was read.
+async fn wait_line(
+    rx: &mut mpsc::UnboundedReceiver<(serde_json::Value, Instant)>,
+    what: &str,
+    pred: impl FnMut(&serde_json::Value) -> bool,
+) -> Res<Instant> {
+    Ok(wait_value(rx, what, pred).await?.1)
+}
+
+/// Waits for a JSON line matching `pred`; returns it and when it was read.
+async fn wait_value(
+    rx: &mut mpsc::UnboundedReceiver<(serde_json::Value, Instant)>,
+    what: &str,
+    mut pred: impl FnMut(&serde_json::Value) -> bool,
+) -> Res<(serde_json::Value, Instant)> {
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some((v, at))) if pred(&v) => return Ok((v, at)),
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(format!("mesh output ended waiting for {what}").into()),
+            Err(_) => return Err(format!("no {what} within {PROMPT:?}").into()),
+        }
+    }
+}
+
+/// Waits until every lobby has an identified link to `game`.
+async fn linked(lobbies: &mut [MeshChild], game: u16) -> Res<()> {
+    for lobby in lobbies {
+        wait_line(&mut lobby.lines, "link to the game", |v| {
+            v["event"] == "connected" && v["peer"] == game && v["direction"] == "upstream"
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Milliseconds from `killed` until the last lobby printed the game's leave.
+async fn left_everywhere(lobbies: &mut [MeshChild], game: u16, killed: Instant) -> Res<f64> {
+    let mut last = killed;
+    for lobby in lobbies {
+        let at = wait_line(&mut lobby.lines, "leave of the killed game", |v| {
+            v["event"] == "left" && v["peer"] == game
+        })
+        .await?;
+        last = last.max(at);
+    }
+    Ok(ms(last - killed))
+}
+
+/// P5b: `kill -9` of a mesh game server dialled by every lobby, eviction on (K reporters):
+/// each lobby's link closes, its redial is refused, it reports, and the K-th report evicts.
+/// Against the same mesh with eviction off, in the same run (lease expiry).
+async fn p5b(endpoints: &[String], report: &mut Report) -> Res<()> {
+    let bin = mesh_binary()?;
+    // Eviction on: one game at a time, so each kill is measured alone.
+    let prefix = "/bench/p5b";
+    let mut lobbies = Vec::new();
+    for _ in 0..FAST_LOBBIES {
+        lobbies.push(spawn_mesh(&bin, endpoints, prefix, "lobby", true).await?);
+    }
+    let mut fast = Vec::new();
+    for _ in 0..FAST_KILLS {
+        let mut game = spawn_mesh(&bin, endpoints, prefix, "game", true).await?;
+        linked(&mut lobbies, game.id).await?;
+        let killed = Instant::now();
+        game.child.start_kill()?;
+        game.child.wait().await?;
+        fast.push(left_everywhere(&mut lobbies, game.id, killed).await?);
+    }
+    drop(lobbies);
+    // Eviction off: the same topology, all games killed at once (each waits out its lease).
+    let prefix = "/bench/p5b-off";
+    let mut lobbies = Vec::new();
+    for _ in 0..FAST_LOBBIES {
+        lobbies.push(spawn_mesh(&bin, endpoints, prefix, "lobby", false).await?);
+    }
+    let mut games = Vec::new();
+    for _ in 0..FAST_KILLS {
+        let game = spawn_mesh(&bin, endpoints, prefix, "game", false).await?;
+        linked(&mut lobbies, game.id).await?;
+        games.push(game);
+    }
+    let mut killed = Vec::new();
+    for game in &mut games {
+        killed.push((game.id, Instant::now()));
+        game.child.start_kill()?;
+    }
+    for game in &mut games {
+        game.child.wait().await?;
+    }
+    // The lobbies print the leaves in expiry order: read each lobby's lines once, in order.
+    let mut left: HashMap<u16, Instant> = HashMap::new();
+    for lobby in &mut lobbies {
+        let mut waiting: HashSet<u16> = killed.iter().map(|(id, _)| *id).collect();
+        while !waiting.is_empty() {
+            let mut peer = None;
+            let at = wait_line(&mut lobby.lines, "leave of a killed game", |v| {
+                let id = v["peer"].as_u64().and_then(|p| u16::try_from(p).ok());
+                match id {
+                    Some(id) if v["event"] == "left" && waiting.contains(&id) => {
+                        peer = Some(id);
+                        true
+                    }
+                    _ => false,
+                }
+            })
+            .await?;
+            if let Some(id) = peer {
+                waiting.remove(&id);
+                let last = left.entry(id).or_insert(at);
+                *last = (*last).max(at);
+            }
+        }
+    }
+    let slow: Vec<f64> = killed
+        .iter()
+        .filter_map(|(id, at)| left.get(id).map(|l| ms(*l - *at)))
+        .collect();
+    drop(lobbies);
+    let (mut fast_sorted, mut slow_sorted) = (fast.clone(), slow.clone());
+    fast_sorted.sort_by(f64::total_cmp);
+    slow_sorted.sort_by(f64::total_cmp);
+    let (fast_median, fast_max) = (median(&fast), fast_sorted[fast_sorted.len() - 1]);
+    let (slow_median, slow_max) = (median(&slow), slow_sorted[slow_sorted.len() - 1]);
+    report.row(
+        "P5b",
+        format!(
+            "kill -9 of a mesh game server → Leave at every one of its {FAST_LOBBIES} lobbies, \
+             TTL {FAST_TTL_SECS} s, eviction K = {FAST_REPORTERS} ({} kills)",
+            fast.len()
+        ),
+        format!(
+            "min {:.0} / median {fast_median:.0} / max {fast_max:.0} ms",
+            fast_sorted[0]
+        ),
+        format!(
+            "eviction off (lease expiry), same mesh: median {slow_median:.0} / max {slow_max:.0} \
+             ms ({} kills)",
+            slow.len()
+        ),
+        "median ≤ 1000 ms, max ≤ 1500 ms",
+        Some(fast_median <= 1000.0 && fast_max <= 1500.0),
+    );
+    report.bar(
+        "P5b crash → leave at every lobby (median)",
+        fast_median,
+        vec![("eviction off", slow_median)],
+        "ms",
+        false,
+    );
+    report.notes.push(format!(
+        "**P5b** — child processes of the mesh example (`examples/mesh.rs`, release): \
+         {FAST_LOBBIES} lobbies dial each game server (`compose/cluster.toml`), all with \
+         `--ttl {FAST_TTL_SECS}s --eviction-min-reporters {FAST_REPORTERS} --eviction-window \
+         {FAST_TTL_SECS}s`. {FAST_KILLS} times, a game server starts, every lobby prints its \
+         link, the game gets SIGKILL, and the time until the last lobby prints its `left` is \
+         taken. Each lobby's link closes, its immediate redial is refused (the process is gone), \
+         so it calls `handle_connection_failure` at once; the second report evicts the \
+         registration (guarded by its create revision) and every lobby gets the leave from its \
+         watch. Baseline: the same mesh without eviction, {FAST_KILLS} games killed at once, each \
+         dropped when its lease expires. Fast detection needs live peers that dial the crashed \
+         server and a host that refuses the connect; a host or network loss still waits for the \
+         TTL."
     ));
     Ok(())
 }
@@ -2051,7 +2305,7 @@ async fn p10(report: &mut Report, start: Instant) -> Res<()> {
     Ok(())
 }
 
-/// Runs the phases; `BENCH_ONLY=p1,p2,...` (p1, p2, p3, p5, p6, p10, id) runs a subset and writes
+/// Runs the phases; `BENCH_ONLY=p1,p2,...` (p1, p2, p3, p5, p5b, p6, p10, id) runs a subset and writes
 /// no files.
 async fn phases(
     endpoints: &[String],
@@ -2072,6 +2326,10 @@ async fn phases(
     if on("p5") {
         eprintln!("{} P5", elapsed_tag(start));
         p5(endpoints, report).await?;
+    }
+    if on("p5b") {
+        eprintln!("{} P5b", elapsed_tag(start));
+        p5b(endpoints, report).await?;
     }
     if on("p6") {
         p6_p8_p9(endpoints, raw, report, start).await?;
@@ -2137,9 +2395,11 @@ async fn run() -> Res<()> {
     result?;
 
     let order = |id: &str| {
-        ["P1", "P2", "P3", "P4", "P5", "P6", "P8", "P9", "P10", "ID"]
-            .iter()
-            .position(|x| *x == id)
+        [
+            "P1", "P2", "P3", "P4", "P5", "P5b", "P6", "P8", "P9", "P10", "ID",
+        ]
+        .iter()
+        .position(|x| *x == id)
     };
     report.rows.sort_by_key(|r| order(r.id));
     report

@@ -5,7 +5,9 @@
 //! `handle_connection_failure`), accepts Identify only from announced servers of groups that
 //! connect to its own, and closes the links of servers that leave. Each change is printed to
 //! stdout as one JSON line; logs go to stderr (`RUST_LOG`). SIGINT / SIGTERM deregister and
-//! stop; SIGKILL is a crash (peers see the leave when the lease expires).
+//! stop; SIGKILL is a crash: peers see the leave when the lease expires or, with eviction on
+//! (`--eviction-min-reporters 2`), as soon as enough of the servers dialling it find their
+//! connects refused and report it (see the README, "Fast crash detection").
 //!
 //! ```text
 //! cargo run --features mesh --example mesh -- \

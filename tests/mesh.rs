@@ -2,15 +2,15 @@
 //! game server crashes and comes back, and the handshake refuses whoever it must.
 #![cfg(all(feature = "test-support", feature = "mesh"))]
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use darkrift_etcd::cluster::{ClusterConfig, Direction};
-use darkrift_etcd::mesh::{
-    DialPolicy, Frame, Link, Mesh, MeshConfig, MeshEvent, MeshEvents, MeshState,
-};
+use common::mesh::{mesh_config as config, wait_state};
+use common::prefix;
+use darkrift_etcd::cluster::Direction;
+use darkrift_etcd::mesh::{Frame, Link, Mesh, MeshConfig, MeshEvent, MeshEvents};
 use darkrift_etcd::testing::{free_port, EtcdCluster};
 use darkrift_etcd::ConnectorConfig;
 use tokio::io::AsyncReadExt;
@@ -19,62 +19,15 @@ use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(2);
 const PROMPT: Duration = Duration::from_secs(15);
-/// The cluster the compose topology runs (lobby dials game), one file for all three.
-const CLUSTER: &str = include_str!("../compose/cluster.toml");
-
-fn prefix() -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "/mesh{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 fn mesh_config(etcd: &EtcdCluster, prefix: &str, group: &str, port: u16) -> MeshConfig {
-    let cluster = ClusterConfig::from_toml_str(CLUSTER).expect("cluster");
-    MeshConfig {
-        connector: ConnectorConfig::new(etcd.endpoints())
-            .with_prefix(prefix)
-            .with_lease_ttl(TTL),
-        host: "127.0.0.1".into(),
-        port,
-        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        topology: cluster.topology(group).expect("group"),
-        dial: DialPolicy {
-            attempts: 4,
-            min_delay: Duration::from_millis(50),
-            max_delay: Duration::from_millis(500),
-            connect_timeout: Duration::from_secs(1),
-        },
-        identify_timeout: Duration::from_millis(800),
-    }
+    config(etcd, prefix, group, port, TTL)
 }
 
 async fn start(etcd: &EtcdCluster, prefix: &str, group: &str, port: u16) -> (Mesh, MeshEvents) {
     Mesh::start(mesh_config(etcd, prefix, group, port))
         .await
         .expect("mesh starts")
-}
-
-/// Waits until `mesh`'s state satisfies `ok`, at most until `deadline`.
-async fn wait_state(
-    mesh: &Mesh,
-    deadline: Instant,
-    what: &str,
-    ok: impl FnMut(&MeshState) -> bool,
-) {
-    let mut state = mesh.state();
-    if tokio::time::timeout_at(deadline, state.wait_for(ok))
-        .await
-        .is_err()
-    {
-        panic!(
-            "server {}: not {what} in time; state: {:?}",
-            mesh.id(),
-            *state.borrow()
-        );
-    }
 }
 
 fn links(peers: &BTreeSet<u16>, direction: Direction) -> BTreeSet<Link> {
@@ -318,10 +271,11 @@ async fn an_unreachable_upstream_is_checked_with_the_registry_after_each_round()
     let (lobby, mut events) = start(&etcd, &prefix, "lobby", free_port().expect("port")).await;
     let e = next_matching(&mut events, |e| matches!(e, MeshEvent::GaveUp { .. })).await;
     assert!(
-        matches!(&e, MeshEvent::GaveUp { peer, attempts: 4, status, .. } if *peer == ghost_id && status == "registered"),
+        matches!(&e, MeshEvent::GaveUp { peer, attempts: 1, status, refused: true, .. } if *peer == ghost_id && status == "registered"),
         "{e:?}"
     );
-    // Still registered: another round follows, and gives up the same way.
+    // Nothing listens there: the connect is refused, which ends the round at its first attempt.
+    // Still registered: another round follows (after a pause), and gives up the same way.
     let e = next_matching(&mut events, |e| matches!(e, MeshEvent::GaveUp { .. })).await;
     assert!(
         matches!(&e, MeshEvent::GaveUp { peer, .. } if *peer == ghost_id),

@@ -3,7 +3,8 @@
 //!
 //! The registry options and this server's identity use the CLI's flags and environment
 //! variables (`DARKRIFT_ETCD_ENDPOINTS`, `_PREFIX`, `_TTL`, `_GROUP`, `_HOST` — on Kubernetes
-//! the pod IP —, `_PORT`, `_METRICS_ADDR`), and durations read alike (`10`, `10s`, `1m`).
+//! the pod IP —, `_PORT`, `_METRICS_ADDR`, `_EVICTION_MIN_REPORTERS`, `_EVICTION_WINDOW`), and
+//! durations read alike (`10`, `10s`, `1m`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use clap::Parser;
 
 use super::{DialPolicy, MeshConfig, DEFAULT_IDENTIFY_TIMEOUT};
 use crate::cluster::{ClusterConfig, ClusterConfigError, ServerSettings};
-use crate::config::{ConnectorConfig, DEFAULT_ENDPOINT};
+use crate::config::{ConnectorConfig, EvictionConfig, DEFAULT_ENDPOINT};
 use crate::keys::DEFAULT_PREFIX;
 
 /// A mesh server: registers in a group, dials its upstream peers, accepts its downstream
@@ -49,7 +50,19 @@ pub struct MeshArgs {
     /// Listening address (default `0.0.0.0:<port>`).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Dial attempts per round before the registry is asked about the peer.
+    /// Peer-reported eviction (turns it on): distinct live servers that must report a peer
+    /// unreachable before it is removed. With it, a crashed upstream peer leaves at once
+    /// instead of one TTL later (its process refuses our connect, see the README).
+    #[arg(long, env = "DARKRIFT_ETCD_EVICTION_MIN_REPORTERS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub eviction_min_reporters: Option<u32>,
+    /// Peer-reported eviction (turns it on): how recent a report must be to count (default
+    /// 30s).
+    #[arg(long, env = "DARKRIFT_ETCD_EVICTION_WINDOW", value_name = "DURATION",
+          value_parser = parse_window)]
+    pub eviction_window: Option<Duration>,
+    /// Dial attempts per round before the registry is asked about the peer (a refused connect
+    /// ends the round at once).
     #[arg(long, default_value_t = 5)]
     pub dial_attempts: u32,
     /// Bound on an incoming connection's Identify, in seconds.
@@ -68,7 +81,29 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
+/// An eviction window as the CLI reads it: any positive duration.
+fn parse_window(text: &str) -> Result<Duration, String> {
+    let window = crate::config::layers::parse_duration(text)?;
+    if window.is_zero() {
+        return Err(format!("{text:?}: the window must be more than zero"));
+    }
+    Ok(window)
+}
+
 impl MeshArgs {
+    /// The eviction settings: on when either flag (or variable) is given, the other one at
+    /// its default, as the CLI does.
+    fn eviction(&self) -> Option<EvictionConfig> {
+        if self.eviction_min_reporters.is_none() && self.eviction_window.is_none() {
+            return None;
+        }
+        let default = EvictionConfig::default();
+        Some(EvictionConfig {
+            min_reporters: self.eviction_min_reporters.unwrap_or(default.min_reporters),
+            window: self.eviction_window.unwrap_or(default.window),
+        })
+    }
+
     /// Reads the cluster file and checks this server's place in it.
     ///
     /// # Errors
@@ -88,10 +123,12 @@ impl MeshArgs {
                     group: self.group.clone(),
                     known: String::new(),
                 })?;
+        let mut connector = ConnectorConfig::new(self.endpoints.clone())
+            .with_prefix(self.prefix.clone())
+            .with_lease_ttl(self.ttl);
+        connector.eviction = self.eviction();
         Ok(MeshConfig {
-            connector: ConnectorConfig::new(self.endpoints.clone())
-                .with_prefix(self.prefix.clone())
-                .with_lease_ttl(self.ttl),
+            connector,
             host: placement.host,
             port: placement.port,
             listen: self
@@ -102,6 +139,7 @@ impl MeshArgs {
                 attempts: self.dial_attempts.max(1),
                 ..DialPolicy::default()
             },
+            dial_overrides: std::collections::BTreeMap::new(),
             identify_timeout: Duration::from_secs(self.identify_timeout.max(1)),
         })
     }
@@ -151,6 +189,32 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:7001".parse().unwrap());
         assert_eq!((c.host.as_str(), c.port), ("lobby1", 7001));
         assert_eq!(c.topology.upstream_groups().collect::<Vec<_>>(), ["game"]);
+        assert_eq!(c.connector.eviction, None, "eviction is off by default");
+
+        let base = ["mesh", "--cluster", path, "--group", "lobby", "--host", "h"];
+        let with = |extra: &[&str]| {
+            let mut argv: Vec<&str> = base.to_vec();
+            argv.extend(["--port", "7001"]);
+            argv.extend(extra);
+            MeshArgs::try_parse_from(argv).map(|a| a.to_config().unwrap().connector.eviction)
+        };
+        assert_eq!(
+            with(&["--eviction-min-reporters", "3", "--eviction-window", "5s"]).unwrap(),
+            Some(EvictionConfig {
+                min_reporters: 3,
+                window: Duration::from_secs(5)
+            })
+        );
+        assert_eq!(
+            with(&["--eviction-window", "1500ms"]).unwrap(),
+            Some(EvictionConfig {
+                min_reporters: 2,
+                window: Duration::from_millis(1500)
+            }),
+            "either flag turns it on"
+        );
+        assert!(with(&["--eviction-min-reporters", "0"]).is_err());
+        assert!(with(&["--eviction-window", "0s"]).is_err());
 
         let bad = MeshArgs::try_parse_from([
             "mesh",

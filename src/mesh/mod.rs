@@ -5,7 +5,10 @@
 //! A [`Mesh`] listens on its TCP port, registers, feeds a [`ClusterCore`] with the registry's
 //! events, and then:
 //! - dials each upstream server as it joins ([`DialPolicy`]: exponential backoff, a retry
-//!   budget), sends [`Frame::Identify`] with its id and waits for the [`Frame::Welcome`];
+//!   budget), sends [`Frame::Identify`] with its id and waits for the [`Frame::Welcome`]; a
+//!   refused connect ends the round at once ([`classify`]: the peer's process is gone);
+//! - redials at once when an upstream link closes, so a peer that crashed is refused and
+//!   checked within milliseconds of its sockets closing;
 //! - accepts a connection only if it identifies itself within `identify_timeout` (10 s, as
 //!   DarkRift) as a server the registry has announced, in a group that connects to ours;
 //! - closes the connections of a server that leaves, and stops dialling it;
@@ -17,7 +20,7 @@
 //! [`ClusterCore`]: crate::cluster::ClusterCore
 //! [`Connector::handle_connection_failure`]: crate::Connector::handle_connection_failure
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -35,7 +38,7 @@ pub mod frame;
 mod server;
 
 pub use args::MeshArgs;
-pub use dial::DialPolicy;
+pub use dial::{classify, ConnectFailure, DialPolicy};
 pub use frame::Frame;
 
 /// DarkRift's bound on an incoming connection's Identify.
@@ -56,6 +59,9 @@ pub struct MeshConfig {
     pub topology: Topology,
     /// How upstream servers are dialled.
     pub dial: DialPolicy,
+    /// Addresses dialled instead of advertised ones, keyed `host:port` as registered (a local
+    /// proxy or a NAT in front of a peer); usually empty.
+    pub dial_overrides: BTreeMap<String, SocketAddr>,
     /// Bound on an incoming connection's Identify, and on the Welcome we wait for.
     pub identify_timeout: Duration,
 }
@@ -162,8 +168,10 @@ pub enum MeshEvent {
         attempts: u32,
         /// The last attempt's error.
         error: String,
-        /// `registered`, `gone`, `unknown`, or the error of the check.
+        /// `registered`, `gone`, `evicted`, `unknown`, or the error of the check.
         status: String,
+        /// The round ended on a refused connect (the peer's process looked gone).
+        refused: bool,
     },
     /// Our registration was renewed after a loss (peers saw a leave and a join).
     Reregistered {

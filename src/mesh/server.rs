@@ -47,6 +47,7 @@ enum Report {
         generation: u64,
         attempts: u32,
         error: String,
+        refused: bool,
     },
     /// The registry's verdict on a peer we could not reach.
     Checked {
@@ -55,6 +56,7 @@ enum Report {
         status: crate::Result<PeerStatus>,
         attempts: u32,
         error: String,
+        refused: bool,
     },
     /// An open connection ended.
     Closed {
@@ -88,6 +90,7 @@ pub(super) struct Runner {
     core: ClusterCore,
     listener: TcpListener,
     dial: DialPolicy,
+    dial_overrides: BTreeMap<String, SocketAddr>,
     identify_timeout: std::time::Duration,
     links: BTreeMap<Link, LinkTask>,
     next_generation: u64,
@@ -147,6 +150,7 @@ impl Runner {
                 core: ClusterCore::new(config.topology, id),
                 listener,
                 dial: config.dial,
+                dial_overrides: config.dial_overrides,
                 identify_timeout: config.identify_timeout,
                 links: BTreeMap::new(),
                 next_generation: 0,
@@ -314,9 +318,10 @@ impl Runner {
                 generation,
                 attempts,
                 error,
+                refused,
             } => {
                 if self.is_current(link, generation) {
-                    self.check_peer(link, generation, attempts, error);
+                    self.check_peer(link, generation, attempts, error, refused);
                 }
             }
             Report::Checked {
@@ -325,6 +330,7 @@ impl Runner {
                 status,
                 attempts,
                 error,
+                refused,
             } => {
                 if !self.is_current(link, generation) {
                     return;
@@ -339,14 +345,23 @@ impl Runner {
                     attempts,
                     error,
                     status: verdict,
+                    refused,
                 });
-                // A peer the registry still holds is alive to etcd: the trouble is between
-                // us, so try another round. A peer gone gets its leave through the stream.
+                // A peer the registry still holds is alive to etcd (or not yet reported by
+                // enough servers): try another round. A peer gone gets its leave through the
+                // stream. After a refused round the next one waits `max_delay`: the round
+                // itself had no backoff, and without the pause a peer refusing us would be
+                // dialled and reported in a tight loop until its leave arrives.
                 let retry = matches!(status, Ok(PeerStatus::Registered) | Err(_));
                 match self.core.get(link.peer) {
                     Some((Direction::Upstream, server)) if retry => {
                         let server = server.clone();
-                        self.start_dial(server);
+                        let pause = if refused {
+                            self.dial.max_delay
+                        } else {
+                            std::time::Duration::ZERO
+                        };
+                        self.start_dial_after(server, pause);
                     }
                     _ => {
                         self.links.remove(&link);
@@ -367,8 +382,12 @@ impl Runner {
                     direction: link.direction,
                     reason,
                 });
-                // Upstream: reconnect while the registry still announces it. Downstream: it
-                // dials us again.
+                // Upstream: reconnect at once while the registry still announces it. That
+                // first attempt is also the prompt check of a crash: a peer whose process died
+                // refuses the connect, which ends the round and asks the registry (and, with
+                // eviction on, reports it) right away. Downstream: it dials us again; we cannot
+                // tell its crash from a redial, so its leave waits for its upstream peers'
+                // reports or its lease.
                 if link.direction == Direction::Upstream {
                     if let Some((Direction::Upstream, server)) = self.core.get(link.peer) {
                         let server = server.clone();
@@ -442,6 +461,12 @@ impl Runner {
 
     /// Starts a dial round to an upstream server (replacing any task of that link).
     fn start_dial(&mut self, server: ServerInfo) {
+        self.start_dial_after(server, std::time::Duration::ZERO);
+    }
+
+    /// Starts a dial round to an upstream server after `pause` (replacing any task of that
+    /// link; a leave in the meantime cancels it).
+    fn start_dial_after(&mut self, mut server: ServerInfo, pause: std::time::Duration) {
         let link = Link {
             peer: server.id,
             direction: Direction::Upstream,
@@ -450,10 +475,20 @@ impl Runner {
         let (generation, cancel) = self.new_task(link);
         let reports = self.reports_tx.clone();
         let (own_id, policy, bound) = (self.core.own_id(), self.dial, self.identify_timeout);
+        if let Some(addr) = self
+            .dial_overrides
+            .get(&format!("{}:{}", server.host, server.port))
+        {
+            server.host = addr.ip().to_string();
+            server.port = addr.port();
+        }
         self.tasks.spawn(async move {
             let outcome = tokio::select! {
                 () = cancel.cancelled() => return,
-                outcome = dial(&server, own_id, policy, bound) => outcome,
+                outcome = async {
+                    tokio::time::sleep(pause).await;
+                    dial(&server, own_id, policy, bound).await
+                } => outcome,
             };
             let report = match outcome {
                 Ok(stream) => Report::Dialed {
@@ -466,6 +501,7 @@ impl Runner {
                     generation,
                     attempts: failure.attempts,
                     error: failure.last_error,
+                    refused: failure.refused,
                 },
             };
             let _ = reports.send(report);
@@ -487,7 +523,14 @@ impl Runner {
     /// Asks the registry about a peer we could not reach (DarkRift's
     /// `HandleConnectionFailure`), off the loop: the answer may wait for the peer's leave to
     /// go through the event stream this loop drains.
-    fn check_peer(&mut self, link: Link, generation: u64, attempts: u32, error: String) {
+    fn check_peer(
+        &mut self,
+        link: Link,
+        generation: u64,
+        attempts: u32,
+        error: String,
+        refused: bool,
+    ) {
         let connector = Arc::clone(&self.connector);
         let reports = self.reports_tx.clone();
         self.tasks.spawn(async move {
@@ -498,6 +541,7 @@ impl Runner {
                 status,
                 attempts,
                 error,
+                refused,
             });
         });
     }

@@ -122,6 +122,8 @@ pub fn join_ids(events: &[Event]) -> Vec<u16> {
 }
 
 pub mod args;
+#[cfg(feature = "mesh")]
+pub mod mesh;
 
 /// Sends SIGTERM to a child process.
 pub fn sigterm(child: &tokio::process::Child) {

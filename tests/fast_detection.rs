@@ -1,0 +1,396 @@
+//! Fast crash detection in the mesh, and its safety, on a real etcd (issue 13 part 1): lobby
+//! servers dial game servers with eviction on (K = 2 reporters) and a 10 s lease TTL.
+//!
+//! - a crashed game is dropped by every lobby while its lease still lives (eviction, not
+//!   expiry);
+//! - one reporter never evicts;
+//! - a link cut between one lobby and the game never evicts a game the other lobby reaches;
+//! - a healthy game evicted by false reports is back with the same id promptly, and ids stay
+//!   unique throughout.
+#![cfg(all(feature = "test-support", feature = "mesh"))]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::mesh::wait_state;
+use common::{collect_until, join_ids, prefix, registered, synced};
+use darkrift_etcd::cluster::Direction;
+use darkrift_etcd::config::EvictionConfig;
+use darkrift_etcd::mesh::{Mesh, MeshConfig, MeshEvent, MeshEvents};
+use darkrift_etcd::testing::{free_port, EtcdCluster, FaultProxy};
+use darkrift_etcd::{ConnectorConfig, Event, PeerStatus};
+use tokio::time::Instant;
+
+/// The default TTL: anything that happens well before it was not a lease expiry.
+const TTL: Duration = Duration::from_secs(10);
+/// Bound on anything that should happen promptly.
+const PROMPT: Duration = Duration::from_secs(15);
+
+/// Registry settings of every server here: TTL 10 s, eviction by 2 reporters.
+fn connector_config(etcd: &EtcdCluster, prefix: &str) -> ConnectorConfig {
+    let mut c = ConnectorConfig::new(etcd.endpoints())
+        .with_prefix(prefix)
+        .with_lease_ttl(TTL);
+    c.eviction = Some(EvictionConfig {
+        min_reporters: 2,
+        window: TTL,
+    });
+    c
+}
+
+fn mesh_config(etcd: &EtcdCluster, prefix: &str, group: &str, port: u16) -> MeshConfig {
+    let mut config = common::mesh::mesh_config(etcd, prefix, group, port, TTL);
+    config.connector = connector_config(etcd, prefix);
+    config
+}
+
+/// A mesh server of `group` on a free port.
+async fn start(etcd: &EtcdCluster, prefix: &str, group: &str) -> (Mesh, MeshEvents) {
+    let config = mesh_config(etcd, prefix, group, free_port().expect("port"));
+    Mesh::start(config).await.expect("mesh starts")
+}
+
+/// Waits for the first event matching `want`; returns it and every event before it.
+async fn until(
+    events: &mut MeshEvents,
+    mut want: impl FnMut(&MeshEvent) -> bool,
+) -> (MeshEvent, Vec<MeshEvent>) {
+    let mut before = Vec::new();
+    tokio::time::timeout(PROMPT, async {
+        loop {
+            let e = events.recv().await.expect("events open");
+            if want(&e) {
+                return (e, before);
+            }
+            before.push(e);
+        }
+    })
+    .await
+    .expect("event in time")
+}
+
+/// The lease and create revision of `id`'s registration in `group`, read from etcd.
+async fn registration(
+    raw: &mut etcd_client::Client,
+    prefix: &str,
+    group: &str,
+    id: u16,
+) -> Option<(i64, i64)> {
+    let resp = raw
+        .get(format!("{prefix}/{group}/{id}"), None)
+        .await
+        .expect("get");
+    resp.kvs()
+        .first()
+        .map(|kv| (kv.lease(), kv.create_revision()))
+}
+
+/// Report keys filed about `id` (any registration of it).
+async fn reports(raw: &mut etcd_client::Client, prefix: &str, id: u16) -> usize {
+    raw.get(
+        format!("{prefix}.alloc/reports/{id:05}/"),
+        Some(etcd_client::GetOptions::new().with_prefix()),
+    )
+    .await
+    .expect("get")
+    .kvs()
+    .len()
+}
+
+/// Every registered id under `prefix`, with the number of keys holding it (any group).
+async fn registered_ids(raw: &mut etcd_client::Client, prefix: &str) -> BTreeMap<u16, usize> {
+    let resp = raw
+        .get(
+            format!("{prefix}/"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("get");
+    let mut ids = BTreeMap::new();
+    for kv in resp.kvs() {
+        let key = kv.key_str().expect("utf-8 key");
+        if let Some(id) = key.rsplit('/').next().and_then(|s| s.parse::<u16>().ok()) {
+            *ids.entry(id).or_insert(0) += 1;
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_game_leaves_every_lobby_while_its_lease_still_lives() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let prefix = prefix();
+    let mut raw = etcd.client().await.expect("raw");
+    let (game, _g) = start(&etcd, &prefix, "game").await;
+    let game_id = game.id();
+    let mut lobbies = Vec::new();
+    for _ in 0..2 {
+        lobbies.push(start(&etcd, &prefix, "lobby").await);
+    }
+    let deadline = Instant::now() + PROMPT;
+    for (lobby, _) in &lobbies {
+        wait_state(lobby, deadline, "linked to the game", |s| {
+            s.is_linked(game_id, Direction::Upstream)
+        })
+        .await;
+    }
+    let (lease, _) = registration(&mut raw, &prefix, "game", game_id)
+        .await
+        .expect("game registered");
+
+    let killed = Instant::now();
+    game.abort();
+    let deadline = killed + PROMPT;
+    for (lobby, _) in &lobbies {
+        wait_state(lobby, deadline, "rid of the crashed game", |s| {
+            !s.knows(game_id)
+        })
+        .await;
+    }
+    let elapsed = killed.elapsed();
+    // The proof that eviction, not expiry, removed it: its lease is still alive.
+    let ttl = raw
+        .lease_time_to_live(lease, None)
+        .await
+        .expect("ttl")
+        .ttl();
+    assert!(ttl > 0, "the lease expired (ttl {ttl}): not an eviction");
+    assert_eq!(registration(&mut raw, &prefix, "game", game_id).await, None);
+    eprintln!(
+        "crashed game {game_id} gone from both lobbies after {elapsed:?}, its lease still \
+         alive for {ttl} s (TTL {TTL:?})"
+    );
+    // Any round that ended before the leave ended on a refused connect. (The evicting check's
+    // own verdict usually arrives after the leave, which drops it, so it is not awaited.)
+    let mut verdicts = Vec::new();
+    for (lobby, events) in &mut lobbies {
+        let (left, before) = until(
+            events,
+            |e| matches!(e, MeshEvent::Left { peer, .. } if *peer == game_id),
+        )
+        .await;
+        assert!(matches!(left, MeshEvent::Left { .. }));
+        verdicts.extend(before.into_iter().filter_map(|e| match e {
+            MeshEvent::GaveUp {
+                peer,
+                status,
+                refused,
+                ..
+            } if peer == game_id => Some((status, refused)),
+            _ => None,
+        }));
+        assert!(lobby.state().borrow().links.is_empty());
+    }
+    assert!(verdicts.iter().all(|(_, refused)| *refused), "{verdicts:?}");
+    for (lobby, _) in lobbies {
+        lobby.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_reporter_never_evicts() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let prefix = prefix();
+    let mut raw = etcd.client().await.expect("raw");
+    // A game alive to etcd whose port refuses every connect: the lobby reports it each round.
+    let dead_port = free_port().expect("port");
+    let (ghost, ghost_id) = registered(connector_config(&etcd, &prefix), "game", dead_port).await;
+    let registered = registration(&mut raw, &prefix, "game", ghost_id).await;
+    let (lobby, mut events) = start(&etcd, &prefix, "lobby").await;
+    for round in 0..3 {
+        let (e, before) = until(&mut events, |e| matches!(e, MeshEvent::GaveUp { .. })).await;
+        assert!(
+            matches!(&e, MeshEvent::GaveUp { peer, attempts: 1, status, refused: true, .. }
+                if *peer == ghost_id && status == "registered"),
+            "round {round}: {e:?}"
+        );
+        assert!(
+            !before.iter().any(|e| matches!(e, MeshEvent::Left { .. })),
+            "{before:?}"
+        );
+    }
+    assert_eq!(
+        registration(&mut raw, &prefix, "game", ghost_id).await,
+        registered,
+        "the same registration, untouched"
+    );
+    assert!(ghost.is_registered());
+    assert_eq!(
+        reports(&mut raw, &prefix, ghost_id).await,
+        1,
+        "one reporter"
+    );
+    assert!(lobby.state().borrow().upstream.contains(&ghost_id));
+    lobby.shutdown().await.expect("shutdown");
+    ghost.deregister_server().await.expect("deregister");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_cut_between_one_lobby_and_the_game_never_evicts_it() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let prefix = prefix();
+    let mut raw = etcd.client().await.expect("raw");
+    let game_port = free_port().expect("port");
+    let (game, _g) = Mesh::start(mesh_config(&etcd, &prefix, "game", game_port))
+        .await
+        .expect("mesh starts");
+    let game_id = game.id();
+    let registered = registration(&mut raw, &prefix, "game", game_id).await;
+    // Lobby A reaches the game through a fault proxy; lobby B directly.
+    let proxy = FaultProxy::start(&format!("127.0.0.1:{game_port}"))
+        .await
+        .expect("proxy");
+    let proxy_addr: SocketAddr = proxy
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("proxy address");
+    let mut a_config = mesh_config(&etcd, &prefix, "lobby", free_port().expect("port"));
+    a_config
+        .dial_overrides
+        .insert(format!("127.0.0.1:{game_port}"), proxy_addr);
+    let (a, mut a_events) = Mesh::start(a_config).await.expect("mesh starts");
+    let (b, mut b_events) = start(&etcd, &prefix, "lobby").await;
+    let deadline = Instant::now() + PROMPT;
+    for lobby in [&a, &b] {
+        wait_state(lobby, deadline, "linked to the game", |s| {
+            s.is_linked(game_id, Direction::Upstream)
+        })
+        .await;
+    }
+    assert!(
+        proxy.open_connections() > 0,
+        "A's link goes through the proxy"
+    );
+
+    proxy.cut();
+    // A loses its link and gives up round after round: the cut route accepts and closes, which
+    // is not a refusal, so each round spends its budget; the registry keeps the game, since A
+    // is its only reporter.
+    for round in 0..3 {
+        let (e, _) = until(&mut a_events, |e| matches!(e, MeshEvent::GaveUp { .. })).await;
+        assert!(
+            matches!(&e, MeshEvent::GaveUp { peer, status, refused: false, .. }
+                if *peer == game_id && status == "registered"),
+            "round {round}: {e:?}"
+        );
+    }
+    assert_eq!(
+        registration(&mut raw, &prefix, "game", game_id).await,
+        registered,
+        "the same registration, untouched"
+    );
+    assert_eq!(
+        reports(&mut raw, &prefix, game_id).await,
+        1,
+        "only A reported"
+    );
+    assert!(b.state().borrow().is_linked(game_id, Direction::Upstream));
+    assert!(game
+        .state()
+        .borrow()
+        .is_linked(b.id(), Direction::Downstream));
+    while let Ok(e) = b_events.try_recv() {
+        assert!(
+            !matches!(&e, MeshEvent::Left { peer, .. } | MeshEvent::Disconnected { peer, .. } if *peer == game_id),
+            "B was disturbed: {e:?}"
+        );
+    }
+
+    // Healed: A links again, to the same game.
+    proxy.restore();
+    wait_state(&a, Instant::now() + PROMPT, "linked again", |s| {
+        s.is_linked(game_id, Direction::Upstream)
+    })
+    .await;
+    for mesh in [a, b, game] {
+        mesh.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_game_evicted_by_false_reports_is_back_with_its_id_and_ids_stay_unique() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let prefix = prefix();
+    let mut raw = etcd.client().await.expect("raw");
+    let (game, _g) = start(&etcd, &prefix, "game").await;
+    let game_id = game.id();
+    let (lobby, _l) = start(&etcd, &prefix, "lobby").await;
+    wait_state(&lobby, Instant::now() + PROMPT, "linked to the game", |s| {
+        s.is_linked(game_id, Direction::Upstream)
+    })
+    .await;
+    let (_observer, mut seen) = synced(connector_config(&etcd, &prefix)).await;
+    // Two registered servers that wrongly believe the game is gone.
+    let mut liars = Vec::new();
+    for port in [1, 2] {
+        let (c, _) = registered(connector_config(&etcd, &prefix), "lobby", port).await;
+        let mut events = c.events().expect("events");
+        collect_until(&mut events, PROMPT, |e| join_ids(e).contains(&game_id)).await;
+        liars.push(c);
+    }
+
+    assert_eq!(
+        liars[0]
+            .handle_connection_failure(game_id)
+            .await
+            .expect("report"),
+        PeerStatus::Registered
+    );
+    let evicted_at = Instant::now();
+    assert_eq!(
+        liars[1]
+            .handle_connection_failure(game_id)
+            .await
+            .expect("report"),
+        PeerStatus::Evicted
+    );
+    // Newcomers register while the game's id is out of the registry: none may take it.
+    let mut newcomers = Vec::new();
+    for port in 3..6 {
+        newcomers.push(registered(connector_config(&etcd, &prefix), "game", port).await);
+    }
+    // The observer sees the leave, then the game back under the same id.
+    let mut left = false;
+    let back = tokio::time::timeout(PROMPT, async {
+        while let Some(e) = seen.recv().await {
+            match &e {
+                Event::Leave { id, .. } if *id == game_id => left = true,
+                Event::Join { server, .. } if server.id == game_id && left => {
+                    return Instant::now();
+                }
+                _ => {}
+            }
+        }
+        panic!("observer stream ended");
+    })
+    .await
+    .expect("the game is back");
+    let took = back - evicted_at;
+    eprintln!("falsely evicted game {game_id} back with its id after {took:?} (TTL {TTL:?})");
+    assert!(took <= TTL / 2, "back after {took:?}");
+    assert_eq!(game.id(), game_id);
+    // Still the same mesh: the lobby links to it again.
+    wait_state(&lobby, Instant::now() + PROMPT, "linked again", |s| {
+        s.is_linked(game_id, Direction::Upstream)
+    })
+    .await;
+    // Ids unique: every server in etcd under exactly one key, and all ids distinct.
+    let ids = registered_ids(&mut raw, &prefix).await;
+    assert!(ids.values().all(|&n| n == 1), "{ids:?}");
+    let mut expected: BTreeSet<u16> = newcomers.iter().map(|(_, id)| *id).collect();
+    expected.extend([game_id, lobby.id()]);
+    assert_eq!(expected.len(), 2 + newcomers.len(), "distinct ids");
+    assert!(expected.iter().all(|id| ids.contains_key(id)), "{ids:?}");
+    for (c, _) in newcomers {
+        c.deregister_server().await.expect("deregister");
+    }
+    for c in liars {
+        c.deregister_server().await.expect("deregister");
+    }
+    lobby.shutdown().await.expect("shutdown");
+    game.shutdown().await.expect("shutdown");
+}
