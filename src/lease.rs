@@ -401,7 +401,11 @@ impl KeepAlive {
         let ttl = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0));
         let rtt = sent.elapsed();
         metrics::histogram!(crate::metrics::KEEPALIVE_RTT).record(rtt.as_secs_f64());
-        tracing::trace!(rtt_ms = rtt.as_millis() as u64, ttl = resp.ttl(), "keep-alive acknowledged");
+        tracing::trace!(
+            rtt_ms = rtt.as_millis() as u64,
+            ttl = resp.ttl(),
+            "keep-alive acknowledged"
+        );
         let deadline = sent + ttl;
         match self.deadline() {
             // Lost is final for this session: the supervisor re-registers.

@@ -450,7 +450,9 @@ async fn a_cluster_whose_every_member_answers_late_keeps_its_leases() {
         config.request_timeout = REQUEST_TIMEOUT;
         config
     };
-    let watcher = Connector::connect(config()).await.expect("watcher connects");
+    let watcher = Connector::connect(config())
+        .await
+        .expect("watcher connects");
     let mut watcher_events = watcher.events().expect("events");
     let mut watcher_history = History::new();
     let mut registrants = Vec::new();
