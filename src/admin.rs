@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, DeleteOptions, Txn, TxnOp};
 use futures::StreamExt;
 
 use crate::client::{connect, retrying, retrying_txn};
@@ -146,43 +146,24 @@ impl Admin {
     /// # Errors
     /// An etcd failure.
     pub async fn list(&self) -> Result<Listing> {
-        let prefix = self.layout.servers_prefix();
-        let end = crate::watcher::prefix_end(prefix.as_bytes());
-        let mut start = prefix.into_bytes();
-        let (mut revision, mut entries) = (0, Vec::new());
+        let mut entries = Vec::new();
         // The same rules as every watcher (a lease-less record is skipped, one holder per id by
         // the earliest create revision): `ls` shows exactly what a watcher at this revision
         // holds.
         let mut view = crate::membership::Membership::new(self.layout.clone());
         let mut snapshot = view.begin_snapshot();
-        loop {
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(self.page_size);
-            if revision > 0 {
-                options = options.with_revision(revision);
-            }
-            let resp = retrying(&self.client, "list", self.request_timeout, |client| {
-                let (key, options) = (start.clone(), options.clone());
-                async move { client.kv_client().get(key, Some(options)).await }
-            })
-            .await?;
-            if revision == 0 {
-                revision = resp
-                    .header()
-                    .map_or(0, etcd_client::ResponseHeader::revision);
-            }
-            let page: Vec<_> = resp.kvs().iter().map(crate::watcher::convert_kv).collect();
-            snapshot.add(&page);
-            entries.extend(resp.kvs().iter().filter_map(|kv| self.entry(kv)));
-            match (resp.more(), resp.kvs().last()) {
-                (true, Some(last)) => {
-                    start = last.key().to_vec();
-                    start.push(0);
-                }
-                _ => break,
-            }
-        }
+        let revision = crate::watcher::list_pinned(
+            &self.client,
+            &self.layout,
+            self.page_size,
+            self.request_timeout,
+            |page| {
+                let kvs: Vec<_> = page.iter().map(crate::watcher::convert_kv).collect();
+                snapshot.add(&kvs);
+                entries.extend(page.iter().filter_map(|kv| self.entry(kv)));
+            },
+        )
+        .await?;
         view.install(snapshot, revision);
         entries.retain(|e| view.holds(e.key.as_bytes(), e.create_revision));
         let skipped = view.skipped();

@@ -849,25 +849,28 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// Reads the whole server range once (paginated, pinned), for one-shot listings.
-pub(crate) async fn list_once(
+/// Reads the whole server range of `layout` once, `page_size` keys a page, every page after
+/// the first pinned to the first page's revision (one consistent listing), handing each page
+/// to `visit`. Returns that revision. Shared by one-shot listings ([`list_once`], `ls`).
+pub(crate) async fn list_pinned(
     pool: &Pool,
-    settings: &WatcherSettings,
-) -> Result<(i64, Membership)> {
-    let mut view = Membership::new(settings.layout.clone());
-    let mut snapshot = view.begin_snapshot();
-    let prefix = settings.layout.servers_prefix();
+    layout: &KeyLayout,
+    page_size: i64,
+    request_timeout: Duration,
+    mut visit: impl FnMut(Vec<etcd_client::KeyValue>),
+) -> Result<i64> {
+    let prefix = layout.servers_prefix();
     let end = prefix_end(prefix.as_bytes());
     let mut start = prefix.into_bytes();
     let mut pinned = 0;
     loop {
         let mut options = GetOptions::new()
             .with_range(end.clone())
-            .with_limit(settings.page_size);
+            .with_limit(page_size);
         if pinned > 0 {
             options = options.with_revision(pinned);
         }
-        let mut resp = retrying(pool, "list", settings.request_timeout, |client| {
+        let mut resp = retrying(pool, "list", request_timeout, |client| {
             let (start, options) = (start.clone(), options.clone());
             async move { client.kv_client().get(start, Some(options)).await }
         })
@@ -885,9 +888,7 @@ pub(crate) async fn list_once(
             }
             _ => None,
         };
-        // Moved, not copied, as in the watcher's own list.
-        let page: Vec<KeyValue> = resp.take_kvs().into_iter().map(into_view_kv).collect();
-        snapshot.add(&page);
+        visit(resp.take_kvs());
         match next {
             Some(next) => start = next,
             None => break,
@@ -896,8 +897,27 @@ pub(crate) async fn list_once(
     if pinned == 0 {
         return Err(Error::InvalidConfig("etcd returned no revision".into()));
     }
-    view.install(snapshot, pinned);
-    Ok((pinned, view))
+    Ok(pinned)
+}
+
+/// Reads the whole server range once (paginated, pinned) into a view, for one-shot listings.
+pub(crate) async fn list_once(
+    pool: &Pool,
+    settings: &WatcherSettings,
+) -> Result<(i64, Membership)> {
+    let mut view = Membership::new(settings.layout.clone());
+    let mut snapshot = view.begin_snapshot();
+    let revision = list_pinned(
+        pool,
+        &settings.layout,
+        settings.page_size,
+        settings.request_timeout,
+        // Moved, not copied, as in the watcher's own list.
+        |page| snapshot.add(&page.into_iter().map(into_view_kv).collect::<Vec<_>>()),
+    )
+    .await?;
+    view.install(snapshot, revision);
+    Ok((revision, view))
 }
 
 #[cfg(test)]
