@@ -15,12 +15,13 @@
 
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
+use etcd_client::GetOptions;
 use futures::StreamExt;
 
 use crate::client::{connect, retrying, retrying_txn};
 use crate::config::ConnectorConfig;
 use crate::error::{Error, Result};
+use crate::guard::{self, evict::Evicted, Answer, Owner};
 use crate::keys::{KeyLayout, ParsedKey};
 use crate::pool::Pool;
 use crate::record::{decode, ServerInfo};
@@ -209,27 +210,17 @@ impl Admin {
     /// # Errors
     /// An etcd failure. A lease already gone is not an error.
     pub async fn evict(&self, entry: &Entry) -> Result<Eviction> {
-        let slot = self.layout.slot_key(entry.server.id);
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(
-                    entry.key.clone(),
-                    CompareOp::Equal,
-                    entry.create_revision,
-                ),
-                Compare::lease(slot.clone(), CompareOp::Equal, entry.lease),
-            ])
-            .and_then([
-                TxnOp::delete(entry.key.clone(), None::<DeleteOptions>),
-                TxnOp::delete(slot, None::<DeleteOptions>),
-            ]);
+        let owner = Owner {
+            key: entry.key.clone(),
+            slot: self.layout.slot_key(entry.server.id),
+            create_revision: entry.create_revision,
+            lease: entry.lease,
+        };
+        let txn = guard::evict::build(&owner, None);
         let resp = retrying_txn(&self.client, "evict", self.request_timeout, &txn).await?;
-        if !resp.succeeded() {
+        let Evicted::Done { revision } = guard::evict::read(&Answer::from(&resp)) else {
             return Ok(Eviction::Changed);
-        }
-        let revision = resp
-            .header()
-            .map_or(0, etcd_client::ResponseHeader::revision);
+        };
         let id = entry.lease;
         let revoked = retrying(
             &self.client,

@@ -43,6 +43,7 @@ pub mod config;
 pub mod connector;
 pub mod error;
 pub mod events;
+mod guard;
 pub mod health;
 pub mod keys;
 pub mod lease;
