@@ -440,10 +440,7 @@ impl Connector {
         let guard = guard::deregister::build(&owner);
         let cfg = &self.ctx.config;
         let deleted = retrying_txn(&self.ctx.pool, "deregister", cfg.request_timeout, &guard).await;
-        let timeout = cfg
-            .request_timeout
-            .min(lease.ttl())
-            .max(Duration::from_millis(100));
+        let timeout = crate::timing::revoke_bound(cfg.request_timeout, lease.ttl());
         let revoked = lease.revoke(&self.ctx.pool, timeout).await;
         match guard::deregister::read(&Answer::from(&deleted?)) {
             Deregistered::Deleted => tracing::info!(id = claim.id, "deregistered"),

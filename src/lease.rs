@@ -15,7 +15,7 @@
 //! (leader change, restart, network), it is reopened while the deadline has not passed.
 //!
 //! A stream can also go *silent* without breaking: its member froze (SIGSTOP, a stalled disk)
-//! or answers seconds late. A keep-alive unanswered for `stall_bound` (a quarter of the TTL,
+//! or answers seconds late. A keep-alive unanswered for `timing::stall_bound` (a quarter of the TTL,
 //! at most the pool's attempt timeout) gets its member suspected and the stream reopened on
 //! another member, long before the deadline; a member suspected by any other request moves the
 //! stream too (see the `pool` module).
@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::retrying;
 use crate::error::{is_lease_not_found, Result};
 use crate::pool::Pool;
+use crate::timing;
 
 /// What the keep-alive task believes about the lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,8 +83,8 @@ impl LeaseSession {
         let task = KeepAlive {
             pool: pool.clone(),
             id: resp.id(),
-            interval: (ttl / 3).max(Duration::from_millis(100)),
-            stall: stall_bound(granted, pool.attempt_timeout()),
+            interval: timing::keep_alive_interval(ttl),
+            stall: timing::stall_bound(granted, pool.attempt_timeout()),
             ttl: granted,
             state: tx,
             cancel: cancel.clone(),
@@ -162,24 +163,6 @@ impl Drop for LeaseSession {
     }
 }
 
-/// The shortest pause between two attempts to reopen the keep-alive stream.
-const MIN_REOPEN_PAUSE: Duration = Duration::from_millis(20);
-
-/// The pause before the next attempt to reopen the keep-alive stream: the backoff `delay`,
-/// but at most a quarter of the time `left` before the local deadline.
-fn reopen_pause(delay: Duration, left: Duration) -> Duration {
-    delay.min(left / 4).max(MIN_REOPEN_PAUSE)
-}
-
-/// How long a keep-alive may go unanswered before its stream is given up as stalled and
-/// reopened on another member: a quarter of the TTL, at most the pool's `attempt` timeout, at
-/// least 100 ms. With the keep-alive sent every TTL/3, a member that freezes right after an
-/// acknowledgement is left at TTL/3 + TTL/4 (7/12 of the TTL), leaving 5/12 of it for the
-/// reopen, a leader election included; etcd answers a healthy keep-alive in milliseconds.
-fn stall_bound(ttl: Duration, attempt: Duration) -> Duration {
-    (ttl / 4).min(attempt).max(Duration::from_millis(100))
-}
-
 struct KeepAlive {
     gate: Option<watch::Receiver<bool>>,
     pool: Pool,
@@ -205,7 +188,7 @@ impl KeepAlive {
     }
 
     async fn run(self) {
-        let mut reopen_delay = Duration::from_millis(50);
+        let mut reopen_delay = timing::FIRST_REOPEN_DELAY;
         loop {
             let Some(deadline) = self.deadline() else {
                 return;
@@ -244,7 +227,7 @@ impl KeepAlive {
             };
             match opened {
                 Some((member, Ok(Ok((keeper, stream))))) => {
-                    reopen_delay = Duration::from_millis(50);
+                    reopen_delay = timing::FIRST_REOPEN_DELAY;
                     self.pool.confirm(member);
                     // etcd-client consumed the answer to the keep-alive the open sent, a TTL
                     // above 0 (it fails the open otherwise): the lease was renewed to its full
@@ -279,7 +262,7 @@ impl KeepAlive {
             let Some(deadline) = self.deadline() else {
                 return;
             };
-            let pause = reopen_pause(
+            let pause = timing::reopen_pause(
                 reopen_delay,
                 deadline.saturating_duration_since(Instant::now()),
             );
@@ -287,7 +270,7 @@ impl KeepAlive {
                 () = self.cancel.cancelled() => return,
                 () = tokio::time::sleep(pause) => {}
             }
-            reopen_delay = (reopen_delay * 2).min(self.interval);
+            reopen_delay = timing::next_reopen_delay(reopen_delay, self.interval);
         }
     }
 
@@ -389,46 +372,5 @@ async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_stalled_keep_alive_is_given_up_well_before_the_lease_ends() {
-        let attempt = Duration::from_millis(1666);
-        assert_eq!(
-            stall_bound(Duration::from_secs(5), attempt),
-            Duration::from_millis(1250)
-        );
-        assert_eq!(stall_bound(Duration::from_secs(10), attempt), attempt);
-        assert_eq!(
-            stall_bound(Duration::from_secs(1), Duration::from_millis(50)),
-            Duration::from_millis(100)
-        );
-        // Frozen right after an acknowledgement: the next keep-alive goes out a third of the
-        // TTL later and is given up a stall bound after that, with time left to reopen.
-        for ttl in [5, 10, 30, 60] {
-            let ttl = Duration::from_secs(ttl);
-            let given_up = ttl / 3 + stall_bound(ttl, attempt);
-            assert!(given_up <= ttl * 7 / 12, "{ttl:?}: {given_up:?}");
-        }
-    }
-
-    #[test]
-    fn reopen_attempts_get_denser_as_the_deadline_nears() {
-        let delay = Duration::from_secs(2);
-        assert_eq!(reopen_pause(delay, Duration::from_secs(20)), delay);
-        assert_eq!(
-            reopen_pause(delay, Duration::from_secs(4)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            reopen_pause(delay, Duration::from_millis(400)),
-            Duration::from_millis(100)
-        );
-        assert_eq!(reopen_pause(delay, Duration::ZERO), MIN_REOPEN_PAUSE);
     }
 }

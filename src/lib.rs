@@ -57,6 +57,7 @@ pub mod registration;
 pub mod signal;
 #[cfg(feature = "test-support")]
 pub mod testing;
+mod timing;
 mod watcher;
 
 pub use config::{ConnectorConfig, IdTakenPolicy};

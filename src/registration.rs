@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +41,7 @@ use crate::lease::{LeaseSession, LeaseState};
 use crate::metrics as m;
 use crate::pool::Pool;
 use crate::record::Registration;
+use crate::timing;
 use crate::watcher::{lock, OwnKey, SharedView};
 
 /// Where a registration stands, as the host sees it.
@@ -435,7 +435,7 @@ impl Supervisor {
                 id: self.claim.id,
                 deadline,
             });
-            let check_at = last_check + self.ctx.config.lease_ttl;
+            let check_at = last_check + timing::integrity_check_period(self.ctx.config.lease_ttl);
             tokio::select! {
                 // Once per TTL, check that our slot and key are intact (the watch only sees the
                 // server key; a deleted slot would let another server take our id).
@@ -460,7 +460,7 @@ impl Supervisor {
                         tracing::warn!(error = %e, "restoring our key failed; will retry");
                         let gone = self.own_gone.clone();
                         tokio::spawn(async move {
-                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            tokio::time::sleep(timing::RESTORE_RETRY).await;
                             gone.notify_one();
                         });
                     }
@@ -494,9 +494,7 @@ impl Supervisor {
             }
             _ => Duration::ZERO,
         };
-        let bound = bound
-            .min(self.ctx.config.request_timeout)
-            .max(Duration::from_millis(50));
+        let bound = timing::restore_bound(bound, self.ctx.config.request_timeout);
         let resp = match retrying_txn(&self.ctx.pool, "restore key", bound, &txn).await {
             Ok(resp) => resp,
             Err(Error::Etcd { source, .. }) if is_lease_not_found(&source) => {
@@ -548,21 +546,13 @@ impl Supervisor {
         let ctx = self.ctx.clone();
         let old_lease_id = self.lease.as_ref().map_or(0, LeaseSession::id);
         if let Some(old) = self.lease.take() {
-            let bound = ctx
-                .config
-                .request_timeout
-                .min(old.ttl())
-                .max(Duration::from_millis(100));
+            let bound = timing::revoke_bound(ctx.config.request_timeout, old.ttl());
             if let Err(e) = old.revoke(&ctx.pool, bound).await {
                 tracing::debug!(error = %e, "revoking the lost lease failed (best effort)");
             }
         }
         // Half a TTL at most, jitter included: back within about a TTL of etcd answering again.
-        let mut backoff = crate::backoff::bounded(
-            Duration::from_millis(100),
-            (ctx.config.lease_ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(5)),
-        )
-        .build();
+        let mut backoff = timing::recovery_backoff(ctx.config.lease_ttl);
         loop {
             if self.cancel.is_cancelled() {
                 return Recovery::Cancelled;
@@ -695,9 +685,7 @@ impl Supervisor {
                 self.status
                     .send_replace(RegistrationStatus::Recovering { id: old_id });
                 let ctx = self.ctx.clone();
-                let mut backoff =
-                    crate::backoff::bounded(Duration::from_millis(100), Duration::from_secs(5))
-                        .build();
+                let mut backoff = timing::new_id_backoff();
                 loop {
                     let attempt = async {
                         let gate = self.health.clone();

@@ -44,7 +44,6 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use etcd_client::{EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -171,8 +170,7 @@ impl WatcherSettings {
             request_timeout: config.request_timeout,
             progress_interval: config.progress_interval,
             idle_timeout: config.watch_idle_timeout,
-            max_backoff: (config.lease_ttl / 2)
-                .clamp(Duration::from_millis(200), Duration::from_secs(5)),
+            max_backoff: crate::timing::recovery_bound(config.lease_ttl),
         }
     }
 }
@@ -270,10 +268,6 @@ struct Watcher {
     synced: watch::Sender<bool>,
     resync_waiters: Vec<oneshot::Sender<()>>,
     backoff: Option<Delays>,
-}
-
-fn backoff(max: Duration) -> Delays {
-    crate::backoff::bounded(Duration::from_millis(100), max).build()
 }
 
 fn list_from_scratch(initial: bool) -> State {
@@ -443,9 +437,11 @@ impl Watcher {
                 let stale = if unreachable { self.mark_stale() } else { None };
                 let delay = self
                     .backoff
-                    .get_or_insert_with(|| backoff(self.settings.max_backoff))
+                    .get_or_insert_with(|| {
+                        crate::timing::recovery_backoff_within(self.settings.max_backoff)
+                    })
                     .next()
-                    .unwrap_or(Duration::from_secs(5));
+                    .unwrap_or(self.settings.max_backoff);
                 tracing::debug!(
                     delay_ms = delay.as_millis(),
                     next = then.name(),
@@ -593,11 +589,13 @@ impl Watcher {
         // answer (or any message) proves the member alive; none within the pool's attempt
         // timeout means the member froze or answers too late: it is suspected and the watch
         // reopened on another member. A stream silent for `idle_timeout` is recreated anyway.
-        let ask_at = last_heard + self.settings.progress_interval;
-        let mut give_up_at = last_heard + self.settings.idle_timeout;
-        if let Some(asked) = asked {
-            give_up_at = give_up_at.min(asked + self.pool.attempt_timeout());
-        }
+        let (ask_at, give_up_at) = crate::timing::watchdog(
+            last_heard,
+            asked,
+            self.settings.progress_interval,
+            self.settings.idle_timeout,
+            self.pool.attempt_timeout(),
+        );
         let msg = tokio::select! {
             cmd = self.commands.recv() => {
                 return match cmd {
