@@ -44,7 +44,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream};
+use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
@@ -59,6 +59,10 @@ use crate::keys::KeyLayout;
 use crate::membership::{KeyValue, KvChange, Membership, Snapshot};
 use crate::metrics as m;
 use crate::pool::Pool;
+
+mod classify;
+
+use classify::{classify, Verdict, WatchAnswer};
 
 /// The view shared between the watcher task and the connector.
 #[derive(Debug)]
@@ -105,16 +109,16 @@ impl Shared {
 
     /// Wakes the supervisor if a put left our key off our lease (an `etcdctl put` without
     /// `--lease`, or on another lease) or holding another record: the supervisor puts its
-    /// record back on its lease, or the key would outlive a crash of this server. Kept apart
-    /// from [`Shared::check_own_changes`] because it needs the event's lease, which
-    /// [`KvChange`] does not carry. Our own re-put matches both and wakes nobody.
-    fn check_own_edits(&self, events: &[etcd_client::Event]) {
+    /// record back on its lease, or the key would outlive a crash of this server. Our own
+    /// re-put matches both and wakes nobody.
+    fn check_own_edits(&self, changes: &[KvChange]) {
         let Some(own) = &self.own else { return };
-        let edited = events
-            .iter()
-            .filter(|ev| ev.event_type() == EventType::Put)
-            .filter_map(etcd_client::Event::kv)
-            .any(|kv| kv.key() == own.key && (kv.lease() != own.lease || kv.value() != own.record));
+        let edited = changes.iter().any(|c| match c {
+            KvChange::Put(kv) => {
+                kv.key == own.key && (kv.lease != own.lease || kv.value != own.record)
+            }
+            KvChange::Delete { .. } => false,
+        });
         if edited {
             own.gone.notify_one();
         }
@@ -640,21 +644,20 @@ impl Watcher {
         };
         let resp = match msg {
             Ok(Some(resp)) => resp,
-            Ok(None) => {
-                tracing::info!(from, "watch stream ended; resuming");
-                self.pool.suspect(member, "watch stream ended");
-                let then = Box::new(State::Open { from });
-                return (
-                    Vec::new(),
-                    State::Backoff {
-                        then,
-                        unreachable: false,
-                    },
-                );
-            }
-            Err(e) => {
-                tracing::info!(error = %e, from, "watch stream failed; resuming");
-                self.pool.suspect(member, "watch stream failed");
+            ended => {
+                // A stream that ends or fails resumes at `from` on another member: nothing
+                // lost, nothing repeated.
+                let why = match ended {
+                    Err(e) => {
+                        tracing::info!(error = %e, from, "watch stream failed; resuming");
+                        "watch stream failed"
+                    }
+                    Ok(_) => {
+                        tracing::info!(from, "watch stream ended; resuming");
+                        "watch stream ended"
+                    }
+                };
+                self.pool.suspect(member, why);
                 let then = Box::new(State::Open { from });
                 return (
                     Vec::new(),
@@ -665,16 +668,33 @@ impl Watcher {
                 );
             }
         };
-        if resp.canceled() {
-            if resp.compact_revision() > 0 {
-                let compact_revision = resp.compact_revision();
+        let answer = WatchAnswer::from(&resp);
+        let verdict = classify(&answer, from);
+        if !matches!(
+            verdict,
+            Verdict::Compacted { .. } | Verdict::Cancelled { .. }
+        ) {
+            self.backoff = None;
+        }
+        let heard = Instant::now();
+        let watch = |from, asked| State::Watch {
+            from,
+            stream,
+            member,
+            last_heard: heard,
+            asked,
+        };
+        match verdict {
+            Verdict::Compacted { compact_revision } => {
                 tracing::warn!(from, compact_revision, "watch compacted; relisting");
-            } else {
-                let reason = resp.cancel_reason();
+                (Vec::new(), list_from_scratch(false))
+            }
+            Verdict::Cancelled { auth } => {
+                let reason = &answer.cancel_reason;
                 tracing::warn!(from, reason, "watch cancelled by etcd; relisting");
-                // An expired auth token cancels a watch instead of failing it ("invalid auth
-                // token" on 3.4, "permission denied" on 3.5): get a fresh token first.
-                if reason.contains("auth token") || reason.contains("permission denied") {
+                if auth {
+                    // An expired auth token cancels a watch instead of failing it: get a
+                    // fresh token first.
                     let refreshed = match self.pool.client(member).await {
                         Ok(client) => client.refresh_token().await.map_err(|e| e.to_string()),
                         Err(e) => Err(format!("{e:?}")),
@@ -683,85 +703,34 @@ impl Watcher {
                         tracing::debug!(error = %e, "refreshing the auth token failed");
                     }
                 }
+                (Vec::new(), list_from_scratch(false))
             }
-            return (Vec::new(), list_from_scratch(false));
-        }
-        self.backoff = None;
-        let heard = Instant::now();
-        let header_revision = resp
-            .header()
-            .map_or(0, etcd_client::ResponseHeader::revision);
-        if resp.events().is_empty() {
-            if resp.created() {
-                // `created` promises nothing about progress.
-                let watch = State::Watch {
-                    from,
-                    stream,
-                    member,
-                    last_heard: heard,
-                    asked,
+            // `created` promises nothing about progress.
+            Verdict::Created => (Vec::new(), watch(from, asked)),
+            // The answer to our progress request: proof of life only (see `classify`).
+            Verdict::ProofOfLife => (Vec::new(), watch(from, None)),
+            Verdict::Progress { next } => {
+                lock(&self.shared).revision = next - 1;
+                metrics::gauge!(m::REVISION_LAG).set(0.0);
+                (Vec::new(), watch(next, None))
+            }
+            Verdict::Apply { last } => {
+                let changes = &answer.changes;
+                let events = {
+                    let mut shared = lock(&self.shared);
+                    let counts_before = (shared.view.skipped(), shared.view.shadowed());
+                    let events = shared.view.apply(changes);
+                    shared.cursor =
+                        alloc::later_position(shared.cursor, shared.view.max_alloc_position());
+                    shared.revision = last;
+                    shared.check_own_changes(changes);
+                    shared.check_own_edits(changes);
+                    record_view_metrics(&shared, counts_before, answer.header_revision - last);
+                    events
                 };
-                return (Vec::new(), watch);
+                (events, watch(last + 1, None))
             }
-            if resp.watch_id() == -1 {
-                // The answer to our progress request: proof of life only. etcd before
-                // 3.4.24 / 3.5.8 sends it even while this watcher is still catching up, so
-                // it does not prove that everything up to its revision was delivered.
-                let watch = State::Watch {
-                    from,
-                    stream,
-                    member,
-                    last_heard: heard,
-                    asked: None,
-                };
-                return (Vec::new(), watch);
-            }
-            // A server-side progress notification (sent to synced watchers only): every
-            // event up to its revision was sent.
-            let next = from.max(header_revision + 1);
-            lock(&self.shared).revision = next - 1;
-            metrics::gauge!(m::REVISION_LAG).set(0.0);
-            let watch = State::Watch {
-                from: next,
-                stream,
-                member,
-                last_heard: heard,
-                asked: None,
-            };
-            return (Vec::new(), watch);
         }
-        let mut changes = Vec::with_capacity(resp.events().len());
-        let mut last = from - 1;
-        for ev in resp.events() {
-            let Some(kv) = ev.kv() else { continue };
-            last = last.max(kv.mod_revision());
-            changes.push(match ev.event_type() {
-                EventType::Put => KvChange::Put(convert_kv(kv)),
-                EventType::Delete => KvChange::Delete {
-                    key: kv.key().to_vec(),
-                    revision: kv.mod_revision(),
-                },
-            });
-        }
-        let events = {
-            let mut shared = lock(&self.shared);
-            let counts_before = (shared.view.skipped(), shared.view.shadowed());
-            let events = shared.view.apply(&changes);
-            shared.cursor = alloc::later_position(shared.cursor, shared.view.max_alloc_position());
-            shared.revision = last;
-            shared.check_own_changes(&changes);
-            shared.check_own_edits(resp.events());
-            record_view_metrics(&shared, counts_before, header_revision - last);
-            events
-        };
-        let watch = State::Watch {
-            from: last + 1,
-            stream,
-            member,
-            last_heard: heard,
-            asked: None,
-        };
-        (events, watch)
     }
 
     /// Marks the view stale; returns the event the first time.
