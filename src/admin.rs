@@ -15,7 +15,6 @@
 
 use std::time::Duration;
 
-use etcd_client::GetOptions;
 use futures::StreamExt;
 
 use crate::client::{connect, retrying, retrying_txn};
@@ -23,8 +22,10 @@ use crate::config::ConnectorConfig;
 use crate::error::{Error, Result};
 use crate::guard::{self, evict::Evicted, Answer, Owner};
 use crate::keys::{KeyLayout, ParsedKey};
+use crate::membership::KeyValue;
 use crate::pool::Pool;
 use crate::record::{decode, ServerInfo};
+use crate::watcher::ServerRange;
 
 /// Lease TTL reads in flight at once while listing: enough to hide round trips, few enough
 /// not to flood etcd for a large registry.
@@ -132,6 +133,7 @@ impl Admin {
         let key = String::from_utf8_lossy(slot.value()).into_owned();
         let (revision, kv) = self.get_key("read server", key).await?;
         let Some(entry) = kv
+            .map(|kv| crate::watcher::convert_kv(&kv))
             .and_then(|kv| self.entry(&kv))
             .filter(|e| e.server.id == id)
         else {
@@ -147,43 +149,24 @@ impl Admin {
     /// # Errors
     /// An etcd failure.
     pub async fn list(&self) -> Result<Listing> {
-        let prefix = self.layout.servers_prefix();
-        let end = crate::watcher::prefix_end(prefix.as_bytes());
-        let mut start = prefix.into_bytes();
-        let (mut revision, mut entries) = (0, Vec::new());
+        let mut entries = Vec::new();
         // The same rules as every watcher (a lease-less record is skipped, one holder per id by
         // the earliest create revision): `ls` shows exactly what a watcher at this revision
         // holds.
         let mut view = crate::membership::Membership::new(self.layout.clone());
         let mut snapshot = view.begin_snapshot();
-        loop {
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(self.page_size);
-            if revision > 0 {
-                options = options.with_revision(revision);
-            }
-            let resp = retrying(&self.client, "list", self.request_timeout, |client| {
-                let (key, options) = (start.clone(), options.clone());
-                async move { client.kv_client().get(key, Some(options)).await }
+        let range = ServerRange {
+            pool: &self.client,
+            layout: &self.layout,
+            page_size: self.page_size,
+            timeout: self.request_timeout,
+        };
+        let revision = range
+            .read_all("list", |page| {
+                snapshot.add(&page);
+                entries.extend(page.iter().filter_map(|kv| self.entry(kv)));
             })
             .await?;
-            if revision == 0 {
-                revision = resp
-                    .header()
-                    .map_or(0, etcd_client::ResponseHeader::revision);
-            }
-            let page: Vec<_> = resp.kvs().iter().map(crate::watcher::convert_kv).collect();
-            snapshot.add(&page);
-            entries.extend(resp.kvs().iter().filter_map(|kv| self.entry(kv)));
-            match (resp.more(), resp.kvs().last()) {
-                (true, Some(last)) => {
-                    start = last.key().to_vec();
-                    start.push(0);
-                }
-                _ => break,
-            }
-        }
         view.install(snapshot, revision);
         entries.retain(|e| view.holds(e.key.as_bytes(), e.create_revision));
         let skipped = view.skipped();
@@ -255,17 +238,17 @@ impl Admin {
     }
 
     /// The registration a server key holds, if it parses.
-    fn entry(&self, kv: &etcd_client::KeyValue) -> Option<Entry> {
-        let ParsedKey::Server { group, id } = self.layout.parse_server_key(kv.key()) else {
+    fn entry(&self, kv: &KeyValue) -> Option<Entry> {
+        let ParsedKey::Server { group, id } = self.layout.parse_server_key(&kv.key) else {
             return None;
         };
-        let server = decode(group, id, kv.value()).ok()?;
+        let server = decode(group, id, &kv.value).ok()?;
         Some(Entry {
             server,
-            key: String::from_utf8_lossy(kv.key()).into_owned(),
-            lease: kv.lease(),
-            create_revision: kv.create_revision(),
-            mod_revision: kv.mod_revision(),
+            key: String::from_utf8_lossy(&kv.key).into_owned(),
+            lease: kv.lease,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
             ttl_left: None,
         })
     }

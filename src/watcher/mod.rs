@@ -44,15 +44,15 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream};
+use etcd_client::{WatchOptions, WatchStream};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::alloc::{self, decode_cursor};
+use crate::alloc;
 use crate::backoff::Delays;
-use crate::client::{retrying, retrying_on};
+use crate::client::retrying_on;
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::keys::KeyLayout;
@@ -61,8 +61,10 @@ use crate::metrics as m;
 use crate::pool::Pool;
 
 mod classify;
+mod list;
 
 use classify::{classify, Verdict, WatchAnswer};
+pub(crate) use list::{Page, ServerRange};
 
 /// The view shared between the watcher task and the connector.
 #[derive(Debug)]
@@ -324,14 +326,20 @@ impl Watcher {
                 after,
                 snapshot,
                 pending,
-                mut cursor,
+                cursor,
             } => {
                 let snapshot =
                     snapshot.unwrap_or_else(|| Box::new(lock(&self.shared).view.begin_snapshot()));
                 // Decode the previous page on a blocking thread while this one is read: a
                 // snapshot of many servers is mostly decoding, and doing it here, on the task
                 // that drives the read, would delay the request until it is done.
-                let read = self.list_page(pinned, after.as_deref(), &mut cursor);
+                let op = if pinned == 0 {
+                    "snapshot"
+                } else {
+                    "snapshot page"
+                };
+                let range = self.range();
+                let read = range.page(op, pinned, after.as_deref(), true);
                 let decode = async move {
                     if pending.is_empty() {
                         return Ok(snapshot);
@@ -361,20 +369,31 @@ impl Watcher {
                     },
                 };
                 match page {
-                    Ok((revision, page, Some(next))) => {
+                    Ok(Page {
+                        revision,
+                        kvs,
+                        next: Some(next),
+                        cursor: read_cursor,
+                    }) => {
                         let next = State::List {
                             initial,
                             pinned: revision,
                             after: Some(next),
                             snapshot: Some(snapshot),
-                            pending: page,
-                            cursor,
+                            pending: kvs,
+                            cursor: read_cursor.unwrap_or(cursor),
                         };
                         (Vec::new(), next)
                     }
-                    Ok((revision, page, None)) => {
+                    Ok(Page {
+                        revision,
+                        kvs,
+                        next: None,
+                        cursor: read_cursor,
+                    }) => {
                         self.backoff = None;
-                        snapshot.add(&page);
+                        snapshot.add(&kvs);
+                        let cursor = read_cursor.unwrap_or(cursor);
                         let events = self.finish_list(initial, revision, *snapshot, cursor);
                         (events, State::Open { from: revision + 1 })
                     }
@@ -457,69 +476,14 @@ impl Watcher {
         }
     }
 
-    /// Reads one page. Returns the pinned revision, the page, and the key to continue after
-    /// if there are more.
-    async fn list_page(
-        &self,
-        pinned: i64,
-        after: Option<&[u8]>,
-        cursor: &mut u64,
-    ) -> Result<(i64, Vec<KeyValue>, Option<Vec<u8>>)> {
-        let layout = &self.settings.layout;
-        let start = match after {
-            Some(k) => {
-                let mut k = k.to_vec();
-                k.push(0);
-                k
-            }
-            None => layout.servers_prefix().into_bytes(),
-        };
-        let mut options = GetOptions::new()
-            .with_range(prefix_end(layout.servers_prefix().as_bytes()))
-            .with_limit(self.settings.page_size);
-        if pinned > 0 {
-            options = options.with_revision(pinned);
+    /// The server range this watcher lists.
+    fn range(&self) -> ServerRange<'_> {
+        ServerRange {
+            pool: &self.pool,
+            layout: &self.settings.layout,
+            page_size: self.settings.page_size,
+            timeout: self.settings.request_timeout,
         }
-        let timeout = self.settings.request_timeout;
-        let (revision, kvs, more) = if pinned == 0 {
-            // First page and the cursor, at one revision.
-            let txn = Txn::new().and_then([
-                TxnOp::get(start, Some(options)),
-                TxnOp::get(layout.cursor_key(), None),
-            ]);
-            let resp = retrying(&self.pool, "snapshot", timeout, |client| {
-                let txn = txn.clone();
-                async move { client.kv_client().txn(txn).await }
-            })
-            .await?;
-            let revision = resp
-                .header()
-                .map_or(0, etcd_client::ResponseHeader::revision);
-            let mut page = None;
-            for op in resp.op_responses() {
-                if let TxnOpResponse::Get(mut get) = op {
-                    if page.is_none() {
-                        page = Some((get.take_kvs(), get.more()));
-                    } else if let Some(kv) = get.kvs().first() {
-                        *cursor = decode_cursor(kv.value()).unwrap_or(0);
-                    }
-                }
-            }
-            let (kvs, more) = page.unwrap_or_default();
-            (revision, kvs, more)
-        } else {
-            let mut resp = retrying(&self.pool, "snapshot page", timeout, |client| {
-                let (start, options) = (start.clone(), options.clone());
-                async move { client.kv_client().get(start, Some(options)).await }
-            })
-            .await?;
-            let more = resp.more();
-            (pinned, resp.take_kvs(), more)
-        };
-        let last = kvs.last().map(|kv| kv.key().to_vec());
-        // Moved, not copied: a snapshot of many servers is mostly these bytes.
-        let page = kvs.into_iter().map(into_view_kv).collect();
-        Ok((revision, page, if more { last } else { None }))
     }
 
     fn finish_list(
@@ -779,21 +743,7 @@ fn record_view_metrics(shared: &Shared, counts_before: (u64, u64), lag: i64) {
     }
 }
 
-/// Like [`convert_kv`], taking the bytes instead of copying them.
-fn into_view_kv(kv: etcd_client::KeyValue) -> KeyValue {
-    let (create_revision, mod_revision, lease) =
-        (kv.create_revision(), kv.mod_revision(), kv.lease());
-    let (key, value) = kv.into_key_value();
-    KeyValue {
-        key,
-        value,
-        create_revision,
-        mod_revision,
-        lease,
-    }
-}
-
-/// A watch event's or a range read's key-value, copied into the view's form.
+/// A watch event's key-value, copied into the view's form.
 pub(crate) fn convert_kv(kv: &etcd_client::KeyValue) -> KeyValue {
     KeyValue {
         key: kv.key().to_vec(),
@@ -804,18 +754,6 @@ pub(crate) fn convert_kv(kv: &etcd_client::KeyValue) -> KeyValue {
     }
 }
 
-/// The end of the range of keys starting with `prefix` (etcd's prefix rule).
-pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 /// Reads the whole server range once (paginated, pinned), for one-shot listings.
 pub(crate) async fn list_once(
     pool: &Pool,
@@ -823,58 +761,16 @@ pub(crate) async fn list_once(
 ) -> Result<(i64, Membership)> {
     let mut view = Membership::new(settings.layout.clone());
     let mut snapshot = view.begin_snapshot();
-    let prefix = settings.layout.servers_prefix();
-    let end = prefix_end(prefix.as_bytes());
-    let mut start = prefix.into_bytes();
-    let mut pinned = 0;
-    loop {
-        let mut options = GetOptions::new()
-            .with_range(end.clone())
-            .with_limit(settings.page_size);
-        if pinned > 0 {
-            options = options.with_revision(pinned);
-        }
-        let mut resp = retrying(pool, "list", settings.request_timeout, |client| {
-            let (start, options) = (start.clone(), options.clone());
-            async move { client.kv_client().get(start, Some(options)).await }
-        })
-        .await?;
-        if pinned == 0 {
-            pinned = resp
-                .header()
-                .map_or(0, etcd_client::ResponseHeader::revision);
-        }
-        let next = match (resp.more(), resp.kvs().last()) {
-            (true, Some(last)) => {
-                let mut next = last.key().to_vec();
-                next.push(0);
-                Some(next)
-            }
-            _ => None,
-        };
-        // Moved, not copied, as in the watcher's own list.
-        let page: Vec<KeyValue> = resp.take_kvs().into_iter().map(into_view_kv).collect();
-        snapshot.add(&page);
-        match next {
-            Some(next) => start = next,
-            None => break,
-        }
-    }
+    let range = ServerRange {
+        pool,
+        layout: &settings.layout,
+        page_size: settings.page_size,
+        timeout: settings.request_timeout,
+    };
+    let pinned = range.read_all("list", |page| snapshot.add(&page)).await?;
     if pinned == 0 {
         return Err(Error::InvalidConfig("etcd returned no revision".into()));
     }
     view.install(snapshot, pinned);
     Ok((pinned, view))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefix_end;
-
-    #[test]
-    fn prefix_end_increments_the_last_byte() {
-        assert_eq!(prefix_end(b"/darkrift/"), b"/darkrift0");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
-    }
 }
