@@ -36,6 +36,12 @@
 //!   repeated. A compacted resume point cannot be resumed (etcd only keeps history after the
 //!   compaction), so it relists.
 //!
+//! The machine is generic over its [`KvSource`] (list a page pinned at a revision, open a
+//! watch, request progress, the pool's suspicions): [`PoolSource`] is the real one, and the
+//! unit tests (`tests.rs`) drive it over a scripted fake through every recovery path. What a
+//! response means is decided by [`classify`] and the pinned paginated read is [`ServerRange`]
+//! (shared with the one-shot listings).
+//!
 //! When etcd cannot be reached (a failed reopen or read), the view keeps its last state (an
 //! error never empties it) and is marked stale ([`Event::Stale`]). Once etcd answers again the
 //! watcher relists, emits exactly the joins and leaves it missed, then [`Event::Fresh`]: a
@@ -44,7 +50,6 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use etcd_client::{WatchOptions, WatchStream};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
@@ -52,7 +57,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alloc;
 use crate::backoff::Delays;
-use crate::client::retrying_on;
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::keys::KeyLayout;
@@ -62,9 +66,11 @@ use crate::pool::Pool;
 
 mod classify;
 mod list;
+mod source;
 
-use classify::{classify, Verdict, WatchAnswer};
+use classify::{classify, Verdict};
 pub(crate) use list::{Page, ServerRange};
+use source::{KvSource, PoolSource, WatchFeed};
 
 /// The view shared between the watcher task and the connector.
 #[derive(Debug)]
@@ -181,8 +187,8 @@ impl WatcherSettings {
     }
 }
 
-/// The states; see the module docs.
-enum State {
+/// The states; see the module docs. `F` is the source's watch stream.
+enum State<F> {
     /// Reading the range; `pinned` is 0 until the first page fixed the revision. `pending`
     /// is the last page read, decoded into `snapshot` while the next page is read.
     List {
@@ -200,17 +206,20 @@ enum State {
     Watch {
         from: i64,
         /// Boxed: the stream is most of the state's size, and the other states are small.
-        stream: Box<WatchStream>,
+        stream: Box<F>,
         member: usize,
         last_heard: Instant,
         asked: Option<Instant>,
     },
     /// Waiting out a failure before `then`; `unreachable` marks the view stale (a broken
     /// stream that reopens at once does not).
-    Backoff { then: Box<State>, unreachable: bool },
+    Backoff {
+        then: Box<State<F>>,
+        unreachable: bool,
+    },
 }
 
-impl State {
+impl<F> State<F> {
     fn name(&self) -> &'static str {
         match self {
             State::List { .. } => "list",
@@ -235,36 +244,20 @@ pub(crate) fn spawn(
     events: mpsc::Sender<Event>,
     cancel: CancellationToken,
 ) -> WatcherTask {
-    let shared = Arc::new(Mutex::new(Shared {
-        view: Membership::new(settings.layout.clone()),
-        cursor: 0,
-        revision: 0,
-        stale: false,
-        own: None,
-    }));
-    let (synced_tx, synced) = watch::channel(false);
-    let (cmd_tx, cmd_rx) = mpsc::channel(16);
-    let watcher = Watcher {
-        suspicions: pool.suspicions(),
+    let source = PoolSource {
         pool,
-        settings,
-        shared: shared.clone(),
-        events,
-        commands: cmd_rx,
-        synced: synced_tx,
-        resync_waiters: Vec::new(),
-        backoff: None,
+        layout: settings.layout.clone(),
+        page_size: settings.page_size,
+        request_timeout: settings.request_timeout,
     };
+    let (watcher, task) = Watcher::new(source, settings, events);
     tokio::spawn(watcher.run(cancel));
-    WatcherTask {
-        shared,
-        synced,
-        commands: cmd_tx,
-    }
+    task
 }
 
-struct Watcher {
-    pool: Pool,
+/// The machine: its source, the view it feeds and the channels it answers on.
+struct Watcher<S: KvSource> {
+    source: S,
     /// Members suspected by any request of this connector: a watch on one of them moves.
     suspicions: watch::Receiver<(u64, usize)>,
     settings: WatcherSettings,
@@ -276,7 +269,7 @@ struct Watcher {
     backoff: Option<Delays>,
 }
 
-fn list_from_scratch(initial: bool) -> State {
+fn list_from_scratch<F>(initial: bool) -> State<F> {
     State::List {
         initial,
         pinned: 0,
@@ -287,7 +280,41 @@ fn list_from_scratch(initial: bool) -> State {
     }
 }
 
-impl Watcher {
+impl<S: KvSource> Watcher<S> {
+    /// A watcher over `source` and the handles the connector keeps.
+    fn new(
+        source: S,
+        settings: WatcherSettings,
+        events: mpsc::Sender<Event>,
+    ) -> (Self, WatcherTask) {
+        let shared = Arc::new(Mutex::new(Shared {
+            view: Membership::new(settings.layout.clone()),
+            cursor: 0,
+            revision: 0,
+            stale: false,
+            own: None,
+        }));
+        let (synced_tx, synced) = watch::channel(false);
+        let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let watcher = Watcher {
+            suspicions: source.suspicions(),
+            source,
+            settings,
+            shared: shared.clone(),
+            events,
+            commands: cmd_rx,
+            synced: synced_tx,
+            resync_waiters: Vec::new(),
+            backoff: None,
+        };
+        let task = WatcherTask {
+            shared,
+            synced,
+            commands: cmd_tx,
+        };
+        (watcher, task)
+    }
+
     async fn run(mut self, cancel: CancellationToken) {
         let mut state = list_from_scratch(true);
         loop {
@@ -318,7 +345,7 @@ impl Watcher {
     }
 
     /// One transition. Returns the events to deliver (in order) and the next state.
-    async fn step(&mut self, state: State) -> (Vec<Event>, State) {
+    async fn step(&mut self, state: State<S::Feed>) -> (Vec<Event>, State<S::Feed>) {
         match state {
             State::List {
                 initial,
@@ -338,8 +365,7 @@ impl Watcher {
                 } else {
                     "snapshot page"
                 };
-                let range = self.range();
-                let read = range.page(op, pinned, after.as_deref(), true);
+                let read = self.source.page(op, pinned, after.as_deref());
                 let decode = async move {
                     if pending.is_empty() {
                         return Ok(snapshot);
@@ -418,7 +444,7 @@ impl Watcher {
                 let _ = from;
                 (Vec::new(), list_from_scratch(false))
             }
-            State::Open { from } => match self.open(from).await {
+            State::Open { from } => match self.source.open(from).await {
                 Ok((stream, member)) => {
                     metrics::counter!(m::WATCH_RESTARTS).increment(1);
                     let last_heard = Instant::now();
@@ -476,16 +502,6 @@ impl Watcher {
         }
     }
 
-    /// The server range this watcher lists.
-    fn range(&self) -> ServerRange<'_> {
-        ServerRange {
-            pool: &self.pool,
-            layout: &self.settings.layout,
-            page_size: self.settings.page_size,
-            timeout: self.settings.request_timeout,
-        }
-    }
-
     fn finish_list(
         &mut self,
         initial: bool,
@@ -526,33 +542,14 @@ impl Watcher {
         events
     }
 
-    /// Opens the watch on the pool's chosen member; returns the stream and that member.
-    async fn open(&mut self, from: i64) -> Result<(WatchStream, usize)> {
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(from)
-            .with_progress_notify();
-        let prefix = self.settings.layout.servers_prefix();
-        retrying_on(
-            &self.pool,
-            "watch",
-            self.settings.request_timeout,
-            |mut client| {
-                let (prefix, options) = (prefix.clone(), options.clone());
-                async move { client.watch(prefix, Some(options)).await }
-            },
-        )
-        .await
-    }
-
     async fn watch_step(
         &mut self,
         from: i64,
-        mut stream: Box<WatchStream>,
+        mut stream: Box<S::Feed>,
         member: usize,
         last_heard: Instant,
         asked: Option<Instant>,
-    ) -> (Vec<Event>, State) {
+    ) -> (Vec<Event>, State<S::Feed>) {
         // Watchdog: a silent stream is asked for progress after `progress_interval`. An
         // answer (or any message) proves the member alive; none within the pool's attempt
         // timeout means the member froze or answers too late: it is suspected and the watch
@@ -562,7 +559,7 @@ impl Watcher {
             asked,
             self.settings.progress_interval,
             self.settings.idle_timeout,
-            self.pool.attempt_timeout(),
+            self.source.attempt_timeout(),
         );
         let msg = tokio::select! {
             cmd = self.commands.recv() => {
@@ -579,7 +576,7 @@ impl Watcher {
             }
             changed = self.suspicions.changed() => {
                 let suspected = self.suspicions.borrow_and_update().1;
-                if changed.is_ok() && suspected == member && self.pool.len() > 1 {
+                if changed.is_ok() && suspected == member && self.source.members() > 1 {
                     tracing::info!(from, "watch member suspected; moving the watch to another member");
                     return (Vec::new(), State::Open { from });
                 }
@@ -597,7 +594,7 @@ impl Watcher {
             () = tokio::time::sleep_until(give_up_at) => {
                 if asked.is_some() {
                     tracing::warn!(from, "watch stream did not answer a progress request in time; moving it to another member");
-                    self.pool.suspect(member, "watch did not answer a progress request");
+                    self.source.suspect(member, "watch did not answer a progress request");
                     return (Vec::new(), State::Open { from });
                 }
                 tracing::warn!(from, silent_for = ?self.settings.idle_timeout, "watch stream silent; recreating it");
@@ -606,8 +603,8 @@ impl Watcher {
             }
             msg = stream.message() => msg,
         };
-        let resp = match msg {
-            Ok(Some(resp)) => resp,
+        let answer = match msg {
+            Ok(Some(answer)) => answer,
             ended => {
                 // A stream that ends or fails resumes at `from` on another member: nothing
                 // lost, nothing repeated.
@@ -621,7 +618,7 @@ impl Watcher {
                         "watch stream ended"
                     }
                 };
-                self.pool.suspect(member, why);
+                self.source.suspect(member, why);
                 let then = Box::new(State::Open { from });
                 return (
                     Vec::new(),
@@ -632,7 +629,6 @@ impl Watcher {
                 );
             }
         };
-        let answer = WatchAnswer::from(&resp);
         let verdict = classify(&answer, from);
         if !matches!(
             verdict,
@@ -659,11 +655,7 @@ impl Watcher {
                 if auth {
                     // An expired auth token cancels a watch instead of failing it: get a
                     // fresh token first.
-                    let refreshed = match self.pool.client(member).await {
-                        Ok(client) => client.refresh_token().await.map_err(|e| e.to_string()),
-                        Err(e) => Err(format!("{e:?}")),
-                    };
-                    if let Err(e) = refreshed {
+                    if let Err(e) = self.source.refresh_token(member).await {
                         tracing::debug!(error = %e, "refreshing the auth token failed");
                     }
                 }
@@ -774,3 +766,6 @@ pub(crate) async fn list_once(
     view.install(snapshot, pinned);
     Ok((pinned, view))
 }
+
+#[cfg(test)]
+mod tests;
