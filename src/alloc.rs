@@ -116,6 +116,10 @@ pub struct IdSet {
     len: u32,
 }
 
+#[allow(
+    clippy::missing_fields_in_debug,
+    reason = "the 8 KiB bitmap would flood every print; its count says enough"
+)]
 impl std::fmt::Debug for IdSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdSet").field("len", &self.len).finish()

@@ -202,7 +202,7 @@ impl Connector {
             while let Some(event) = events.recv().await {
                 match event {
                     Event::Join { server, revision } => {
-                        handler.handle_server_join(&server, revision)
+                        handler.handle_server_join(&server, revision);
                     }
                     Event::Leave { id, revision, .. } => handler.handle_server_leave(id, revision),
                     Event::Synced { revision } => handler.handle_synced(revision),

@@ -303,7 +303,7 @@ impl KeepAlive {
                     return true;
                 }
                 () = sleep_until_some(stalled_at) => {
-                    tracing::info!(stall_ms = self.stall.as_millis() as u64, "keep-alive unanswered; moving the stream to another member");
+                    tracing::info!(stall_ms = u64::try_from(self.stall.as_millis()).unwrap_or(u64::MAX), "keep-alive unanswered; moving the stream to another member");
                     self.pool.suspect(member, "keep-alive unanswered");
                     return false;
                 }
@@ -344,7 +344,7 @@ impl KeepAlive {
                         let ttl = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0));
                         let rtt = sent.elapsed();
                         metrics::histogram!(crate::metrics::KEEPALIVE_RTT).record(rtt.as_secs_f64());
-                        tracing::trace!(rtt_ms = rtt.as_millis() as u64, ttl = resp.ttl(), "keep-alive acknowledged");
+                        tracing::trace!(rtt_ms = u64::try_from(rtt.as_millis()).unwrap_or(u64::MAX), ttl = resp.ttl(), "keep-alive acknowledged");
                         self.state.send_replace(LeaseState::Alive { deadline: sent + ttl });
                     }
                     Ok(None) => {

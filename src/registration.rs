@@ -597,7 +597,7 @@ impl Supervisor {
                 }
                 Attempt::Retry(why) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(1));
-                    tracing::debug!(%why, delay_ms = delay.as_millis() as u64, "re-registration failed; retrying");
+                    tracing::debug!(%why, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "re-registration failed; retrying");
                     tokio::select! {
                         () = self.cancel.cancelled() => return Recovery::Cancelled,
                         () = tokio::time::sleep(delay) => {}

@@ -155,16 +155,14 @@ impl ClusterCore {
             self.stats.own_events += 1;
             return None;
         }
-        match self.peers.remove(&id) {
-            Some((direction, server)) => Some(ClusterEvent::left(direction, server)),
-            None => {
-                if group.is_none_or(|g| self.topology.direction(g).is_some()) {
-                    self.stats.unknown_leaves += 1;
-                    tracing::debug!(id, "leave of an unknown server ignored");
-                }
-                None
-            }
+        if let Some((direction, server)) = self.peers.remove(&id) {
+            return Some(ClusterEvent::left(direction, server));
         }
+        if group.is_none_or(|g| self.topology.direction(g).is_some()) {
+            self.stats.unknown_leaves += 1;
+            tracing::debug!(id, "leave of an unknown server ignored");
+        }
+        None
     }
 
     /// Changes our own id (a re-registration got a new one). Were the new id tracked as a peer,

@@ -16,7 +16,7 @@
 //!
 //! A builder returns the `etcd_client::Txn` to send; its answer is converted once into the
 //! plain [`Answer`] (`Answer::from(&resp)`) and a reader turns that into what it means. Both
-//! halves are unit-tested without etcd: builders through [`testing::describe`], readers on
+//! halves are unit-tested without etcd: builders through `testing::describe`, readers on
 //! hand-written answers.
 
 pub(crate) mod deregister;

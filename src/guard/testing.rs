@@ -126,8 +126,7 @@ impl Node {
             Node::Struct(fields) => fields
                 .iter()
                 .find(|(n, _)| n == name)
-                .map(|(_, v)| v)
-                .unwrap_or_else(|| panic!("no field {name} in {self:?}")),
+                .map_or_else(|| panic!("no field {name} in {self:?}"), |(_, v)| v),
             _ => panic!("not a struct: {self:?}"),
         }
     }

@@ -39,7 +39,7 @@
 //! The machine is generic over its [`KvSource`] (list a page pinned at a revision, open a
 //! watch, request progress, the pool's suspicions): [`PoolSource`] is the real one, and the
 //! unit tests (`tests.rs`) drive it over a scripted fake through every recovery path. What a
-//! response means is decided by [`classify`] and the pinned paginated read is [`ServerRange`]
+//! response means is decided by [`classify()`] and the pinned paginated read is [`ServerRange`]
 //! (shared with the one-shot listings).
 //!
 //! When etcd cannot be reached (a failed reopen or read), the view keeps its last state (an
@@ -380,19 +380,19 @@ impl<S: KvSource> Watcher<S> {
                 let (page, decoded) = tokio::join!(read, decode);
                 let mut snapshot = match decoded {
                     Ok(snapshot) => snapshot,
-                    Err(e) => match e.try_into_panic() {
+                    Err(e) => {
                         // A bug in decoding: let it surface as the panic it is.
-                        Ok(panic) => std::panic::resume_unwind(panic),
-                        // The runtime is shutting down: start over, paced like any failure.
-                        Err(_) => {
-                            let then = Box::new(list_from_scratch(initial));
-                            let backoff = State::Backoff {
-                                then,
-                                unreachable: false,
-                            };
-                            return (Vec::new(), backoff);
+                        if let Ok(panic) = e.try_into_panic() {
+                            std::panic::resume_unwind(panic);
                         }
-                    },
+                        // The runtime is shutting down: start over, paced like any failure.
+                        let then = Box::new(list_from_scratch(initial));
+                        let backoff = State::Backoff {
+                            then,
+                            unreachable: false,
+                        };
+                        return (Vec::new(), backoff);
+                    }
                 };
                 match page {
                     Ok(Page {
@@ -608,15 +608,12 @@ impl<S: KvSource> Watcher<S> {
             ended => {
                 // A stream that ends or fails resumes at `from` on another member: nothing
                 // lost, nothing repeated.
-                let why = match ended {
-                    Err(e) => {
-                        tracing::info!(error = %e, from, "watch stream failed; resuming");
-                        "watch stream failed"
-                    }
-                    Ok(_) => {
-                        tracing::info!(from, "watch stream ended; resuming");
-                        "watch stream ended"
-                    }
+                let why = if let Err(e) = ended {
+                    tracing::info!(error = %e, from, "watch stream failed; resuming");
+                    "watch stream failed"
+                } else {
+                    tracing::info!(from, "watch stream ended; resuming");
+                    "watch stream ended"
                 };
                 self.source.suspect(member, why);
                 let then = Box::new(State::Open { from });

@@ -272,6 +272,10 @@ fn at(state: &State<Feed>) -> (&'static str, i64) {
     (state.name(), from)
 }
 
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "a scripted stream message is a Result"
+)]
 fn events_at(revision: i64, changes: Vec<KvChange>) -> Message {
     Ok(Some(WatchAnswer {
         watch_id: 0,
@@ -282,6 +286,10 @@ fn events_at(revision: i64, changes: Vec<KvChange>) -> Message {
     }))
 }
 
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "a scripted stream message is a Result"
+)]
 fn no_events(watch_id: i64, header_revision: i64) -> Message {
     Ok(Some(WatchAnswer {
         watch_id,
@@ -290,6 +298,10 @@ fn no_events(watch_id: i64, header_revision: i64) -> Message {
     }))
 }
 
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "a scripted stream message is a Result"
+)]
 fn cancelled(compact_revision: i64, reason: &str) -> Message {
     Ok(Some(WatchAnswer {
         canceled: true,

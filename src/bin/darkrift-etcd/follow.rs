@@ -79,6 +79,10 @@ async fn follow(
         };
         let line = lines.line(&event);
         if let Some(group) = group {
+            #[allow(
+                clippy::cast_precision_loss,
+                reason = "a gauge is f64; member counts are far below 2^52"
+            )]
             let n = lines.members_of(&group) as f64;
             metrics::gauge!(darkrift_etcd::metrics::GROUP_MEMBERS, "group" => group).set(n);
         }
