@@ -1209,7 +1209,7 @@ async fn p3_p4(endpoints: &[String], report: &mut Report) -> Res<()> {
     // that neither side always runs right after the other side's activity.
     for i in 0..LATENCY_SAMPLES {
         let key = format!("{raw_prefix}{i}");
-        let ours_first = i % 2 == 0;
+        let ours_first = i.is_multiple_of(2);
         for step in 0..4 {
             match (step, ours_first) {
                 (0, true) | (1, false) => {

@@ -34,7 +34,7 @@ fn layout() -> KeyLayout {
 }
 
 fn group_of(id: u16) -> &'static str {
-    if id % 2 == 0 {
+    if id.is_multiple_of(2) {
         "a"
     } else {
         "b"

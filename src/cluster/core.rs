@@ -482,7 +482,7 @@ mod tests {
             for _ in 0..200 {
                 let id = u16::try_from(next() % 8).unwrap();
                 let group = groups[usize::try_from(next() % 5).unwrap()];
-                if next() % 2 == 0 {
+                if next().is_multiple_of(2) {
                     let out = c.apply(&join(id, group));
                     let new =
                         id != 1 && !model.contains_key(&id) && topology.direction(group).is_some();
