@@ -24,6 +24,11 @@
 //! `BENCH_NAME=benchmarks-etcd-3.4` writes `docs/<name>.md` and `.svg` instead (the report of
 //! the other supported etcd version is kept next to the main one).
 
+#![allow(
+    unsafe_code,
+    reason = "CountingAlloc, the counting global allocator, wraps the system allocator"
+)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -238,6 +243,12 @@ fn percentile(values: &[f64], q: f64) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a rank among at most millions of samples: exact in f64, and non-negative"
+    )]
     let rank = (q * v.len() as f64).ceil() as usize;
     v[rank.clamp(1, v.len()) - 1]
 }
@@ -1205,7 +1216,7 @@ async fn p3_p4(endpoints: &[String], report: &mut Report) -> Res<()> {
     // that neither side always runs right after the other side's activity.
     for i in 0..LATENCY_SAMPLES {
         let key = format!("{raw_prefix}{i}");
-        let ours_first = i % 2 == 0;
+        let ours_first = i.is_multiple_of(2);
         for step in 0..4 {
             match (step, ours_first) {
                 (0, true) | (1, false) => {
@@ -1393,6 +1404,7 @@ async fn p5(endpoints: &[String], report: &mut Report) -> Res<()> {
         }
     }
     gone.sort_by(f64::total_cmp);
+    #[allow(clippy::cast_precision_loss, reason = "a TTL of a few seconds")]
     let ttl_ms = 1000.0 * KILL_TTL_SECS as f64;
     report.row(
         "P5",
@@ -2114,17 +2126,18 @@ fn fmt_value(v: f64, unit: &str) -> String {
 /// One group of horizontal bars per comparison (ours first), each group scaled to its largest.
 fn svg(report: &Report, subtitle: &str) -> String {
     let (width, label_w, bar_w, top) = (1000.0, 300.0, 500.0, 70.0);
+    #[allow(clippy::cast_precision_loss, reason = "a handful of bars")]
     let group_h = |b: &Bar| 14.0 + 18.0 * (1 + b.baselines.len()) as f64;
     let height = top + report.bars.iter().map(group_h).sum::<f64>() + 30.0;
     let mut s = String::new();
     let _ = writeln!(
         s,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13">"##
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13">"#
     );
     let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##);
     let _ = writeln!(
         s,
-        r##"<text x="16" y="26" font-size="17" font-weight="bold">darkrift-etcd (blue) against its baselines (grey), one run</text>"##
+        r#"<text x="16" y="26" font-size="17" font-weight="bold">darkrift-etcd (blue) against its baselines (grey), one run</text>"#
     );
     let _ = writeln!(
         s,
@@ -2163,7 +2176,7 @@ fn svg(report: &Report, subtitle: &str) -> String {
             };
             let _ = writeln!(
                 s,
-                r##"<rect x="{label_w}" y="{by:.1}" width="{w:.1}" height="15" fill="{color}"/><text x="{:.1}" y="{:.1}" font-size="12">{} ({})</text>"##,
+                r#"<rect x="{label_w}" y="{by:.1}" width="{w:.1}" height="15" fill="{color}"/><text x="{:.1}" y="{:.1}" font-size="12">{} ({})</text>"#,
                 label_w + w + 6.0,
                 by + 12.0,
                 xml_escape(&fmt_value(v, b.unit)),

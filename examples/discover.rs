@@ -69,7 +69,7 @@ async fn main() -> Result<(), BoxError> {
 async fn serve(connector: Connector, group: &str, port: u16) -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let id = connector
-        .register_server(group, "127.0.0.1", port, Default::default())
+        .register_server(group, "127.0.0.1", port, std::collections::BTreeMap::new())
         .await?;
     println!("server {id} serves http://127.0.0.1:{port}/ in group {group}");
     let accept = async {

@@ -15,15 +15,17 @@
 
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, DeleteOptions, Txn, TxnOp};
 use futures::StreamExt;
 
 use crate::client::{connect, retrying, retrying_txn};
 use crate::config::ConnectorConfig;
 use crate::error::{Error, Result};
+use crate::guard::{self, evict::Evicted, Answer, Owner};
 use crate::keys::{KeyLayout, ParsedKey};
+use crate::membership::KeyValue;
 use crate::pool::Pool;
 use crate::record::{decode, ServerInfo};
+use crate::watcher::ServerRange;
 
 /// Lease TTL reads in flight at once while listing: enough to hide round trips, few enough
 /// not to flood etcd for a large registry.
@@ -131,6 +133,7 @@ impl Admin {
         let key = String::from_utf8_lossy(slot.value()).into_owned();
         let (revision, kv) = self.get_key("read server", key).await?;
         let Some(entry) = kv
+            .map(|kv| crate::watcher::convert_kv(&kv))
             .and_then(|kv| self.entry(&kv))
             .filter(|e| e.server.id == id)
         else {
@@ -152,18 +155,18 @@ impl Admin {
         // holds.
         let mut view = crate::membership::Membership::new(self.layout.clone());
         let mut snapshot = view.begin_snapshot();
-        let revision = crate::watcher::list_pinned(
-            &self.client,
-            &self.layout,
-            self.page_size,
-            self.request_timeout,
-            |page| {
-                let kvs: Vec<_> = page.iter().map(crate::watcher::convert_kv).collect();
-                snapshot.add(&kvs);
+        let range = ServerRange {
+            pool: &self.client,
+            layout: &self.layout,
+            page_size: self.page_size,
+            timeout: self.request_timeout,
+        };
+        let revision = range
+            .read_all("list", |page| {
+                snapshot.add(&page);
                 entries.extend(page.iter().filter_map(|kv| self.entry(kv)));
-            },
-        )
-        .await?;
+            })
+            .await?;
         view.install(snapshot, revision);
         entries.retain(|e| view.holds(e.key.as_bytes(), e.create_revision));
         let skipped = view.skipped();
@@ -190,27 +193,17 @@ impl Admin {
     /// # Errors
     /// An etcd failure. A lease already gone is not an error.
     pub async fn evict(&self, entry: &Entry) -> Result<Eviction> {
-        let slot = self.layout.slot_key(entry.server.id);
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(
-                    entry.key.clone(),
-                    CompareOp::Equal,
-                    entry.create_revision,
-                ),
-                Compare::lease(slot.clone(), CompareOp::Equal, entry.lease),
-            ])
-            .and_then([
-                TxnOp::delete(entry.key.clone(), None::<DeleteOptions>),
-                TxnOp::delete(slot, None::<DeleteOptions>),
-            ]);
+        let owner = Owner {
+            key: entry.key.clone(),
+            slot: self.layout.slot_key(entry.server.id),
+            create_revision: entry.create_revision,
+            lease: entry.lease,
+        };
+        let txn = guard::evict::build(&owner, None);
         let resp = retrying_txn(&self.client, "evict", self.request_timeout, &txn).await?;
-        if !resp.succeeded() {
+        let Evicted::Done { revision } = guard::evict::read(&Answer::from(&resp)) else {
             return Ok(Eviction::Changed);
-        }
-        let revision = resp
-            .header()
-            .map_or(0, etcd_client::ResponseHeader::revision);
+        };
         let id = entry.lease;
         let revoked = retrying(
             &self.client,
@@ -245,17 +238,17 @@ impl Admin {
     }
 
     /// The registration a server key holds, if it parses.
-    fn entry(&self, kv: &etcd_client::KeyValue) -> Option<Entry> {
-        let ParsedKey::Server { group, id } = self.layout.parse_server_key(kv.key()) else {
+    fn entry(&self, kv: &KeyValue) -> Option<Entry> {
+        let ParsedKey::Server { group, id } = self.layout.parse_server_key(&kv.key) else {
             return None;
         };
-        let server = decode(group, id, kv.value()).ok()?;
+        let server = decode(group, id, &kv.value).ok()?;
         Some(Entry {
             server,
-            key: String::from_utf8_lossy(kv.key()).into_owned(),
-            lease: kv.lease(),
-            create_revision: kv.create_revision(),
-            mod_revision: kv.mod_revision(),
+            key: String::from_utf8_lossy(&kv.key).into_owned(),
+            lease: kv.lease,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
             ttl_left: None,
         })
     }

@@ -48,10 +48,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use etcd_client::{
-    Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
-};
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnResponse};
 
+use crate::guard::{Answer, OpAnswer};
 use crate::keys::KeyLayout;
 
 /// Default size of the id space: every id DarkRift can carry except 0.
@@ -117,6 +116,10 @@ pub struct IdSet {
     len: u32,
 }
 
+#[allow(
+    clippy::missing_fields_in_debug,
+    reason = "the 8 KiB bitmap would flood every print; its count says enough"
+)]
 impl std::fmt::Debug for IdSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdSet").field("len", &self.len).finish()
@@ -393,37 +396,42 @@ pub fn read_answer(
     lease_id: i64,
     resp: &TxnResponse,
 ) -> Result<AllocOutcome, String> {
-    let revision = resp
-        .header()
-        .map_or(0, etcd_client::ResponseHeader::revision);
-    if resp.succeeded() {
+    read(layout, candidate, lease_id, &Answer::from(resp))
+}
+
+/// [`read_answer`] on the plain answer (unit-tested without etcd).
+pub(crate) fn read(
+    layout: &KeyLayout,
+    candidate: Candidate,
+    lease_id: i64,
+    answer: &Answer,
+) -> Result<AllocOutcome, String> {
+    if answer.succeeded {
         return Ok(AllocOutcome::Won {
-            revision,
-            damaged_cursor: damaged_cursor(resp),
+            revision: answer.revision,
+            damaged_cursor: damaged_cursor(answer),
         });
     }
     let mut cursor = 0;
     let mut taken = Vec::new();
-    let ops = resp.op_responses();
-    let last = ops.len().saturating_sub(1);
-    for (i, op) in ops.into_iter().enumerate() {
-        let TxnOpResponse::Get(get) = op else {
+    let last = answer.ops.len().saturating_sub(1);
+    for (i, op) in answer.ops.iter().enumerate() {
+        let OpAnswer::Get(kvs) = op else {
             return Err(format!("unexpected op response #{i} in the failure branch"));
         };
         if i == 0 {
             // A damaged cursor reads as absent: the next attempt's win repairs it.
-            cursor = get
-                .kvs()
+            cursor = kvs
                 .first()
-                .and_then(|kv| decode_cursor(kv.value()))
+                .and_then(|kv| decode_cursor(&kv.value))
                 .unwrap_or(0);
         } else if i == 1 {
-            if let Some(kv) = get.kvs().first() {
-                if kv.lease() == lease_id && lease_id != 0 {
+            if let Some(kv) = kvs.first() {
+                if kv.lease == lease_id && lease_id != 0 {
                     // The lost answer held the cursor's state; the next allocation repairs a
                     // damaged one.
                     return Ok(AllocOutcome::Won {
-                        revision: kv.create_revision(),
+                        revision: kv.create_revision,
                         damaged_cursor: None,
                     });
                 }
@@ -431,15 +439,11 @@ pub fn read_answer(
             }
         } else if i == last {
             // The server key exists although its slot may not: treat the id as taken.
-            if !get.kvs().is_empty() {
+            if !kvs.is_empty() {
                 taken.push(candidate.id);
             }
         } else {
-            taken.extend(
-                get.kvs()
-                    .iter()
-                    .filter_map(|kv| layout.parse_slot_key(kv.key())),
-            );
+            taken.extend(kvs.iter().filter_map(|kv| layout.parse_slot_key(&kv.key)));
         }
     }
     Ok(AllocOutcome::Lost { cursor, taken })
@@ -447,14 +451,14 @@ pub fn read_answer(
 
 /// The cursor value a won transaction read back because its advance did not apply, if that
 /// value is damaged (does not decode). Walks `txn(advance) → txn(absent) → get cursor`.
-fn damaged_cursor(resp: &TxnResponse) -> Option<Vec<u8>> {
-    let mut ops = resp.op_responses();
+fn damaged_cursor(answer: &Answer) -> Option<Vec<u8>> {
+    let mut ops = &answer.ops;
     loop {
-        match ops.pop()? {
-            TxnOpResponse::Txn(inner) if !inner.succeeded() => ops = inner.op_responses(),
-            TxnOpResponse::Get(get) => {
-                let value = get.kvs().first()?.value();
-                return decode_cursor(value).is_none().then(|| value.to_vec());
+        match ops.last()? {
+            OpAnswer::Txn(inner) if !inner.succeeded => ops = &inner.ops,
+            OpAnswer::Get(kvs) => {
+                let value = &kvs.first()?.value;
+                return decode_cursor(value).is_none().then(|| value.clone());
             }
             _ => return None,
         }
@@ -638,5 +642,199 @@ mod tests {
         s.remove(65535);
         s.remove(65535);
         assert_eq!(s.len(), 1);
+    }
+
+    mod txn {
+        use super::super::*;
+        use crate::guard::testing::describe;
+        use crate::guard::Kv;
+
+        fn request(layout: &KeyLayout) -> AllocRequest<'_> {
+            AllocRequest {
+                layout,
+                group: "game",
+                candidate: Candidate { position: 8, id: 7 },
+                cursor: 5,
+                record: b"rec".to_vec(),
+                lease_id: 9,
+                params: AllocParams {
+                    id_space: 10,
+                    spread_window: 2,
+                },
+            }
+        }
+
+        const C8: &str = "00000000000000000008";
+
+        #[test]
+        fn the_one_transaction_claims_slot_and_key_and_advances_the_cursor() {
+            let layout = KeyLayout::new("/darkrift").unwrap();
+            let lines = describe(&build_txn(&request(&layout)));
+            let expected = [
+                "if create(/darkrift.alloc/slot/00007) == 0".to_owned(),
+                "if create(/darkrift/game/7) == 0".into(),
+                "then put /darkrift.alloc/slot/00007 = \"/darkrift/game/7\" lease 9".into(),
+                "then put /darkrift/game/7 = \"rec\" lease 9".into(),
+                "then txn".into(),
+                format!("  if value(/darkrift.alloc/cursor) < \"{C8}\""),
+                format!("  then put /darkrift.alloc/cursor = \"{C8}\""),
+                "  else txn".into(),
+                "    if create(/darkrift.alloc/cursor) == 0".into(),
+                format!("    then put /darkrift.alloc/cursor = \"{C8}\""),
+                "    else get /darkrift.alloc/cursor".into(),
+                // The failure branch: cursor, candidate slot, the 4 positions after the
+                // cursor (ids 6..=9) as one range, the server key.
+                "else get /darkrift.alloc/cursor".into(),
+                "else get /darkrift.alloc/slot/00007".into(),
+                "else get /darkrift.alloc/slot/00006../darkrift.alloc/slot/00010 keys-only".into(),
+                "else get /darkrift/game/7 keys-only".into(),
+            ];
+            assert_eq!(lines, expected);
+        }
+
+        #[test]
+        fn a_repair_overwrites_exactly_the_damaged_value_else_advances() {
+            let layout = KeyLayout::new("/darkrift").unwrap();
+            let lines = describe(&build_repair_txn(&layout, b"abc", 8));
+            assert_eq!(
+                lines[..2],
+                [
+                    "if value(/darkrift.alloc/cursor) == \"abc\"".to_owned(),
+                    format!("then put /darkrift.alloc/cursor = \"{C8}\""),
+                ]
+            );
+            assert_eq!(lines[2], "else txn");
+            assert_eq!(
+                lines[3],
+                format!("  if value(/darkrift.alloc/cursor) < \"{C8}\"")
+            );
+        }
+
+        fn get(kvs: &[(&str, &[u8], i64, i64)]) -> OpAnswer {
+            OpAnswer::Get(
+                kvs.iter()
+                    .map(|&(key, value, lease, create_revision)| Kv {
+                        key: key.into(),
+                        value: value.to_vec(),
+                        lease,
+                        create_revision,
+                    })
+                    .collect(),
+            )
+        }
+
+        fn failed(ops: Vec<OpAnswer>) -> Answer {
+            Answer {
+                succeeded: false,
+                revision: 30,
+                ops,
+            }
+        }
+
+        const CANDIDATE: Candidate = Candidate { position: 8, id: 7 };
+
+        #[test]
+        fn a_win_reads_back_a_damaged_cursor_only() {
+            let layout = KeyLayout::new("/darkrift").unwrap();
+            let won = |cursor_answer: OpAnswer| Answer {
+                succeeded: true,
+                revision: 21,
+                ops: vec![
+                    OpAnswer::Put,
+                    OpAnswer::Put,
+                    OpAnswer::Txn(failed(vec![OpAnswer::Txn(failed(vec![cursor_answer]))])),
+                ],
+            };
+            let damaged = won(get(&[("/darkrift.alloc/cursor", b"abc", 0, 1)]));
+            assert_eq!(
+                read(&layout, CANDIDATE, 9, &damaged),
+                Ok(AllocOutcome::Won {
+                    revision: 21,
+                    damaged_cursor: Some(b"abc".to_vec())
+                })
+            );
+            let further = won(get(&[("/darkrift.alloc/cursor", C8.as_bytes(), 0, 1)]));
+            assert_eq!(
+                read(&layout, CANDIDATE, 9, &further),
+                Ok(AllocOutcome::Won {
+                    revision: 21,
+                    damaged_cursor: None
+                })
+            );
+            let advanced = Answer {
+                succeeded: true,
+                revision: 21,
+                ops: vec![
+                    OpAnswer::Put,
+                    OpAnswer::Put,
+                    OpAnswer::Txn(Answer {
+                        succeeded: true,
+                        ..Answer::default()
+                    }),
+                ],
+            };
+            assert_eq!(
+                read(&layout, CANDIDATE, 9, &advanced),
+                Ok(AllocOutcome::Won {
+                    revision: 21,
+                    damaged_cursor: None
+                })
+            );
+        }
+
+        #[test]
+        fn a_conflict_returns_the_cursor_and_the_ids_taken_nearby() {
+            let layout = KeyLayout::new("/darkrift").unwrap();
+            let answer = failed(vec![
+                get(&[("/darkrift.alloc/cursor", b"00000000000000000012", 0, 1)]),
+                get(&[("/darkrift.alloc/slot/00007", b"k", 4, 3)]),
+                get(&[
+                    ("/darkrift.alloc/slot/00006", b"", 0, 0),
+                    ("/darkrift.alloc/slot/00009", b"", 0, 0),
+                ]),
+                get(&[]),
+            ]);
+            assert_eq!(
+                read(&layout, CANDIDATE, 9, &answer),
+                Ok(AllocOutcome::Lost {
+                    cursor: 12,
+                    taken: vec![7, 6, 9]
+                })
+            );
+            // The slot free but the server key there (a foreign write): taken all the same;
+            // a damaged cursor reads as 0.
+            let answer = failed(vec![
+                get(&[("/darkrift.alloc/cursor", b"abc", 0, 1)]),
+                get(&[]),
+                get(&[]),
+                get(&[("/darkrift/game/7", b"", 0, 0)]),
+            ]);
+            assert_eq!(
+                read(&layout, CANDIDATE, 9, &answer),
+                Ok(AllocOutcome::Lost {
+                    cursor: 0,
+                    taken: vec![7]
+                })
+            );
+        }
+
+        #[test]
+        fn our_own_lease_on_the_slot_is_our_lost_answer() {
+            let layout = KeyLayout::new("/darkrift").unwrap();
+            let answer = failed(vec![
+                get(&[]),
+                get(&[("/darkrift.alloc/slot/00007", b"k", 9, 17)]),
+                get(&[]),
+                get(&[("/darkrift/game/7", b"", 9, 17)]),
+            ]);
+            assert_eq!(
+                read(&layout, CANDIDATE, 9, &answer),
+                Ok(AllocOutcome::Won {
+                    revision: 17,
+                    damaged_cursor: None
+                })
+            );
+            assert!(read(&layout, CANDIDATE, 9, &failed(vec![OpAnswer::Put])).is_err());
+        }
     }
 }

@@ -19,17 +19,7 @@ use crate::config::{ConnectorConfig, TlsConfig};
 use crate::error::{Error, Result};
 use crate::pool::{PickError, Picked, Pool};
 
-/// HTTP/2 keep-alive pings: a connection whose member stops answering them (a cut cable, a
-/// frozen member) is closed after about 15 s even when no request is in flight. This is only
-/// the transport's backstop: the pool's per-attempt timeouts and the streams' stall detection
-/// (see [`crate::pool`]) react sooner. It is deliberately patient: a ping answered late by a
-/// member that is merely slow must not tear down the keep-alive and watch streams on it (a
-/// 2 s timeout did, with every member answering 2 s late).
-const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Pause between connect probes while every endpoint refuses.
-const PROBE_RETRY: Duration = Duration::from_millis(100);
+use crate::timing::{HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT, PROBE_RETRY};
 
 /// Connects and proves that etcd answers, within `cfg.connect_timeout`.
 ///
@@ -336,11 +326,9 @@ where
     F: FnMut(Client) -> Fut,
     Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
 {
-    use backon::BackoffBuilder;
     let deadline = tokio::time::Instant::now() + timeout;
-    // Once every member has failed recently: 20 ms doubling up to 500 ms, jitter included.
-    let mut delays =
-        crate::backoff::bounded(Duration::from_millis(20), Duration::from_millis(500)).build();
+    // Once every member has failed recently (see `timing::request_backoff`).
+    let mut delays = crate::timing::request_backoff();
     let timed_out = || Error::Timeout { op, timeout };
     loop {
         let picked = match tokio::time::timeout_at(deadline, pool.pick()).await {
@@ -388,7 +376,9 @@ where
             }
         }
         if pool.all_suspected() {
-            let delay = delays.next().unwrap_or(Duration::from_millis(500));
+            let delay = delays
+                .next()
+                .unwrap_or(crate::timing::REQUEST_BACKOFF_BOUND);
             if tokio::time::Instant::now() + delay >= deadline {
                 return Err(timed_out());
             }

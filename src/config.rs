@@ -577,7 +577,8 @@ impl ConnectorConfig {
     /// # Errors
     /// [`Error::InvalidConfig`] naming a variable whose value does not parse.
     pub fn with_env(self) -> Result<Self> {
-        let layered = layers::Layers::from_env().resolve_over(self, Default::default())?;
+        let layered =
+            layers::Layers::from_env().resolve_over(self, std::collections::BTreeMap::default())?;
         for unknown in &layered.unknown_vars {
             tracing::warn!("{unknown}");
         }
@@ -605,7 +606,7 @@ impl ConnectorConfig {
             ..layers::Layers::default()
         };
         Ok(layers
-            .resolve_over(self, Default::default())?
+            .resolve_over(self, std::collections::BTreeMap::default())?
             .settings
             .connector)
     }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, DeleteOptions, Txn, TxnOp};
+use etcd_client::Client;
 use futures::Stream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -24,6 +24,7 @@ use crate::client::{connect, retrying, retrying_txn};
 use crate::config::ConnectorConfig;
 use crate::error::{Error, Result};
 use crate::events::Event;
+use crate::guard::{self, deregister::Deregistered, evict::Evicted, report::Filed, Answer, Owner};
 use crate::health::{spawn_gate, HealthProbe, HttpHealthProbe};
 use crate::lease::LeaseSession;
 use crate::pool::Pool;
@@ -201,7 +202,7 @@ impl Connector {
             while let Some(event) = events.recv().await {
                 match event {
                     Event::Join { server, revision } => {
-                        handler.handle_server_join(&server, revision)
+                        handler.handle_server_join(&server, revision);
                     }
                     Event::Leave { id, revision, .. } => handler.handle_server_leave(id, revision),
                     Event::Synced { revision } => handler.handle_synced(revision),
@@ -430,34 +431,23 @@ impl Connector {
             return Ok(());
         };
         let Held { claim, lease } = held;
-        let slot = self.ctx.layout.slot_key(claim.id);
-        let guard = Txn::new()
-            .when([
-                Compare::create_revision(
-                    claim.server_key.clone(),
-                    CompareOp::Equal,
-                    claim.create_revision,
-                ),
-                Compare::lease(slot.clone(), CompareOp::Equal, lease.id()),
-            ])
-            .and_then([
-                TxnOp::delete(claim.server_key.clone(), None::<DeleteOptions>),
-                TxnOp::delete(slot, None::<DeleteOptions>),
-            ]);
+        let owner = Owner {
+            key: claim.server_key.clone(),
+            slot: self.ctx.layout.slot_key(claim.id),
+            create_revision: claim.create_revision,
+            lease: lease.id(),
+        };
+        let guard = guard::deregister::build(&owner);
         let cfg = &self.ctx.config;
         let deleted = retrying_txn(&self.ctx.pool, "deregister", cfg.request_timeout, &guard).await;
-        let timeout = cfg
-            .request_timeout
-            .min(lease.ttl())
-            .max(Duration::from_millis(100));
+        let timeout = crate::timing::revoke_bound(cfg.request_timeout, lease.ttl());
         let revoked = lease.revoke(&self.ctx.pool, timeout).await;
-        match deleted {
-            Ok(resp) if resp.succeeded() => tracing::info!(id = claim.id, "deregistered"),
-            Ok(_) => tracing::warn!(
+        match guard::deregister::read(&Answer::from(&deleted?)) {
+            Deregistered::Deleted => tracing::info!(id = claim.id, "deregistered"),
+            Deregistered::NotOurs => tracing::warn!(
                 id = claim.id,
                 "our keys were already gone or re-created by another server; nothing deleted"
             ),
-            Err(e) => return Err(e),
         }
         revoked
     }
@@ -546,25 +536,9 @@ impl Connector {
         // Owner-guarded: our report key is written only if it is ours (on our lease) or
         // absent; a key someone else put there is left alone (and, if lease-less, not
         // counted below).
-        let put = TxnOp::put(
-            report.clone(),
-            now.to_string(),
-            Some(etcd_client::PutOptions::new().with_lease(lease)),
-        );
-        let file = Txn::new()
-            .when([Compare::lease(report.clone(), CompareOp::Equal, lease)])
-            .and_then([put.clone()])
-            .or_else([TxnOp::txn(
-                Txn::new()
-                    .when([Compare::create_revision(
-                        report.clone(),
-                        CompareOp::Equal,
-                        0,
-                    )])
-                    .and_then([put]),
-            )]);
+        let file = guard::report::build(&report, now, lease);
         let filed = retrying_txn(&self.ctx.pool, "report peer", cfg.request_timeout, &file).await?;
-        if !filed.succeeded() && !nested_succeeded(&filed) {
+        if guard::report::read(&Answer::from(&filed)) == Filed::Foreign {
             tracing::warn!(
                 key = %report,
                 "our report key holds a value we did not write; leaving it alone"
@@ -613,28 +587,24 @@ impl Connector {
         let Some(server) = lock(&self.ctx.shared).view.get(id).cloned() else {
             return Ok(PeerStatus::Unknown);
         };
-        let server_key = layout.server_key(&server.group, id);
-        let slot = layout.slot_key(id);
-        let evict = Txn::new()
-            .when([
-                Compare::create_revision(server_key.clone(), CompareOp::Equal, create_revision),
-                Compare::lease(slot.clone(), CompareOp::Equal, peer_lease),
-            ])
-            .and_then([
-                TxnOp::delete(server_key, None::<DeleteOptions>),
-                TxnOp::delete(slot, None::<DeleteOptions>),
-                TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix())),
-            ]);
+        let peer = Owner {
+            key: layout.server_key(&server.group, id),
+            slot: layout.slot_key(id),
+            create_revision,
+            lease: peer_lease,
+        };
+        let evict = guard::evict::build(&peer, Some(&prefix));
         let resp = retrying_txn(&self.ctx.pool, "evict peer", cfg.request_timeout, &evict).await?;
-        if resp.succeeded() {
-            tracing::warn!(
-                peer = id,
-                reporters = recent,
-                "peer evicted after enough reports"
-            );
-            Ok(PeerStatus::Evicted)
-        } else {
-            Ok(PeerStatus::Gone)
+        match guard::evict::read(&Answer::from(&resp)) {
+            Evicted::Done { .. } => {
+                tracing::warn!(
+                    peer = id,
+                    reporters = recent,
+                    "peer evicted after enough reports"
+                );
+                Ok(PeerStatus::Evicted)
+            }
+            Evicted::Changed => Ok(PeerStatus::Gone),
         }
     }
 
@@ -705,12 +675,4 @@ impl Stream for EventStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         self.poll_event(cx)
     }
-}
-
-/// True when the else branch of `resp` was a nested transaction that succeeded.
-fn nested_succeeded(resp: &etcd_client::TxnResponse) -> bool {
-    resp.op_responses().iter().any(|op| match op {
-        etcd_client::TxnOpResponse::Txn(inner) => inner.succeeded(),
-        _ => false,
-    })
 }

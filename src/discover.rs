@@ -305,7 +305,7 @@ mod tests {
             group: group.into(),
             host: "127.0.0.1".into(),
             port: 4000 + id,
-            properties: Default::default(),
+            properties: std::collections::BTreeMap::default(),
             registered_at_unix_ms: 0,
             alloc_position: u64::from(id),
         }
@@ -326,9 +326,12 @@ mod tests {
     /// Runs `events` through a discovery whose constructor fails for the group `bad`; the
     /// changes as `+id` / `-id`.
     fn run(filter: Filter, events: Vec<Event>, bad: &'static str) -> (Vec<String>, DiscoveryStats) {
-        let make = move |s: &ServerInfo| match s.group == bad {
-            true => Err("bad group"),
-            false => Ok(s.port),
+        let make = move |s: &ServerInfo| {
+            if s.group == bad {
+                Err("bad group")
+            } else {
+                Ok(s.port)
+            }
         };
         let discovery = Discovery::try_new(stream::iter(events), filter, make);
         let stats = discovery.stats();

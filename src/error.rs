@@ -13,21 +13,27 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in darkrift-etcd.
 ///
 /// # Retryable errors
-/// [`Error::is_retryable`] is true for [`Error::Unreachable`], [`Error::Etcd`] with a transient
-/// gRPC code, and [`Error::Timeout`]: the same call may succeed later. Everything else is a
-/// permanent answer (bad input, id space exhausted, id taken, lease gone).
+/// [`Error::is_retryable`] is true for [`Error::Unreachable`], [`Error::Timeout`],
+/// [`Error::AllocationContention`] and [`Error::Etcd`] with a transient cause (a transport
+/// error, a broken stream, or the gRPC codes etcd uses for "try again"): the same call may
+/// succeed later. Everything else is a permanent answer: bad input or settings, TLS or
+/// credentials refused, id space exhausted, a call that does not fit the connector's state
+/// (already registered, not registered, events taken, shut down). Each variant's doc says
+/// which it is.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The registration input (group, host, port, properties) was rejected; nothing was written.
+    /// Not retryable.
     #[error("invalid registration: {0}")]
     InvalidRegistration(#[from] RecordError),
 
-    /// The configuration was rejected before connecting.
+    /// The configuration was rejected before connecting (or a setting could not be read).
+    /// Not retryable.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 
-    /// No etcd endpoint answered within the connect timeout.
+    /// No etcd endpoint answered within the connect timeout. Retryable.
     #[error("etcd unreachable at {endpoints} (no answer within {timeout:?}): {reason}")]
     Unreachable {
         /// The endpoints that were tried, comma-separated.
@@ -40,7 +46,7 @@ pub enum Error {
 
     /// The TLS handshake with etcd failed: an untrusted or mismatched server certificate
     /// (wrong CA, wrong host name), or etcd refused our client certificate (or its absence).
-    /// Never followed by a plaintext attempt.
+    /// Never followed by a plaintext attempt. Not retryable.
     #[error("TLS to etcd at {endpoints} failed: {reason}")]
     Tls {
         /// The endpoints that were tried, comma-separated.
@@ -50,7 +56,7 @@ pub enum Error {
     },
 
     /// etcd refused our credentials: a wrong user or password, a user without permission on
-    /// the registry's keys, or no credentials where etcd requires them.
+    /// the registry's keys, or no credentials where etcd requires them. Not retryable.
     #[error("etcd authentication as user {user:?} failed: {reason}")]
     Auth {
         /// The user name, empty when none was configured (the password is never part of an
@@ -60,7 +66,8 @@ pub enum Error {
         reason: String,
     },
 
-    /// An etcd request did not answer in time.
+    /// An etcd request, or a wait on etcd (the initial snapshot, the resync after a connection
+    /// failure), did not complete within its bound. Retryable.
     #[error("etcd request `{op}` timed out after {timeout:?}")]
     Timeout {
         /// The operation that timed out.
@@ -69,7 +76,8 @@ pub enum Error {
         timeout: Duration,
     },
 
-    /// etcd (or the transport to it) returned an error.
+    /// etcd (or the transport to it) returned an error. Retryable when transient (see the
+    /// type's docs).
     #[error("etcd request `{op}` failed: {source}")]
     Etcd {
         /// The operation that failed.
@@ -79,49 +87,43 @@ pub enum Error {
         source: etcd_client::Error,
     },
 
-    /// Every id of the configured id space is held by a live server.
+    /// Every id of the configured id space is held by a live server. Not retryable (a retry
+    /// helps only once a server leaves).
     #[error("no free server id: all {id_space} ids of the id space are held by live servers")]
     IdSpaceExhausted {
-        /// Size of the id space (ids 1..=id_space).
+        /// Size of the id space (ids `1..=id_space`).
         id_space: u16,
     },
 
     /// Allocation kept losing races and gave up after the configured number of attempts.
+    /// Retryable: the races end.
     #[error("id allocation gave up after {attempts} conflicting attempts")]
     AllocationContention {
         /// How many transactions were tried.
         attempts: u32,
     },
 
-    /// This connector already holds a registration; deregister first.
+    /// This connector already holds a registration; deregister first. Not retryable.
     #[error("this connector is already registered as server {id}")]
     AlreadyRegistered {
         /// The id currently held.
         id: u16,
     },
 
-    /// The call needs a registration and there is none.
+    /// The call needs a registration and there is none. Not retryable.
     #[error("this connector is not registered")]
     NotRegistered,
 
-    /// Our lease is gone (expired or revoked) and the registration with it.
-    #[error("lease {lease_id:x} is gone: {reason}")]
-    LeaseLost {
-        /// The lease id.
-        lease_id: i64,
-        /// Why we consider it lost.
-        reason: String,
-    },
-
-    /// The event stream was already taken (it has a single consumer).
+    /// The event stream was already taken (it has a single consumer). Not retryable.
     #[error("the event stream of this connector was already taken")]
     EventsTaken,
 
-    /// The connector was shut down.
+    /// The connector, or its watcher task, is shut down. Not retryable.
     #[error("the connector is shut down")]
     Shutdown,
 
     /// The blocking facade could not start its tokio runtime (threads could not be spawned).
+    /// Not retryable.
     #[error("cannot start the tokio runtime of the blocking connector: {0}")]
     Runtime(#[source] std::io::Error),
 }
@@ -132,7 +134,9 @@ impl Error {
         Error::Etcd { op, source }
     }
 
-    /// True when retrying the same call later may succeed (see the type's docs).
+    /// True when retrying the same call later may succeed: [`Error::Unreachable`],
+    /// [`Error::Timeout`], [`Error::AllocationContention`], and [`Error::Etcd`] with a
+    /// transient cause (see the type's docs).
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -150,7 +154,12 @@ impl Error {
 pub(crate) fn is_transient(err: &etcd_client::Error) -> bool {
     use tonic::Code;
     match err {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        // The transport, and etcd-client's stream errors (a watch or keep-alive stream that
+        // broke): another attempt may well work.
+        etcd_client::Error::TransportError(_)
+        | etcd_client::Error::IoError(_)
+        | etcd_client::Error::WatchError(_)
+        | etcd_client::Error::LeaseKeepAliveError(_) => true,
         etcd_client::Error::GRpcStatus(status) => matches!(
             status.code(),
             Code::Unavailable
@@ -161,7 +170,6 @@ pub(crate) fn is_transient(err: &etcd_client::Error) -> bool {
                 | Code::Internal
                 | Code::Cancelled
         ),
-        etcd_client::Error::WatchError(_) | etcd_client::Error::LeaseKeepAliveError(_) => true,
         _ => false,
     }
 }
@@ -175,5 +183,55 @@ pub(crate) fn is_lease_not_found(err: &etcd_client::Error) -> bool {
         // etcd-client's `keep_alive()` turns a first answer with TTL 0 into this.
         etcd_client::Error::LeaseKeepAliveError(message) => message.contains("lease not found"),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_retryable_matches_each_variants_doc() {
+        let transient = etcd_client::Error::GRpcStatus(tonic::Status::unavailable("no leader"));
+        let permanent =
+            etcd_client::Error::GRpcStatus(tonic::Status::permission_denied("not allowed"));
+        let retryable = [
+            Error::Unreachable {
+                endpoints: String::new(),
+                timeout: Duration::ZERO,
+                reason: String::new(),
+            },
+            Error::Timeout {
+                op: "x",
+                timeout: Duration::ZERO,
+            },
+            Error::AllocationContention { attempts: 3 },
+            Error::etcd("x", transient),
+            Error::etcd("x", etcd_client::Error::WatchError("broken".into())),
+        ];
+        for e in &retryable {
+            assert!(e.is_retryable(), "{e:?}");
+        }
+        let permanent = [
+            Error::InvalidConfig(String::new()),
+            Error::Tls {
+                endpoints: String::new(),
+                reason: String::new(),
+            },
+            Error::Auth {
+                user: String::new(),
+                reason: String::new(),
+            },
+            Error::etcd("x", permanent),
+            Error::IdSpaceExhausted { id_space: 3 },
+            Error::AlreadyRegistered { id: 1 },
+            Error::NotRegistered,
+            Error::EventsTaken,
+            Error::Shutdown,
+            Error::Runtime(std::io::Error::other("no threads")),
+        ];
+        for e in &permanent {
+            assert!(!e.is_retryable(), "{e:?}");
+        }
     }
 }

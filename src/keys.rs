@@ -86,7 +86,12 @@ impl KeyLayout {
         {
             return bad("only A-Z, a-z, 0-9, '.', '_', '-' and '/' are allowed");
         }
-        if prefix.split('/').any(|segment| segment.ends_with(".alloc")) {
+        #[allow(
+            clippy::case_sensitive_file_extension_comparisons,
+            reason = "a key segment, not a file name: `.ALLOC` is another segment"
+        )]
+        let allocator_segment = |segment: &str| segment.ends_with(".alloc");
+        if prefix.split('/').any(allocator_segment) {
             return bad(
                 "no segment may end in \".alloc\": that is the allocator range of another prefix",
             );

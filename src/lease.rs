@@ -15,7 +15,7 @@
 //! (leader change, restart, network), it is reopened while the deadline has not passed.
 //!
 //! A stream can also go *silent* without breaking: its member froze (SIGSTOP, a stalled disk)
-//! or answers seconds late. A keep-alive unanswered for `stall_bound` (a quarter of the TTL,
+//! or answers seconds late. A keep-alive unanswered for `timing::stall_bound` (a quarter of the TTL,
 //! at most the pool's attempt timeout) gets its member suspected and a stream opened on
 //! another member, long before the deadline; a member suspected by any other request moves the
 //! stream too (see the `pool` module). The stalled stream is not dropped while its replacement
@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::retrying;
 use crate::error::{is_lease_not_found, Result};
 use crate::pool::Pool;
+use crate::timing;
 
 /// What the keep-alive task believes about the lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,8 +85,8 @@ impl LeaseSession {
         let task = KeepAlive {
             pool: pool.clone(),
             id: resp.id(),
-            interval: (ttl / 3).max(Duration::from_millis(100)),
-            stall: stall_bound(granted, pool.attempt_timeout()),
+            interval: timing::keep_alive_interval(ttl),
+            stall: timing::stall_bound(granted, pool.attempt_timeout()),
             ttl: granted,
             state: tx,
             cancel: cancel.clone(),
@@ -162,24 +163,6 @@ impl Drop for LeaseSession {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
-}
-
-/// The shortest pause between two attempts to reopen the keep-alive stream.
-const MIN_REOPEN_PAUSE: Duration = Duration::from_millis(20);
-
-/// The pause before the next attempt to reopen the keep-alive stream: the backoff `delay`,
-/// but at most a quarter of the time `left` before the local deadline.
-fn reopen_pause(delay: Duration, left: Duration) -> Duration {
-    delay.min(left / 4).max(MIN_REOPEN_PAUSE)
-}
-
-/// How long a keep-alive may go unanswered before its stream is given up as stalled and
-/// reopened on another member: a quarter of the TTL, at most the pool's `attempt` timeout, at
-/// least 100 ms. With the keep-alive sent every TTL/3, a member that freezes right after an
-/// acknowledgement is left at TTL/3 + TTL/4 (7/12 of the TTL), leaving 5/12 of it for the
-/// reopen, a leader election included; etcd answers a healthy keep-alive in milliseconds.
-fn stall_bound(ttl: Duration, attempt: Duration) -> Duration {
-    (ttl / 4).min(attempt).max(Duration::from_millis(100))
 }
 
 /// One open keep-alive stream: its member, its two halves, and the send times of the
@@ -284,7 +267,7 @@ impl KeepAlive {
     }
 
     async fn run(self) {
-        let mut reopen_delay = Duration::from_millis(50);
+        let mut reopen_delay = timing::FIRST_REOPEN_DELAY;
         let mut next: Option<Streaming> = None;
         loop {
             if let Some(streaming) = next.take() {
@@ -362,11 +345,11 @@ impl KeepAlive {
                                 // doubles up to the keep-alive interval, but at most a quarter
                                 // of the time left, so attempts get denser as the deadline
                                 // nears and an etcd back just before it still saves the lease.
-                                let pause = reopen_pause(
+                                let pause = timing::reopen_pause(
                                     reopen_delay,
                                     deadline.saturating_duration_since(Instant::now()),
                                 );
-                                reopen_delay = (reopen_delay * 2).min(self.interval);
+                                reopen_delay = timing::next_reopen_delay(reopen_delay, self.interval);
                                 next_open = next_open.min(Instant::now() + pause);
                             }
                             Some((member, _, Err(_))) => {
@@ -374,13 +357,13 @@ impl KeepAlive {
                             }
                             None => {
                                 tracing::debug!("no etcd client for the keep-alive stream");
-                                next_open = next_open.min(Instant::now() + MIN_REOPEN_PAUSE);
+                                next_open = next_open.min(Instant::now() + timing::MIN_REOPEN_PAUSE);
                             }
                         }
                     }
                 }
             };
-            reopen_delay = Duration::from_millis(50);
+            reopen_delay = timing::FIRST_REOPEN_DELAY;
             next = Some(streaming);
         }
     }
@@ -402,7 +385,7 @@ impl KeepAlive {
         let rtt = sent.elapsed();
         metrics::histogram!(crate::metrics::KEEPALIVE_RTT).record(rtt.as_secs_f64());
         tracing::trace!(
-            rtt_ms = rtt.as_millis() as u64,
+            rtt_ms = u64::try_from(rtt.as_millis()).unwrap_or(u64::MAX),
             ttl = resp.ttl(),
             "keep-alive acknowledged"
         );
@@ -461,7 +444,7 @@ impl KeepAlive {
                     return Flow::End;
                 }
                 () = sleep_until_some(stalled_at), if !hedging => {
-                    tracing::info!(stall_ms = self.stall.as_millis() as u64, "keep-alive unanswered; opening a stream on another member too");
+                    tracing::info!(stall_ms = u64::try_from(self.stall.as_millis()).unwrap_or(u64::MAX), "keep-alive unanswered; opening a stream on another member too");
                     self.pool.suspect(member, "keep-alive unanswered");
                     let other = self.pool.choose();
                     hedge = Some(Box::pin(open_stream(self.pool.clone(), other, self.id, self.stall)));
@@ -546,46 +529,5 @@ async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_stalled_keep_alive_is_given_up_well_before_the_lease_ends() {
-        let attempt = Duration::from_millis(1666);
-        assert_eq!(
-            stall_bound(Duration::from_secs(5), attempt),
-            Duration::from_millis(1250)
-        );
-        assert_eq!(stall_bound(Duration::from_secs(10), attempt), attempt);
-        assert_eq!(
-            stall_bound(Duration::from_secs(1), Duration::from_millis(50)),
-            Duration::from_millis(100)
-        );
-        // Frozen right after an acknowledgement: the next keep-alive goes out a third of the
-        // TTL later and is given up a stall bound after that, with time left to reopen.
-        for ttl in [5, 10, 30, 60] {
-            let ttl = Duration::from_secs(ttl);
-            let given_up = ttl / 3 + stall_bound(ttl, attempt);
-            assert!(given_up <= ttl * 7 / 12, "{ttl:?}: {given_up:?}");
-        }
-    }
-
-    #[test]
-    fn reopen_attempts_get_denser_as_the_deadline_nears() {
-        let delay = Duration::from_secs(2);
-        assert_eq!(reopen_pause(delay, Duration::from_secs(20)), delay);
-        assert_eq!(
-            reopen_pause(delay, Duration::from_secs(4)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            reopen_pause(delay, Duration::from_millis(400)),
-            Duration::from_millis(100)
-        );
-        assert_eq!(reopen_pause(delay, Duration::ZERO), MIN_REOPEN_PAUSE);
     }
 }

@@ -13,14 +13,14 @@
 //!
 //! - one etcd-client `Client` per member (`Member`), so a request goes where we send it;
 //! - a **preferred** member that every request and stream starts on, sticky while it works;
-//! - every unary attempt bounded by the **attempt timeout** ([`attempt_timeout`], a third of
+//! - every unary attempt bounded by the **attempt timeout** ([`crate::timing::attempt_timeout`], a third of
 //!   the request timeout, 0.5–2 s), far shorter than the request's own bound: a member that
 //!   does not answer in time is **suspected** and the next attempt goes to the next member
 //!   (with a single endpoint there is no other member, and an attempt may take the whole
 //!   request timeout);
 //! - a suspicion is broadcast ([`Pool::suspicions`]): the keep-alive and watch streams on that
 //!   member move to another at once instead of waiting to notice the silence themselves;
-//! - a suspicion expires after [`SUSPICION`]; a suspected member is chosen again only when
+//! - a suspicion expires after [`crate::timing::SUSPICION`]; a suspected member is chosen again only when
 //!   every member is suspected (then the one suspected longest ago), so a cluster whose members
 //!   are all slow still gets requests.
 //!
@@ -36,18 +36,7 @@ use etcd_client::{Client, ConnectOptions};
 use tokio::sync::{watch, OnceCell};
 use tokio::time::Instant;
 
-/// How long a member that failed an attempt is avoided when another member is available.
-pub(crate) const SUSPICION: Duration = Duration::from_secs(10);
-
-/// The per-attempt bound for a request whose overall bound is `request_timeout`: a third of
-/// it, between 0.5 s and 2 s. Short enough that a request whose first attempt lands on a
-/// frozen member still has two more attempts on others within its own bound; long enough that
-/// a healthy member under load (a leader election takes about one election timeout, 1 s by
-/// default) is not abandoned for a normal pause.
-#[must_use]
-pub(crate) fn attempt_timeout(request_timeout: Duration) -> Duration {
-    (request_timeout / 3).clamp(Duration::from_millis(500), Duration::from_secs(2))
-}
+use crate::timing::{attempt_timeout, SUSPICION};
 
 /// One member: its endpoint, its client once built, and when it was last suspected.
 struct Member {
@@ -312,22 +301,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn attempt_timeout_is_a_third_of_the_request_timeout_within_bounds() {
-        assert_eq!(
-            attempt_timeout(Duration::from_secs(3)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            attempt_timeout(Duration::from_millis(600)),
-            Duration::from_millis(500)
-        );
-        assert_eq!(
-            attempt_timeout(Duration::from_secs(30)),
-            Duration::from_secs(2)
-        );
-    }
 
     #[test]
     fn the_preferred_member_is_chosen_unless_suspected() {

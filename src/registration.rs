@@ -26,8 +26,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,11 +35,13 @@ use crate::client::{retrying, retrying_txn};
 use crate::config::{ConnectorConfig, IdTakenPolicy, KeyRemovedPolicy};
 use crate::error::{is_lease_not_found, Error, Result};
 use crate::events::Event;
+use crate::guard::{self, reregister::Reregistered, restore::Restored, Answer, Owner};
 use crate::keys::KeyLayout;
 use crate::lease::{LeaseSession, LeaseState};
 use crate::metrics as m;
 use crate::pool::Pool;
 use crate::record::Registration;
+use crate::timing;
 use crate::watcher::{lock, OwnKey, SharedView};
 
 /// Where a registration stands, as the host sees it.
@@ -217,7 +217,11 @@ pub(crate) async fn allocate(
 
 /// Sends a transaction of the allocator, retrying transient errors, and counts every send in
 /// [`Ctx::requests`] (a retry is one more request to etcd).
-async fn counted_txn(ctx: &Ctx, op: &'static str, txn: &Txn) -> Result<etcd_client::TxnResponse> {
+async fn counted_txn(
+    ctx: &Ctx,
+    op: &'static str,
+    txn: &etcd_client::Txn,
+) -> Result<etcd_client::TxnResponse> {
     retrying(&ctx.pool, op, ctx.config.request_timeout, |client| {
         // Counted per send: a transient error's retry is one more request to etcd.
         ctx.requests.fetch_add(1, Ordering::Relaxed);
@@ -431,7 +435,7 @@ impl Supervisor {
                 id: self.claim.id,
                 deadline,
             });
-            let check_at = last_check + self.ctx.config.lease_ttl;
+            let check_at = last_check + timing::integrity_check_period(self.ctx.config.lease_ttl);
             tokio::select! {
                 // Once per TTL, check that our slot and key are intact (the watch only sees the
                 // server key; a deleted slot would let another server take our id).
@@ -456,7 +460,7 @@ impl Supervisor {
                         tracing::warn!(error = %e, "restoring our key failed; will retry");
                         let gone = self.own_gone.clone();
                         tokio::spawn(async move {
-                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            tokio::time::sleep(timing::RESTORE_RETRY).await;
                             gone.notify_one();
                         });
                     }
@@ -466,77 +470,23 @@ impl Supervisor {
     }
 
     /// Checks that our server key and slot are intact and puts back whatever someone else
-    /// deleted or edited, guarded so that nothing of another registration is ever
-    /// overwritten ("ours": our create revision for the server key, our lease for the slot):
-    ///
-    /// ```text
-    /// if server is ours, on our lease, holding our record, and slot is ours  → intact
-    /// elif server is ours and slot is ours          → put server (our record, our lease)
-    /// elif server is ours and slot is absent        → put slot, put server
-    /// elif server is absent and slot is ours        → put server (new create revision)
-    /// elif server is absent and slot is absent      → put both   (new create revision)
-    /// else                                          → taken by another registration
-    /// ```
-    ///
-    /// The second line undoes an operator's `etcdctl put` of our key without `--lease` (or on
-    /// another lease, or with another value): the create revision survives such a put, so
-    /// it still proves the key is ours, and the slot on our lease proves our id still is.
-    /// Left alone, the key would outlive a crash of this server (a ghost for ever). The
-    /// key-removed policy does not apply: nothing was removed.
+    /// deleted or edited, in one transaction guarded so that nothing of another registration
+    /// is ever overwritten ([`guard::restore`] writes out its rules). The key-removed policy
+    /// `stop` leaves a removal alone; an edit (our key put off our lease or with another
+    /// value) is repaired whatever the policy: nothing was removed.
     async fn restore(&mut self) -> Restore {
         let Some(lease_id) = self.lease.as_ref().map(LeaseSession::id) else {
             return Restore::LeaseGone("no lease".into());
         };
         let c = &self.claim;
-        let slot = self.ctx.layout.slot_key(c.id);
-        let record = c.record.clone();
-        let put = |key: &str, value: Vec<u8>| {
-            TxnOp::put(
-                key.to_owned(),
-                value,
-                Some(PutOptions::new().with_lease(lease_id)),
-            )
+        let owner = Owner {
+            key: c.server_key.clone(),
+            slot: self.ctx.layout.slot_key(c.id),
+            create_revision: c.create_revision,
+            lease: lease_id,
         };
-        let server_is =
-            |rev: i64| Compare::create_revision(c.server_key.clone(), CompareOp::Equal, rev);
-        let slot_ours = Compare::lease(slot.clone(), CompareOp::Equal, lease_id);
-        let slot_absent = Compare::create_revision(slot.clone(), CompareOp::Equal, 0);
-        let both_absent = Txn::new()
-            .when([server_is(0), slot_absent.clone()])
-            .and_then([
-                put(&slot, c.server_key.clone().into_bytes()),
-                put(&c.server_key, record.clone()),
-            ]);
-        let server_absent = Txn::new()
-            .when([server_is(0), slot_ours.clone()])
-            .and_then([put(&c.server_key, record.clone())])
-            .or_else([TxnOp::txn(both_absent)]);
-        let slot_missing = Txn::new()
-            .when([server_is(c.create_revision), slot_absent])
-            .and_then([
-                put(&slot, c.server_key.clone().into_bytes()),
-                // The server key may have lost its lease too; a re-put of the same record
-                // on the same lease is no change to anyone.
-                put(&c.server_key, record.clone()),
-            ])
-            .or_else([TxnOp::txn(server_absent)]);
         let stop_if_removed = self.ctx.config.on_key_removed == KeyRemovedPolicy::Stop;
-        let edited = Txn::new()
-            .when([server_is(c.create_revision), slot_ours.clone()])
-            .and_then([put(&c.server_key, record.clone())]);
-        let edited = if stop_if_removed {
-            edited
-        } else {
-            edited.or_else([TxnOp::txn(slot_missing)])
-        };
-        let txn = Txn::new()
-            .when([
-                server_is(c.create_revision),
-                Compare::lease(c.server_key.clone(), CompareOp::Equal, lease_id),
-                Compare::value(c.server_key.clone(), CompareOp::Equal, record),
-                slot_ours,
-            ])
-            .or_else([TxnOp::txn(edited)]);
+        let txn = guard::restore::build(&owner, &c.record, !stop_if_removed);
         // Never outlive the lease deadline: past it, the lease-loss path takes over.
         let bound = match self.lease.as_ref().map(LeaseSession::state) {
             Some(LeaseState::Alive { deadline }) => {
@@ -544,9 +494,7 @@ impl Supervisor {
             }
             _ => Duration::ZERO,
         };
-        let bound = bound
-            .min(self.ctx.config.request_timeout)
-            .max(Duration::from_millis(50));
+        let bound = timing::restore_bound(bound, self.ctx.config.request_timeout);
         let resp = match retrying_txn(&self.ctx.pool, "restore key", bound, &txn).await {
             Ok(resp) => resp,
             Err(Error::Etcd { source, .. }) if is_lease_not_found(&source) => {
@@ -556,27 +504,9 @@ impl Supervisor {
             }
             Err(e) => return Restore::Failed(e),
         };
-        if resp.succeeded() {
-            return Restore::Intact;
-        }
-        let revision = resp
-            .header()
-            .map_or(0, etcd_client::ResponseHeader::revision);
-        // Walk the nested answers: which level succeeded?
-        let mut level = 0;
-        let mut ops = resp.op_responses();
-        let restored_level = loop {
-            let Some(TxnOpResponse::Txn(inner)) = ops.into_iter().next() else {
-                break None;
-            };
-            level += 1;
-            if inner.succeeded() {
-                break Some(level);
-            }
-            ops = inner.op_responses();
-        };
-        match restored_level {
-            Some(1) => {
+        match guard::restore::read(&Answer::from(&resp)) {
+            Restored::Intact => Restore::Intact,
+            Restored::Record => {
                 metrics::counter!(m::KEY_RESTORES).increment(1);
                 tracing::warn!(
                     id = c.id,
@@ -584,11 +514,11 @@ impl Supervisor {
                 );
                 Restore::Restored
             }
-            None if stop_if_removed => Restore::Removed(format!(
+            Restored::NotOurs if stop_if_removed => Restore::Removed(format!(
                 "the registration of id {} was removed by someone else (evicted?)",
                 c.id
             )),
-            Some(2) => {
+            Restored::Slot => {
                 metrics::counter!(m::KEY_RESTORES).increment(1);
                 tracing::warn!(
                     id = c.id,
@@ -596,7 +526,7 @@ impl Supervisor {
                 );
                 Restore::Restored
             }
-            Some(_) => {
+            Restored::Key { revision } => {
                 metrics::counter!(m::KEY_RESTORES).increment(1);
                 tracing::warn!(
                     id = c.id,
@@ -606,7 +536,7 @@ impl Supervisor {
                 self.track_own_key();
                 Restore::Restored
             }
-            None => Restore::Taken(format!("id {} was taken by another server", c.id)),
+            Restored::NotOurs => Restore::Taken(format!("id {} was taken by another server", c.id)),
         }
     }
 
@@ -616,21 +546,13 @@ impl Supervisor {
         let ctx = self.ctx.clone();
         let old_lease_id = self.lease.as_ref().map_or(0, LeaseSession::id);
         if let Some(old) = self.lease.take() {
-            let bound = ctx
-                .config
-                .request_timeout
-                .min(old.ttl())
-                .max(Duration::from_millis(100));
+            let bound = timing::revoke_bound(ctx.config.request_timeout, old.ttl());
             if let Err(e) = old.revoke(&ctx.pool, bound).await {
                 tracing::debug!(error = %e, "revoking the lost lease failed (best effort)");
             }
         }
         // Half a TTL at most, jitter included: back within about a TTL of etcd answering again.
-        let mut backoff = crate::backoff::bounded(
-            Duration::from_millis(100),
-            (ctx.config.lease_ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(5)),
-        )
-        .build();
+        let mut backoff = timing::recovery_backoff(ctx.config.lease_ttl);
         loop {
             if self.cancel.is_cancelled() {
                 return Recovery::Cancelled;
@@ -675,7 +597,7 @@ impl Supervisor {
                 }
                 Attempt::Retry(why) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(1));
-                    tracing::debug!(%why, delay_ms = delay.as_millis() as u64, "re-registration failed; retrying");
+                    tracing::debug!(%why, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "re-registration failed; retrying");
                     tokio::select! {
                         () = self.cancel.cancelled() => return Recovery::Cancelled,
                         () = tokio::time::sleep(delay) => {}
@@ -701,24 +623,16 @@ impl Supervisor {
             Err(e) => return Attempt::Retry(e.to_string()),
         };
         let c = &self.claim;
-        let slot = ctx.layout.slot_key(c.id);
         let record = self
             .registration
             .encode(c.id, c.position, alloc::now_unix_ms());
-        let opts = Some(PutOptions::new().with_lease(lease.id()));
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(slot.clone(), CompareOp::Equal, 0),
-                Compare::create_revision(c.server_key.clone(), CompareOp::Equal, 0),
-            ])
-            .and_then([
-                TxnOp::put(slot.clone(), c.server_key.clone(), opts.clone()),
-                TxnOp::put(c.server_key.clone(), record.clone(), opts),
-            ])
-            .or_else([
-                TxnOp::get(slot, None),
-                TxnOp::get(c.server_key.clone(), None),
-            ]);
+        let owner = Owner {
+            key: c.server_key.clone(),
+            slot: ctx.layout.slot_key(c.id),
+            create_revision: 0,
+            lease: lease.id(),
+        };
+        let txn = guard::reregister::build(&owner, &record);
         let resp =
             match retrying_txn(&ctx.pool, "re-register", ctx.config.request_timeout, &txn).await {
                 Ok(resp) => resp,
@@ -727,53 +641,28 @@ impl Supervisor {
                     return Attempt::Retry(e.to_string());
                 }
             };
-        if resp.succeeded() {
-            let revision = resp
-                .header()
-                .map_or(0, etcd_client::ResponseHeader::revision);
-            return Attempt::Done(lease, revision, record);
+        // Our old lease (its revoke did not get through yet) is not "taken".
+        match guard::reregister::read(&Answer::from(&resp), lease.id(), old_lease_id) {
+            Reregistered::Done { revision } => Attempt::Done(lease, revision, record),
+            Reregistered::OldLeaseHolds => {
+                revoke_quietly(&ctx, lease).await;
+                let _ = retrying(
+                    &ctx.pool,
+                    "lease revoke",
+                    ctx.config.request_timeout,
+                    |client| async move { client.lease_client().revoke(old_lease_id).await },
+                )
+                .await;
+                Attempt::Retry("our old keys are still there; revoking the old lease again".into())
+            }
+            Reregistered::Taken => {
+                revoke_quietly(&ctx, lease).await;
+                Attempt::Taken(format!(
+                    "id {} was taken by another server while this one was away",
+                    c.id
+                ))
+            }
         }
-        // Who holds it? Our old lease (its revoke did not get through yet) is not "taken".
-        let holders: Vec<i64> = resp
-            .op_responses()
-            .into_iter()
-            .filter_map(|op| match op {
-                TxnOpResponse::Get(get) => get.kvs().first().map(etcd_client::KeyValue::lease),
-                _ => None,
-            })
-            .collect();
-        if holders.first() == Some(&lease.id()) {
-            // A retried request whose first attempt succeeded.
-            let revision = resp
-                .op_responses()
-                .into_iter()
-                .find_map(|op| match op {
-                    TxnOpResponse::Get(get) => get
-                        .kvs()
-                        .first()
-                        .map(etcd_client::KeyValue::create_revision),
-                    _ => None,
-                })
-                .unwrap_or(0);
-            return Attempt::Done(lease, revision, record);
-        }
-        revoke_quietly(&ctx, lease).await;
-        if old_lease_id != 0 && holders.iter().all(|l| *l == old_lease_id) {
-            let _ = retrying(
-                &ctx.pool,
-                "lease revoke",
-                ctx.config.request_timeout,
-                |client| async move { client.lease_client().revoke(old_lease_id).await },
-            )
-            .await;
-            return Attempt::Retry(
-                "our old keys are still there; revoking the old lease again".into(),
-            );
-        }
-        Attempt::Taken(format!(
-            "id {} was taken by another server while this one was away",
-            c.id
-        ))
     }
 
     /// The id is held by another server: apply the policy. `Some` when registered again.
@@ -796,9 +685,7 @@ impl Supervisor {
                 self.status
                     .send_replace(RegistrationStatus::Recovering { id: old_id });
                 let ctx = self.ctx.clone();
-                let mut backoff =
-                    crate::backoff::bounded(Duration::from_millis(100), Duration::from_secs(5))
-                        .build();
+                let mut backoff = timing::new_id_backoff();
                 loop {
                     let attempt = async {
                         let gate = self.health.clone();

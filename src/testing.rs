@@ -1258,10 +1258,10 @@ mod tests {
         let dir = TempDir::new().expect("tempdir");
         let path = dir.path().join("log");
         let line = "x".repeat(99);
-        let text: String = (0..100).map(|_| format!("{line}\n")).collect();
+        let text: String = format!("{line}\n").repeat(100);
         std::fs::write(&path, &text).expect("write");
         let tail = log_tail(&path);
-        assert!(tail.len() <= LOG_TAIL_BYTES as usize);
+        assert!(tail.len() <= usize::try_from(LOG_TAIL_BYTES).unwrap());
         assert!(tail.lines().all(|l| l == line), "partial line in tail");
         assert!(log_tail(&dir.path().join("missing")).starts_with("<could not read"));
     }

@@ -64,7 +64,7 @@ async fn start_server(etcd: &EtcdCluster, prefix: &str, n: usize) -> Option<Serv
             h.lock().expect("history").push(e);
         }
     });
-    let group = if n % 2 == 0 { "lobby" } else { "game" };
+    let group = if n.is_multiple_of(2) { "lobby" } else { "game" };
     let port = u16::try_from(4000 + n).expect("port");
     connector
         .register_server(group, "127.0.0.1", port, no_props())

@@ -213,7 +213,12 @@ async fn scenario(fault: Fault) {
             .expect("registrant connects");
         let events = c.events().expect("events");
         let id = c
-            .register_server("game", "127.0.0.1", 7000 + port as u16, no_props())
+            .register_server(
+                "game",
+                "127.0.0.1",
+                7000 + u16::try_from(port).expect("a few ports"),
+                no_props(),
+            )
             .await
             .expect("registers before the fault");
         await_membership(&mut watcher_events, &mut watcher_history, id, true, PROMPT).await;

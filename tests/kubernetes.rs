@@ -1,5 +1,5 @@
-//! deploy/kubernetes/ without a cluster: every manifest is validated offline against the
-//! Kubernetes OpenAPI schemas (kubernetes-validate, strict, the version pinned in
+//! `deploy/kubernetes/` without a cluster: every manifest is validated offline against the
+//! Kubernetes `OpenAPI` schemas (kubernetes-validate, strict, the version pinned in
 //! scripts/setup.sh); the manifests are checked against the CLI, the mesh server, etcd's own
 //! flags and each other (Secrets, Services, ports); then the auth Job's script runs here with
 //! etcdctl against a real etcd, and the game server's registrant registers with the user it
@@ -66,7 +66,12 @@ fn resource_files() -> Vec<String> {
     let on_disk: BTreeSet<String> = std::fs::read_dir(repo(DIR))
         .expect("deploy/kubernetes")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .filter(|n| {
+            std::path::Path::new(n)
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("yaml"))
+                && n != "kustomization.yaml"
+        })
         .collect();
     assert_eq!(
         listed.iter().cloned().collect::<BTreeSet<_>>(),
@@ -107,7 +112,7 @@ fn find<'a>(objects: &'a [Object], kind: &str, name: &str) -> &'a Object {
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
-/// The pod template of a workload (Deployment, StatefulSet, Job).
+/// The pod template of a workload (`Deployment`, `StatefulSet`, `Job`).
 fn pod_spec(o: &Object) -> Option<&Value> {
     let spec = &o.doc["spec"]["template"]["spec"];
     spec.is_mapping().then_some(spec)
@@ -213,7 +218,7 @@ fn labels_match(selector: &Value, labels: &Value) -> bool {
     !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// The etcd StatefulSet and the names its members are reached by.
+/// The etcd `StatefulSet` and the names its members are reached by.
 struct Etcd<'a> {
     set: &'a Object,
     headless: &'a Object,

@@ -265,7 +265,12 @@ async fn an_unreachable_upstream_is_checked_with_the_registry_after_each_round()
     .await
     .expect("connect");
     let ghost_id = ghost
-        .register_server("game", "127.0.0.1", dead_port, Default::default())
+        .register_server(
+            "game",
+            "127.0.0.1",
+            dead_port,
+            std::collections::BTreeMap::default(),
+        )
         .await
         .expect("register");
     let (lobby, mut events) = start(&etcd, &prefix, "lobby", free_port().expect("port")).await;

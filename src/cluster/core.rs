@@ -155,16 +155,14 @@ impl ClusterCore {
             self.stats.own_events += 1;
             return None;
         }
-        match self.peers.remove(&id) {
-            Some((direction, server)) => Some(ClusterEvent::left(direction, server)),
-            None => {
-                if group.is_none_or(|g| self.topology.direction(g).is_some()) {
-                    self.stats.unknown_leaves += 1;
-                    tracing::debug!(id, "leave of an unknown server ignored");
-                }
-                None
-            }
+        if let Some((direction, server)) = self.peers.remove(&id) {
+            return Some(ClusterEvent::left(direction, server));
         }
+        if group.is_none_or(|g| self.topology.direction(g).is_some()) {
+            self.stats.unknown_leaves += 1;
+            tracing::debug!(id, "leave of an unknown server ignored");
+        }
+        None
     }
 
     /// Changes our own id (a re-registration got a new one). Were the new id tracked as a peer,
@@ -484,7 +482,7 @@ mod tests {
             for _ in 0..200 {
                 let id = u16::try_from(next() % 8).unwrap();
                 let group = groups[usize::try_from(next() % 5).unwrap()];
-                if next() % 2 == 0 {
+                if next().is_multiple_of(2) {
                     let out = c.apply(&join(id, group));
                     let new =
                         id != 1 && !model.contains_key(&id) && topology.direction(group).is_some();

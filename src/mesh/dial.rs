@@ -223,7 +223,7 @@ mod tests {
             group: "game".into(),
             host: "127.0.0.1".into(),
             port,
-            properties: Default::default(),
+            properties: std::collections::BTreeMap::default(),
             registered_at_unix_ms: 0,
             alloc_position: 0,
         }

@@ -125,7 +125,12 @@ impl Runner {
         let events = connector.events()?;
         let group = config.topology.group().to_owned();
         let id = connector
-            .register_server(&group, &config.host, config.port, Default::default())
+            .register_server(
+                &group,
+                &config.host,
+                config.port,
+                std::collections::BTreeMap::default(),
+            )
             .await?;
         let _ = out.send(MeshEvent::Registered {
             id,

@@ -94,7 +94,9 @@ pub async fn collect_until(
         match tokio::time::timeout_at(deadline, events.recv()).await {
             Ok(Some(e)) => got.push(e),
             Ok(None) => panic!("stream ended; got {got:?}"),
-            Err(_) => panic!("timed out after {bound:?}; got {got:?}"),
+            Err(tokio::time::error::Elapsed { .. }) => {
+                panic!("timed out after {bound:?}; got {got:?}")
+            }
         }
     }
     got

@@ -79,6 +79,10 @@ async fn follow(
         };
         let line = lines.line(&event);
         if let Some(group) = group {
+            #[allow(
+                clippy::cast_precision_loss,
+                reason = "a gauge is f64; member counts are far below 2^52"
+            )]
             let n = lines.members_of(&group) as f64;
             metrics::gauge!(darkrift_etcd::metrics::GROUP_MEMBERS, "group" => group).set(n);
         }
@@ -94,7 +98,7 @@ async fn follow(
 }
 
 /// A monitoring endpoint that cannot start: a bad address is a usage error (exit 2).
-fn monitor_failure(e: darkrift_etcd::monitor::MonitorError) -> Failure {
+fn monitor_failure(e: &darkrift_etcd::monitor::MonitorError) -> Failure {
     match e {
         darkrift_etcd::monitor::MonitorError::Listen { .. } => Failure::usage(e.to_string()),
         darkrift_etcd::monitor::MonitorError::Recorder(_) => {
@@ -122,7 +126,7 @@ async fn connect(
         Some(addr) => Some(
             darkrift_etcd::monitor::bind(addr)
                 .await
-                .map_err(monitor_failure)?,
+                .map_err(|e| monitor_failure(&e))?,
         ),
         None => None,
     };

@@ -101,24 +101,20 @@ impl<S: Subscriber> Layer<S> for Repeats {
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match seen.get_mut(&meta.callsite()) {
-            Some(held) => {
-                held.count += 1;
-                false
-            }
-            None => {
-                let mut message = Message(String::new());
-                event.record(&mut message);
-                seen.insert(
-                    meta.callsite(),
-                    Held {
-                        message: message.0,
-                        count: 0,
-                    },
-                );
-                true
-            }
+        if let Some(held) = seen.get_mut(&meta.callsite()) {
+            held.count += 1;
+            return false;
         }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        seen.insert(
+            meta.callsite(),
+            Held {
+                message: message.0,
+                count: 0,
+            },
+        );
+        true
     }
 }
 

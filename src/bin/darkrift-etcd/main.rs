@@ -33,7 +33,7 @@ use crate::fail::Failure;
                   4 not found, 5 no id (id space exhausted, registration stopped)."
 )]
 struct Cli {
-    /// Settings file (TOML, the fields of ConnectorConfig); variables and flags override it.
+    /// Settings file (TOML, the fields of `ConnectorConfig`); variables and flags override it.
     #[arg(long, global = true, env = "DARKRIFT_ETCD_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Log format on stderr (colour only on a terminal).
@@ -65,7 +65,7 @@ enum OneFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Register a server (group, host, port from flags or DARKRIFT_ETCD_GROUP/HOST/PORT),
+    /// Register a server (group, host, port from flags or `DARKRIFT_ETCD_GROUP`/`HOST`/`PORT`),
     /// print the cluster's joins and leaves as JSON lines, deregister on SIGINT or SIGTERM.
     #[command(
         after_help = "Example:\n  darkrift-etcd register --group game --host 10.0.0.5 --port 4296 --property region=eu --ttl 10s\n  \
@@ -116,7 +116,7 @@ enum Command {
     },
     /// Remove a registration now and revoke its lease (guarded: a newer holder of the id is
     /// never deleted). Asks on a terminal unless --yes. A holder still running follows its
-    /// on_key_removed policy (restore: it re-registers; stop: it stops).
+    /// `on_key_removed` policy (restore: it re-registers; stop: it stops).
     #[command(after_help = "Example:\n  darkrift-etcd evict 7 --yes")]
     Evict {
         /// Server id.

@@ -59,7 +59,7 @@ pub(crate) async fn closed() {
             let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
             loop {
                 match poll(&mut fds, None) {
-                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(rustix::io::Errno::INTR) => {}
                     Ok(_) if fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP) => {
                         let _ = tx.send(());
                         return;

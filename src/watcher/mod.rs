@@ -36,6 +36,12 @@
 //!   repeated. A compacted resume point cannot be resumed (etcd only keeps history after the
 //!   compaction), so it relists.
 //!
+//! The machine is generic over its [`KvSource`] (list a page pinned at a revision, open a
+//! watch, request progress, the pool's suspicions): [`PoolSource`] is the real one, and the
+//! unit tests (`tests.rs`) drive it over a scripted fake through every recovery path. What a
+//! response means is decided by [`classify()`] and the pinned paginated read is [`ServerRange`]
+//! (shared with the one-shot listings).
+//!
 //! When etcd cannot be reached (a failed reopen or read), the view keeps its last state (an
 //! error never empties it) and is marked stale ([`Event::Stale`]). Once etcd answers again the
 //! watcher relists, emits exactly the joins and leaves it missed, then [`Event::Fresh`]: a
@@ -44,22 +50,27 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use backon::BackoffBuilder;
-use etcd_client::{EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::alloc::{self, decode_cursor};
+use crate::alloc;
 use crate::backoff::Delays;
-use crate::client::{retrying, retrying_on};
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::keys::KeyLayout;
 use crate::membership::{KeyValue, KvChange, Membership, Snapshot};
 use crate::metrics as m;
 use crate::pool::Pool;
+
+mod classify;
+mod list;
+mod source;
+
+use classify::{classify, Verdict};
+pub(crate) use list::{Page, ServerRange};
+use source::{KvSource, PoolSource, WatchFeed};
 
 /// The view shared between the watcher task and the connector.
 #[derive(Debug)]
@@ -106,16 +117,16 @@ impl Shared {
 
     /// Wakes the supervisor if a put left our key off our lease (an `etcdctl put` without
     /// `--lease`, or on another lease) or holding another record: the supervisor puts its
-    /// record back on its lease, or the key would outlive a crash of this server. Kept apart
-    /// from [`Shared::check_own_changes`] because it needs the event's lease, which
-    /// [`KvChange`] does not carry. Our own re-put matches both and wakes nobody.
-    fn check_own_edits(&self, events: &[etcd_client::Event]) {
+    /// record back on its lease, or the key would outlive a crash of this server. Our own
+    /// re-put matches both and wakes nobody.
+    fn check_own_edits(&self, changes: &[KvChange]) {
         let Some(own) = &self.own else { return };
-        let edited = events
-            .iter()
-            .filter(|ev| ev.event_type() == EventType::Put)
-            .filter_map(etcd_client::Event::kv)
-            .any(|kv| kv.key() == own.key && (kv.lease() != own.lease || kv.value() != own.record));
+        let edited = changes.iter().any(|c| match c {
+            KvChange::Put(kv) => {
+                kv.key == own.key && (kv.lease != own.lease || kv.value != own.record)
+            }
+            KvChange::Delete { .. } => false,
+        });
         if edited {
             own.gone.notify_one();
         }
@@ -171,14 +182,13 @@ impl WatcherSettings {
             request_timeout: config.request_timeout,
             progress_interval: config.progress_interval,
             idle_timeout: config.watch_idle_timeout,
-            max_backoff: (config.lease_ttl / 2)
-                .clamp(Duration::from_millis(200), Duration::from_secs(5)),
+            max_backoff: crate::timing::recovery_bound(config.lease_ttl),
         }
     }
 }
 
-/// The states; see the module docs.
-enum State {
+/// The states; see the module docs. `F` is the source's watch stream.
+enum State<F> {
     /// Reading the range; `pinned` is 0 until the first page fixed the revision. `pending`
     /// is the last page read, decoded into `snapshot` while the next page is read.
     List {
@@ -196,17 +206,20 @@ enum State {
     Watch {
         from: i64,
         /// Boxed: the stream is most of the state's size, and the other states are small.
-        stream: Box<WatchStream>,
+        stream: Box<F>,
         member: usize,
         last_heard: Instant,
         asked: Option<Instant>,
     },
     /// Waiting out a failure before `then`; `unreachable` marks the view stale (a broken
     /// stream that reopens at once does not).
-    Backoff { then: Box<State>, unreachable: bool },
+    Backoff {
+        then: Box<State<F>>,
+        unreachable: bool,
+    },
 }
 
-impl State {
+impl<F> State<F> {
     fn name(&self) -> &'static str {
         match self {
             State::List { .. } => "list",
@@ -231,36 +244,20 @@ pub(crate) fn spawn(
     events: mpsc::Sender<Event>,
     cancel: CancellationToken,
 ) -> WatcherTask {
-    let shared = Arc::new(Mutex::new(Shared {
-        view: Membership::new(settings.layout.clone()),
-        cursor: 0,
-        revision: 0,
-        stale: false,
-        own: None,
-    }));
-    let (synced_tx, synced) = watch::channel(false);
-    let (cmd_tx, cmd_rx) = mpsc::channel(16);
-    let watcher = Watcher {
-        suspicions: pool.suspicions(),
+    let source = PoolSource {
         pool,
-        settings,
-        shared: shared.clone(),
-        events,
-        commands: cmd_rx,
-        synced: synced_tx,
-        resync_waiters: Vec::new(),
-        backoff: None,
+        layout: settings.layout.clone(),
+        page_size: settings.page_size,
+        request_timeout: settings.request_timeout,
     };
+    let (watcher, task) = Watcher::new(source, settings, events);
     tokio::spawn(watcher.run(cancel));
-    WatcherTask {
-        shared,
-        synced,
-        commands: cmd_tx,
-    }
+    task
 }
 
-struct Watcher {
-    pool: Pool,
+/// The machine: its source, the view it feeds and the channels it answers on.
+struct Watcher<S: KvSource> {
+    source: S,
     /// Members suspected by any request of this connector: a watch on one of them moves.
     suspicions: watch::Receiver<(u64, usize)>,
     settings: WatcherSettings,
@@ -272,11 +269,7 @@ struct Watcher {
     backoff: Option<Delays>,
 }
 
-fn backoff(max: Duration) -> Delays {
-    crate::backoff::bounded(Duration::from_millis(100), max).build()
-}
-
-fn list_from_scratch(initial: bool) -> State {
+fn list_from_scratch<F>(initial: bool) -> State<F> {
     State::List {
         initial,
         pinned: 0,
@@ -287,7 +280,41 @@ fn list_from_scratch(initial: bool) -> State {
     }
 }
 
-impl Watcher {
+impl<S: KvSource> Watcher<S> {
+    /// A watcher over `source` and the handles the connector keeps.
+    fn new(
+        source: S,
+        settings: WatcherSettings,
+        events: mpsc::Sender<Event>,
+    ) -> (Self, WatcherTask) {
+        let shared = Arc::new(Mutex::new(Shared {
+            view: Membership::new(settings.layout.clone()),
+            cursor: 0,
+            revision: 0,
+            stale: false,
+            own: None,
+        }));
+        let (synced_tx, synced) = watch::channel(false);
+        let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let watcher = Watcher {
+            suspicions: source.suspicions(),
+            source,
+            settings,
+            shared: shared.clone(),
+            events,
+            commands: cmd_rx,
+            synced: synced_tx,
+            resync_waiters: Vec::new(),
+            backoff: None,
+        };
+        let task = WatcherTask {
+            shared,
+            synced,
+            commands: cmd_tx,
+        };
+        (watcher, task)
+    }
+
     async fn run(mut self, cancel: CancellationToken) {
         let mut state = list_from_scratch(true);
         loop {
@@ -318,7 +345,7 @@ impl Watcher {
     }
 
     /// One transition. Returns the events to deliver (in order) and the next state.
-    async fn step(&mut self, state: State) -> (Vec<Event>, State) {
+    async fn step(&mut self, state: State<S::Feed>) -> (Vec<Event>, State<S::Feed>) {
         match state {
             State::List {
                 initial,
@@ -326,14 +353,19 @@ impl Watcher {
                 after,
                 snapshot,
                 pending,
-                mut cursor,
+                cursor,
             } => {
                 let snapshot =
                     snapshot.unwrap_or_else(|| Box::new(lock(&self.shared).view.begin_snapshot()));
                 // Decode the previous page on a blocking thread while this one is read: a
                 // snapshot of many servers is mostly decoding, and doing it here, on the task
                 // that drives the read, would delay the request until it is done.
-                let read = self.list_page(pinned, after.as_deref(), &mut cursor);
+                let op = if pinned == 0 {
+                    "snapshot"
+                } else {
+                    "snapshot page"
+                };
+                let read = self.source.page(op, pinned, after.as_deref());
                 let decode = async move {
                     if pending.is_empty() {
                         return Ok(snapshot);
@@ -348,35 +380,46 @@ impl Watcher {
                 let (page, decoded) = tokio::join!(read, decode);
                 let mut snapshot = match decoded {
                     Ok(snapshot) => snapshot,
-                    Err(e) => match e.try_into_panic() {
+                    Err(e) => {
                         // A bug in decoding: let it surface as the panic it is.
-                        Ok(panic) => std::panic::resume_unwind(panic),
-                        // The runtime is shutting down: start over, paced like any failure.
-                        Err(_) => {
-                            let then = Box::new(list_from_scratch(initial));
-                            let backoff = State::Backoff {
-                                then,
-                                unreachable: false,
-                            };
-                            return (Vec::new(), backoff);
+                        if let Ok(panic) = e.try_into_panic() {
+                            std::panic::resume_unwind(panic);
                         }
-                    },
+                        // The runtime is shutting down: start over, paced like any failure.
+                        let then = Box::new(list_from_scratch(initial));
+                        let backoff = State::Backoff {
+                            then,
+                            unreachable: false,
+                        };
+                        return (Vec::new(), backoff);
+                    }
                 };
                 match page {
-                    Ok((revision, page, Some(next))) => {
+                    Ok(Page {
+                        revision,
+                        kvs,
+                        next: Some(next),
+                        cursor: read_cursor,
+                    }) => {
                         let next = State::List {
                             initial,
                             pinned: revision,
                             after: Some(next),
                             snapshot: Some(snapshot),
-                            pending: page,
-                            cursor,
+                            pending: kvs,
+                            cursor: read_cursor.unwrap_or(cursor),
                         };
                         (Vec::new(), next)
                     }
-                    Ok((revision, page, None)) => {
+                    Ok(Page {
+                        revision,
+                        kvs,
+                        next: None,
+                        cursor: read_cursor,
+                    }) => {
                         self.backoff = None;
-                        snapshot.add(&page);
+                        snapshot.add(&kvs);
+                        let cursor = read_cursor.unwrap_or(cursor);
                         let events = self.finish_list(initial, revision, *snapshot, cursor);
                         (events, State::Open { from: revision + 1 })
                     }
@@ -401,7 +444,7 @@ impl Watcher {
                 let _ = from;
                 (Vec::new(), list_from_scratch(false))
             }
-            State::Open { from } => match self.open(from).await {
+            State::Open { from } => match self.source.open(from).await {
                 Ok((stream, member)) => {
                     metrics::counter!(m::WATCH_RESTARTS).increment(1);
                     let last_heard = Instant::now();
@@ -443,9 +486,11 @@ impl Watcher {
                 let stale = if unreachable { self.mark_stale() } else { None };
                 let delay = self
                     .backoff
-                    .get_or_insert_with(|| backoff(self.settings.max_backoff))
+                    .get_or_insert_with(|| {
+                        crate::timing::recovery_backoff_within(self.settings.max_backoff)
+                    })
                     .next()
-                    .unwrap_or(Duration::from_secs(5));
+                    .unwrap_or(self.settings.max_backoff);
                 tracing::debug!(
                     delay_ms = delay.as_millis(),
                     next = then.name(),
@@ -455,71 +500,6 @@ impl Watcher {
                 (stale.into_iter().collect(), *then)
             }
         }
-    }
-
-    /// Reads one page. Returns the pinned revision, the page, and the key to continue after
-    /// if there are more.
-    async fn list_page(
-        &self,
-        pinned: i64,
-        after: Option<&[u8]>,
-        cursor: &mut u64,
-    ) -> Result<(i64, Vec<KeyValue>, Option<Vec<u8>>)> {
-        let layout = &self.settings.layout;
-        let start = match after {
-            Some(k) => {
-                let mut k = k.to_vec();
-                k.push(0);
-                k
-            }
-            None => layout.servers_prefix().into_bytes(),
-        };
-        let mut options = GetOptions::new()
-            .with_range(prefix_end(layout.servers_prefix().as_bytes()))
-            .with_limit(self.settings.page_size);
-        if pinned > 0 {
-            options = options.with_revision(pinned);
-        }
-        let timeout = self.settings.request_timeout;
-        let (revision, kvs, more) = if pinned == 0 {
-            // First page and the cursor, at one revision.
-            let txn = Txn::new().and_then([
-                TxnOp::get(start, Some(options)),
-                TxnOp::get(layout.cursor_key(), None),
-            ]);
-            let resp = retrying(&self.pool, "snapshot", timeout, |client| {
-                let txn = txn.clone();
-                async move { client.kv_client().txn(txn).await }
-            })
-            .await?;
-            let revision = resp
-                .header()
-                .map_or(0, etcd_client::ResponseHeader::revision);
-            let mut page = None;
-            for op in resp.op_responses() {
-                if let TxnOpResponse::Get(mut get) = op {
-                    if page.is_none() {
-                        page = Some((get.take_kvs(), get.more()));
-                    } else if let Some(kv) = get.kvs().first() {
-                        *cursor = decode_cursor(kv.value()).unwrap_or(0);
-                    }
-                }
-            }
-            let (kvs, more) = page.unwrap_or_default();
-            (revision, kvs, more)
-        } else {
-            let mut resp = retrying(&self.pool, "snapshot page", timeout, |client| {
-                let (start, options) = (start.clone(), options.clone());
-                async move { client.kv_client().get(start, Some(options)).await }
-            })
-            .await?;
-            let more = resp.more();
-            (pinned, resp.take_kvs(), more)
-        };
-        let last = kvs.last().map(|kv| kv.key().to_vec());
-        // Moved, not copied: a snapshot of many servers is mostly these bytes.
-        let page = kvs.into_iter().map(into_view_kv).collect();
-        Ok((revision, page, if more { last } else { None }))
     }
 
     fn finish_list(
@@ -562,42 +542,25 @@ impl Watcher {
         events
     }
 
-    /// Opens the watch on the pool's chosen member; returns the stream and that member.
-    async fn open(&mut self, from: i64) -> Result<(WatchStream, usize)> {
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(from)
-            .with_progress_notify();
-        let prefix = self.settings.layout.servers_prefix();
-        retrying_on(
-            &self.pool,
-            "watch",
-            self.settings.request_timeout,
-            |mut client| {
-                let (prefix, options) = (prefix.clone(), options.clone());
-                async move { client.watch(prefix, Some(options)).await }
-            },
-        )
-        .await
-    }
-
     async fn watch_step(
         &mut self,
         from: i64,
-        mut stream: Box<WatchStream>,
+        mut stream: Box<S::Feed>,
         member: usize,
         last_heard: Instant,
         asked: Option<Instant>,
-    ) -> (Vec<Event>, State) {
+    ) -> (Vec<Event>, State<S::Feed>) {
         // Watchdog: a silent stream is asked for progress after `progress_interval`. An
         // answer (or any message) proves the member alive; none within the pool's attempt
         // timeout means the member froze or answers too late: it is suspected and the watch
         // reopened on another member. A stream silent for `idle_timeout` is recreated anyway.
-        let ask_at = last_heard + self.settings.progress_interval;
-        let mut give_up_at = last_heard + self.settings.idle_timeout;
-        if let Some(asked) = asked {
-            give_up_at = give_up_at.min(asked + self.pool.attempt_timeout());
-        }
+        let (ask_at, give_up_at) = crate::timing::watchdog(
+            last_heard,
+            asked,
+            self.settings.progress_interval,
+            self.settings.idle_timeout,
+            self.source.attempt_timeout(),
+        );
         let msg = tokio::select! {
             cmd = self.commands.recv() => {
                 return match cmd {
@@ -613,7 +576,7 @@ impl Watcher {
             }
             changed = self.suspicions.changed() => {
                 let suspected = self.suspicions.borrow_and_update().1;
-                if changed.is_ok() && suspected == member && self.pool.len() > 1 {
+                if changed.is_ok() && suspected == member && self.source.members() > 1 {
                     tracing::info!(from, "watch member suspected; moving the watch to another member");
                     return (Vec::new(), State::Open { from });
                 }
@@ -631,7 +594,7 @@ impl Watcher {
             () = tokio::time::sleep_until(give_up_at) => {
                 if asked.is_some() {
                     tracing::warn!(from, "watch stream did not answer a progress request in time; moving it to another member");
-                    self.pool.suspect(member, "watch did not answer a progress request");
+                    self.source.suspect(member, "watch did not answer a progress request");
                     return (Vec::new(), State::Open { from });
                 }
                 tracing::warn!(from, silent_for = ?self.settings.idle_timeout, "watch stream silent; recreating it");
@@ -640,23 +603,19 @@ impl Watcher {
             }
             msg = stream.message() => msg,
         };
-        let resp = match msg {
-            Ok(Some(resp)) => resp,
-            Ok(None) => {
-                tracing::info!(from, "watch stream ended; resuming");
-                self.pool.suspect(member, "watch stream ended");
-                let then = Box::new(State::Open { from });
-                return (
-                    Vec::new(),
-                    State::Backoff {
-                        then,
-                        unreachable: false,
-                    },
-                );
-            }
-            Err(e) => {
-                tracing::info!(error = %e, from, "watch stream failed; resuming");
-                self.pool.suspect(member, "watch stream failed");
+        let answer = match msg {
+            Ok(Some(answer)) => answer,
+            ended => {
+                // A stream that ends or fails resumes at `from` on another member: nothing
+                // lost, nothing repeated.
+                let why = if let Err(e) = ended {
+                    tracing::info!(error = %e, from, "watch stream failed; resuming");
+                    "watch stream failed"
+                } else {
+                    tracing::info!(from, "watch stream ended; resuming");
+                    "watch stream ended"
+                };
+                self.source.suspect(member, why);
                 let then = Box::new(State::Open { from });
                 return (
                     Vec::new(),
@@ -667,103 +626,64 @@ impl Watcher {
                 );
             }
         };
-        if resp.canceled() {
-            if resp.compact_revision() > 0 {
-                let compact_revision = resp.compact_revision();
-                tracing::warn!(from, compact_revision, "watch compacted; relisting");
-            } else {
-                let reason = resp.cancel_reason();
-                tracing::warn!(from, reason, "watch cancelled by etcd; relisting");
-                // An expired auth token cancels a watch instead of failing it ("invalid auth
-                // token" on 3.4, "permission denied" on 3.5): get a fresh token first.
-                if reason.contains("auth token") || reason.contains("permission denied") {
-                    let refreshed = match self.pool.client(member).await {
-                        Ok(client) => client.refresh_token().await.map_err(|e| e.to_string()),
-                        Err(e) => Err(format!("{e:?}")),
-                    };
-                    if let Err(e) = refreshed {
-                        tracing::debug!(error = %e, "refreshing the auth token failed");
-                    }
-                }
-            }
-            return (Vec::new(), list_from_scratch(false));
+        let verdict = classify(&answer, from);
+        if !matches!(
+            verdict,
+            Verdict::Compacted { .. } | Verdict::Cancelled { .. }
+        ) {
+            self.backoff = None;
         }
-        self.backoff = None;
         let heard = Instant::now();
-        let header_revision = resp
-            .header()
-            .map_or(0, etcd_client::ResponseHeader::revision);
-        if resp.events().is_empty() {
-            if resp.created() {
-                // `created` promises nothing about progress.
-                let watch = State::Watch {
-                    from,
-                    stream,
-                    member,
-                    last_heard: heard,
-                    asked,
-                };
-                return (Vec::new(), watch);
-            }
-            if resp.watch_id() == -1 {
-                // The answer to our progress request: proof of life only. etcd before
-                // 3.4.24 / 3.5.8 sends it even while this watcher is still catching up, so
-                // it does not prove that everything up to its revision was delivered.
-                let watch = State::Watch {
-                    from,
-                    stream,
-                    member,
-                    last_heard: heard,
-                    asked: None,
-                };
-                return (Vec::new(), watch);
-            }
-            // A server-side progress notification (sent to synced watchers only): every
-            // event up to its revision was sent.
-            let next = from.max(header_revision + 1);
-            lock(&self.shared).revision = next - 1;
-            metrics::gauge!(m::REVISION_LAG).set(0.0);
-            let watch = State::Watch {
-                from: next,
-                stream,
-                member,
-                last_heard: heard,
-                asked: None,
-            };
-            return (Vec::new(), watch);
-        }
-        let mut changes = Vec::with_capacity(resp.events().len());
-        let mut last = from - 1;
-        for ev in resp.events() {
-            let Some(kv) = ev.kv() else { continue };
-            last = last.max(kv.mod_revision());
-            changes.push(match ev.event_type() {
-                EventType::Put => KvChange::Put(convert_kv(kv)),
-                EventType::Delete => KvChange::Delete {
-                    key: kv.key().to_vec(),
-                    revision: kv.mod_revision(),
-                },
-            });
-        }
-        let events = {
-            let mut shared = lock(&self.shared);
-            let counts_before = (shared.view.skipped(), shared.view.shadowed());
-            let events = shared.view.apply(&changes);
-            shared.cursor = alloc::later_position(shared.cursor, shared.view.max_alloc_position());
-            shared.revision = last;
-            shared.check_own_changes(&changes);
-            shared.check_own_edits(resp.events());
-            record_view_metrics(&shared, counts_before, header_revision - last);
-            events
-        };
-        let watch = State::Watch {
-            from: last + 1,
+        let watch = |from, asked| State::Watch {
+            from,
             stream,
             member,
             last_heard: heard,
-            asked: None,
+            asked,
         };
-        (events, watch)
+        match verdict {
+            Verdict::Compacted { compact_revision } => {
+                tracing::warn!(from, compact_revision, "watch compacted; relisting");
+                (Vec::new(), list_from_scratch(false))
+            }
+            Verdict::Cancelled { auth } => {
+                let reason = &answer.cancel_reason;
+                tracing::warn!(from, reason, "watch cancelled by etcd; relisting");
+                if auth {
+                    // An expired auth token cancels a watch instead of failing it: get a
+                    // fresh token first.
+                    if let Err(e) = self.source.refresh_token(member).await {
+                        tracing::debug!(error = %e, "refreshing the auth token failed");
+                    }
+                }
+                (Vec::new(), list_from_scratch(false))
+            }
+            // `created` promises nothing about progress.
+            Verdict::Created => (Vec::new(), watch(from, asked)),
+            // The answer to our progress request: proof of life only (see `classify`).
+            Verdict::ProofOfLife => (Vec::new(), watch(from, None)),
+            Verdict::Progress { next } => {
+                lock(&self.shared).revision = next - 1;
+                metrics::gauge!(m::REVISION_LAG).set(0.0);
+                (Vec::new(), watch(next, None))
+            }
+            Verdict::Apply { last } => {
+                let changes = &answer.changes;
+                let events = {
+                    let mut shared = lock(&self.shared);
+                    let counts_before = (shared.view.skipped(), shared.view.shadowed());
+                    let events = shared.view.apply(changes);
+                    shared.cursor =
+                        alloc::later_position(shared.cursor, shared.view.max_alloc_position());
+                    shared.revision = last;
+                    shared.check_own_changes(changes);
+                    shared.check_own_edits(changes);
+                    record_view_metrics(&shared, counts_before, answer.header_revision - last);
+                    events
+                };
+                (events, watch(last + 1, None))
+            }
+        }
     }
 
     /// Marks the view stale; returns the event the first time.
@@ -812,21 +732,7 @@ fn record_view_metrics(shared: &Shared, counts_before: (u64, u64), lag: i64) {
     }
 }
 
-/// Like [`convert_kv`], taking the bytes instead of copying them.
-fn into_view_kv(kv: etcd_client::KeyValue) -> KeyValue {
-    let (create_revision, mod_revision, lease) =
-        (kv.create_revision(), kv.mod_revision(), kv.lease());
-    let (key, value) = kv.into_key_value();
-    KeyValue {
-        key,
-        value,
-        create_revision,
-        mod_revision,
-        lease,
-    }
-}
-
-/// A watch event's or a range read's key-value, copied into the view's form.
+/// A watch event's key-value, copied into the view's form.
 pub(crate) fn convert_kv(kv: &etcd_client::KeyValue) -> KeyValue {
     KeyValue {
         key: kv.key().to_vec(),
@@ -837,97 +743,26 @@ pub(crate) fn convert_kv(kv: &etcd_client::KeyValue) -> KeyValue {
     }
 }
 
-/// The end of the range of keys starting with `prefix` (etcd's prefix rule).
-pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
-/// Reads the whole server range of `layout` once, `page_size` keys a page, every page after
-/// the first pinned to the first page's revision (one consistent listing), handing each page
-/// to `visit`. Returns that revision. Shared by one-shot listings ([`list_once`], `ls`).
-pub(crate) async fn list_pinned(
-    pool: &Pool,
-    layout: &KeyLayout,
-    page_size: i64,
-    request_timeout: Duration,
-    mut visit: impl FnMut(Vec<etcd_client::KeyValue>),
-) -> Result<i64> {
-    let prefix = layout.servers_prefix();
-    let end = prefix_end(prefix.as_bytes());
-    let mut start = prefix.into_bytes();
-    let mut pinned = 0;
-    loop {
-        let mut options = GetOptions::new()
-            .with_range(end.clone())
-            .with_limit(page_size);
-        if pinned > 0 {
-            options = options.with_revision(pinned);
-        }
-        let mut resp = retrying(pool, "list", request_timeout, |client| {
-            let (start, options) = (start.clone(), options.clone());
-            async move { client.kv_client().get(start, Some(options)).await }
-        })
-        .await?;
-        if pinned == 0 {
-            pinned = resp
-                .header()
-                .map_or(0, etcd_client::ResponseHeader::revision);
-        }
-        let next = match (resp.more(), resp.kvs().last()) {
-            (true, Some(last)) => {
-                let mut next = last.key().to_vec();
-                next.push(0);
-                Some(next)
-            }
-            _ => None,
-        };
-        visit(resp.take_kvs());
-        match next {
-            Some(next) => start = next,
-            None => break,
-        }
-    }
-    if pinned == 0 {
-        return Err(Error::InvalidConfig("etcd returned no revision".into()));
-    }
-    Ok(pinned)
-}
-
-/// Reads the whole server range once (paginated, pinned) into a view, for one-shot listings.
+/// Reads the whole server range once (paginated, pinned), for one-shot listings.
 pub(crate) async fn list_once(
     pool: &Pool,
     settings: &WatcherSettings,
 ) -> Result<(i64, Membership)> {
     let mut view = Membership::new(settings.layout.clone());
     let mut snapshot = view.begin_snapshot();
-    let revision = list_pinned(
+    let range = ServerRange {
         pool,
-        &settings.layout,
-        settings.page_size,
-        settings.request_timeout,
-        // Moved, not copied, as in the watcher's own list.
-        |page| snapshot.add(&page.into_iter().map(into_view_kv).collect::<Vec<_>>()),
-    )
-    .await?;
-    view.install(snapshot, revision);
-    Ok((revision, view))
+        layout: &settings.layout,
+        page_size: settings.page_size,
+        timeout: settings.request_timeout,
+    };
+    let pinned = range.read_all("list", |page| snapshot.add(&page)).await?;
+    if pinned == 0 {
+        return Err(Error::InvalidConfig("etcd returned no revision".into()));
+    }
+    view.install(snapshot, pinned);
+    Ok((pinned, view))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::prefix_end;
-
-    #[test]
-    fn prefix_end_increments_the_last_byte() {
-        assert_eq!(prefix_end(b"/darkrift/"), b"/darkrift0");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
-    }
-}
+mod tests;

@@ -1,0 +1,547 @@
+//! The state machine driven step by step over a scripted source: every recovery path without
+//! etcd (time is paused, so the watchdog's seconds pass at once).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::classify::WatchAnswer;
+use super::source::{KvSource, WatchFeed};
+use super::{list_from_scratch, lock, Command, Page, State, Watcher, WatcherSettings, WatcherTask};
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::keys::KeyLayout;
+use crate::membership::{KeyValue, KvChange};
+use crate::record::Registration;
+
+type Log = Arc<Mutex<Vec<String>>>;
+type Message = std::result::Result<Option<WatchAnswer>, String>;
+
+/// A source that answers from scripts and logs what it was asked.
+struct Fake {
+    pages: Mutex<VecDeque<Result<Page>>>,
+    opens: Mutex<VecDeque<Result<(Feed, usize)>>>,
+    members: usize,
+    suspicions: watch::Receiver<(u64, usize)>,
+    log: Log,
+}
+
+/// A watch stream fed by the test through a channel; silent while the channel is empty.
+struct Feed {
+    messages: mpsc::UnboundedReceiver<Message>,
+    log: Log,
+}
+
+impl KvSource for Fake {
+    type Feed = Feed;
+
+    async fn page(&self, op: &'static str, pinned: i64, _after: Option<&[u8]>) -> Result<Page> {
+        self.log.lock().unwrap().push(format!("{op} @{pinned}"));
+        self.pages
+            .lock()
+            .unwrap()
+            .pop_front()
+            .expect("a scripted page")
+    }
+
+    async fn open(&self, from: i64) -> Result<(Feed, usize)> {
+        self.log.lock().unwrap().push(format!("open {from}"));
+        self.opens
+            .lock()
+            .unwrap()
+            .pop_front()
+            .expect("a scripted open")
+    }
+
+    async fn refresh_token(&self, member: usize) -> std::result::Result<(), String> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("refresh token {member}"));
+        Ok(())
+    }
+
+    fn suspect(&self, member: usize, why: &str) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("suspect {member}: {why}"));
+    }
+
+    fn attempt_timeout(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn members(&self) -> usize {
+        self.members
+    }
+
+    fn suspicions(&self) -> watch::Receiver<(u64, usize)> {
+        self.suspicions.clone()
+    }
+}
+
+impl WatchFeed for Feed {
+    async fn message(&mut self) -> Message {
+        match self.messages.recv().await {
+            Some(message) => message,
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn request_progress(&mut self) -> std::result::Result<(), String> {
+        self.log.lock().unwrap().push("request progress".into());
+        Ok(())
+    }
+}
+
+struct Harness {
+    watcher: Watcher<Fake>,
+    task: WatcherTask,
+    suspicions: watch::Sender<(u64, usize)>,
+    log: Log,
+    _events: mpsc::Receiver<Event>,
+}
+
+fn layout() -> KeyLayout {
+    KeyLayout::new("/darkrift").unwrap()
+}
+
+fn harness(members: usize, progress_interval: u64, idle_timeout: u64) -> Harness {
+    let log = Log::default();
+    let (suspicions, suspicions_rx) = watch::channel((0, usize::MAX));
+    let fake = Fake {
+        pages: Mutex::default(),
+        opens: Mutex::default(),
+        members,
+        suspicions: suspicions_rx,
+        log: log.clone(),
+    };
+    let settings = WatcherSettings {
+        layout: layout(),
+        page_size: 2,
+        request_timeout: Duration::from_secs(3),
+        progress_interval: Duration::from_secs(progress_interval),
+        idle_timeout: Duration::from_secs(idle_timeout),
+        max_backoff: Duration::from_secs(1),
+    };
+    let (events, events_rx) = mpsc::channel(64);
+    let (watcher, task) = Watcher::new(fake, settings, events);
+    Harness {
+        watcher,
+        task,
+        suspicions,
+        log,
+        _events: events_rx,
+    }
+}
+
+impl Harness {
+    fn script_page(&self, revision: i64, ids: &[u16], more: bool, cursor: Option<u64>) {
+        // Each id's registration created at revision `id`: the same one in every list.
+        let kvs: Vec<KeyValue> = ids.iter().map(|&id| server(id, i64::from(id))).collect();
+        let next = more.then(|| kvs.last().map(|kv| kv.key.clone()).unwrap_or_default());
+        let page = Page {
+            revision,
+            kvs,
+            next,
+            cursor,
+        };
+        self.watcher
+            .source
+            .pages
+            .lock()
+            .unwrap()
+            .push_back(Ok(page));
+    }
+
+    fn script_page_failure(&self) {
+        self.watcher
+            .source
+            .pages
+            .lock()
+            .unwrap()
+            .push_back(Err(unreachable_etcd()));
+    }
+
+    /// Scripts a successful open on `member`; returns the sender of its messages.
+    fn script_open(&self, member: usize) -> mpsc::UnboundedSender<Message> {
+        let (tx, messages) = mpsc::unbounded_channel();
+        let feed = Feed {
+            messages,
+            log: self.log.clone(),
+        };
+        self.watcher
+            .source
+            .opens
+            .lock()
+            .unwrap()
+            .push_back(Ok((feed, member)));
+        tx
+    }
+
+    fn script_open_failure(&self) {
+        self.watcher
+            .source
+            .opens
+            .lock()
+            .unwrap()
+            .push_back(Err(unreachable_etcd()));
+    }
+
+    async fn step(&mut self, state: State<Feed>) -> (Vec<String>, State<Feed>) {
+        let (events, next) = self.watcher.step(state).await;
+        (events.iter().map(describe).collect(), next)
+    }
+
+    /// Steps until the state is `name` (at most 10 steps); returns every event on the way.
+    async fn step_until(
+        &mut self,
+        mut state: State<Feed>,
+        name: &str,
+    ) -> (Vec<String>, State<Feed>) {
+        let mut all = Vec::new();
+        for _ in 0..10 {
+            let (events, next) = self.step(state).await;
+            all.extend(events);
+            state = next;
+            if state.name() == name {
+                return (all, state);
+            }
+        }
+        panic!("never reached {name}: {all:?}");
+    }
+
+    /// Lists `ids` at `revision` (one page) and opens the watch on `member`.
+    async fn synced(
+        &mut self,
+        revision: i64,
+        ids: &[u16],
+        member: usize,
+    ) -> (mpsc::UnboundedSender<Message>, State<Feed>) {
+        self.script_page(revision, ids, false, Some(0));
+        let feed = self.script_open(member);
+        let (_, state) = self.step_until(list_from_scratch(true), "watch").await;
+        self.log.lock().unwrap().clear();
+        (feed, state)
+    }
+
+    fn log(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+fn unreachable_etcd() -> Error {
+    Error::Timeout {
+        op: "scripted",
+        timeout: Duration::from_secs(3),
+    }
+}
+
+fn server(id: u16, revision: i64) -> KeyValue {
+    let reg = Registration::new("game", "10.0.0.1", 4000 + id, BTreeMap::new()).unwrap();
+    KeyValue {
+        key: layout().server_key("game", id).into_bytes(),
+        value: reg.encode(id, u64::from(id), 0),
+        create_revision: revision,
+        mod_revision: revision,
+        lease: 1,
+    }
+}
+
+fn describe(event: &Event) -> String {
+    match event {
+        Event::Join { server, revision } => format!("join {} @{revision}", server.id),
+        Event::Leave { id, revision, .. } => format!("leave {id} @{revision}"),
+        Event::Synced { revision } => format!("synced @{revision}"),
+        Event::Stale { revision } => format!("stale @{revision}"),
+        Event::Fresh { revision } => format!("fresh @{revision}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// `(name, from)` of a state: where it resumes.
+fn at(state: &State<Feed>) -> (&'static str, i64) {
+    let from = match state {
+        State::List { pinned, .. } => *pinned,
+        State::Open { from } | State::Watch { from, .. } => *from,
+        State::Backoff { then, .. } => at(then).1,
+    };
+    (state.name(), from)
+}
+
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "a scripted stream message is a Result"
+)]
+fn events_at(revision: i64, changes: Vec<KvChange>) -> Message {
+    Ok(Some(WatchAnswer {
+        watch_id: 0,
+        header_revision: revision,
+        has_events: true,
+        changes,
+        ..WatchAnswer::default()
+    }))
+}
+
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "a scripted stream message is a Result"
+)]
+fn no_events(watch_id: i64, header_revision: i64) -> Message {
+    Ok(Some(WatchAnswer {
+        watch_id,
+        header_revision,
+        ..WatchAnswer::default()
+    }))
+}
+
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "a scripted stream message is a Result"
+)]
+fn cancelled(compact_revision: i64, reason: &str) -> Message {
+    Ok(Some(WatchAnswer {
+        canceled: true,
+        compact_revision,
+        cancel_reason: reason.into(),
+        ..WatchAnswer::default()
+    }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_initial_list_reads_pages_pinned_at_the_first_revision_then_watches_after_it() {
+    let mut h = harness(1, 5, 15);
+    h.script_page(10, &[1, 2], true, Some(7));
+    h.script_page(10, &[3], false, None);
+    let _feed = h.script_open(0);
+    let (events, state) = h.step(list_from_scratch(true)).await;
+    assert!(
+        events.is_empty(),
+        "nothing before the last page: {events:?}"
+    );
+    assert_eq!(at(&state), ("list", 10));
+    let (events, state) = h.step(state).await;
+    assert_eq!(
+        events,
+        ["join 1 @10", "join 2 @10", "join 3 @10", "synced @10"]
+    );
+    assert_eq!(at(&state), ("open", 11));
+    assert!(*h.task.synced.borrow());
+    {
+        let shared = lock(&h.task.shared);
+        assert_eq!((shared.revision, shared.view.len()), (10, 3));
+        assert!(shared.cursor >= 7, "the cursor read with the first page");
+    }
+    let (_, state) = h.step(state).await;
+    assert_eq!(at(&state), ("watch", 11));
+    assert_eq!(h.log(), ["snapshot @0", "snapshot page @10", "open 11"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_and_server_progress_move_the_resume_point_our_progress_answer_does_not() {
+    let mut h = harness(1, 5, 15);
+    let (feed, state) = h.synced(10, &[1], 0).await;
+    feed.send(events_at(14, vec![KvChange::Put(server(2, 12))]))
+        .unwrap();
+    let (events, state) = h.step(state).await;
+    assert_eq!(events, ["join 2 @12"]);
+    // After the last event, not after the header (a catching-up watcher's header runs ahead).
+    assert_eq!(at(&state), ("watch", 13));
+    feed.send(no_events(-1, 30)).unwrap();
+    let (_, state) = h.step(state).await;
+    assert_eq!(at(&state), ("watch", 13), "proof of life only");
+    feed.send(Ok(Some(WatchAnswer {
+        created: true,
+        header_revision: 40,
+        ..WatchAnswer::default()
+    })))
+    .unwrap();
+    let (_, state) = h.step(state).await;
+    assert_eq!(at(&state), ("watch", 13), "created promises nothing");
+    feed.send(no_events(3, 20)).unwrap();
+    let (_, state) = h.step(state).await;
+    assert_eq!(at(&state), ("watch", 21), "a server progress notification");
+    assert_eq!(lock(&h.task.shared).revision, 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_compaction_relists_and_emits_only_the_difference() {
+    let mut h = harness(1, 5, 15);
+    let (feed, state) = h.synced(10, &[1, 2], 0).await;
+    feed.send(cancelled(15, "")).unwrap();
+    let (_, state) = h.step(state).await;
+    assert_eq!(at(&state), ("list", 0), "relist from scratch");
+    h.script_page(20, &[1, 3], false, Some(0));
+    let _feed = h.script_open(0);
+    let (events, state) = h.step_until(state, "watch").await;
+    assert_eq!(
+        events,
+        ["leave 2 @20", "join 3 @20"],
+        "no Synced on a relist"
+    );
+    assert_eq!(at(&state), ("watch", 21));
+    assert_eq!(h.log(), ["snapshot @0", "open 21"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_watch_relists_and_an_auth_cancel_refreshes_the_token_first() {
+    let mut h = harness(2, 5, 15);
+    let (feed, state) = h.synced(10, &[1], 1).await;
+    feed.send(cancelled(0, "etcdserver: no leader")).unwrap();
+    let (_, state) = h.step(state).await;
+    assert_eq!(at(&state), ("list", 0));
+    assert!(h.log().is_empty(), "no refresh for another reason");
+    // A fresh watch on member 1 whose token expired.
+    let (feed, state) = h.synced(10, &[1], 1).await;
+    feed.send(cancelled(0, "etcdserver: invalid auth token"))
+        .unwrap();
+    let (_, state) = h.step(state).await;
+    assert_eq!(at(&state), ("list", 0));
+    assert_eq!(h.log(), ["refresh token 1"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_that_ends_or_fails_suspects_its_member_and_resumes_at_from() {
+    for (message, why) in [
+        (Ok(None), "watch stream ended"),
+        (Err("connection reset".to_owned()), "watch stream failed"),
+    ] {
+        let mut h = harness(2, 5, 15);
+        let (feed, state) = h.synced(10, &[1], 1).await;
+        feed.send(message).unwrap();
+        let (events, state) = h.step(state).await;
+        assert!(events.is_empty());
+        assert_eq!(at(&state), ("backoff", 11));
+        assert_eq!(h.log(), [format!("suspect 1: {why}")]);
+        // A broken stream is not an unreachable etcd: no Stale, and no relist.
+        let _feed = h.script_open(0);
+        let (events, state) = h.step_until(state, "watch").await;
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(at(&state), ("watch", 11));
+        assert_eq!(h.log(), ["open 11"]);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_stream_is_asked_for_progress_and_moved_when_the_answer_does_not_come() {
+    let mut h = harness(2, 5, 15);
+    let (_feed, state) = h.synced(10, &[1], 0).await;
+    let started = tokio::time::Instant::now();
+    let (_, state) = h.step(state).await;
+    assert_eq!(h.log(), ["request progress"]);
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(5),
+        "after progress_interval"
+    );
+    let (_, state) = h.step(state).await;
+    // One attempt timeout later: the member is suspected, the watch moves at once.
+    assert_eq!(started.elapsed(), Duration::from_secs(6));
+    assert_eq!(at(&state), ("open", 11));
+    assert_eq!(
+        h.log(),
+        ["suspect 0: watch did not answer a progress request"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answered_progress_request_keeps_the_stream() {
+    let mut h = harness(1, 5, 15);
+    let (feed, state) = h.synced(10, &[1], 0).await;
+    let (_, state) = h.step(state).await;
+    assert_eq!(h.log(), ["request progress"]);
+    feed.send(no_events(-1, 10)).unwrap();
+    let (_, state) = h.step(state).await;
+    let State::Watch { asked, .. } = &state else {
+        panic!("still watching");
+    };
+    assert!(asked.is_none(), "answered");
+    assert_eq!(at(&state), ("watch", 11));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_silent_for_the_idle_timeout_is_recreated() {
+    // Progress requests later than the idle timeout: only the idle watchdog fires.
+    let mut h = harness(1, 60, 15);
+    let (_feed, state) = h.synced(10, &[1], 0).await;
+    let started = tokio::time::Instant::now();
+    let (events, state) = h.step(state).await;
+    assert_eq!(started.elapsed(), Duration::from_secs(15));
+    assert!(events.is_empty());
+    assert_eq!(at(&state), ("backoff", 11));
+    assert!(h.log().is_empty(), "not a suspicion: {:?}", h.log());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_suspicion_of_the_streams_member_moves_the_watch() {
+    let mut h = harness(3, 5, 15);
+    let (_feed, state) = h.synced(10, &[1], 1).await;
+    // Another member suspected: the watch stays.
+    h.suspicions.send_replace((1, 2));
+    let (_, state) = h.step(state).await;
+    assert_eq!(at(&state), ("watch", 11));
+    h.suspicions.send_replace((2, 1));
+    let (_, state) = h.step(state).await;
+    assert_eq!(at(&state), ("open", 11));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_single_member_watch_stays_when_its_member_is_suspected() {
+    let mut h = harness(1, 5, 15);
+    let (_feed, state) = h.synced(10, &[1], 0).await;
+    h.suspicions.send_replace((1, 0));
+    let (_, state) = h.step(state).await;
+    assert_eq!(at(&state), ("watch", 11));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_etcd_marks_the_view_stale_and_a_completed_relist_fresh() {
+    let mut h = harness(1, 5, 15);
+    let (feed, state) = h.synced(10, &[1, 2], 0).await;
+    feed.send(Ok(None)).unwrap();
+    let (_, state) = h.step(state).await;
+    // The reopen fails: etcd is unreachable.
+    h.script_open_failure();
+    let (events, state) = h.step_until(state, "backoff").await;
+    assert!(events.is_empty());
+    let State::Backoff { unreachable, .. } = &state else {
+        unreachable!()
+    };
+    assert!(*unreachable);
+    let (events, state) = h.step(state).await;
+    assert_eq!(events, ["stale @10"]);
+    assert!(lock(&h.task.shared).stale);
+    // Stale: the next open relists instead (a completed relist proves freshness); the first
+    // read fails too, and the view keeps its members meanwhile.
+    let (_, state) = h.step(state).await;
+    assert_eq!(at(&state), ("list", 0));
+    h.script_page_failure();
+    let (events, state) = h.step(state).await;
+    assert!(events.is_empty(), "stale once: {events:?}");
+    assert_eq!(lock(&h.task.shared).view.len(), 2);
+    h.script_page(30, &[2], false, Some(0));
+    let _feed = h.script_open(0);
+    let (events, state) = h.step_until(state, "watch").await;
+    assert_eq!(events, ["leave 1 @30", "fresh @30"]);
+    assert_eq!(at(&state), ("watch", 31));
+    assert!(!lock(&h.task.shared).stale);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resync_request_relists_and_is_answered_when_the_view_is_current() {
+    let mut h = harness(1, 5, 15);
+    let (_feed, state) = h.synced(10, &[1], 0).await;
+    let (done, mut answered) = oneshot::channel();
+    h.task.commands.send(Command::Resync(done)).await.unwrap();
+    let (_, state) = h.step(state).await;
+    assert_eq!(at(&state), ("list", 0));
+    assert!(answered.try_recv().is_err(), "not before the relist");
+    h.script_page(12, &[], false, Some(0));
+    let _feed = h.script_open(0);
+    let (events, _) = h.step_until(state, "watch").await;
+    assert_eq!(events, ["leave 1 @12"]);
+    assert!(answered.try_recv().is_ok());
+}
