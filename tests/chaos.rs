@@ -85,6 +85,13 @@ async fn chaos_never_two_holders_and_views_converge() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
     println!("CHAOS_SEED={seed}");
+    // `CHAOS_LOG=1` shows what the library and the fault injector do (to replay a failure).
+    if std::env::var_os("CHAOS_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("darkrift_etcd=debug,chaos=info")
+            .with_test_writer()
+            .try_init();
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     let mut etcd = EtcdCluster::three_node().await.expect("cluster");
     let prefix = prefix();
@@ -111,7 +118,9 @@ async fn chaos_never_two_holders_and_views_converge() {
         let pause = Duration::from_millis(rng.random_range(200..900));
         tokio::time::sleep(pause).await; // the pacing of the fault injector, not a wait for an event
         faults += 1;
-        match rng.random_range(0..10) {
+        let fault = rng.random_range(0..10);
+        tracing::info!(target: "chaos", fault, servers = servers.len(), ?down_member, "fault");
+        match fault {
             0 => {
                 // Kill or freeze an etcd member, or bring it back (at most one down, so there
                 // is a quorum).
@@ -204,9 +213,9 @@ async fn chaos_never_two_holders_and_views_converge() {
                 // Garbage in the allocation cursor: the next allocation repairs it.
                 let garbage = ["abc", "99999999999999999999", "18446744073709551615"];
                 let value = garbage[rng.random_range(0..garbage.len())];
-                let _ = operator
-                    .put(format!("{prefix}.alloc/cursor"), value, None)
-                    .await;
+                // Bounded like every operator request (its client may pick a frozen member).
+                let write = operator.put(format!("{prefix}.alloc/cursor"), value, None);
+                let _ = tokio::time::timeout(OPERATOR_BOUND, write).await;
             }
             _ => {
                 if let Some(s) = start_server(&etcd, &prefix, started).await {
@@ -277,13 +286,16 @@ async fn chaos_never_two_holders_and_views_converge() {
     };
 
     // 1. Replay etcd's own history of the server range: never two keys for one id.
-    let now = current_revision(&mut raw).await;
-    let mut watch = raw
-        .watch(
-            format!("{prefix}/"),
-            Some(WatchOptions::new().with_prefix().with_start_revision(1)),
-        )
+    let now = tokio::time::timeout(PROMPT, current_revision(&mut raw))
         .await
+        .expect("the revision read answers within the bound");
+    let open = raw.watch(
+        format!("{prefix}/"),
+        Some(WatchOptions::new().with_prefix().with_start_revision(1)),
+    );
+    let mut watch = tokio::time::timeout(PROMPT, open)
+        .await
+        .expect("the history watch opens within the bound")
         .expect("watch history");
     let mut live: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
     let mut replayed_to = 0;
@@ -434,9 +446,11 @@ impl Observation {
 }
 
 async fn observe(raw: &mut etcd_client::Client, prefix: &str, servers: &[Server]) -> Observation {
-    let resp = raw
-        .get(format!("{prefix}/"), Some(GetOptions::new().with_prefix()))
+    // Bounded: a test that waits for ever tells nothing.
+    let read = raw.get(format!("{prefix}/"), Some(GetOptions::new().with_prefix()));
+    let resp = tokio::time::timeout(PROMPT, read)
         .await
+        .expect("the truth read answers within the bound")
         .expect("get");
     // Servers are the records on a lease outside the hostile group (a lease-less record is an
     // operator's edit not yet repaired, or left by a server that crashed before repairing it:
