@@ -19,7 +19,7 @@ use futures::StreamExt;
 
 use crate::client::{connect, retrying, retrying_txn};
 use crate::config::ConnectorConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::guard::{self, evict::Evicted, Answer, Owner};
 use crate::keys::{KeyLayout, ParsedKey};
 use crate::membership::KeyValue;
@@ -204,19 +204,7 @@ impl Admin {
         let Evicted::Done { revision } = guard::evict::read(&Answer::from(&resp)) else {
             return Ok(Eviction::Changed);
         };
-        let id = entry.lease;
-        let revoked = retrying(
-            &self.client,
-            "revoke lease",
-            self.request_timeout,
-            |client| async move { client.lease_client().revoke(id).await },
-        )
-        .await;
-        match revoked {
-            Ok(_) => {}
-            Err(Error::Etcd { source, .. }) if crate::error::is_lease_not_found(&source) => {}
-            Err(e) => return Err(e),
-        }
+        crate::client::revoke_lease(&self.client, entry.lease, self.request_timeout).await?;
         Ok(Eviction::Evicted { revision })
     }
 

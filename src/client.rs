@@ -387,6 +387,23 @@ where
     }
 }
 
+/// Revokes lease `id`, retried like any request (a revoke is safe to repeat). A lease that is
+/// already gone (expired, or revoked by an earlier attempt whose answer was lost) counts as
+/// revoked.
+///
+/// # Errors
+/// The revoke failed for another reason or timed out; the lease then expires by itself.
+pub(crate) async fn revoke_lease(pool: &Pool, id: i64, timeout: Duration) -> Result<()> {
+    let revoke = retrying(pool, "lease revoke", timeout, |client| async move {
+        client.lease_client().revoke(id).await
+    });
+    match revoke.await {
+        Ok(_) => Ok(()),
+        Err(Error::Etcd { source, .. }) if crate::error::is_lease_not_found(&source) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// True when etcd refused the request's auth token: expired, unknown, or issued before the
 /// auth store changed. A refreshed token fixes all three.
 pub(crate) fn is_auth_token_error(e: &etcd_client::Error) -> bool {

@@ -144,17 +144,7 @@ impl LeaseSession {
     /// within its TTL.
     pub(crate) async fn revoke(self, pool: &Pool, timeout: Duration) -> Result<()> {
         self.cancel.cancel();
-        let id = self.id;
-        // A revoke is safe to repeat (a lease already gone counts as revoked), so it is
-        // retried on another member like any request.
-        let revoke = retrying(pool, "lease revoke", timeout, |client| async move {
-            client.lease_client().revoke(id).await
-        });
-        match revoke.await {
-            Ok(_) => Ok(()),
-            Err(crate::Error::Etcd { source, .. }) if is_lease_not_found(&source) => Ok(()),
-            Err(e) => Err(e),
-        }
+        crate::client::revoke_lease(pool, self.id, timeout).await
     }
 }
 

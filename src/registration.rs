@@ -646,11 +646,11 @@ impl Supervisor {
             Reregistered::Done { revision } => Attempt::Done(lease, revision, record),
             Reregistered::OldLeaseHolds => {
                 revoke_quietly(&ctx, lease).await;
-                let _ = retrying(
+                // Best effort: the next attempt finds out whether it got through.
+                let _ = crate::client::revoke_lease(
                     &ctx.pool,
-                    "lease revoke",
+                    old_lease_id,
                     ctx.config.request_timeout,
-                    |client| async move { client.lease_client().revoke(old_lease_id).await },
                 )
                 .await;
                 Attempt::Retry("our old keys are still there; revoking the old lease again".into())
