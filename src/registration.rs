@@ -425,6 +425,9 @@ impl Supervisor {
         };
         let mut lease_rx = lease.subscribe();
         let mut last_check = Instant::now();
+        // Consecutive failed restore checks: the first is a warning, the retries of one outage
+        // are not.
+        let mut restore_failures = 0u32;
         loop {
             let state = lease_rx.borrow_and_update().clone();
             let deadline = match state {
@@ -451,13 +454,18 @@ impl Supervisor {
                     return Ended::LeaseLost("lease deadline passed without a keep-alive acknowledgement".into());
                 }
                 () = self.own_gone.notified() => match self.restore().await {
-                    Restore::Intact | Restore::Restored => {}
+                    Restore::Intact | Restore::Restored => restore_failures = 0,
                     Restore::Removed(reason) => return Ended::Removed(reason),
                     Restore::LeaseGone(reason) => return Ended::LeaseLost(reason),
                     Restore::Taken(reason) => return Ended::Taken(reason),
                     Restore::Failed(e) => {
                         // Try again soon: re-arm the notification.
-                        tracing::warn!(error = %e, "restoring our key failed; will retry");
+                        if restore_failures == 0 {
+                            tracing::warn!(error = %e, "restoring our key failed; will retry");
+                        } else {
+                            tracing::debug!(error = %e, failures = restore_failures + 1, "restoring our key failed again; will retry");
+                        }
+                        restore_failures = restore_failures.saturating_add(1);
                         let gone = self.own_gone.clone();
                         tokio::spawn(async move {
                             tokio::time::sleep(timing::RESTORE_RETRY).await;

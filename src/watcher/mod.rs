@@ -424,7 +424,7 @@ impl<S: KvSource> Watcher<S> {
                         (events, State::Open { from: revision + 1 })
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "snapshot read failed; retrying");
+                        self.log_failure("snapshot read failed; retrying", &e, None);
                         // Restart the list from scratch: a pinned revision may be compacted.
                         let then = Box::new(list_from_scratch(initial));
                         (
@@ -461,7 +461,7 @@ impl<S: KvSource> Watcher<S> {
                     )
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, from, "opening the watch failed; retrying");
+                    self.log_failure("opening the watch failed; retrying", &e, Some(from));
                     let then = Box::new(State::Open { from });
                     (
                         Vec::new(),
@@ -687,6 +687,18 @@ impl<S: KvSource> Watcher<S> {
     }
 
     /// Marks the view stale; returns the event the first time.
+    /// Logs a failed read or open: a warning while the view is fresh (the first failure of
+    /// an outage), then at debug level, so an outage costs one warning, the stale/fresh pair
+    /// marks its span, and its retries do not flood the log (every host gets this, not only
+    /// the CLI).
+    fn log_failure(&self, what: &str, e: &Error, from: Option<i64>) {
+        if lock(&self.shared).stale {
+            tracing::debug!(error = %e, from, "{what}");
+        } else {
+            tracing::warn!(error = %e, from, "{what}");
+        }
+    }
+
     fn mark_stale(&mut self) -> Option<Event> {
         let mut shared = lock(&self.shared);
         if shared.stale || !*self.synced.borrow() {
