@@ -94,7 +94,7 @@ impl Admin {
     /// Validates `config` and connects (bounded by its connect timeout).
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`], [`Error::Unreachable`], [`Error::Tls`], [`Error::Auth`].
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig), [`Error::Unreachable`](crate::Error::Unreachable), [`Error::Tls`](crate::Error::Tls), [`Error::Auth`](crate::Error::Auth).
     pub async fn connect(config: &ConnectorConfig) -> Result<Self> {
         let layout = config.validate()?;
         let client = connect(config, &layout.cursor_key()).await?;
@@ -109,7 +109,7 @@ impl Admin {
     /// Shares a connector's etcd connection and settings.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] if the connector's prefix is invalid (it was checked when the
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) if the connector's prefix is invalid (it was checked when the
     /// connector connected, so only in theory).
     pub fn from_connector(connector: &crate::Connector) -> Result<Self> {
         let config = connector.config();
