@@ -93,6 +93,32 @@ pub fn later_position(known: u64, seen: u64) -> u64 {
     valid(known).max(valid(seen))
 }
 
+/// The cursor position allocations start from: the latest of what this connector learnt
+/// itself (its wins, the cursors its failed attempts read), the cursor its view's last snapshot
+/// read, and the highest position a record in its view carries. A hint only: etcd's cursor is
+/// the truth, and a stale hint costs one more attempt.
+#[derive(Debug, Default)]
+pub(crate) struct CursorHint {
+    learned: std::sync::atomic::AtomicU64,
+}
+
+impl CursorHint {
+    /// The hint, given what the view read (`cursor_read`) and holds (`max_record_position`).
+    pub(crate) fn position(&self, cursor_read: u64, max_record_position: u64) -> u64 {
+        let learned = self.learned.load(std::sync::atomic::Ordering::Relaxed);
+        later_position(later_position(learned, cursor_read), max_record_position)
+    }
+
+    /// Remembers a position this connector allocated at or read.
+    pub(crate) fn learn(&self, position: u64) {
+        // `later_position` ignores a position past the top; so does this.
+        if position <= MAX_POSITION {
+            self.learned
+                .fetch_max(position, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// The id a position names in an id space of size `id_space` (>= 1). Position 0 is "before
 /// the first id" and maps like position `id_space`.
 #[must_use]

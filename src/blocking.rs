@@ -85,15 +85,21 @@ impl Connector {
         self.runtime.block_on(future)
     }
 
-    /// Takes the event stream as a blocking receiver (see [`crate::Connector::events`]).
+    /// A new subscription as a blocking receiver (see [`crate::Connector::subscribe`]).
+    #[must_use]
+    pub fn subscribe(&self) -> Events {
+        Events {
+            stream: self.inner.subscribe(),
+            runtime: Arc::clone(&self.runtime),
+        }
+    }
+
+    /// The same as [`Connector::subscribe`] (see [`crate::Connector::events`]).
     ///
     /// # Errors
-    /// [`Error::EventsTaken`] on the second call.
+    /// None today; kept as a `Result` so that existing callers compile unchanged.
     pub fn events(&self) -> Result<Events> {
-        Ok(Events {
-            stream: self.inner.events()?,
-            runtime: Arc::clone(&self.runtime),
-        })
+        Ok(self.subscribe())
     }
 
     /// Registers this server and returns its id (DarkRift's `RegisterServer`); see

@@ -8,14 +8,11 @@
 //! its lease.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use etcd_client::Client;
-use futures::Stream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -24,13 +21,14 @@ use crate::client::{connect, retrying, retrying_txn};
 use crate::config::ConnectorConfig;
 use crate::error::{Error, Result};
 use crate::events::Event;
+pub use crate::events::EventStream;
 use crate::guard::{self, deregister::Deregistered, evict::Evicted, report::Filed, Answer, Owner};
 use crate::health::{spawn_gate, HealthProbe, HttpHealthProbe};
 use crate::lease::LeaseSession;
 use crate::pool::Pool;
 use crate::record::{Registration, ServerInfo};
 use crate::registration::{allocate, Ctx, Held, RegistrationStatus, Supervisor};
-use crate::watcher::{self, lock, Command, WatcherSettings};
+use crate::watcher::{self, Command, WatcherSettings};
 
 /// A DarkRift server registry connector backed by etcd.
 ///
@@ -41,7 +39,7 @@ use crate::watcher::{self, lock, Command, WatcherSettings};
 /// use futures::StreamExt;
 ///
 /// let connector = Connector::connect(ConnectorConfig::new(["http://127.0.0.1:2379"])).await?;
-/// let mut events = connector.events()?;
+/// let mut events = connector.subscribe();
 /// let id = connector.register_server("game", "10.0.0.5", 4296, Default::default()).await?;
 /// while let Some(event) = events.next().await {
 ///     match event {
@@ -62,7 +60,6 @@ pub struct Connector {
     ctx: Arc<Ctx>,
     synced: watch::Receiver<bool>,
     commands: mpsc::Sender<Command>,
-    events: Mutex<Option<EventStream>>,
     registration: tokio::sync::Mutex<Option<Running>>,
     status: Mutex<Option<watch::Receiver<RegistrationStatus>>>,
     probe: Mutex<Option<Arc<dyn HealthProbe>>>,
@@ -133,16 +130,15 @@ impl Connector {
 
     fn start(pool: Pool, config: ConnectorConfig, layout: crate::keys::KeyLayout) -> Self {
         let cancel = CancellationToken::new();
-        let (tx, rx) = mpsc::channel(config.event_queue);
         let settings = WatcherSettings::new(layout.clone(), &config);
-        let task = watcher::spawn(pool.clone(), settings, tx, cancel.clone());
-        let (reg_tx, reg_rx) = mpsc::unbounded_channel();
+        let task = watcher::spawn(pool.clone(), settings, cancel.clone());
         let ctx = Arc::new(Ctx {
             pool,
             config,
             layout,
-            shared: task.shared,
-            events: reg_tx,
+            view: task.view,
+            cursor: crate::alloc::CursorHint::default(),
+            own_lease: AtomicI64::new(0),
             spread_seed: rand::random(),
             requests: AtomicU64::new(0),
         });
@@ -150,10 +146,6 @@ impl Connector {
             ctx,
             synced: task.synced,
             commands: task.commands,
-            events: Mutex::new(Some(EventStream {
-                membership: rx,
-                registration: reg_rx,
-            })),
             registration: tokio::sync::Mutex::new(None),
             status: Mutex::new(None),
             probe: Mutex::new(None),
@@ -172,32 +164,40 @@ impl Connector {
         &self.ctx.pool
     }
 
-    /// Takes the event stream: every join and leave of the registry (this server included),
-    /// in etcd revision order, [`Event::Synced`] once the initial snapshot is delivered, and
-    /// the registration's own events ([`Event::LeaseLost`], [`Event::Reregistered`], …).
+    /// A new subscription to this connector's events: every join and leave of the registry
+    /// (this server included) in etcd revision order, [`Event::Synced`] once the initial
+    /// snapshot is delivered, the view's freshness, and this registration's lifecycle
+    /// ([`Event::LeaseLost`], [`Event::Reregistered`], …) placed in that order by the rule of
+    /// [`crate::events`].
     ///
-    /// The stream is bounded (`event_queue`): a consumer that falls behind makes the watcher
-    /// wait, it never loses an event, and the lease keep-alive is not affected (it runs on its
-    /// own task). If nobody takes the stream, the watcher stops reading etcd once the queue
-    /// is full.
-    ///
-    /// # Errors
-    /// [`Error::EventsTaken`] on the second call.
-    pub fn events(&self) -> Result<EventStream> {
-        let mut slot = self
-            .events
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        slot.take().ok_or(Error::EventsTaken)
+    /// Any number of subscriptions may be open; each has its own queue of `event_queue`
+    /// events. A subscription made after the initial snapshot starts with the current view
+    /// (a join per member, then [`Event::Synced`]). Publishing never waits: a consumer that
+    /// falls behind by more than its queue is caught up from the view once it reads again
+    /// (see the overflow rule in [`crate::events`]), and neither the watcher, the lease
+    /// keep-alive nor the other subscriptions wait for it.
+    #[must_use]
+    pub fn subscribe(&self) -> EventStream {
+        self.ctx.view.subscribe()
     }
 
-    /// Delivers every event to a DarkRift-style handler on its own task. Ends when the
-    /// connector is dropped; returns the handler then.
+    /// The same as [`Connector::subscribe`] (the name this crate's first versions used, when
+    /// a connector had a single stream).
     ///
     /// # Errors
-    /// [`Error::EventsTaken`] when the event stream was already taken.
+    /// None today; kept as a `Result` so that existing callers compile unchanged.
+    pub fn events(&self) -> Result<EventStream> {
+        Ok(self.subscribe())
+    }
+
+    /// Delivers every event to a DarkRift-style handler on its own task, through a
+    /// subscription of its own ([`Connector::subscribe`]). Ends when the connector is dropped;
+    /// returns the handler then.
+    ///
+    /// # Errors
+    /// None today; kept as a `Result` so that existing callers compile unchanged.
     pub fn spawn_handler<H: ServerRegistryHandler>(&self, mut handler: H) -> Result<JoinHandle<H>> {
-        let mut events = self.events()?;
+        let mut events = self.subscribe();
         Ok(tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 match event {
@@ -233,20 +233,20 @@ impl Connector {
     /// The live servers as this connector's view has them, sorted by id.
     #[must_use]
     pub fn servers(&self) -> Vec<ServerInfo> {
-        lock(&self.ctx.shared).view.servers()
+        self.ctx.view.read(|v| v.members.servers())
     }
 
     /// True while the view may be out of date (between [`Event::Stale`] and [`Event::Fresh`]).
     #[must_use]
     pub fn is_stale(&self) -> bool {
-        lock(&self.ctx.shared).stale
+        self.ctx.view.read(|v| v.stale)
     }
 
     /// How many record versions under the prefix were skipped so far: malformed, without a
     /// lease, or shadowed (see [`Connector::shadowed_records`]).
     #[must_use]
     pub fn skipped_records(&self) -> u64 {
-        lock(&self.ctx.shared).view.skipped()
+        self.ctx.view.read(|v| v.members.skipped())
     }
 
     /// How many valid record versions were shadowed so far: a second key claiming an id that
@@ -254,7 +254,7 @@ impl Connector {
     /// in [`Connector::skipped_records`].
     #[must_use]
     pub fn shadowed_records(&self) -> u64 {
-        lock(&self.ctx.shared).view.shadowed()
+        self.ctx.view.read(|v| v.members.shadowed())
     }
 
     /// How many etcd requests registrations have sent so far (lease grants and allocation
@@ -459,12 +459,17 @@ impl Connector {
     /// # Errors
     /// An etcd failure while reading.
     pub async fn handle_connection_failure(&self, id: u16) -> Result<PeerStatus> {
-        let (key, create_revision) = {
-            let shared = lock(&self.ctx.shared);
-            match (shared.view.get(id), shared.view.create_revision(id)) {
-                (Some(server), Some(rev)) => (self.ctx.layout.server_key(&server.group, id), rev),
-                _ => return Ok(PeerStatus::Unknown),
-            }
+        let known =
+            self.ctx.view.read(
+                |v| match (v.members.get(id), v.members.create_revision(id)) {
+                    (Some(server), Some(rev)) => {
+                        Some((self.ctx.layout.server_key(&server.group, id), rev))
+                    }
+                    _ => None,
+                },
+            );
+        let Some((key, create_revision)) = known else {
+            return Ok(PeerStatus::Unknown);
         };
         let resp = retrying(
             &self.ctx.pool,
@@ -584,7 +589,7 @@ impl Connector {
         }
         // Evict exactly that registration: its key only if still the same create revision,
         // its slot only if still on its lease.
-        let Some(server) = lock(&self.ctx.shared).view.get(id).cloned() else {
+        let Some(server) = self.ctx.view.read(|v| v.members.get(id).cloned()) else {
             return Ok(PeerStatus::Unknown);
         };
         let peer = Owner {
@@ -614,8 +619,8 @@ impl Connector {
         let status = status.borrow();
         match &*status {
             RegistrationStatus::Registered { id, .. } if status.is_registered() => {
-                let lease = lock(&self.ctx.shared).own.as_ref().map(|o| o.lease)?;
-                Some((*id, lease))
+                let lease = self.ctx.own_lease.load(Ordering::Relaxed);
+                (lease != 0).then_some((*id, lease))
             }
             _ => None,
         }
@@ -632,47 +637,4 @@ pub trait ServerRegistryHandler: Send + 'static {
     fn handle_synced(&mut self, _revision: i64) {}
     /// Any other event (lease lost, re-registered, stale, fresh, …).
     fn handle_other(&mut self, _event: &Event) {}
-}
-
-/// The connector's events as a [`Stream`]; ends when the connector is dropped.
-///
-/// Two sources merged: membership events from the watcher (bounded queue, in revision order)
-/// and this connector's registration events (lease lost, re-registered, stopped), which are
-/// delivered as soon as they happen.
-#[derive(Debug)]
-pub struct EventStream {
-    membership: mpsc::Receiver<Event>,
-    registration: mpsc::UnboundedReceiver<Event>,
-}
-
-impl EventStream {
-    /// The next event, or `None` once the connector is gone.
-    pub async fn recv(&mut self) -> Option<Event> {
-        std::future::poll_fn(|cx| self.poll_event(cx)).await
-    }
-
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        // Registration events first: they are few and tell the host about its own state.
-        let registration = self.registration.poll_recv(cx);
-        if let Poll::Ready(Some(event)) = registration {
-            return Poll::Ready(Some(event));
-        }
-        match self.membership.poll_recv(cx) {
-            Poll::Ready(Some(event)) => Poll::Ready(Some(event)),
-            // The watcher is gone (connector dropped): drain what is left, then end.
-            Poll::Ready(None) => match registration {
-                Poll::Ready(None) => Poll::Ready(None),
-                _ => self.registration.poll_recv(cx),
-            },
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl Stream for EventStream {
-    type Item = Event;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.poll_event(cx)
-    }
 }

@@ -368,6 +368,7 @@ mod tests {
         let lost = Event::LeaseLost {
             id: 1,
             reason: "expired".into(),
+            revision: 1,
         };
         let events = vec![
             join(1, "g"),

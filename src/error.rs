@@ -114,10 +114,6 @@ pub enum Error {
     #[error("this connector is not registered")]
     NotRegistered,
 
-    /// The event stream was already taken (it has a single consumer). Not retryable.
-    #[error("the event stream of this connector was already taken")]
-    EventsTaken,
-
     /// The connector, or its watcher task, is shut down. Not retryable.
     #[error("the connector is shut down")]
     Shutdown,
@@ -226,7 +222,6 @@ mod tests {
             Error::IdSpaceExhausted { id_space: 3 },
             Error::AlreadyRegistered { id: 1 },
             Error::NotRegistered,
-            Error::EventsTaken,
             Error::Shutdown,
             Error::Runtime(std::io::Error::other("no threads")),
         ];

@@ -4,7 +4,7 @@
 //! and gets a cluster-unique `u16` id, and every server learns of every other through ordered
 //! join and leave events. Liveness is an etcd lease: a crashed server leaves within its TTL.
 //!
-//! **Start here:** [`Connector::connect`], then [`Connector::events`] (or
+//! **Start here:** [`Connector::connect`], then [`Connector::subscribe`] (or
 //! [`Connector::spawn_handler`]) and [`Connector::register_server`].
 //!
 //! ## Architecture
@@ -18,10 +18,11 @@
 //! | [`membership`] | the view: etcd changes in, exact joins and leaves out |
 //! | `guard` | every other guarded write: the owner guard, one builder and reader per write |
 //! | `timing` | every backoff, clamp, deadline and period, with its why |
-//! | [`events`] | the event enum and its contract |
+//! | [`events`] | the event enum, its ordering rule, subscriptions and their catch-up |
+//! | `view` | the view the watcher alone writes; where events are sequenced |
 //! | [`config`] | typed settings and their validation |
 //! | [`lease`] | lease grant, keep-alive task, local deadline (I/O) |
-//! | [`registration`] | one registration's life: keep, lose, restore, re-register (I/O) |
+//! | [`registration`] | one registration's life: claim, keep, restore, recover; status and fence (I/O) |
 //! | [`metrics`] | metric names (through the `metrics` facade) |
 //! | `watcher` | list + watch state machine feeding `membership`, generic over its etcd source (I/O) |
 //! | [`connector`] | register / deregister / connection failure; composes the above (I/O) |
@@ -65,12 +66,13 @@ pub mod signal;
 #[cfg(feature = "test-support")]
 pub mod testing;
 mod timing;
+mod view;
 mod watcher;
 
 pub use config::{ConnectorConfig, IdTakenPolicy};
-pub use connector::{Connector, EventStream, PeerStatus, ServerRegistryHandler};
+pub use connector::{Connector, PeerStatus, ServerRegistryHandler};
 pub use error::{Error, Result};
-pub use events::Event;
+pub use events::{Event, EventStream};
 pub use record::{Registration, ServerInfo};
 pub use registration::RegistrationStatus;
 

@@ -31,6 +31,8 @@ pub const KEY_RESTORES: &str = "darkrift_etcd_key_restores_total";
 pub const WATCH_RESTARTS: &str = "darkrift_etcd_watch_restarts_total";
 /// Relists (compaction, cancellation, explicit resync).
 pub const RESYNCS: &str = "darkrift_etcd_resyncs_total";
+/// Times an event subscriber's queue overflowed (it then gets a catch-up; see `events`).
+pub const SUBSCRIBER_LAGS: &str = "darkrift_etcd_subscriber_lags_total";
 /// Record versions skipped: malformed, lease-less, or shadowed.
 pub const SKIPPED_RECORDS: &str = "darkrift_etcd_skipped_records_total";
 /// Valid records on an id that an earlier key holds (see `membership`); also skipped.
@@ -76,6 +78,10 @@ pub fn describe() {
     describe_counter!(
         RESYNCS,
         "Relists of the registry (after compaction, cancellation or a requested resync)."
+    );
+    describe_counter!(
+        SUBSCRIBER_LAGS,
+        "Event subscriber queues that overflowed (each then gets a catch-up from the view)."
     );
     describe_counter!(
         SKIPPED_RECORDS,

@@ -226,7 +226,7 @@ impl Registration {
 }
 
 /// A registered server as peers see it: what a join carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServerInfo {
     /// Cluster-unique id (1..=65535).
     pub id: u16,

@@ -71,7 +71,7 @@ async fn changes(events: &mut EventStream, n: usize) -> Vec<String> {
     })
     .await;
     let got: Vec<&Event> = got.iter().filter(|e| e.is_membership()).collect();
-    let revisions: Vec<Option<i64>> = got.iter().map(|e| e.revision()).collect();
+    let revisions: Vec<i64> = got.iter().map(|e| e.revision()).collect();
     assert!(
         revisions.windows(2).all(|w| w[0] == w[1]),
         "one revision: {got:?}"

@@ -497,7 +497,7 @@ async fn id_taken_while_away_fail_stop_and_new_id_policies() {
                         .any(|e| matches!(e, Event::RegistrationStopped { .. }))
                 })
                 .await;
-                let Some(Event::RegistrationStopped { id, reason }) = got.last() else {
+                let Some(Event::RegistrationStopped { id, reason, .. }) = got.last() else {
                     unreachable!()
                 };
                 assert_eq!(*id, 1);

@@ -450,7 +450,8 @@ mod tests {
             c.apply(&Event::Reregistered {
                 id: 2,
                 previous_id: 1,
-                revision: 9
+                create_revision: 9,
+                revision: 8,
             }),
             Some(ClusterEvent::UpstreamLeft(server(2, "game")))
         );

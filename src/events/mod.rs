@@ -1,12 +1,69 @@
-//! The events a registry delivers: membership as Join / Leave, like tower's
-//! `discover::Change::{Insert, Remove}`, plus the marker that the initial snapshot is complete.
+//! The events a registry delivers, and the one contract every subscriber gets: membership as
+//! Join / Leave (like tower's `discover::Change::{Insert, Remove}`), the marker that the initial
+//! snapshot is complete, the view's freshness, and this server's own registration lifecycle, in
+//! one sequence.
+//!
+//! # Order
+//! Every event is *sequenced* at one point: the watcher applies a batch of etcd changes to the
+//! view and sequences its joins and leaves in the same step (under the view's write lock); a
+//! lifecycle event ([`Event::LeaseLost`], [`Event::Reregistered`],
+//! [`Event::RegistrationStopped`]) is sequenced when it happens, under the same lock. Hence the
+//! rule:
+//!
+//! > A lifecycle event comes after every membership event the view had applied when it
+//! > happened, and before every later one. It carries the view's revision at that moment.
+//!
+//! Membership, [`Event::Synced`], [`Event::Stale`] and [`Event::Fresh`] carry the revision
+//! they reflect, so [`Event::revision`] never decreases along a subscription. (A re-registration's
+//! own create revision is the `create_revision` of [`Event::Reregistered`]; its join follows
+//! once the watcher sees it.)
+//!
+//! # Subscribers
+//! [`crate::Connector::subscribe`] returns an [`EventStream`]; there may be any number, each with
+//! its own queue of `event_queue` events. Publishing never waits for a subscriber: the watcher
+//! and the keep-alive are never delayed by one, nor is one subscriber by another.
+//!
+//! - A subscription made before the initial snapshot receives its joins, then
+//!   [`Event::Synced`], as they are applied. One made later starts with the current view: a
+//!   join for every member, then [`Event::Synced`] (and [`Event::Stale`] if the view is stale),
+//!   all at the view's revision.
+//! - **Overflow.** A membership, synced or freshness event that finds the queue full is
+//!   dropped and the subscription is marked *lagging*; while lagging it drops every later one
+//!   too (lifecycle events are still queued: they are rare, at most one per lease loss, and
+//!   bounded by [`LIFECYCLE_SLACK`] beyond the queue). Once its consumer has emptied the queue,
+//!   the subscription receives a *catch-up* computed from the current view against what it
+//!   has received so far: a leave for each server it holds that is gone or changed, a join
+//!   for each server it lacks (or that changed), [`Event::Synced`] if it never got one, and
+//!   [`Event::Stale`] / [`Event::Fresh`] if the freshness differs; all at the view's revision.
+//!   Then it resumes in order. So a slow subscriber may miss intermediate states (a server
+//!   that joined and left while it lagged), never the end state, and never sees two joins for
+//!   an id without a leave between them.
+
+mod catch_up;
+mod subscription;
+
+pub use subscription::EventStream;
+pub(crate) use subscription::Slot;
+
+/// What a new subscription starts with: the current view as joins, then [`Event::Synced`]
+/// (nothing before the initial snapshot).
+pub(crate) fn catch_up_from_nothing(view: &crate::view::View) -> Vec<Event> {
+    catch_up::catch_up(&catch_up::Received::default(), view)
+}
+
+/// How many lifecycle events a subscription queues beyond its capacity (see the module docs):
+/// a consumer that reads nothing for a long time still gets the first ones up to this many;
+/// later ones are dropped (and logged). [`crate::Connector::status`] always tells the current
+/// state.
+pub const LIFECYCLE_SLACK: usize = 64;
 
 use crate::record::ServerInfo;
 
 /// One membership event.
 ///
 /// # Contract
-/// - Events come in etcd revision order; every event carries the etcd revision it reflects.
+/// - Events come in revision order ([`Event::revision`] never decreases), lifecycle events
+///   placed by the rule of the [module docs](self).
 /// - For a given id, joins and leaves alternate: never two joins without a leave between them,
 ///   never a leave for an id that has not joined.
 /// - Every live server of the watched range is joined exactly once before [`Event::Synced`],
@@ -47,6 +104,8 @@ pub enum Event {
         id: u16,
         /// Why the lease is considered lost.
         reason: String,
+        /// The view's revision when the loss was noticed (its place in the sequence).
+        revision: i64,
     },
     /// This server is registered again after a lease loss or the removal of its key.
     Reregistered {
@@ -55,7 +114,9 @@ pub enum Event {
         id: u16,
         /// The id held before.
         previous_id: u16,
-        /// Create revision of the new registration.
+        /// Create revision of the new registration (the revision of its coming join).
+        create_revision: i64,
+        /// The view's revision when it happened (its place in the sequence).
         revision: i64,
     },
     /// This server's registration was stopped for good (the fail-stop policy): its id was
@@ -65,6 +126,8 @@ pub enum Event {
         id: u16,
         /// What happened.
         reason: String,
+        /// The view's revision when it happened (its place in the sequence).
+        revision: i64,
     },
     /// The view may be out of date: etcd cannot be read. It keeps its last state (nothing is
     /// evicted) until [`Event::Fresh`].
@@ -81,18 +144,34 @@ pub enum Event {
 }
 
 impl Event {
-    /// The etcd revision this event reflects, for the events that have one.
+    /// The revision this event is sequenced at: the etcd revision a membership, synced or
+    /// freshness event reflects, or the view's revision when a lifecycle event happened. Never
+    /// decreases along one subscription.
     #[must_use]
-    pub fn revision(&self) -> Option<i64> {
+    pub fn revision(&self) -> i64 {
         match self {
             Event::Join { revision, .. }
             | Event::Leave { revision, .. }
             | Event::Synced { revision }
+            | Event::LeaseLost { revision, .. }
             | Event::Reregistered { revision, .. }
+            | Event::RegistrationStopped { revision, .. }
             | Event::Stale { revision }
-            | Event::Fresh { revision } => Some(*revision),
-            Event::LeaseLost { .. } | Event::RegistrationStopped { .. } => None,
+            | Event::Fresh { revision } => *revision,
         }
+    }
+
+    /// True for this server's registration lifecycle events ([`Event::LeaseLost`],
+    /// [`Event::Reregistered`], [`Event::RegistrationStopped`]): the ones a lagging
+    /// subscription still queues.
+    #[must_use]
+    pub fn is_lifecycle(&self) -> bool {
+        matches!(
+            self,
+            Event::LeaseLost { .. }
+                | Event::Reregistered { .. }
+                | Event::RegistrationStopped { .. }
+        )
     }
 
     /// True for the membership events (joins and leaves).

@@ -247,13 +247,13 @@ impl Runner {
                     return Ok(());
                 }
             }
-            Event::RegistrationStopped { id, reason } => {
+            Event::RegistrationStopped { id, reason, .. } => {
                 return Err(MeshError::RegistrationStopped {
                     id: *id,
                     reason: reason.clone(),
                 })
             }
-            Event::LeaseLost { id, reason } => {
+            Event::LeaseLost { id, reason, .. } => {
                 tracing::warn!(id, reason = %reason, "our lease is lost; the connector re-registers");
             }
             _ => {}

@@ -47,11 +47,10 @@
 //! watcher relists, emits exactly the joins and leaves it missed, then [`Event::Fresh`]: a
 //! completed relist is what proves the view caught up.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -60,9 +59,10 @@ use crate::backoff::Delays;
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::keys::KeyLayout;
-use crate::membership::{KeyValue, KvChange, Membership, Snapshot};
+use crate::membership::{KeyValue, Membership, Snapshot};
 use crate::metrics as m;
 use crate::pool::Pool;
+use crate::view::{Applied, View, ViewReader, ViewWriter};
 
 mod classify;
 mod list;
@@ -71,87 +71,6 @@ mod source;
 use classify::{classify, Verdict};
 pub(crate) use list::{Page, ServerRange};
 use source::{KvSource, PoolSource, WatchFeed};
-
-/// The view shared between the watcher task and the connector.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    /// Live members as last seen.
-    pub(crate) view: Membership,
-    /// The allocator cursor as last read (a hint; etcd holds the truth).
-    pub(crate) cursor: u64,
-    /// Revision the view reflects.
-    pub(crate) revision: i64,
-    /// True between [`Event::Stale`] and [`Event::Fresh`].
-    pub(crate) stale: bool,
-    /// This connector's own registration, so the watcher can tell the supervisor when
-    /// someone else deletes it.
-    pub(crate) own: Option<OwnKey>,
-}
-
-/// Our own server key, as the registration supervisor last wrote it.
-#[derive(Debug, Clone)]
-pub(crate) struct OwnKey {
-    pub(crate) key: Vec<u8>,
-    pub(crate) create_revision: i64,
-    /// The lease our keys are bound to (reports we file are bound to it too).
-    pub(crate) lease: i64,
-    /// The record we wrote: a put of anything else on our key is someone else's edit.
-    pub(crate) record: Vec<u8>,
-    pub(crate) gone: Arc<Notify>,
-}
-
-impl Shared {
-    /// Wakes the supervisor if `changes` delete or re-create our key after we created it.
-    fn check_own_changes(&self, changes: &[KvChange]) {
-        let Some(own) = &self.own else { return };
-        let hit = changes.iter().any(|c| match c {
-            KvChange::Delete { key, revision } => {
-                *key == own.key && *revision > own.create_revision
-            }
-            KvChange::Put(kv) => kv.key == own.key && kv.create_revision > own.create_revision,
-        });
-        if hit {
-            own.gone.notify_one();
-        }
-    }
-
-    /// Wakes the supervisor if a put left our key off our lease (an `etcdctl put` without
-    /// `--lease`, or on another lease) or holding another record: the supervisor puts its
-    /// record back on its lease, or the key would outlive a crash of this server. Our own
-    /// re-put matches both and wakes nobody.
-    fn check_own_edits(&self, changes: &[KvChange]) {
-        let Some(own) = &self.own else { return };
-        let edited = changes.iter().any(|c| match c {
-            KvChange::Put(kv) => {
-                kv.key == own.key && (kv.lease != own.lease || kv.value != own.record)
-            }
-            KvChange::Delete { .. } => false,
-        });
-        if edited {
-            own.gone.notify_one();
-        }
-    }
-
-    /// Wakes the supervisor if the view, just replaced by a snapshot taken at `revision`,
-    /// lacks our key although the snapshot is newer than it.
-    fn check_own_snapshot(&self, revision: i64) {
-        let Some(own) = &self.own else { return };
-        if revision > own.create_revision && !self.view.holds(&own.key, own.create_revision) {
-            own.gone.notify_one();
-        }
-    }
-}
-
-/// Shared view handle.
-pub(crate) type SharedView = Arc<Mutex<Shared>>;
-
-/// Locks the view; a poisoned lock (a panic elsewhere) still holds a consistent view, because
-/// every mutation is a single call into `Membership`.
-pub(crate) fn lock(shared: &SharedView) -> MutexGuard<'_, Shared> {
-    shared
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Requests to a running watcher.
 #[derive(Debug)]
@@ -171,6 +90,8 @@ pub(crate) struct WatcherSettings {
     /// Longest pause between retries, jitter included: half a lease TTL (at most 5 s), so that
     /// after an outage a watcher notices etcd is back within half a TTL.
     pub(crate) max_backoff: Duration,
+    /// Each event subscription's queue (`event_queue`).
+    pub(crate) event_queue: usize,
 }
 
 impl WatcherSettings {
@@ -183,6 +104,7 @@ impl WatcherSettings {
             progress_interval: config.progress_interval,
             idle_timeout: config.watch_idle_timeout,
             max_backoff: crate::timing::recovery_bound(config.lease_ttl),
+            event_queue: config.event_queue,
         }
     }
 }
@@ -232,16 +154,16 @@ impl<F> State<F> {
 
 /// The watcher task's handles.
 pub(crate) struct WatcherTask {
-    pub(crate) shared: SharedView,
+    /// Read access to the view the watcher writes, and its subscriptions.
+    pub(crate) view: ViewReader,
     pub(crate) synced: watch::Receiver<bool>,
     pub(crate) commands: mpsc::Sender<Command>,
 }
 
-/// Starts a watcher task that applies changes to a shared view and sends events to `events`.
+/// Starts a watcher task that applies changes to its view and sequences their events.
 pub(crate) fn spawn(
     pool: Pool,
     settings: WatcherSettings,
-    events: mpsc::Sender<Event>,
     cancel: CancellationToken,
 ) -> WatcherTask {
     let source = PoolSource {
@@ -250,19 +172,18 @@ pub(crate) fn spawn(
         page_size: settings.page_size,
         request_timeout: settings.request_timeout,
     };
-    let (watcher, task) = Watcher::new(source, settings, events);
+    let (watcher, task) = Watcher::new(source, settings);
     tokio::spawn(watcher.run(cancel));
     task
 }
 
-/// The machine: its source, the view it feeds and the channels it answers on.
+/// The machine: its source, the view it writes and the channels it answers on.
 struct Watcher<S: KvSource> {
     source: S,
     /// Members suspected by any request of this connector: a watch on one of them moves.
     suspicions: watch::Receiver<(u64, usize)>,
     settings: WatcherSettings,
-    shared: SharedView,
-    events: mpsc::Sender<Event>,
+    view: ViewWriter,
     commands: mpsc::Receiver<Command>,
     synced: watch::Sender<bool>,
     resync_waiters: Vec<oneshot::Sender<()>>,
@@ -282,33 +203,22 @@ fn list_from_scratch<F>(initial: bool) -> State<F> {
 
 impl<S: KvSource> Watcher<S> {
     /// A watcher over `source` and the handles the connector keeps.
-    fn new(
-        source: S,
-        settings: WatcherSettings,
-        events: mpsc::Sender<Event>,
-    ) -> (Self, WatcherTask) {
-        let shared = Arc::new(Mutex::new(Shared {
-            view: Membership::new(settings.layout.clone()),
-            cursor: 0,
-            revision: 0,
-            stale: false,
-            own: None,
-        }));
+    fn new(source: S, settings: WatcherSettings) -> (Self, WatcherTask) {
+        let (view, reader) = ViewWriter::new(settings.layout.clone(), settings.event_queue);
         let (synced_tx, synced) = watch::channel(false);
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let watcher = Watcher {
             suspicions: source.suspicions(),
             source,
             settings,
-            shared: shared.clone(),
-            events,
+            view,
             commands: cmd_rx,
             synced: synced_tx,
             resync_waiters: Vec::new(),
             backoff: None,
         };
         let task = WatcherTask {
-            shared,
+            view: reader,
             synced,
             commands: cmd_tx,
         };
@@ -318,34 +228,18 @@ impl<S: KvSource> Watcher<S> {
     async fn run(mut self, cancel: CancellationToken) {
         let mut state = list_from_scratch(true);
         loop {
-            let (events, next) = tokio::select! {
+            // Events are sequenced as each step writes the view; publishing never waits for a
+            // subscriber (see `events`), so nothing here is held up by a slow one.
+            state = tokio::select! {
                 () = cancel.cancelled() => return,
-                step = self.step(state) => step,
+                next = self.step(state) => next,
             };
-            for event in events {
-                // The common case, a queue with room, without arming the cancellation.
-                let event = match self.events.try_send(event) {
-                    // Sent, or no receiver left (nobody consumes events; keep the view
-                    // current).
-                    Ok(()) | Err(TrySendError::Closed(_)) => continue,
-                    Err(TrySendError::Full(event)) => event,
-                };
-                // Backpressure: a full queue makes us wait here, so nothing is dropped; the
-                // keep-alive runs on its own task and is not delayed by it.
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    sent = self.events.send(event) => {
-                        // No receiver left: nobody consumes events; keep the view current.
-                        let _ = sent;
-                    }
-                }
-            }
-            state = next;
         }
     }
 
-    /// One transition. Returns the events to deliver (in order) and the next state.
-    async fn step(&mut self, state: State<S::Feed>) -> (Vec<Event>, State<S::Feed>) {
+    /// One transition; returns the next state. The events it makes are sequenced as it
+    /// writes the view.
+    async fn step(&mut self, state: State<S::Feed>) -> State<S::Feed> {
         match state {
             State::List {
                 initial,
@@ -355,8 +249,8 @@ impl<S: KvSource> Watcher<S> {
                 pending,
                 cursor,
             } => {
-                let snapshot =
-                    snapshot.unwrap_or_else(|| Box::new(lock(&self.shared).view.begin_snapshot()));
+                let snapshot = snapshot
+                    .unwrap_or_else(|| Box::new(self.view.read(|v| v.members.begin_snapshot())));
                 // Decode the previous page on a blocking thread while this one is read: a
                 // snapshot of many servers is mostly decoding, and doing it here, on the task
                 // that drives the read, would delay the request until it is done.
@@ -387,11 +281,10 @@ impl<S: KvSource> Watcher<S> {
                         }
                         // The runtime is shutting down: start over, paced like any failure.
                         let then = Box::new(list_from_scratch(initial));
-                        let backoff = State::Backoff {
+                        return State::Backoff {
                             then,
                             unreachable: false,
                         };
-                        return (Vec::new(), backoff);
                     }
                 };
                 match page {
@@ -400,17 +293,14 @@ impl<S: KvSource> Watcher<S> {
                         kvs,
                         next: Some(next),
                         cursor: read_cursor,
-                    }) => {
-                        let next = State::List {
-                            initial,
-                            pinned: revision,
-                            after: Some(next),
-                            snapshot: Some(snapshot),
-                            pending: kvs,
-                            cursor: read_cursor.unwrap_or(cursor),
-                        };
-                        (Vec::new(), next)
-                    }
+                    }) => State::List {
+                        initial,
+                        pinned: revision,
+                        after: Some(next),
+                        snapshot: Some(snapshot),
+                        pending: kvs,
+                        cursor: read_cursor.unwrap_or(cursor),
+                    },
                     Ok(Page {
                         revision,
                         kvs,
@@ -420,56 +310,47 @@ impl<S: KvSource> Watcher<S> {
                         self.backoff = None;
                         snapshot.add(&kvs);
                         let cursor = read_cursor.unwrap_or(cursor);
-                        let events = self.finish_list(initial, revision, *snapshot, cursor);
-                        (events, State::Open { from: revision + 1 })
+                        self.finish_list(initial, revision, *snapshot, cursor);
+                        State::Open { from: revision + 1 }
                     }
                     Err(e) => {
                         self.log_failure("snapshot read failed; retrying", &e, None);
                         // Restart the list from scratch: a pinned revision may be compacted.
                         let then = Box::new(list_from_scratch(initial));
-                        (
-                            Vec::new(),
-                            State::Backoff {
-                                then,
-                                unreachable: true,
-                            },
-                        )
+                        State::Backoff {
+                            then,
+                            unreachable: true,
+                        }
                     }
                 }
             }
-            State::Open { from } if lock(&self.shared).stale => {
+            State::Open { from } if self.view.read(|v| v.stale) => {
                 // After an outage, relist instead of resuming: the completed relist is what
                 // proves the view caught up (etcd 3.4.23 / 3.5.1 answer a progress request even
                 // for a watcher still catching up, so a progress answer proves nothing there).
                 let _ = from;
-                (Vec::new(), list_from_scratch(false))
+                list_from_scratch(false)
             }
             State::Open { from } => match self.source.open(from).await {
                 Ok((stream, member)) => {
                     metrics::counter!(m::WATCH_RESTARTS).increment(1);
                     let last_heard = Instant::now();
                     self.suspicions.mark_unchanged();
-                    (
-                        Vec::new(),
-                        State::Watch {
-                            from,
-                            stream: Box::new(stream),
-                            member,
-                            last_heard,
-                            asked: None,
-                        },
-                    )
+                    State::Watch {
+                        from,
+                        stream: Box::new(stream),
+                        member,
+                        last_heard,
+                        asked: None,
+                    }
                 }
                 Err(e) => {
                     self.log_failure("opening the watch failed; retrying", &e, Some(from));
                     let then = Box::new(State::Open { from });
-                    (
-                        Vec::new(),
-                        State::Backoff {
-                            then,
-                            unreachable: true,
-                        },
-                    )
+                    State::Backoff {
+                        then,
+                        unreachable: true,
+                    }
                 }
             },
             State::Watch {
@@ -483,7 +364,9 @@ impl<S: KvSource> Watcher<S> {
                     .await
             }
             State::Backoff { then, unreachable } => {
-                let stale = if unreachable { self.mark_stale() } else { None };
+                if unreachable {
+                    self.mark_stale();
+                }
                 let delay = self
                     .backoff
                     .get_or_insert_with(|| {
@@ -497,49 +380,42 @@ impl<S: KvSource> Watcher<S> {
                     "watcher backing off"
                 );
                 tokio::time::sleep(delay).await;
-                (stale.into_iter().collect(), *then)
+                *then
             }
         }
     }
 
-    fn finish_list(
-        &mut self,
-        initial: bool,
-        revision: i64,
-        snapshot: Snapshot,
-        cursor: u64,
-    ) -> Vec<Event> {
-        let (mut events, members) = {
-            let mut shared = lock(&self.shared);
-            let counts_before = (shared.view.skipped(), shared.view.shadowed());
-            let events = shared.view.install(snapshot, revision);
-            shared.cursor = alloc::later_position(
-                alloc::later_position(shared.cursor, cursor),
-                shared.view.max_alloc_position(),
-            );
-            shared.revision = revision;
-            shared.check_own_snapshot(revision);
-            record_view_metrics(&shared, counts_before, 0);
-            (events, shared.view.len())
-        };
-        tracing::debug!(
-            revision,
-            members,
-            changes = events.len(),
-            initial,
-            "snapshot applied"
-        );
-        if initial {
-            events.push(Event::Synced { revision });
-            self.synced.send_replace(true);
-        } else {
+    /// Installs a completed snapshot: its joins and leaves, [`Event::Synced`] the first time,
+    /// [`Event::Fresh`] after an outage, all sequenced in one step.
+    fn finish_list(&mut self, initial: bool, revision: i64, snapshot: Snapshot, cursor: u64) {
+        let synced = &self.synced;
+        let (changes, members) = self.view.update(|view, events| {
+            let counts_before = (view.members.skipped(), view.members.shadowed());
+            events.extend(view.members.install(snapshot, revision));
+            let changes = events.len();
+            view.cursor_read = alloc::later_position(view.cursor_read, cursor);
+            view.revision = revision;
+            record_view_metrics(view, counts_before, 0);
+            if initial {
+                view.synced = true;
+                events.push(Event::Synced { revision });
+                synced.send_replace(true);
+            }
+            if view.stale {
+                view.stale = false;
+                tracing::info!(revision, "registry view is fresh again");
+                events.push(Event::Fresh { revision });
+            }
+            (changes, view.members.len())
+        });
+        self.view.announce(|| Applied::Snapshot { revision });
+        tracing::debug!(revision, members, changes, initial, "snapshot applied");
+        if !initial {
             metrics::counter!(m::RESYNCS).increment(1);
         }
-        events.extend(self.mark_fresh(revision));
         for waiter in self.resync_waiters.drain(..) {
             let _ = waiter.send(());
         }
-        events
     }
 
     async fn watch_step(
@@ -549,7 +425,7 @@ impl<S: KvSource> Watcher<S> {
         member: usize,
         last_heard: Instant,
         asked: Option<Instant>,
-    ) -> (Vec<Event>, State<S::Feed>) {
+    ) -> State<S::Feed> {
         // Watchdog: a silent stream is asked for progress after `progress_interval`. An
         // answer (or any message) proves the member alive; none within the pool's attempt
         // timeout means the member froze or answers too late: it is suspected and the watch
@@ -566,44 +442,39 @@ impl<S: KvSource> Watcher<S> {
                 return match cmd {
                     Some(Command::Resync(done)) => {
                         self.resync_waiters.push(done);
-                        (Vec::new(), list_from_scratch(false))
+                        list_from_scratch(false)
                     }
-                    None => {
-                        let watch = State::Watch { from, stream, member, last_heard, asked };
-                        (Vec::new(), watch)
-                    }
+                    None => State::Watch { from, stream, member, last_heard, asked },
                 };
             }
             changed = self.suspicions.changed() => {
                 let suspected = self.suspicions.borrow_and_update().1;
                 if changed.is_ok() && suspected == member && self.source.members() > 1 {
                     tracing::info!(from, "watch member suspected; moving the watch to another member");
-                    return (Vec::new(), State::Open { from });
+                    return State::Open { from };
                 }
-                let watch = State::Watch { from, stream, member, last_heard, asked };
-                return (Vec::new(), watch);
+                return State::Watch { from, stream, member, last_heard, asked };
             }
             () = tokio::time::sleep_until(ask_at), if asked.is_none() => {
                 let asked = match stream.request_progress().await {
                     Ok(()) => Some(Instant::now()),
                     Err(_) => None,
                 };
-                let watch = State::Watch { from, stream, member, last_heard, asked };
-                return (Vec::new(), watch);
+                return State::Watch { from, stream, member, last_heard, asked };
             }
             () = tokio::time::sleep_until(give_up_at) => {
                 if asked.is_some() {
                     tracing::warn!(from, "watch stream did not answer a progress request in time; moving it to another member");
                     self.source.suspect(member, "watch did not answer a progress request");
-                    return (Vec::new(), State::Open { from });
+                    return State::Open { from };
                 }
                 tracing::warn!(from, silent_for = ?self.settings.idle_timeout, "watch stream silent; recreating it");
                 let then = Box::new(State::Open { from });
-                return (Vec::new(), State::Backoff { then, unreachable: false });
+                return State::Backoff { then, unreachable: false };
             }
             msg = stream.message() => msg,
         };
-        let answer = match msg {
+        let mut answer = match msg {
             Ok(Some(answer)) => answer,
             ended => {
                 // A stream that ends or fails resumes at `from` on another member: nothing
@@ -617,13 +488,10 @@ impl<S: KvSource> Watcher<S> {
                 };
                 self.source.suspect(member, why);
                 let then = Box::new(State::Open { from });
-                return (
-                    Vec::new(),
-                    State::Backoff {
-                        then,
-                        unreachable: false,
-                    },
-                );
+                return State::Backoff {
+                    then,
+                    unreachable: false,
+                };
             }
         };
         let verdict = classify(&answer, from);
@@ -644,7 +512,7 @@ impl<S: KvSource> Watcher<S> {
         match verdict {
             Verdict::Compacted { compact_revision } => {
                 tracing::warn!(from, compact_revision, "watch compacted; relisting");
-                (Vec::new(), list_from_scratch(false))
+                list_from_scratch(false)
             }
             Verdict::Cancelled { auth } => {
                 let reason = &answer.cancel_reason;
@@ -656,90 +524,76 @@ impl<S: KvSource> Watcher<S> {
                         tracing::debug!(error = %e, "refreshing the auth token failed");
                     }
                 }
-                (Vec::new(), list_from_scratch(false))
+                list_from_scratch(false)
             }
             // `created` promises nothing about progress.
-            Verdict::Created => (Vec::new(), watch(from, asked)),
+            Verdict::Created => watch(from, asked),
             // The answer to our progress request: proof of life only (see `classify`).
-            Verdict::ProofOfLife => (Vec::new(), watch(from, None)),
+            Verdict::ProofOfLife => watch(from, None),
             Verdict::Progress { next } => {
-                lock(&self.shared).revision = next - 1;
+                self.view.update(|view, _| view.revision = next - 1);
                 metrics::gauge!(m::REVISION_LAG).set(0.0);
-                (Vec::new(), watch(next, None))
+                watch(next, None)
             }
             Verdict::Apply { last } => {
-                let changes = &answer.changes;
-                let events = {
-                    let mut shared = lock(&self.shared);
-                    let counts_before = (shared.view.skipped(), shared.view.shadowed());
-                    let events = shared.view.apply(changes);
-                    shared.cursor =
-                        alloc::later_position(shared.cursor, shared.view.max_alloc_position());
-                    shared.revision = last;
-                    shared.check_own_changes(changes);
-                    shared.check_own_edits(changes);
-                    record_view_metrics(&shared, counts_before, answer.header_revision - last);
-                    events
-                };
-                (events, watch(last + 1, None))
+                let changes = std::mem::take(&mut answer.changes);
+                let lag = answer.header_revision - last;
+                self.view.update(|view, events| {
+                    let counts_before = (view.members.skipped(), view.members.shadowed());
+                    events.extend(view.members.apply(&changes));
+                    view.revision = last;
+                    record_view_metrics(view, counts_before, lag);
+                });
+                self.view.announce(|| Applied::Changes(Arc::new(changes)));
+                watch(last + 1, None)
             }
         }
     }
 
-    /// Marks the view stale; returns the event the first time.
     /// Logs a failed read or open: a warning while the view is fresh (the first failure of
     /// an outage), then at debug level, so an outage costs one warning, the stale/fresh pair
     /// marks its span, and its retries do not flood the log (every host gets this, not only
     /// the CLI).
     fn log_failure(&self, what: &str, e: &Error, from: Option<i64>) {
-        if lock(&self.shared).stale {
+        if self.view.read(|v| v.stale) {
             tracing::debug!(error = %e, from, "{what}");
         } else {
             tracing::warn!(error = %e, from, "{what}");
         }
     }
 
-    fn mark_stale(&mut self) -> Option<Event> {
-        let mut shared = lock(&self.shared);
-        if shared.stale || !*self.synced.borrow() {
-            return None;
-        }
-        shared.stale = true;
-        tracing::warn!(
-            revision = shared.revision,
-            "registry view is stale: etcd cannot be read"
-        );
-        Some(Event::Stale {
-            revision: shared.revision,
-        })
-    }
-
-    /// Marks the view fresh; returns the event if it was stale.
-    fn mark_fresh(&mut self, revision: i64) -> Option<Event> {
-        let mut shared = lock(&self.shared);
-        if !shared.stale {
-            return None;
-        }
-        shared.stale = false;
-        tracing::info!(revision, "registry view is fresh again");
-        Some(Event::Fresh { revision })
+    /// Marks a synced view stale, with [`Event::Stale`] the first time.
+    fn mark_stale(&mut self) {
+        self.view.update(|view, events| {
+            if view.stale || !view.synced {
+                return;
+            }
+            view.stale = true;
+            tracing::warn!(
+                revision = view.revision,
+                "registry view is stale: etcd cannot be read"
+            );
+            events.push(Event::Stale {
+                revision: view.revision,
+            });
+        });
     }
 }
 
 /// `counts_before`: the view's skipped and shadowed counts before the change.
-fn record_view_metrics(shared: &Shared, counts_before: (u64, u64), lag: i64) {
-    let skipped = shared.view.skipped().saturating_sub(counts_before.0);
+fn record_view_metrics(view: &View, counts_before: (u64, u64), lag: i64) {
+    let skipped = view.members.skipped().saturating_sub(counts_before.0);
     if skipped > 0 {
         metrics::counter!(m::SKIPPED_RECORDS).increment(skipped);
     }
-    let shadowed = shared.view.shadowed().saturating_sub(counts_before.1);
+    let shadowed = view.members.shadowed().saturating_sub(counts_before.1);
     if shadowed > 0 {
         metrics::counter!(m::SHADOWED_RECORDS).increment(shadowed);
     }
     // Gauges are f64; member counts and revision lags are far below 2^52.
     #[allow(clippy::cast_precision_loss)]
     {
-        metrics::gauge!(m::MEMBERS).set(shared.view.len() as f64);
+        metrics::gauge!(m::MEMBERS).set(view.members.len() as f64);
         metrics::gauge!(m::REVISION_LAG).set(lag.max(0) as f64);
     }
 }

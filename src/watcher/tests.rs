@@ -5,13 +5,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::classify::WatchAnswer;
 use super::source::{KvSource, WatchFeed};
-use super::{list_from_scratch, lock, Command, Page, State, Watcher, WatcherSettings, WatcherTask};
+use super::{list_from_scratch, Command, Page, State, Watcher, WatcherSettings, WatcherTask};
 use crate::error::{Error, Result};
-use crate::events::Event;
+use crate::events::{Event, EventStream};
 use crate::keys::KeyLayout;
 use crate::membership::{KeyValue, KvChange};
 use crate::record::Registration;
@@ -102,7 +103,7 @@ struct Harness {
     task: WatcherTask,
     suspicions: watch::Sender<(u64, usize)>,
     log: Log,
-    _events: mpsc::Receiver<Event>,
+    events: EventStream,
 }
 
 fn layout() -> KeyLayout {
@@ -126,15 +127,16 @@ fn harness(members: usize, progress_interval: u64, idle_timeout: u64) -> Harness
         progress_interval: Duration::from_secs(progress_interval),
         idle_timeout: Duration::from_secs(idle_timeout),
         max_backoff: Duration::from_secs(1),
+        event_queue: 64,
     };
-    let (events, events_rx) = mpsc::channel(64);
-    let (watcher, task) = Watcher::new(fake, settings, events);
+    let (watcher, task) = Watcher::new(fake, settings);
+    let events = task.view.subscribe();
     Harness {
         watcher,
         task,
         suspicions,
         log,
-        _events: events_rx,
+        events,
     }
 }
 
@@ -192,8 +194,12 @@ impl Harness {
     }
 
     async fn step(&mut self, state: State<Feed>) -> (Vec<String>, State<Feed>) {
-        let (events, next) = self.watcher.step(state).await;
-        (events.iter().map(describe).collect(), next)
+        let next = self.watcher.step(state).await;
+        let mut events = Vec::new();
+        while let Some(Some(event)) = self.events.recv().now_or_never() {
+            events.push(describe(&event));
+        }
+        (events, next)
     }
 
     /// Steps until the state is `name` (at most 10 steps); returns every event on the way.
@@ -331,9 +337,12 @@ async fn the_initial_list_reads_pages_pinned_at_the_first_revision_then_watches_
     assert_eq!(at(&state), ("open", 11));
     assert!(*h.task.synced.borrow());
     {
-        let shared = lock(&h.task.shared);
-        assert_eq!((shared.revision, shared.view.len()), (10, 3));
-        assert!(shared.cursor >= 7, "the cursor read with the first page");
+        let (revision, members, cursor) = h
+            .task
+            .view
+            .read(|v| (v.revision, v.members.len(), v.cursor_read));
+        assert_eq!((revision, members), (10, 3));
+        assert!(cursor >= 7, "the cursor read with the first page");
     }
     let (_, state) = h.step(state).await;
     assert_eq!(at(&state), ("watch", 11));
@@ -364,7 +373,7 @@ async fn events_and_server_progress_move_the_resume_point_our_progress_answer_do
     feed.send(no_events(3, 20)).unwrap();
     let (_, state) = h.step(state).await;
     assert_eq!(at(&state), ("watch", 21), "a server progress notification");
-    assert_eq!(lock(&h.task.shared).revision, 20);
+    assert_eq!(h.task.view.read(|v| v.revision), 20);
 }
 
 #[tokio::test(start_paused = true)]
@@ -513,7 +522,7 @@ async fn an_unreachable_etcd_marks_the_view_stale_and_a_completed_relist_fresh()
     assert!(*unreachable);
     let (events, state) = h.step(state).await;
     assert_eq!(events, ["stale @10"]);
-    assert!(lock(&h.task.shared).stale);
+    assert!(h.task.view.read(|v| v.stale));
     // Stale: the next open relists instead (a completed relist proves freshness); the first
     // read fails too, and the view keeps its members meanwhile.
     let (_, state) = h.step(state).await;
@@ -521,13 +530,13 @@ async fn an_unreachable_etcd_marks_the_view_stale_and_a_completed_relist_fresh()
     h.script_page_failure();
     let (events, state) = h.step(state).await;
     assert!(events.is_empty(), "stale once: {events:?}");
-    assert_eq!(lock(&h.task.shared).view.len(), 2);
+    assert_eq!(h.task.view.read(|v| v.members.len()), 2);
     h.script_page(30, &[2], false, Some(0));
     let _feed = h.script_open(0);
     let (events, state) = h.step_until(state, "watch").await;
     assert_eq!(events, ["leave 1 @30", "fresh @30"]);
     assert_eq!(at(&state), ("watch", 31));
-    assert!(!lock(&h.task.shared).stale);
+    assert!(!h.task.view.read(|v| v.stale));
 }
 
 #[tokio::test(start_paused = true)]

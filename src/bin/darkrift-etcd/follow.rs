@@ -91,7 +91,7 @@ async fn follow(
                 return Ended::Closed;
             }
         }
-        if let Event::RegistrationStopped { id, reason } = event {
+        if let Event::RegistrationStopped { id, reason, .. } = event {
             return Ended::Stopped { id, reason };
         }
     }

@@ -180,18 +180,19 @@ impl EventLines {
                 "synced",
                 json!({"revision": revision, "members": self.shown_members()}),
             )),
-            Event::LeaseLost { id, reason } => {
+            Event::LeaseLost { id, reason, .. } => {
                 Some(("lease_lost", json!({"id": id, "reason": reason})))
             }
             Event::Reregistered {
                 id,
                 previous_id,
-                revision,
+                create_revision,
+                ..
             } => Some((
                 "reregistered",
-                json!({"id": id, "previous_id": previous_id, "revision": revision}),
+                json!({"id": id, "previous_id": previous_id, "revision": create_revision}),
             )),
-            Event::RegistrationStopped { id, reason } => {
+            Event::RegistrationStopped { id, reason, .. } => {
                 Some(("registration_stopped", json!({"id": id, "reason": reason})))
             }
             Event::Stale { revision } => Some(("stale", json!({"revision": revision}))),

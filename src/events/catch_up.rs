@@ -1,0 +1,227 @@
+//! What a subscription has received, and the catch-up that brings a lagging one to the current
+//! view (see the overflow rule in the [module docs](super)). Pure: no I/O, no locks.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use crate::events::Event;
+use crate::record::ServerInfo;
+use crate::view::View;
+
+/// The state a consumer has been handed so far: the members it holds (by id, a fingerprint of
+/// the record it got and its group, for the leave), whether it got [`Event::Synced`] and
+/// whether its last freshness event was [`Event::Stale`].
+///
+/// A fingerprint, not the record: it costs a few bytes per member and per subscription, and a
+/// changed record (an in-place edit, a re-registration with a new timestamp) has another one.
+#[derive(Debug, Default)]
+pub(crate) struct Received {
+    members: HashMap<u16, (u64, Box<str>)>,
+    synced: bool,
+    stale: bool,
+}
+
+impl Received {
+    /// Records that `event` was handed to the consumer.
+    pub(crate) fn note(&mut self, event: &Event) {
+        match event {
+            Event::Join { server, .. } => {
+                self.members.insert(
+                    server.id,
+                    (fingerprint(server), server.group.as_str().into()),
+                );
+            }
+            Event::Leave { id, .. } => {
+                self.members.remove(id);
+            }
+            Event::Synced { .. } => self.synced = true,
+            Event::Stale { .. } => self.stale = true,
+            Event::Fresh { .. } => self.stale = false,
+            Event::LeaseLost { .. }
+            | Event::Reregistered { .. }
+            | Event::RegistrationStopped { .. } => {}
+        }
+    }
+}
+
+/// A record's fingerprint: equal records, equal fingerprints.
+fn fingerprint(server: &ServerInfo) -> u64 {
+    // `DefaultHasher::new()` has fixed keys: the same record hashes the same way every time.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    server.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The events that take a consumer from what it `received` to `view`, all at the view's
+/// revision: leaves first (a server it holds that is gone, or whose record changed), then joins
+/// (a server it lacks, or the changed record), then [`Event::Synced`] if it never got one, then
+/// the freshness if it differs. Empty when it is up to date. Ids ascend within the leaves and
+/// within the joins.
+pub(crate) fn catch_up(received: &Received, view: &View) -> Vec<Event> {
+    let revision = view.revision;
+    let members = &view.members;
+    let mut leaves: Vec<(u16, &str)> = received
+        .members
+        .iter()
+        .filter(|(id, (print, _))| {
+            members
+                .get(**id)
+                .is_none_or(|server| fingerprint(server) != *print)
+        })
+        .map(|(id, (_, group))| (*id, &**group))
+        .collect();
+    leaves.sort_unstable_by_key(|(id, _)| *id);
+    let mut events: Vec<Event> = leaves
+        .into_iter()
+        .map(|(id, group)| Event::Leave {
+            id,
+            group: group.to_owned(),
+            revision,
+        })
+        .collect();
+    let mut ids: Vec<u16> = members.ids().collect();
+    ids.sort_unstable();
+    for id in ids {
+        let Some(server) = members.get(id) else {
+            continue;
+        };
+        let held = received
+            .members
+            .get(&id)
+            .is_some_and(|(print, _)| *print == fingerprint(server));
+        if !held {
+            events.push(Event::Join {
+                server: server.clone(),
+                revision,
+            });
+        }
+    }
+    if view.synced && !received.synced {
+        events.push(Event::Synced { revision });
+    }
+    // Freshness is only reported after the initial snapshot (as the watcher does).
+    if view.synced && view.stale != received.stale {
+        events.push(if view.stale {
+            Event::Stale { revision }
+        } else {
+            Event::Fresh { revision }
+        });
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::KvChange;
+    use crate::view::fixtures::{delete, layout, put};
+
+    fn describe(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                Event::Join { server, revision } => {
+                    format!("join {}:{} @{revision}", server.id, server.port)
+                }
+                Event::Leave { id, revision, .. } => format!("leave {id} @{revision}"),
+                Event::Synced { revision } => format!("synced @{revision}"),
+                Event::Stale { revision } => format!("stale @{revision}"),
+                Event::Fresh { revision } => format!("fresh @{revision}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// A view after `changes`, synced at `revision`.
+    fn view(changes: &[KvChange], revision: i64) -> View {
+        let mut view = View::new(layout());
+        view.members.apply(changes);
+        view.revision = revision;
+        view.synced = true;
+        view
+    }
+
+    #[test]
+    fn a_new_subscription_gets_every_member_then_synced() {
+        let v = view(&[put(2, 2, 5), put(1, 1, 6)], 9);
+        let got = catch_up(&Received::default(), &v);
+        assert_eq!(describe(&got), ["join 1:1 @9", "join 2:2 @9", "synced @9"]);
+    }
+
+    #[test]
+    fn an_empty_unsynced_view_gives_nothing() {
+        let v = View::new(layout());
+        assert!(catch_up(&Received::default(), &v).is_empty());
+    }
+
+    #[test]
+    fn lagging_gets_leaves_for_the_gone_joins_for_the_new_and_a_changed_record_as_both() {
+        let before = view(&[put(1, 1, 5), put(2, 2, 6), put(3, 3, 7)], 7);
+        let mut received = Received::default();
+        for e in catch_up(&Received::default(), &before) {
+            received.note(&e);
+        }
+        // While it lagged: 1 left, 3 re-registered with another record, 4 joined, 5 joined
+        // and left (never seen).
+        let now = view(
+            &[
+                put(1, 1, 5),
+                put(2, 2, 6),
+                put(3, 3, 7),
+                delete(1, 8),
+                delete(3, 9),
+                put(3, 33, 10),
+                put(4, 4, 11),
+                put(5, 5, 12),
+                delete(5, 13),
+            ],
+            13,
+        );
+        let got = catch_up(&received, &now);
+        assert_eq!(
+            describe(&got),
+            [
+                "leave 1 @13",
+                "leave 3 @13",
+                "join 3:33 @13",
+                "join 4:4 @13"
+            ]
+        );
+        for e in &got {
+            received.note(e);
+        }
+        assert!(catch_up(&received, &now).is_empty(), "up to date after it");
+    }
+
+    #[test]
+    fn a_leave_it_got_and_a_join_it_got_are_not_repeated() {
+        let v = view(&[put(1, 1, 5)], 5);
+        let mut received = Received::default();
+        for e in catch_up(&Received::default(), &v) {
+            received.note(&e);
+        }
+        received.note(&Event::Leave {
+            id: 1,
+            group: "game".into(),
+            revision: 6,
+        });
+        let now = view(&[put(1, 1, 5), delete(1, 6)], 6);
+        assert!(catch_up(&received, &now).is_empty());
+    }
+
+    #[test]
+    fn freshness_is_caught_up_both_ways() {
+        let mut v = view(&[put(1, 1, 5)], 5);
+        let mut received = Received::default();
+        for e in catch_up(&Received::default(), &v) {
+            received.note(&e);
+        }
+        v.stale = true;
+        let got = catch_up(&received, &v);
+        assert_eq!(describe(&got), ["stale @5"]);
+        received.note(&got[0]);
+        v.stale = false;
+        v.revision = 8;
+        assert_eq!(describe(&catch_up(&received, &v)), ["fresh @8"]);
+    }
+}

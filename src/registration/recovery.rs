@@ -1,0 +1,258 @@
+//! Getting a registration back, by one retry loop for every way it is lost: the lease lost
+//! (same id, fresh lease), or the id taken by another server (the [`IdTakenPolicy`]: stop, or
+//! go on in the same loop with a new id).
+//!
+//! Every attempt is one guarded write ([`guard::reregister`], or the allocation transaction):
+//! never two live holders. The loop retries forever with jittered exponential backoff (an
+//! outage of any length ends in re-registration), waits for a health probe to pass, and
+//! stops only when cancelled or by the fail-stop policy.
+
+use std::time::Duration;
+
+use super::supervisor::Supervisor;
+use super::{claim::allocate, Claim};
+use crate::alloc;
+use crate::client::retrying_txn;
+use crate::config::IdTakenPolicy;
+use crate::events::Event;
+use crate::guard::{self, reregister::Reregistered, Answer, Owner};
+use crate::lease::LeaseSession;
+use crate::metrics as m;
+use crate::registration::RegistrationStatus;
+use crate::timing;
+
+/// Why a recovery starts.
+pub(super) enum Goal {
+    /// The lease is lost: get the same id back.
+    SameId,
+    /// The id is held by another server (found while our lease lived): apply the policy.
+    Taken(String),
+}
+
+/// How a recovery ended.
+pub(super) enum Recovery {
+    /// Registered again.
+    Done,
+    Cancelled,
+    /// Stopped for good (fail-stop policy).
+    Stop,
+}
+
+enum Attempt {
+    /// Registered again: the lease and the claim it holds.
+    Done {
+        lease: LeaseSession,
+        claim: Claim,
+    },
+    Taken(String),
+    Retry(String),
+}
+
+impl Supervisor {
+    /// Revokes the old lease (best effort), then retries until registered again: the same id,
+    /// or a new one once the policy allows it.
+    pub(super) async fn recover(&mut self, goal: Goal) -> Recovery {
+        let ctx = self.ctx.clone();
+        let previous_id = self.claim.id;
+        let old_lease_id = self.lease.as_ref().map_or(0, LeaseSession::id);
+        if let Some(old) = self.lease.take() {
+            let bound = timing::revoke_bound(ctx.config.request_timeout, old.ttl());
+            if let Err(e) = old.revoke(&ctx.pool, bound).await {
+                tracing::debug!(error = %e, "revoking the lost lease failed (best effort)");
+            }
+        }
+        // Half a TTL at most, jitter included: back within about a TTL of etcd answering again.
+        let mut backoff = timing::recovery_backoff(ctx.config.lease_ttl);
+        let mut same_id = true;
+        if let Goal::Taken(reason) = goal {
+            if !self.on_taken(reason) {
+                return Recovery::Stop;
+            }
+            same_id = false;
+            backoff = timing::new_id_backoff();
+        }
+        loop {
+            if self.cancel.is_cancelled() {
+                return Recovery::Cancelled;
+            }
+            let cancel = self.cancel.clone();
+            if let Some(mut health) = self.health.clone() {
+                // An unhealthy server stays out until its probe passes again.
+                tokio::select! {
+                    () = cancel.cancelled() => return Recovery::Cancelled,
+                    _ = health.wait_for(|healthy| *healthy) => {}
+                }
+            }
+            let attempt = tokio::select! {
+                () = cancel.cancelled() => return Recovery::Cancelled,
+                a = self.attempt(same_id, old_lease_id) => a,
+            };
+            match attempt {
+                Attempt::Done { lease, claim } => {
+                    let create_revision = claim.create_revision;
+                    if same_id {
+                        tracing::info!(
+                            id = claim.id,
+                            revision = create_revision,
+                            "re-registered with the same id"
+                        );
+                    } else {
+                        tracing::warn!(
+                            old_id = previous_id,
+                            new_id = claim.id,
+                            "id was taken; registered with a new id"
+                        );
+                    }
+                    let id = claim.id;
+                    self.claim = claim;
+                    self.lease = Some(lease);
+                    self.track_own_key();
+                    metrics::counter!(m::REREGISTRATIONS).increment(1);
+                    self.emit(|revision| Event::Reregistered {
+                        id,
+                        previous_id,
+                        create_revision,
+                        revision,
+                    });
+                    return Recovery::Done;
+                }
+                Attempt::Taken(reason) => {
+                    if !self.on_taken(reason) {
+                        return Recovery::Stop;
+                    }
+                    same_id = false;
+                    backoff = timing::new_id_backoff();
+                }
+                Attempt::Retry(why) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(1));
+                    let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                    if same_id {
+                        tracing::debug!(%why, delay_ms, "re-registration failed; retrying");
+                    } else {
+                        tracing::warn!(error = %why, delay_ms, "registering with a new id failed; retrying");
+                    }
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return Recovery::Cancelled,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The id is held by another server: the policy says whether to go on with a new id
+    /// (`true`) or stop for good (`false`, with the status and event saying why).
+    fn on_taken(&mut self, reason: String) -> bool {
+        let id = self.claim.id;
+        match self.ctx.config.on_id_taken {
+            IdTakenPolicy::FailStop => {
+                tracing::error!(id, %reason, "registration stopped (fail-stop policy)");
+                self.stop(reason);
+                false
+            }
+            IdTakenPolicy::NewId => {
+                tracing::info!(id, %reason, "id taken; registering with a new id");
+                self.status
+                    .send_replace(RegistrationStatus::Recovering { id });
+                true
+            }
+        }
+    }
+
+    /// One try: our id with a fresh lease, or any free id.
+    async fn attempt(&self, same_id: bool, old_lease_id: i64) -> Attempt {
+        if same_id {
+            self.reregister_same_id(old_lease_id).await
+        } else {
+            self.register_new_id().await
+        }
+    }
+
+    /// One try at a new id with a fresh lease (policy `new-id`, once ours is taken).
+    async fn register_new_id(&self) -> Attempt {
+        let ctx = &self.ctx;
+        let lease = match LeaseSession::grant_gated(
+            &ctx.pool,
+            ctx.config.lease_ttl,
+            ctx.config.request_timeout,
+            self.health.clone(),
+        )
+        .await
+        {
+            Ok(lease) => lease,
+            Err(e) => return Attempt::Retry(e.to_string()),
+        };
+        match allocate(ctx, &self.registration, lease.id()).await {
+            Ok(claim) => Attempt::Done { lease, claim },
+            Err(e) => {
+                super::revoke_quietly(ctx, lease).await;
+                Attempt::Retry(e.to_string())
+            }
+        }
+    }
+
+    /// One try at getting our id back with a fresh lease.
+    async fn reregister_same_id(&self, old_lease_id: i64) -> Attempt {
+        let ctx = self.ctx.clone();
+        let gate = self.health.clone();
+        let lease = match LeaseSession::grant_gated(
+            &ctx.pool,
+            ctx.config.lease_ttl,
+            ctx.config.request_timeout,
+            gate,
+        )
+        .await
+        {
+            Ok(lease) => lease,
+            Err(e) => return Attempt::Retry(e.to_string()),
+        };
+        let c = &self.claim;
+        let record = self
+            .registration
+            .encode(c.id, c.position, alloc::now_unix_ms());
+        let owner = Owner {
+            key: c.server_key.clone(),
+            slot: ctx.layout.slot_key(c.id),
+            create_revision: 0,
+            lease: lease.id(),
+        };
+        let txn = guard::reregister::build(&owner, &record);
+        let resp =
+            match retrying_txn(&ctx.pool, "re-register", ctx.config.request_timeout, &txn).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    super::revoke_quietly(&ctx, lease).await;
+                    return Attempt::Retry(e.to_string());
+                }
+            };
+        // Our old lease (its revoke did not get through yet) is not "taken".
+        match guard::reregister::read(&Answer::from(&resp), lease.id(), old_lease_id) {
+            Reregistered::Done { revision } => Attempt::Done {
+                lease,
+                claim: Claim {
+                    create_revision: revision,
+                    record,
+                    ..c.clone()
+                },
+            },
+            Reregistered::OldLeaseHolds => {
+                super::revoke_quietly(&ctx, lease).await;
+                // Best effort: the next attempt finds out whether it got through.
+                let _ = crate::client::revoke_lease(
+                    &ctx.pool,
+                    old_lease_id,
+                    ctx.config.request_timeout,
+                )
+                .await;
+                Attempt::Retry("our old keys are still there; revoking the old lease again".into())
+            }
+            Reregistered::Taken => {
+                super::revoke_quietly(&ctx, lease).await;
+                Attempt::Taken(format!(
+                    "id {} was taken by another server while this one was away",
+                    c.id
+                ))
+            }
+        }
+    }
+}

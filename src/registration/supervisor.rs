@@ -1,0 +1,356 @@
+//! The supervisor loop: keeps one registration while its lease lives, repairs our key when
+//! someone else deletes or edits it, and hands over to [`super::recovery`] when the lease is
+//! lost or the id taken.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::own_key::{self, OwnKey};
+use super::recovery::{Goal, Recovery};
+use super::{Claim, Ctx, Held, RegistrationStatus};
+use crate::client::retrying_txn;
+use crate::config::KeyRemovedPolicy;
+use crate::error::{is_lease_not_found, Error};
+use crate::events::Event;
+use crate::guard::{self, restore::Restored, Answer, Owner};
+use crate::lease::{LeaseSession, LeaseState};
+use crate::metrics as m;
+use crate::record::Registration;
+use crate::timing;
+use crate::view::Applied;
+
+/// The running supervisor of one registration.
+pub(crate) struct Supervisor {
+    pub(super) ctx: Arc<Ctx>,
+    pub(super) registration: Registration,
+    pub(super) claim: Claim,
+    pub(super) lease: Option<LeaseSession>,
+    pub(super) status: watch::Sender<RegistrationStatus>,
+    /// What the watcher applies, to notice edits of our key (`None` once the watcher is gone).
+    applied: Option<broadcast::Receiver<Applied>>,
+    /// Our key as last written, for [`own_key::touched`].
+    own: OwnKey,
+    pub(super) cancel: CancellationToken,
+    /// Health verdicts gating the keep-alive (and re-registration), if a probe is set.
+    pub(super) health: Option<watch::Receiver<bool>>,
+}
+
+/// Why the registered phase ended.
+enum Ended {
+    Cancelled,
+    LeaseLost(String),
+    Taken(String),
+    /// Our key was removed and the policy says stop.
+    Removed(String),
+}
+
+enum Restore {
+    Intact,
+    /// Gone, and the policy forbids putting it back.
+    Removed(String),
+    Restored,
+    LeaseGone(String),
+    Taken(String),
+    Failed(Error),
+}
+
+impl Supervisor {
+    /// Starts supervising a fresh claim.
+    pub(crate) fn spawn(
+        ctx: Arc<Ctx>,
+        registration: Registration,
+        claim: Claim,
+        lease: LeaseSession,
+        cancel: CancellationToken,
+        health: Option<watch::Receiver<bool>>,
+    ) -> (
+        watch::Receiver<RegistrationStatus>,
+        tokio::task::JoinHandle<Option<Held>>,
+    ) {
+        let deadline = match lease.state() {
+            LeaseState::Alive { deadline } => deadline,
+            LeaseState::Lost { .. } => Instant::now(),
+        };
+        let (status, rx) = watch::channel(RegistrationStatus::Registered {
+            id: claim.id,
+            deadline,
+        });
+        // Listening starts before the task: nothing the watcher applies from here on is missed.
+        let applied = Some(ctx.view.applied());
+        let own = own_key(&claim, lease.id());
+        ctx.own_lease.store(lease.id(), Ordering::Relaxed);
+        let sup = Supervisor {
+            ctx,
+            registration,
+            claim,
+            lease: Some(lease),
+            status,
+            applied,
+            own,
+            cancel,
+            health,
+        };
+        (rx, tokio::spawn(sup.run()))
+    }
+
+    /// Our key is now as `self.claim` and `self.lease` say.
+    pub(super) fn track_own_key(&mut self) {
+        let lease = self.lease.as_ref().map_or(0, LeaseSession::id);
+        self.own = own_key(&self.claim, lease);
+        self.ctx.own_lease.store(lease, Ordering::Relaxed);
+    }
+
+    /// Sequences a lifecycle event at the view's current revision (see [`crate::events`]).
+    pub(super) fn emit(&self, event: impl FnOnce(i64) -> Event) {
+        self.ctx.view.publish_lifecycle(event);
+    }
+
+    async fn run(mut self) -> Option<Held> {
+        let held = self.supervise().await;
+        // Nothing of ours is kept any more (or it is handed back for deregistration).
+        self.ctx.own_lease.store(0, Ordering::Relaxed);
+        held
+    }
+
+    async fn supervise(&mut self) -> Option<Held> {
+        loop {
+            let ended = self.registered_phase().await;
+            let reason = match ended {
+                Ended::Cancelled => {
+                    return self.lease.take().map(|lease| Held {
+                        claim: self.claim.clone(),
+                        lease,
+                    });
+                }
+                Ended::LeaseLost(reason) => reason,
+                Ended::Taken(reason) => {
+                    // Our key was re-created by another server while our lease lived.
+                    match self.recover(Goal::Taken(reason)).await {
+                        Recovery::Done => continue,
+                        Recovery::Cancelled => return None,
+                        Recovery::Stop => return self.stopped().await,
+                    }
+                }
+                Ended::Removed(reason) => {
+                    if let Some(old) = self.lease.take() {
+                        super::revoke_quietly(&self.ctx, old).await;
+                    }
+                    tracing::error!(id = self.claim.id, %reason, "registration stopped (key-removed policy)");
+                    self.stop(reason);
+                    return self.stopped().await;
+                }
+            };
+            metrics::counter!(m::LEASE_LOST).increment(1);
+            tracing::warn!(id = self.claim.id, %reason, "registration lost; re-registering");
+            let id = self.claim.id;
+            self.status
+                .send_replace(RegistrationStatus::Recovering { id });
+            self.emit(|revision| Event::LeaseLost {
+                id,
+                reason,
+                revision,
+            });
+            match self.recover(Goal::SameId).await {
+                Recovery::Done => {}
+                Recovery::Cancelled => return None,
+                Recovery::Stop => return self.stopped().await,
+            }
+        }
+    }
+
+    /// Stops for good: the status says why, and so does [`Event::RegistrationStopped`].
+    pub(super) fn stop(&self, reason: String) {
+        let id = self.claim.id;
+        self.status.send_replace(RegistrationStatus::Stopped {
+            id,
+            reason: reason.clone(),
+        });
+        self.emit(|revision| Event::RegistrationStopped {
+            id,
+            reason,
+            revision,
+        });
+    }
+
+    /// Waits for cancellation after a stop, keeping the status `Stopped`.
+    async fn stopped(&mut self) -> Option<Held> {
+        self.ctx.own_lease.store(0, Ordering::Relaxed);
+        self.cancel.cancelled().await;
+        None
+    }
+
+    /// The next announcement that touches our key (see [`own_key::touched`]); never, once the
+    /// watcher is gone.
+    async fn own_key_touched(&mut self) {
+        loop {
+            let Some(applied) = self.applied.as_mut() else {
+                return std::future::pending().await;
+            };
+            let touched = match applied.recv().await {
+                Ok(applied) => {
+                    let own = &self.own;
+                    own_key::touched(own, &applied, || {
+                        self.ctx
+                            .view
+                            .read(|v| v.members.holds(&own.key, own.create_revision))
+                    })
+                }
+                // Announcements were missed: any of them may have touched it.
+                Err(broadcast::error::RecvError::Lagged(_)) => true,
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.applied = None;
+                    false
+                }
+            };
+            if touched {
+                return;
+            }
+        }
+    }
+
+    /// Registered: mirror the lease deadline into the status until something ends it.
+    async fn registered_phase(&mut self) -> Ended {
+        let Some(lease) = self.lease.as_ref() else {
+            return Ended::LeaseLost("no lease".into());
+        };
+        let mut lease_rx = lease.subscribe();
+        // When to check that our slot and key are intact: once per TTL (the watch only sees
+        // the server key; a deleted slot would let another server take our id), at once when
+        // the watcher applied something that touched our key, soon again after a failure.
+        let period = timing::integrity_check_period(self.ctx.config.lease_ttl);
+        let mut check_at = Instant::now() + period;
+        // Consecutive failed restore checks: the first is a warning, the retries of one outage
+        // are not.
+        let mut restore_failures = 0u32;
+        loop {
+            let state = lease_rx.borrow_and_update().clone();
+            let deadline = match state {
+                LeaseState::Alive { deadline } => deadline,
+                LeaseState::Lost { reason } => return Ended::LeaseLost(reason),
+            };
+            self.status.send_replace(RegistrationStatus::Registered {
+                id: self.claim.id,
+                deadline,
+            });
+            let cancel = self.cancel.clone();
+            tokio::select! {
+                () = tokio::time::sleep_until(check_at) => {}
+                () = self.own_key_touched() => {}
+                () = cancel.cancelled() => return Ended::Cancelled,
+                changed = lease_rx.changed() => {
+                    if changed.is_err() {
+                        return Ended::LeaseLost("keep-alive task ended".into());
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Ended::LeaseLost("lease deadline passed without a keep-alive acknowledgement".into());
+                }
+            }
+            match self.restore().await {
+                Restore::Intact | Restore::Restored => {
+                    restore_failures = 0;
+                    check_at = Instant::now() + period;
+                }
+                Restore::Removed(reason) => return Ended::Removed(reason),
+                Restore::LeaseGone(reason) => return Ended::LeaseLost(reason),
+                Restore::Taken(reason) => return Ended::Taken(reason),
+                Restore::Failed(e) => {
+                    if restore_failures == 0 {
+                        tracing::warn!(error = %e, "restoring our key failed; will retry");
+                    } else {
+                        tracing::debug!(error = %e, failures = restore_failures + 1, "restoring our key failed again; will retry");
+                    }
+                    restore_failures = restore_failures.saturating_add(1);
+                    check_at = Instant::now() + timing::RESTORE_RETRY;
+                }
+            }
+        }
+    }
+
+    /// Checks that our server key and slot are intact and puts back whatever someone else
+    /// deleted or edited, in one transaction guarded so that nothing of another registration
+    /// is ever overwritten ([`guard::restore`] writes out its rules). The key-removed policy
+    /// `stop` leaves a removal alone; an edit (our key put off our lease or with another
+    /// value) is repaired whatever the policy: nothing was removed.
+    async fn restore(&mut self) -> Restore {
+        let Some(lease_id) = self.lease.as_ref().map(LeaseSession::id) else {
+            return Restore::LeaseGone("no lease".into());
+        };
+        let c = &self.claim;
+        let owner = Owner {
+            key: c.server_key.clone(),
+            slot: self.ctx.layout.slot_key(c.id),
+            create_revision: c.create_revision,
+            lease: lease_id,
+        };
+        let stop_if_removed = self.ctx.config.on_key_removed == KeyRemovedPolicy::Stop;
+        let txn = guard::restore::build(&owner, &c.record, !stop_if_removed);
+        // Never outlive the lease deadline: past it, the lease-loss path takes over.
+        let bound = match self.lease.as_ref().map(LeaseSession::state) {
+            Some(LeaseState::Alive { deadline }) => {
+                deadline.saturating_duration_since(Instant::now())
+            }
+            _ => Duration::ZERO,
+        };
+        let bound = timing::restore_bound(bound, self.ctx.config.request_timeout);
+        let resp = match retrying_txn(&self.ctx.pool, "restore key", bound, &txn).await {
+            Ok(resp) => resp,
+            Err(Error::Etcd { source, .. }) if is_lease_not_found(&source) => {
+                return Restore::LeaseGone(format!(
+                    "our key was deleted and our lease is gone: {source}"
+                ));
+            }
+            Err(e) => return Restore::Failed(e),
+        };
+        match guard::restore::read(&Answer::from(&resp)) {
+            Restored::Intact => Restore::Intact,
+            Restored::Record => {
+                metrics::counter!(m::KEY_RESTORES).increment(1);
+                tracing::warn!(
+                    id = c.id,
+                    "our server key was overwritten by someone else (off our lease, or another value); put back on our lease"
+                );
+                Restore::Restored
+            }
+            Restored::NotOurs if stop_if_removed => Restore::Removed(format!(
+                "the registration of id {} was removed by someone else (evicted?)",
+                c.id
+            )),
+            Restored::Slot => {
+                metrics::counter!(m::KEY_RESTORES).increment(1);
+                tracing::warn!(
+                    id = c.id,
+                    "our slot key was deleted by someone else; restored"
+                );
+                Restore::Restored
+            }
+            Restored::Key { revision } => {
+                metrics::counter!(m::KEY_RESTORES).increment(1);
+                tracing::warn!(
+                    id = c.id,
+                    "our server key was deleted by someone else; restored"
+                );
+                self.claim.create_revision = revision;
+                self.track_own_key();
+                Restore::Restored
+            }
+            Restored::NotOurs => Restore::Taken(format!("id {} was taken by another server", c.id)),
+        }
+    }
+}
+
+/// Our key as a claim on `lease` wrote it.
+fn own_key(claim: &Claim, lease: i64) -> OwnKey {
+    OwnKey {
+        key: claim.server_key.clone().into_bytes(),
+        create_revision: claim.create_revision,
+        lease,
+        record: claim.record.clone(),
+    }
+}
