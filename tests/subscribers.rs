@@ -111,13 +111,7 @@ async fn a_slow_subscriber_delays_nobody_and_is_caught_up_to_etcd() {
     // Many changes while the slow one reads nothing: 24 servers join, 8 of them leave.
     let mut others = Vec::new();
     for port in 2..26 {
-        let c = Connector::connect(config(&etcd, &prefix))
-            .await
-            .expect("connect");
-        c.register_server("lobby", "127.0.0.1", port, no_props())
-            .await
-            .expect("register");
-        others.push(c);
+        others.push(registered(config(&etcd, &prefix), "lobby", port).await.0);
     }
     for c in others.drain(..8) {
         c.deregister_server().await.expect("deregister");
@@ -180,13 +174,7 @@ async fn a_slow_subscriber_delays_nobody_and_is_caught_up_to_etcd() {
     );
 
     // Both then go on in order: one more join reaches both.
-    let late = Connector::connect(config(&etcd, &prefix))
-        .await
-        .expect("connect");
-    let late_id = late
-        .register_server("lobby", "127.0.0.1", 99, no_props())
-        .await
-        .expect("register");
+    let (_late, late_id) = registered(config(&etcd, &prefix), "lobby", 99).await;
     let want = etcd_view(&cfg).await;
     assert!(want.contains_key(&late_id));
     read_until_view(&mut fast, &mut fast_view, &mut fast_rev, &want).await;
