@@ -15,7 +15,7 @@
 //!
 //! # fn main() -> darkrift_etcd::Result<()> {
 //! let connector = blocking::Connector::connect(ConnectorConfig::new(["http://127.0.0.1:2379"]))?;
-//! let mut events = connector.events()?;
+//! let mut events = connector.subscribe();
 //! let id = connector.register_server("game", "10.0.0.5", 4296, Default::default())?;
 //! println!("registered as {id}");
 //! for event in events.iter().take(10) {

@@ -33,21 +33,19 @@
 //! stays ended. tower's balancer keeps the services it has when discovery ends, so keep the
 //! connector alive as long as the balancer.
 //!
-//! # One consumer
-//! [`Connector::events`] can be taken once, so a `Discovery` built from it is the only reader
-//! of that connector's events. A host that needs the events too (its own lease events, a
-//! `ClusterCore`) can forward them to a channel and give the `Discovery` any
-//! `Stream<Item = Event> + Unpin`, or use a second connector for discovery. The consumer sets
-//! the pace: a balancer polls discovery only when asked for readiness (or while it has no
-//! ready service), so between requests the bounded queue can fill and that connector's watcher
-//! waits, and with it the connector's view ([`Connector::servers`], the ids a registration
-//! avoids). Nothing is lost, but a host whose own registration shares that connector and
-//! sends few requests is better served by a connector of its own for discovery.
+//! # Its own subscription
+//! Build a `Discovery` from a subscription of its own ([`Connector::subscribe`]): the host keeps
+//! others for its own lease events or a `ClusterCore`. The consumer sets the pace (a balancer
+//! polls discovery only when asked for readiness), but a slow subscription delays nothing: not
+//! the watcher, not the connector's view ([`Connector::servers`], the ids a registration
+//! avoids), not the other subscriptions. If its queue overflows between polls, it is caught up
+//! from the view when polled again (leaves for the services gone, inserts for the new ones; see
+//! [`crate::events`]), so the balancer's set still ends equal to the registry's.
 //!
 //! `Discovery` is `Unpin`, and `Send` whenever its event stream is (an [`EventStream`] is).
 //!
 //! [`Connector`]: crate::Connector
-//! [`Connector::events`]: crate::Connector::events
+//! [`Connector::subscribe`]: crate::Connector::subscribe
 //! [`Connector::servers`]: crate::Connector::servers
 
 use std::collections::BTreeSet;

@@ -21,6 +21,9 @@
 //! stream too (see the `pool` module). The stalled stream is not dropped while its replacement
 //! opens: on a cluster that is merely slow (every member answering late, an overloaded host),
 //! its late answer still renews the lease, and then it simply goes on.
+//!
+//! The keep-alive task itself is an explicit state machine (`Session`: gated on the health
+//! probe, opening, streaming, ended); [`LeaseState`] is what it tells the registration.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -166,14 +169,25 @@ struct Streaming {
     last_sent: Instant,
 }
 
-/// How driving a stream ended.
-enum Flow {
-    /// The task ends (lost, or cancelled).
-    End,
-    /// The stream broke (an error, an end, a blocked send): open another.
-    Reopen,
-    /// A stream opened on another member while this one stalled answered first: go on there.
-    Switch(Box<Streaming>),
+/// The keep-alive task's states (the picture in the module docs is the lease's, as the
+/// registration sees it; this is the session that keeps it):
+///
+/// ```text
+///   Gated ──probe passes──► Opening ──a stream answers──► Streaming ──stream breaks──► Gated
+///     │                        │                            │  ▲
+///     └───── deadline passed, lease gone, cancelled ────────┴──┴─► Ended
+///                                              (a hedge answers first: Streaming on it)
+/// ```
+enum Session {
+    /// Waiting for the health probe to pass, if there is one: opening a stream sends a
+    /// keep-alive at once, so an unhealthy server must not open one.
+    Gated,
+    /// Opening a stream: racing opens across members (see [`KeepAlive::open`]).
+    Opening,
+    /// Driving one stream (see [`KeepAlive::stream`]).
+    Streaming(Box<Streaming>),
+    /// Lost, or cancelled: the task ends.
+    Ended,
 }
 
 /// The answer to opening a stream: the member, when the open's keep-alive went out, and the
@@ -257,104 +271,106 @@ impl KeepAlive {
     }
 
     async fn run(self) {
-        let mut reopen_delay = timing::FIRST_REOPEN_DELAY;
-        let mut next: Option<Streaming> = None;
+        let mut session = Session::Gated;
         loop {
-            if let Some(streaming) = next.take() {
-                match self.stream(streaming).await {
-                    Flow::End => return,
-                    Flow::Switch(other) => {
-                        next = Some(*other);
-                        continue;
-                    }
-                    Flow::Reopen => {}
-                }
+            session = match session {
+                Session::Gated => self.gated().await,
+                Session::Opening => self.open().await,
+                Session::Streaming(streaming) => self.stream(*streaming).await,
+                Session::Ended => return,
+            };
+        }
+    }
+
+    /// Waits for the health probe (if any) to pass, within the deadline.
+    async fn gated(&self) -> Session {
+        let Some(deadline) = self.deadline() else {
+            return Session::Ended;
+        };
+        let Some(gate) = &self.gate else {
+            return Session::Opening;
+        };
+        let mut gate = gate.clone();
+        tokio::select! {
+            () = self.cancel.cancelled() => Session::Ended,
+            () = tokio::time::sleep_until(deadline) => {
+                self.lost("keep-alive deadline passed while the health probe failed".into());
+                Session::Ended
             }
+            // A gate whose sender is gone no longer gates anything.
+            _ = gate.wait_for(|healthy| *healthy) => Session::Opening,
+        }
+    }
+
+    /// Opens a stream. Opens race: one goes to the chosen member; if it has not answered
+    /// within the stall bound, that member is suspected and another open goes to the next,
+    /// the first still running. Whichever answers first wins, so a member that is down (its
+    /// connect may hang) costs one stall bound and a cluster that is merely slow still
+    /// answers. Each open may run until the deadline.
+    async fn open(&self) -> Session {
+        // Refusals are retried after a pause that starts here and doubles (see below).
+        let mut reopen_delay = timing::FIRST_REOPEN_DELAY;
+        let mut opens: futures::stream::FuturesUnordered<Opening> =
+            futures::stream::FuturesUnordered::new();
+        let mut next_open = Instant::now();
+        let mut last_member: Option<usize> = None;
+        loop {
             let Some(deadline) = self.deadline() else {
-                return;
+                return Session::Ended;
             };
-            // Opening the stream sends a keep-alive at once (etcd-client does): with a failing
-            // health probe, wait for it to pass first, so a reopen cannot renew the lease.
-            if let Some(gate) = &self.gate {
-                let mut gate = gate.clone();
-                tokio::select! {
-                    () = self.cancel.cancelled() => return,
-                    () = tokio::time::sleep_until(deadline) => {
-                        self.lost("keep-alive deadline passed while the health probe failed".into());
-                        return;
+            let can_open = opens.len() < self.pool.len().max(1);
+            tokio::select! {
+                () = self.cancel.cancelled() => return Session::Ended,
+                () = tokio::time::sleep_until(deadline) => {
+                    self.lost("keep-alive deadline passed without an acknowledgement".into());
+                    return Session::Ended;
+                }
+                () = tokio::time::sleep_until(next_open), if can_open => {
+                    if let Some(member) = last_member {
+                        if !opens.is_empty() {
+                            self.pool.suspect(member, "keep-alive unanswered");
+                        }
                     }
-                    // A gate whose sender is gone no longer gates anything.
-                    _ = gate.wait_for(|healthy| *healthy) => {}
+                    let member = self.pool.choose();
+                    let bound = deadline.saturating_duration_since(Instant::now());
+                    opens.push(Box::pin(open_stream(self.pool.clone(), member, self.id, bound)));
+                    last_member = Some(member);
+                    next_open = Instant::now() + self.stall;
+                }
+                Some(opened) = futures::StreamExt::next(&mut opens), if !opens.is_empty() => {
+                    match opened {
+                        Some((member, sent, Ok(Ok((keeper, stream))))) => {
+                            let streaming = self.opened(member, sent, keeper, stream);
+                            return Session::Streaming(Box::new(streaming));
+                        }
+                        Some((_, _, Ok(Err(e)))) if is_lease_not_found(&e) => {
+                            self.lost(format!("etcd says the lease is gone: {e}"));
+                            return Session::Ended;
+                        }
+                        Some((member, _, Ok(Err(e)))) => {
+                            tracing::debug!(error = %e, "keep-alive stream could not be opened");
+                            self.pool.suspect(member, "keep-alive stream could not be opened");
+                            // A refusal is quick: try the next member after a pause that
+                            // doubles up to the keep-alive interval, but at most a quarter
+                            // of the time left, so attempts get denser as the deadline
+                            // nears and an etcd back just before it still saves the lease.
+                            let pause = timing::reopen_pause(
+                                reopen_delay,
+                                deadline.saturating_duration_since(Instant::now()),
+                            );
+                            reopen_delay = timing::next_reopen_delay(reopen_delay, self.interval);
+                            next_open = next_open.min(Instant::now() + pause);
+                        }
+                        Some((member, _, Err(_))) => {
+                            self.pool.suspect(member, "keep-alive unanswered");
+                        }
+                        None => {
+                            tracing::debug!("no etcd client for the keep-alive stream");
+                            next_open = next_open.min(Instant::now() + timing::MIN_REOPEN_PAUSE);
+                        }
+                    }
                 }
             }
-            // Opens race: one goes to the chosen member; if it has not answered within the
-            // stall bound, that member is suspected and another open goes to the next, the
-            // first still running. Whichever answers first wins, so a member that is down (its
-            // connect may hang) costs one stall bound and a cluster that is merely slow still
-            // answers. Each open may run until the deadline.
-            let mut opens: futures::stream::FuturesUnordered<Opening> =
-                futures::stream::FuturesUnordered::new();
-            let mut next_open = Instant::now();
-            let mut last_member: Option<usize> = None;
-            let streaming = loop {
-                let Some(deadline) = self.deadline() else {
-                    return;
-                };
-                let can_open = opens.len() < self.pool.len().max(1);
-                tokio::select! {
-                    () = self.cancel.cancelled() => return,
-                    () = tokio::time::sleep_until(deadline) => {
-                        self.lost("keep-alive deadline passed without an acknowledgement".into());
-                        return;
-                    }
-                    () = tokio::time::sleep_until(next_open), if can_open => {
-                        if let Some(member) = last_member {
-                            if !opens.is_empty() {
-                                self.pool.suspect(member, "keep-alive unanswered");
-                            }
-                        }
-                        let member = self.pool.choose();
-                        let bound = deadline.saturating_duration_since(Instant::now());
-                        opens.push(Box::pin(open_stream(self.pool.clone(), member, self.id, bound)));
-                        last_member = Some(member);
-                        next_open = Instant::now() + self.stall;
-                    }
-                    Some(opened) = futures::StreamExt::next(&mut opens), if !opens.is_empty() => {
-                        match opened {
-                            Some((member, sent, Ok(Ok((keeper, stream))))) => {
-                                break self.opened(member, sent, keeper, stream);
-                            }
-                            Some((_, _, Ok(Err(e)))) if is_lease_not_found(&e) => {
-                                self.lost(format!("etcd says the lease is gone: {e}"));
-                                return;
-                            }
-                            Some((member, _, Ok(Err(e)))) => {
-                                tracing::debug!(error = %e, "keep-alive stream could not be opened");
-                                self.pool.suspect(member, "keep-alive stream could not be opened");
-                                // A refusal is quick: try the next member after a pause that
-                                // doubles up to the keep-alive interval, but at most a quarter
-                                // of the time left, so attempts get denser as the deadline
-                                // nears and an etcd back just before it still saves the lease.
-                                let pause = timing::reopen_pause(
-                                    reopen_delay,
-                                    deadline.saturating_duration_since(Instant::now()),
-                                );
-                                reopen_delay = timing::next_reopen_delay(reopen_delay, self.interval);
-                                next_open = next_open.min(Instant::now() + pause);
-                            }
-                            Some((member, _, Err(_))) => {
-                                self.pool.suspect(member, "keep-alive unanswered");
-                            }
-                            None => {
-                                tracing::debug!("no etcd client for the keep-alive stream");
-                                next_open = next_open.min(Instant::now() + timing::MIN_REOPEN_PAUSE);
-                            }
-                        }
-                    }
-                }
-            };
-            reopen_delay = timing::FIRST_REOPEN_DELAY;
-            next = Some(streaming);
         }
     }
 
@@ -398,7 +414,7 @@ impl KeepAlive {
     /// going*: a member that is merely slow (an overloaded cluster, every member late) still
     /// renews the lease with its late answers, and whichever stream answers first wins. An
     /// answer here drops the hedge; the hedge opening first replaces this stream.
-    async fn stream(&self, streaming: Streaming) -> Flow {
+    async fn stream(&self, streaming: Streaming) -> Session {
         let Streaming {
             member,
             mut keeper,
@@ -415,7 +431,7 @@ impl KeepAlive {
         let mut hedge: Option<Opening> = None;
         loop {
             let Some(deadline) = self.deadline() else {
-                return Flow::End;
+                return Session::Ended;
             };
             // The oldest unanswered keep-alive: unanswered for the stall bound, the member
             // is frozen or slow, whatever its TCP connection says.
@@ -428,10 +444,10 @@ impl KeepAlive {
                 }
             };
             tokio::select! {
-                () = self.cancel.cancelled() => return Flow::End,
+                () = self.cancel.cancelled() => return Session::Ended,
                 () = tokio::time::sleep_until(deadline) => {
                     self.lost("keep-alive deadline passed without an acknowledgement".into());
-                    return Flow::End;
+                    return Session::Ended;
                 }
                 () = sleep_until_some(stalled_at), if !hedging => {
                     tracing::info!(stall_ms = u64::try_from(self.stall.as_millis()).unwrap_or(u64::MAX), "keep-alive unanswered; opening a stream on another member too");
@@ -452,11 +468,11 @@ impl KeepAlive {
                     match opened {
                         Some((other, sent, Ok(Ok((keeper, stream))))) => {
                             tracing::debug!("the stream on another member answered first; moving there");
-                            return Flow::Switch(Box::new(self.opened(other, sent, keeper, stream)));
+                            return Session::Streaming(Box::new(self.opened(other, sent, keeper, stream)));
                         }
                         Some((_, _, Ok(Err(e)))) if is_lease_not_found(&e) => {
                             self.lost(format!("etcd says the lease is gone: {e}"));
-                            return Flow::End;
+                            return Session::Ended;
                         }
                         // That member failed too; if this stream still stalls, the next stall
                         // check (at once) tries another.
@@ -476,18 +492,18 @@ impl KeepAlive {
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "keep-alive send failed; reopening");
                             self.pool.suspect(member, "keep-alive send failed");
-                            return Flow::Reopen;
+                            return Session::Gated;
                         }
                         Err(_) => {
                             self.pool.suspect(member, "keep-alive send blocked");
-                            return Flow::Reopen;
+                            return Session::Gated;
                         }
                     }
                 }
                 msg = stream.message() => match msg {
                     Ok(Some(resp)) => {
                         if !self.acknowledged(&mut pending, &resp) {
-                            return Flow::End;
+                            return Session::Ended;
                         }
                         if hedge.take().is_some() {
                             tracing::debug!("the stalled keep-alive stream answered late; keeping it");
@@ -497,16 +513,16 @@ impl KeepAlive {
                     Ok(None) => {
                         tracing::debug!("keep-alive stream ended; reopening");
                         self.pool.suspect(member, "keep-alive stream ended");
-                        return Flow::Reopen;
+                        return Session::Gated;
                     }
                     Err(e) if is_lease_not_found(&e) => {
                         self.lost(format!("etcd says the lease is gone: {e}"));
-                        return Flow::End;
+                        return Session::Ended;
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "keep-alive stream failed; reopening");
                         self.pool.suspect(member, "keep-alive stream failed");
-                        return Flow::Reopen;
+                        return Session::Gated;
                     }
                 }
             }

@@ -15,7 +15,7 @@
 //! The supervisor task owns the lease. Recovery retries forever with jittered exponential
 //! backoff (an outage of any length ends in re-registration), always for the *same* id: DarkRift
 //! peers key their tables by id, so keeping it keeps their connections meaningful. If another
-//! server holds the id by then, [`IdTakenPolicy`] decides: stop (default) or take a new id.
+//! server holds the id by then, [`crate::IdTakenPolicy`] decides: stop (default) or take a new id.
 //! Never two live holders: every write is a transaction that requires the slot to be free or
 //! ours.
 //!
@@ -31,8 +31,9 @@
 //! | `status.rs` | where a registration stands, and the fence |
 //!
 //! The supervisor learns of edits to its key by listening to what the watcher applies
-//! ([`crate::view::Applied`]); the watcher does not know it exists. Its lifecycle events are
-//! sequenced into the event stream by [`crate::view::ViewReader::publish_lifecycle`].
+//! (`view::Applied`); the watcher does not know it exists. Its lifecycle events are
+//! sequenced into the event stream by `view::ViewReader::publish_lifecycle`, by the rule of
+//! [`crate::events`].
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
 

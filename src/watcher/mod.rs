@@ -1,4 +1,10 @@
-//! List + watch of the server prefix as an explicit state machine, feeding [`Membership`].
+//! List + watch of the server prefix as an explicit state machine, writing the view.
+//!
+//! The watcher is the only writer of the [`View`] (members, revision, freshness): each step that
+//! changes it does so through its [`ViewWriter`], which sequences the joins and leaves of that
+//! change in the same step and hands them to every subscription without waiting (see
+//! [`crate::events`]). It announces each applied batch or snapshot ([`Applied`]) to whoever
+//! listens; it knows nothing of the registration.
 //!
 //! ```text
 //!            ┌──────────── compaction / cancelled watch / resync request ───────────┐
