@@ -180,6 +180,8 @@ impl Supervisor {
     /// Waits for cancellation after a stop, keeping the status `Stopped`.
     async fn stopped(&mut self) -> Option<Held> {
         self.ctx.own_lease.store(0, Ordering::Relaxed);
+        // Nothing to watch for any more: stop holding the watcher's announcements.
+        self.applied = None;
         self.cancel.cancelled().await;
         None
     }
