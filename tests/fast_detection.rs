@@ -5,8 +5,9 @@
 //!   expiry);
 //! - one reporter never evicts;
 //! - a link cut between one lobby and the game never evicts a game the other lobby reaches;
-//! - a healthy game evicted by false reports is back with the same id promptly, and ids stay
-//!   unique throughout.
+//! - a healthy game evicted by false reports is back with the same id promptly, ids stay
+//!   unique throughout, and the same reporters do not evict it again (the anti-flap hold);
+//! - no report key outlives the registration it is about (eviction, deregistration).
 #![cfg(all(feature = "test-support", feature = "mesh"))]
 
 mod common;
@@ -100,6 +101,44 @@ async fn reports(raw: &mut etcd_client::Client, prefix: &str, id: u16) -> usize 
     .len()
 }
 
+/// Waits (bounded by [`PROMPT`]) until no report key about `id` remains; returns how long it
+/// took. Event-driven: a watch on the reports from the revision read, until one changes.
+async fn no_reports_left(raw: &mut etcd_client::Client, prefix: &str, id: u16) -> Duration {
+    let start = Instant::now();
+    let range = format!("{prefix}.alloc/reports/{id:05}/");
+    let prefixed = || etcd_client::GetOptions::new().with_prefix();
+    tokio::time::timeout(PROMPT, async {
+        loop {
+            let resp = raw
+                .get(range.as_str(), Some(prefixed()))
+                .await
+                .expect("get");
+            if resp.kvs().is_empty() {
+                return;
+            }
+            let from = resp.header().expect("header").revision() + 1;
+            let options = etcd_client::WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(from);
+            let mut stream = raw
+                .watch(range.as_str(), Some(options))
+                .await
+                .expect("watch");
+            while stream
+                .message()
+                .await
+                .expect("watch ok")
+                .expect("watch open")
+                .events()
+                .is_empty()
+            {}
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("report keys about {id} still there after {PROMPT:?}"));
+    start.elapsed()
+}
+
 /// Every registered id under `prefix`, with the number of keys holding it (any group).
 async fn registered_ids(raw: &mut etcd_client::Client, prefix: &str) -> BTreeMap<u16, usize> {
     let resp = raw
@@ -185,6 +224,13 @@ async fn a_crashed_game_leaves_every_lobby_while_its_lease_still_lives() {
         assert!(lobby.state().borrow().links.is_empty());
     }
     assert!(verdicts.iter().all(|(_, refused)| *refused), "{verdicts:?}");
+    // The eviction deleted the reports with the registration, and no late report could be
+    // filed about a registration already gone.
+    assert_eq!(
+        reports(&mut raw, &prefix, game_id).await,
+        0,
+        "no report key left"
+    );
     for (lobby, _) in lobbies {
         lobby.shutdown().await.expect("shutdown");
     }
@@ -224,8 +270,11 @@ async fn one_reporter_never_evicts() {
         "one reporter"
     );
     assert!(lobby.state().borrow().upstream.contains(&ghost_id));
-    lobby.shutdown().await.expect("shutdown");
+    // The ghost leaves normally: the lobby, still alive, withdraws its report.
     ghost.deregister_server().await.expect("deregister");
+    let took = no_reports_left(&mut raw, &prefix, ghost_id).await;
+    eprintln!("the lone report withdrawn {took:?} after the reported server deregistered");
+    lobby.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,6 +422,34 @@ async fn a_healthy_game_evicted_by_false_reports_is_back_with_its_id_and_ids_sta
     eprintln!("falsely evicted game {game_id} back with its id after {took:?} (TTL {TTL:?})");
     assert!(took <= TTL / 2, "back after {took:?}");
     assert_eq!(game.id(), game_id);
+    // The eviction took the reports along.
+    assert_eq!(reports(&mut raw, &prefix, game_id).await, 0);
+    // The same liars, still failing to reach it, do not evict it again: they reported its
+    // previous registration a moment ago (the anti-flap hold), so they do not report this
+    // one, and it stays.
+    let (_, back_revision) = registration(&mut raw, &prefix, "game", game_id)
+        .await
+        .expect("the game is registered");
+    for liar in &liars {
+        assert_eq!(
+            liar.handle_connection_failure(game_id)
+                .await
+                .expect("report"),
+            PeerStatus::Registered
+        );
+    }
+    assert_eq!(
+        registration(&mut raw, &prefix, "game", game_id)
+            .await
+            .map(|(_, rev)| rev),
+        Some(back_revision),
+        "not evicted again"
+    );
+    assert_eq!(
+        reports(&mut raw, &prefix, game_id).await,
+        0,
+        "held: nothing filed"
+    );
     // Still the same mesh: the lobby links to it again.
     wait_state(&lobby, Instant::now() + PROMPT, "linked again", |s| {
         s.is_linked(game_id, Direction::Upstream)
