@@ -636,6 +636,15 @@ impl Connector {
         if tally.recent < usize::try_from(eviction.min_reporters).unwrap_or(usize::MAX) {
             return Ok(Reported::Status(PeerStatus::Registered));
         }
+        if tally.peer_lease == 0 {
+            // No slot, or one without a lease: not a state a registration leaves behind (its
+            // owner repairs it); the eviction guard would compare against nothing. Leave it.
+            tracing::warn!(
+                peer = id,
+                "enough reports, but the peer's slot is damaged; not evicting"
+            );
+            return Ok(Reported::Status(PeerStatus::Registered));
+        }
         // Evict exactly that registration: its key only if still the same create revision,
         // its slot only if still on its lease; the reports about it go with it.
         let peer = Owner {
