@@ -108,7 +108,10 @@ pub struct ConnectorConfig {
 pub struct EvictionConfig {
     /// Distinct reporters needed (at least 1; 2 or more so one confused server cannot evict).
     pub min_reporters: u32,
-    /// How recent a report must be to count.
+    /// How recent a report must be to count. Also the anti-flap hold: after reporting one
+    /// registration of an id, a server does not report a newer registration of the same id
+    /// (one that came back after an eviction) for one window, doubling per further re-report
+    /// up to 16 windows.
     #[serde(with = "secs")]
     pub window: Duration,
 }

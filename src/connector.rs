@@ -28,6 +28,7 @@ use crate::lease::LeaseSession;
 use crate::pool::Pool;
 use crate::record::{Registration, ServerInfo};
 use crate::registration::{allocate, Ctx, Held, RegistrationStatus, Supervisor};
+use crate::reporter::{Admit, FiledReport, Reporter};
 use crate::watcher::{self, Command, WatcherSettings};
 
 /// A DarkRift server registry connector backed by etcd.
@@ -63,6 +64,8 @@ pub struct Connector {
     registration: tokio::sync::Mutex<Option<Running>>,
     status: Mutex<Option<watch::Receiver<RegistrationStatus>>>,
     probe: Mutex<Option<Arc<dyn HealthProbe>>>,
+    /// The reports this server filed and its anti-flap hold (eviction on only).
+    reporter: Option<Arc<Mutex<Reporter>>>,
     _stop: DropGuard,
 }
 
@@ -142,6 +145,15 @@ impl Connector {
             spread_seed: rand::random(),
             requests: AtomicU64::new(0),
         });
+        let reporter = ctx.config.eviction.as_ref().map(|eviction| {
+            let reporter = Arc::new(Mutex::new(Reporter::new(eviction.window)));
+            tokio::spawn(sweep_reports(
+                ctx.clone(),
+                reporter.clone(),
+                cancel.child_token(),
+            ));
+            reporter
+        });
         Connector {
             ctx,
             synced: task.synced,
@@ -149,6 +161,7 @@ impl Connector {
             registration: tokio::sync::Mutex::new(None),
             status: Mutex::new(None),
             probe: Mutex::new(None),
+            reporter,
             _stop: cancel.drop_guard(),
         }
     }
@@ -456,6 +469,13 @@ impl Connector {
     /// peer's key. If the registration is gone, the view is resynchronised so its leave is
     /// delivered, in order, before this returns.
     ///
+    /// With eviction on, a registered server files its report about the peer instead (one
+    /// transaction that also reads every report about it), and evicts it once enough distinct
+    /// live servers reported it within the window (see [`crate::config::EvictionConfig`]). A
+    /// server that reported an earlier registration of the same id recently (the peer came
+    /// back after an eviction) does not report the new one for a while: it answers as with
+    /// eviction off (the anti-flap hold, see ARCHITECTURE.md).
+    ///
     /// # Errors
     /// An etcd failure while reading.
     pub async fn handle_connection_failure(&self, id: u16) -> Result<PeerStatus> {
@@ -471,26 +491,32 @@ impl Connector {
         let Some((key, create_revision)) = known else {
             return Ok(PeerStatus::Unknown);
         };
-        let resp = retrying(
-            &self.ctx.pool,
-            "read peer",
-            self.ctx.config.request_timeout,
-            |client| {
-                let key = key.clone();
-                async move { client.kv_client().get(key, None).await }
-            },
-        )
-        .await?;
-        if let Some(kv) = resp
-            .kvs()
-            .first()
-            .filter(|kv| kv.create_revision() == create_revision)
-        {
-            let peer_lease = kv.lease();
-            return match &self.ctx.config.eviction {
-                Some(eviction) => self.report(id, create_revision, peer_lease, eviction).await,
-                None => Ok(PeerStatus::Registered),
-            };
+        let reported = match &self.ctx.config.eviction {
+            Some(eviction) => self.report(id, &key, create_revision, eviction).await?,
+            None => Reported::NotFiled,
+        };
+        match reported {
+            Reported::Status(status) => return Ok(status),
+            Reported::PeerChanged => {}
+            Reported::NotFiled => {
+                let resp = retrying(
+                    &self.ctx.pool,
+                    "read peer",
+                    self.ctx.config.request_timeout,
+                    |client| {
+                        let key = key.clone();
+                        async move { client.kv_client().get(key, None).await }
+                    },
+                )
+                .await?;
+                if resp
+                    .kvs()
+                    .first()
+                    .is_some_and(|kv| kv.create_revision() == create_revision)
+                {
+                    return Ok(PeerStatus::Registered);
+                }
+            }
         }
         // The watcher relists and delivers the leave in order. Bounded: a watcher blocked on a
         // full event queue (nobody consuming) must not hang the caller.
@@ -516,100 +542,134 @@ impl Connector {
     }
 }
 
+/// What filing a report came to (see [`Connector::report`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reported {
+    /// Filed: the peer is still registered, or was evicted now (or changed under the
+    /// eviction).
+    Status(PeerStatus),
+    /// The registration we could not reach is gone or was re-created: nothing was filed.
+    PeerChanged,
+    /// Nothing was filed (we are not registered, or the anti-flap hold): check as with
+    /// eviction off.
+    NotFiled,
+}
+
 impl Connector {
-    /// Files our report that peer `id` (registration `create_revision`) is unreachable, and
-    /// evicts it once `min_reporters` distinct live servers reported it within the window.
+    /// Files our report that peer `id` (registration `create_revision`, server key `key`) is
+    /// unreachable and reads every report about it, in one transaction; evicts it once
+    /// `min_reporters` distinct live servers reported it within the window.
     ///
     /// Reports are keys bound to the reporters' leases, so a reporter that dies takes its
     /// report with it; they name the peer's create revision, so reports about an earlier
-    /// registration of the same id never count against a new one.
+    /// registration of the same id never count against a new one. Ours is withdrawn once the
+    /// registration leaves our view ([`sweep_reports`]).
     async fn report(
         &self,
         id: u16,
+        key: &str,
         create_revision: i64,
-        peer_lease: i64,
         eviction: &crate::config::EvictionConfig,
-    ) -> Result<PeerStatus> {
+    ) -> Result<Reported> {
+        let Some(reporter) = &self.reporter else {
+            return Ok(Reported::NotFiled);
+        };
         let Some((me, lease)) = self.current_claim() else {
             // Only a registered server may report: its report must die with it.
-            return Ok(PeerStatus::Registered);
+            return Ok(Reported::NotFiled);
         };
+        let admitted = reporter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(id, create_revision, tokio::time::Instant::now());
+        if let Admit::Hold { until } = admitted {
+            tracing::info!(
+                peer = id,
+                revision = create_revision,
+                held_for = ?until.saturating_duration_since(tokio::time::Instant::now()),
+                "not reporting a peer that came back after our report on its previous \
+                 registration (anti-flap hold); its lease decides"
+            );
+            return Ok(Reported::NotFiled);
+        }
         let layout = &self.ctx.layout;
         let cfg = &self.ctx.config;
-        let now = crate::alloc::now_unix_ms();
-        let report = layout.report_key(id, create_revision, me);
-        // Owner-guarded: our report key is written only if it is ours (on our lease) or
-        // absent; a key someone else put there is left alone (and, if lease-less, not
-        // counted below).
-        let file = guard::report::build(&report, now, lease);
-        let filed = retrying_txn(&self.ctx.pool, "report peer", cfg.request_timeout, &file).await?;
-        if guard::report::read(&Answer::from(&filed)) == Filed::Foreign {
+        let (slot, reports, report) = (
+            layout.slot_key(id),
+            layout.reports_prefix(id, create_revision),
+            layout.report_key(id, create_revision, me),
+        );
+        let filing = guard::report::Filing {
+            peer_key: key,
+            peer_slot: &slot,
+            create_revision,
+            reports: &reports,
+            report: &report,
+            lease,
+            now_ms: crate::alloc::now_unix_ms(),
+        };
+        let txn = guard::report::build(&filing);
+        let resp = retrying_txn(&self.ctx.pool, "report peer", cfg.request_timeout, &txn).await?;
+        let window_ms = i64::try_from(eviction.window.as_millis()).unwrap_or(i64::MAX);
+        let tally = match guard::report::read(&Answer::from(&resp), &filing, window_ms) {
+            Filed::PeerChanged => return Ok(Reported::PeerChanged),
+            Filed::Counted(tally) => tally,
+        };
+        if tally.ours.is_none() {
             tracing::warn!(
                 key = %report,
                 "our report key holds a value we did not write; leaving it alone"
             );
         }
-        let prefix = layout.reports_prefix(id, create_revision);
-        let reports = retrying(
-            &self.ctx.pool,
-            "read reports",
-            cfg.request_timeout,
-            |client| {
-                let prefix = prefix.clone();
-                async move {
-                    client
-                        .kv_client()
-                        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-                        .await
-                }
-            },
-        )
-        .await?;
-        let window_ms = i64::try_from(eviction.window.as_millis()).unwrap_or(i64::MAX);
-        let recent = reports
-            .kvs()
-            .iter()
-            // A report lives on its reporter's lease: a lease-less key is not a report.
-            .filter(|r| {
-                r.lease() != 0
-                    && r.value_str()
-                        .ok()
-                        .and_then(|v| v.parse::<i64>().ok())
-                        .is_some_and(|t| now - t <= window_ms)
-            })
-            .count();
+        let filed = tally.ours.map(|key_revision| FiledReport {
+            peer: id,
+            create_revision,
+            key: report.clone(),
+            lease,
+            key_revision,
+        });
+        reporter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .reported(id, create_revision, filed, tokio::time::Instant::now());
         tracing::info!(
             peer = id,
-            reporters = recent,
+            reporters = tally.recent,
             needed = eviction.min_reporters,
             "reported an unreachable peer"
         );
-        if recent < usize::try_from(eviction.min_reporters).unwrap_or(usize::MAX) {
-            return Ok(PeerStatus::Registered);
+        if tally.recent < usize::try_from(eviction.min_reporters).unwrap_or(usize::MAX) {
+            return Ok(Reported::Status(PeerStatus::Registered));
+        }
+        if tally.peer_lease == 0 {
+            // No slot, or one without a lease: not a state a registration leaves behind (its
+            // owner repairs it); the eviction guard would compare against nothing. Leave it.
+            tracing::warn!(
+                peer = id,
+                "enough reports, but the peer's slot is damaged; not evicting"
+            );
+            return Ok(Reported::Status(PeerStatus::Registered));
         }
         // Evict exactly that registration: its key only if still the same create revision,
-        // its slot only if still on its lease.
-        let Some(server) = self.ctx.view.read(|v| v.members.get(id).cloned()) else {
-            return Ok(PeerStatus::Unknown);
-        };
+        // its slot only if still on its lease; the reports about it go with it.
         let peer = Owner {
-            key: layout.server_key(&server.group, id),
-            slot: layout.slot_key(id),
+            key: key.to_owned(),
+            slot,
             create_revision,
-            lease: peer_lease,
+            lease: tally.peer_lease,
         };
-        let evict = guard::evict::build(&peer, Some(&prefix));
+        let evict = guard::evict::build(&peer, Some(&reports));
         let resp = retrying_txn(&self.ctx.pool, "evict peer", cfg.request_timeout, &evict).await?;
         match guard::evict::read(&Answer::from(&resp)) {
             Evicted::Done { .. } => {
                 tracing::warn!(
                     peer = id,
-                    reporters = recent,
+                    reporters = tally.recent,
                     "peer evicted after enough reports"
                 );
-                Ok(PeerStatus::Evicted)
+                Ok(Reported::Status(PeerStatus::Evicted))
             }
-            Evicted::Changed => Ok(PeerStatus::Gone),
+            Evicted::Changed => Ok(Reported::Status(PeerStatus::Gone)),
         }
     }
 
@@ -623,6 +683,53 @@ impl Connector {
                 (lease != 0).then_some((*id, lease))
             }
             _ => None,
+        }
+    }
+}
+
+/// Withdraws our reports about registrations that have left our view (a leave, an eviction,
+/// a re-creation), each behind its guard (our lease, the report's create revision), every
+/// [`crate::timing::REPORT_SWEEP`] while there are any; until the connector is dropped.
+///
+/// A local check of the view, not a watch of its own: the watcher already delivers every
+/// leave, and a report that outlives its registration by a sweep period is harmless (it names
+/// a create revision nobody will hold again).
+async fn sweep_reports(ctx: Arc<Ctx>, reporter: Arc<Mutex<Reporter>>, stop: CancellationToken) {
+    let lock_reporter = || {
+        reporter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let mut tick = tokio::time::interval(crate::timing::REPORT_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let gone = {
+            let mut reporter = lock_reporter();
+            if !reporter.has_filed() {
+                continue;
+            }
+            ctx.view.read(|v| {
+                reporter.take_gone(|peer, rev| v.members.create_revision(peer) == Some(rev))
+            })
+        };
+        for report in gone {
+            let txn = guard::report::withdraw(&report.key, report.lease, report.key_revision);
+            let timeout = ctx.config.request_timeout;
+            match retrying_txn(&ctx.pool, "withdraw report", timeout, &txn).await {
+                Ok(resp) if guard::report::withdrawn(&Answer::from(&resp)) => {
+                    tracing::debug!(key = %report.key, "report withdrawn: the peer left");
+                }
+                // Deleted with an eviction or with our lease, or not ours any more.
+                Ok(_) => tracing::debug!(key = %report.key, "report already gone"),
+                Err(error) => {
+                    tracing::debug!(key = %report.key, %error, "withdrawing a report failed; retrying");
+                    lock_reporter().retry(report);
+                }
+            }
         }
     }
 }

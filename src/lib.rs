@@ -25,6 +25,7 @@
 //! | [`registration`] | one registration's life: claim, keep, restore, recover; status and fence (I/O) |
 //! | [`metrics`] | metric names (through the `metrics` facade) |
 //! | `watcher` | list + watch state machine feeding `membership`, generic over its etcd source (I/O) |
+//! | `reporter` | peer-reported eviction: the reports filed, their withdrawal, the anti-flap hold (pure) |
 //! | [`connector`] | register / deregister / connection failure; composes the above (I/O) |
 //! | [`admin`] | operator reads and the guarded eviction (`get`, `ls`, `evict`) (I/O) |
 //! | [`blocking`] | the connector for hosts that are not async (owns a runtime) |
@@ -62,6 +63,7 @@ pub mod monitor;
 mod pool;
 pub mod record;
 pub mod registration;
+mod reporter;
 pub mod signal;
 #[cfg(feature = "test-support")]
 pub mod testing;

@@ -16,6 +16,8 @@
 //! | [`restore_bound`], [`RESTORE_RETRY`] | time left on the lease, at most the request timeout; 500 ms | registration supervisor |
 //! | [`revoke_bound`] | request timeout, at most the TTL | deregistration, recovery |
 //! | [`watchdog`] | progress request after silence; give up after idle timeout or an unanswered request | watcher |
+//! | [`report_hold`] | eviction window doubling per re-report, at most 16 windows | reporter (anti-flap) |
+//! | [`REPORT_SWEEP`] | 200 ms | reporter: withdrawing reports about registrations gone |
 //!
 //! Every backoff is jittered and stays within its bound jitter included
 //! ([`crate::backoff::bounded`]).
@@ -181,6 +183,27 @@ pub(crate) fn watchdog(
     (ask_at, give_up_at)
 }
 
+/// How many times [`report_hold`] doubles: at most 16 windows.
+pub(crate) const REPORT_HOLD_DOUBLINGS: u32 = 4;
+
+/// After reporting one registration of an id, how long a reporter waits (since that report)
+/// before it reports a *newer* registration of the same id: one eviction `window`, doubled per
+/// consecutive re-report (`strikes`), at most 16 windows. A healthy server evicted by mistake
+/// is back with the same id within a second, under a new create revision; reporters whose dial
+/// still fails (a partition between them and it, a port that refuses while the process lives)
+/// would evict it again at every dial round. Held, they answer as with eviction off, so the id
+/// falls back to its lease TTL for that time, and repeated evictions of one id space out
+/// exponentially instead of flapping.
+#[must_use]
+pub(crate) fn report_hold(window: Duration, strikes: u32) -> Duration {
+    window.saturating_mul(1 << strikes.min(REPORT_HOLD_DOUBLINGS))
+}
+
+/// How often a reporter looks for reports it filed about registrations that have left its
+/// view since, to withdraw them: a local check of the view (no etcd request unless one is
+/// due), so a report outlives its registration by about this much.
+pub(crate) const REPORT_SWEEP: Duration = Duration::from_millis(200);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +308,14 @@ mod tests {
         // The idle timeout still wins when it comes first.
         let (_, give_up) = watchdog(t0, Some(t0 + S(5)), S(5), MS(5500), S(1));
         assert_eq!(give_up, t0 + MS(5500));
+    }
+
+    #[test]
+    fn the_report_hold_doubles_from_one_window_to_sixteen() {
+        assert_eq!(report_hold(S(30), 0), S(30));
+        assert_eq!(report_hold(S(30), 1), S(60));
+        assert_eq!(report_hold(S(30), 3), S(240));
+        assert_eq!(report_hold(S(30), 4), S(480));
+        assert_eq!(report_hold(S(30), 40), S(480));
     }
 }

@@ -2,12 +2,16 @@
 //! blackholes, slow links and heals of servers' connections, server crashes, graceful leaves
 //! and new servers, and a careless operator and a hostile writer under the prefix (a live
 //! record's lease stripped or its value overwritten, a second key claiming a live id, garbage in
-//! the allocation cursor), for a fixed period.
+//! the allocation cursor), and false reports that evict a healthy server (two servers that
+//! wrongly believe it unreachable, eviction on with K = 2), for a fixed period.
+//! Each false eviction (while no etcd member is down and none of the three is cut) must be
+//! undone within a second: the server is back under the same id (the run prints the figures).
 //! A checker over the recorded histories then asserts:
 //! 1. never two live holders of one id at any etcd revision (replaying etcd's own history);
 //! 2. every server's event history is well formed (per id, joins and leaves alternate);
 //! 3. within TTL + 2 s after the last fault, every live server's view equals etcd's truth
-//!    (the run prints the figure).
+//!    (the run prints the figure);
+//! 4. no report key outlives the registration it is about.
 //!
 //! The seed is printed; set `CHAOS_SEED` to replay a run.
 #![cfg(feature = "test-support")]
@@ -19,8 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use darkrift_etcd::config::EvictionConfig;
 use darkrift_etcd::testing::{EtcdCluster, FaultProxy};
-use darkrift_etcd::{Connector, ConnectorConfig, Event, RegistrationStatus};
+use darkrift_etcd::{Connector, ConnectorConfig, Event, PeerStatus, RegistrationStatus};
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -34,6 +39,8 @@ const SERVERS: usize = 5;
 const HOSTILE: &str = "hostile";
 /// Bound on one request of the operator's plain etcd-client (it may pick a frozen member).
 const OPERATOR_BOUND: Duration = Duration::from_secs(2);
+/// A server evicted by false reports is back with the same id within this.
+const BACK_WITHIN: Duration = Duration::from_secs(1);
 
 struct Server {
     connector: Arc<Connector>,
@@ -54,6 +61,14 @@ async fn start_server(etcd: &EtcdCluster, prefix: &str, n: usize) -> Option<Serv
     .with_lease_ttl(TTL)
     .with_id_space(8)
     .with_spread_window(2);
+    // Eviction on, K = 2: the false-report fault evicts with two liars.
+    let cfg = ConnectorConfig {
+        eviction: Some(EvictionConfig {
+            min_reporters: 2,
+            window: Duration::from_secs(5),
+        }),
+        ..cfg
+    };
     // etcd may be without quorum right now: a server that cannot start is simply not started.
     let connector = Arc::new(Connector::connect(cfg).await.ok()?);
     let mut events = connector.events().expect("events");
@@ -114,6 +129,8 @@ async fn chaos_never_two_holders_and_views_converge() {
         .id();
     let chaos_end = tokio::time::Instant::now() + CHAOS_FOR;
     let mut faults = 0;
+    // How long each false eviction took to be undone.
+    let mut false_evictions: Vec<Duration> = Vec::new();
     while tokio::time::Instant::now() < chaos_end {
         let pause = Duration::from_millis(rng.random_range(200..900));
         tokio::time::sleep(pause).await; // the pacing of the fault injector, not a wait for an event
@@ -177,6 +194,35 @@ async fn chaos_never_two_holders_and_views_converge() {
                     }
                     let _ = server.connector.deregister_server().await;
                     drop(server);
+                }
+            }
+            5 => {
+                // False reports: two servers that wrongly believe a healthy one unreachable
+                // report it (K = 2). Only while every member is up and none of the three is
+                // cut, so that the server's restore is not slowed by an injected fault.
+                if down_member.is_some() {
+                    continue;
+                }
+                let healthy: Vec<usize> = (0..servers.len())
+                    .filter(|&i| !servers[i].cut && servers[i].connector.is_registered())
+                    .collect();
+                if healthy.len() < 3 {
+                    continue;
+                }
+                let mut picked = Vec::new();
+                while picked.len() < 3 {
+                    let i = healthy[rng.random_range(0..healthy.len())];
+                    if !picked.contains(&i) {
+                        picked.push(i);
+                    }
+                }
+                let victim = &servers[picked[0]].connector;
+                let liars = [
+                    servers[picked[1]].connector.as_ref(),
+                    servers[picked[2]].connector.as_ref(),
+                ];
+                if let Some(took) = false_reports(&mut operator, &prefix, victim, liars).await {
+                    false_evictions.push(took);
                 }
             }
             7 | 8 => {
@@ -247,6 +293,11 @@ async fn chaos_never_two_holders_and_views_converge() {
     println!(
         "faults injected: {faults}, servers started: {started}, live at the end: {}",
         servers.len()
+    );
+    println!(
+        "false evictions: {} (back with the same id after {:?})",
+        false_evictions.len(),
+        false_evictions
     );
 
     // 3. Convergence: within TTL + 2 s of the heal, every live server's view equals etcd's
@@ -386,6 +437,128 @@ async fn chaos_never_two_holders_and_views_converge() {
             .collect();
         assert_eq!(joined, truth, "the event history adds up to the view");
     }
+
+    // 4. No report outlives its registration: an eviction deletes the reports with it, a
+    // reporter withdraws its own once the registration leaves its view, a dead reporter's go
+    // with its lease (the TTL). Reports about a live registration may stay.
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    loop {
+        let orphans = orphan_reports(&mut raw, &prefix).await;
+        if orphans.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() <= deadline,
+            "report keys about registrations gone: {orphans:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition with a bound
+    }
+}
+
+/// One false-report fault: `liars` report `victim` (eviction on, K = 2). If that evicts it,
+/// waits (bounded by [`BACK_WITHIN`]) until it is back under the same id and returns how long
+/// that took. `None` when nothing was evicted (a liar's view behind, its anti-flap hold after
+/// an earlier fault against the same id, an etcd request failing).
+async fn false_reports(
+    operator: &mut etcd_client::Client,
+    prefix: &str,
+    victim: &Connector,
+    liars: [&Connector; 2],
+) -> Option<Duration> {
+    let id = victim.registered_id()?;
+    // The registration as it is now, and a watch for what comes after it.
+    let read = operator.get(format!("{prefix}/"), Some(GetOptions::new().with_prefix()));
+    let resp = tokio::time::timeout(OPERATOR_BOUND, read)
+        .await
+        .ok()?
+        .ok()?;
+    let suffix = format!("/{id}");
+    let hostile = format!("{prefix}/{HOSTILE}/");
+    let before = resp.kvs().iter().find(|kv| {
+        kv.key_str()
+            .is_ok_and(|k| k.ends_with(&suffix) && !k.starts_with(&hostile))
+            && kv.lease() != 0
+    })?;
+    let (key, before) = (before.key().to_vec(), before.create_revision());
+    let from = resp.header()?.revision() + 1;
+    let options = WatchOptions::new().with_start_revision(from);
+    let open = operator.watch(key, Some(options));
+    let mut watch = tokio::time::timeout(OPERATOR_BOUND, open)
+        .await
+        .ok()?
+        .ok()?;
+    let mut evicted_at = None;
+    for liar in liars {
+        let report = liar.handle_connection_failure(id);
+        if let Ok(Ok(PeerStatus::Evicted)) = tokio::time::timeout(PROMPT, report).await {
+            evicted_at = Some(tokio::time::Instant::now());
+        }
+    }
+    let evicted_at = evicted_at?;
+    tracing::info!(target: "chaos", id, "falsely evicted");
+    // Back: the same key put again on a lease, under a newer create revision.
+    tokio::time::timeout(BACK_WITHIN, async {
+        loop {
+            let resp = watch
+                .message()
+                .await
+                .expect("watch ok")
+                .expect("watch open");
+            let back = resp.events().iter().any(|ev| {
+                ev.event_type() == EventType::Put
+                    && ev
+                        .kv()
+                        .is_some_and(|kv| kv.create_revision() > before && kv.lease() != 0)
+            });
+            if back {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("server {id}, falsely evicted, not back within {BACK_WITHIN:?}"));
+    let took = evicted_at.elapsed();
+    assert_eq!(victim.registered_id(), Some(id), "back with the same id");
+    Some(took)
+}
+
+/// Report keys (`<prefix>.alloc/reports/<peer>/<create revision>/<reporter>`) whose peer
+/// registration no longer exists (no server key of that id at that create revision).
+async fn orphan_reports(raw: &mut etcd_client::Client, prefix: &str) -> Vec<String> {
+    let read = raw.get(format!("{prefix}/"), Some(GetOptions::new().with_prefix()));
+    let servers = tokio::time::timeout(PROMPT, read)
+        .await
+        .expect("the server read answers within the bound")
+        .expect("get servers");
+    let live: BTreeSet<(u16, i64)> = servers
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let id = kv.key_str().ok()?.rsplit('/').next()?.parse().ok()?;
+            Some((id, kv.create_revision()))
+        })
+        .collect();
+    let reports_prefix = format!("{prefix}.alloc/reports/");
+    let read = raw.get(
+        reports_prefix.clone(),
+        Some(GetOptions::new().with_prefix()),
+    );
+    let reports = tokio::time::timeout(PROMPT, read)
+        .await
+        .expect("the reports read answers within the bound")
+        .expect("get reports");
+    reports
+        .kvs()
+        .iter()
+        .filter_map(|kv| kv.key_str().ok())
+        .filter(|key| {
+            let mut parts = key.trim_start_matches(&reports_prefix).split('/');
+            let peer = parts.next().and_then(|p| p.parse::<u16>().ok());
+            let revision = parts.next().and_then(|r| r.parse::<i64>().ok());
+            !matches!((peer, revision), (Some(p), Some(r)) if live.contains(&(p, r)))
+        })
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The ids a history leaves joined (the last membership event per id is a join).

@@ -5,8 +5,11 @@
 //!   expiry);
 //! - one reporter never evicts;
 //! - a link cut between one lobby and the game never evicts a game the other lobby reaches;
-//! - a healthy game evicted by false reports is back with the same id promptly, and ids stay
-//!   unique throughout.
+//! - a healthy game evicted by false reports is back with the same id promptly, ids stay
+//!   unique throughout, and the same reporters do not evict it again (the anti-flap hold);
+//! - a game cut off from both lobbies (while it reaches etcd) is evicted once, comes back, and
+//!   is not evicted again while the cut lasts (the anti-flap hold);
+//! - no report key outlives the registration it is about (eviction, deregistration).
 #![cfg(all(feature = "test-support", feature = "mesh"))]
 
 mod common;
@@ -51,6 +54,37 @@ fn mesh_config(etcd: &EtcdCluster, prefix: &str, group: &str, port: u16) -> Mesh
 async fn start(etcd: &EtcdCluster, prefix: &str, group: &str) -> (Mesh, MeshEvents) {
     let config = mesh_config(etcd, prefix, group, free_port().expect("port"));
     Mesh::start(config).await.expect("mesh starts")
+}
+
+/// A game mesh server on a free port, and the port.
+async fn game_and_port(etcd: &EtcdCluster, prefix: &str) -> (u16, (Mesh, MeshEvents)) {
+    let port = free_port().expect("port");
+    let game = Mesh::start(mesh_config(etcd, prefix, "game", port))
+        .await
+        .expect("mesh starts");
+    (port, game)
+}
+
+/// A lobby whose dials to the game on `game_port` go through a fault proxy of its own.
+async fn lobby_through_proxy(
+    etcd: &EtcdCluster,
+    prefix: &str,
+    game_port: u16,
+) -> (FaultProxy, (Mesh, MeshEvents)) {
+    let proxy = FaultProxy::start(&format!("127.0.0.1:{game_port}"))
+        .await
+        .expect("proxy");
+    let proxy_addr: SocketAddr = proxy
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("proxy address");
+    let mut config = mesh_config(etcd, prefix, "lobby", free_port().expect("port"));
+    config
+        .dial_overrides
+        .insert(format!("127.0.0.1:{game_port}"), proxy_addr);
+    let lobby = Mesh::start(config).await.expect("mesh starts");
+    (proxy, lobby)
 }
 
 /// Waits for the first event matching `want`; returns it and every event before it.
@@ -98,6 +132,44 @@ async fn reports(raw: &mut etcd_client::Client, prefix: &str, id: u16) -> usize 
     .expect("get")
     .kvs()
     .len()
+}
+
+/// Waits (bounded by [`PROMPT`]) until no report key about `id` remains; returns how long it
+/// took. Event-driven: a watch on the reports from the revision read, until one changes.
+async fn no_reports_left(raw: &mut etcd_client::Client, prefix: &str, id: u16) -> Duration {
+    let start = Instant::now();
+    let range = format!("{prefix}.alloc/reports/{id:05}/");
+    let prefixed = || etcd_client::GetOptions::new().with_prefix();
+    tokio::time::timeout(PROMPT, async {
+        loop {
+            let resp = raw
+                .get(range.as_str(), Some(prefixed()))
+                .await
+                .expect("get");
+            if resp.kvs().is_empty() {
+                return;
+            }
+            let from = resp.header().expect("header").revision() + 1;
+            let options = etcd_client::WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(from);
+            let mut stream = raw
+                .watch(range.as_str(), Some(options))
+                .await
+                .expect("watch");
+            while stream
+                .message()
+                .await
+                .expect("watch ok")
+                .expect("watch open")
+                .events()
+                .is_empty()
+            {}
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("report keys about {id} still there after {PROMPT:?}"));
+    start.elapsed()
 }
 
 /// Every registered id under `prefix`, with the number of keys holding it (any group).
@@ -185,6 +257,13 @@ async fn a_crashed_game_leaves_every_lobby_while_its_lease_still_lives() {
         assert!(lobby.state().borrow().links.is_empty());
     }
     assert!(verdicts.iter().all(|(_, refused)| *refused), "{verdicts:?}");
+    // The eviction deleted the reports with the registration, and no late report could be
+    // filed about a registration already gone.
+    assert_eq!(
+        reports(&mut raw, &prefix, game_id).await,
+        0,
+        "no report key left"
+    );
     for (lobby, _) in lobbies {
         lobby.shutdown().await.expect("shutdown");
     }
@@ -224,8 +303,11 @@ async fn one_reporter_never_evicts() {
         "one reporter"
     );
     assert!(lobby.state().borrow().upstream.contains(&ghost_id));
-    lobby.shutdown().await.expect("shutdown");
+    // The ghost leaves normally: the lobby, still alive, withdraws its report.
     ghost.deregister_server().await.expect("deregister");
+    let took = no_reports_left(&mut raw, &prefix, ghost_id).await;
+    eprintln!("the lone report withdrawn {took:?} after the reported server deregistered");
+    lobby.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,26 +315,11 @@ async fn a_link_cut_between_one_lobby_and_the_game_never_evicts_it() {
     let etcd = EtcdCluster::single().await.expect("etcd");
     let prefix = prefix();
     let mut raw = etcd.client().await.expect("raw");
-    let game_port = free_port().expect("port");
-    let (game, _g) = Mesh::start(mesh_config(&etcd, &prefix, "game", game_port))
-        .await
-        .expect("mesh starts");
+    let (game_port, (game, _g)) = game_and_port(&etcd, &prefix).await;
     let game_id = game.id();
     let registered = registration(&mut raw, &prefix, "game", game_id).await;
     // Lobby A reaches the game through a fault proxy; lobby B directly.
-    let proxy = FaultProxy::start(&format!("127.0.0.1:{game_port}"))
-        .await
-        .expect("proxy");
-    let proxy_addr: SocketAddr = proxy
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("proxy address");
-    let mut a_config = mesh_config(&etcd, &prefix, "lobby", free_port().expect("port"));
-    a_config
-        .dial_overrides
-        .insert(format!("127.0.0.1:{game_port}"), proxy_addr);
-    let (a, mut a_events) = Mesh::start(a_config).await.expect("mesh starts");
+    let (proxy, (a, mut a_events)) = lobby_through_proxy(&etcd, &prefix, game_port).await;
     let (b, mut b_events) = start(&etcd, &prefix, "lobby").await;
     let deadline = Instant::now() + PROMPT;
     for lobby in [&a, &b] {
@@ -373,6 +440,23 @@ async fn a_healthy_game_evicted_by_false_reports_is_back_with_its_id_and_ids_sta
     eprintln!("falsely evicted game {game_id} back with its id after {took:?} (TTL {TTL:?})");
     assert!(took <= TTL / 2, "back after {took:?}");
     assert_eq!(game.id(), game_id);
+    // The eviction took the reports along.
+    assert_eq!(reports(&mut raw, &prefix, game_id).await, 0);
+    // The same liars, still failing to reach it, do not evict it again: they reported its
+    // previous registration a moment ago (the anti-flap hold), so they do not report this
+    // one, and it stays.
+    let (_, back_revision) = registration(&mut raw, &prefix, "game", game_id)
+        .await
+        .expect("the game is registered");
+    for liar in &liars {
+        assert_eq!(
+            liar.handle_connection_failure(game_id)
+                .await
+                .expect("report"),
+            PeerStatus::Registered
+        );
+    }
+    not_evicted_again(&mut raw, &prefix, game_id, back_revision).await;
     // Still the same mesh: the lobby links to it again.
     wait_state(&lobby, Instant::now() + PROMPT, "linked again", |s| {
         s.is_linked(game_id, Direction::Upstream)
@@ -392,5 +476,126 @@ async fn a_healthy_game_evicted_by_false_reports_is_back_with_its_id_and_ids_sta
         c.deregister_server().await.expect("deregister");
     }
     lobby.shutdown().await.expect("shutdown");
+    game.shutdown().await.expect("shutdown");
+}
+
+/// The game `id` is still at create revision `revision` (not evicted again), and no report
+/// about it was filed (its reporters are held).
+async fn not_evicted_again(raw: &mut etcd_client::Client, prefix: &str, id: u16, revision: i64) {
+    assert_eq!(
+        registration(raw, prefix, "game", id)
+            .await
+            .map(|(_, rev)| rev),
+        Some(revision),
+        "not evicted again"
+    );
+    assert_eq!(reports(raw, prefix, id).await, 0, "held: nothing filed");
+}
+
+/// Waits (bounded by [`PROMPT`]) for `group`/`id` to be put again under a create revision
+/// newer than `before`; returns that revision.
+async fn recreated(
+    raw: &mut etcd_client::Client,
+    prefix: &str,
+    group: &str,
+    id: u16,
+    before: i64,
+) -> i64 {
+    let key = format!("{prefix}/{group}/{id}");
+    let options = etcd_client::WatchOptions::new().with_start_revision(before + 1);
+    let mut stream = raw.watch(key.as_str(), Some(options)).await.expect("watch");
+    tokio::time::timeout(PROMPT, async {
+        loop {
+            let resp = stream
+                .message()
+                .await
+                .expect("watch ok")
+                .expect("watch open");
+            let newer = resp.events().iter().find_map(|ev| {
+                let kv = ev.kv()?;
+                (ev.event_type() == etcd_client::EventType::Put && kv.create_revision() > before)
+                    .then(|| kv.create_revision())
+            });
+            if let Some(revision) = newer {
+                return revision;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{key} not re-created within {PROMPT:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_game_cut_off_from_every_lobby_is_evicted_once_not_again_and_again() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let prefix = prefix();
+    let mut raw = etcd.client().await.expect("raw");
+    let (game_port, (game, _g)) = game_and_port(&etcd, &prefix).await;
+    let game_id = game.id();
+    // Both lobbies reach the game through a fault proxy each; the game reaches etcd directly.
+    let mut lobbies = Vec::new();
+    let mut proxies = Vec::new();
+    for _ in 0..2 {
+        let (proxy, lobby) = lobby_through_proxy(&etcd, &prefix, game_port).await;
+        lobbies.push(lobby);
+        proxies.push(proxy);
+    }
+    let deadline = Instant::now() + PROMPT;
+    for (lobby, _) in &lobbies {
+        wait_state(lobby, deadline, "linked to the game", |s| {
+            s.is_linked(game_id, Direction::Upstream)
+        })
+        .await;
+    }
+    let (_, first) = registration(&mut raw, &prefix, "game", game_id)
+        .await
+        .expect("game registered");
+
+    // Cut: every round of both lobbies fails (inconclusively) and is reported; two reporters
+    // evict the game, healthy as it is, and it puts itself back under the same id.
+    for proxy in &proxies {
+        proxy.cut();
+    }
+    let cut_at = Instant::now();
+    let second = recreated(&mut raw, &prefix, "game", game_id, first).await;
+    eprintln!(
+        "cut-off game {game_id} evicted and back after {:?}",
+        cut_at.elapsed()
+    );
+    assert_eq!(game.id(), game_id);
+    // The lobbies keep failing to reach it, round after round, and report nothing: they
+    // reported its previous registration a moment ago. It stays.
+    for (lobby, events) in &mut lobbies {
+        while events.try_recv().is_ok() {}
+        for round in 0..2 {
+            let (e, _) = until(
+                events,
+                |e| matches!(e, MeshEvent::GaveUp { peer, .. } if *peer == game_id),
+            )
+            .await;
+            assert!(
+                matches!(&e, MeshEvent::GaveUp { status, refused: false, .. }
+                    if status == "registered"),
+                "lobby {} round {round}: {e:?}",
+                lobby.id()
+            );
+        }
+    }
+    not_evicted_again(&mut raw, &prefix, game_id, second).await;
+
+    // Healed: both lobbies link to it again.
+    for proxy in &proxies {
+        proxy.restore();
+    }
+    let deadline = Instant::now() + PROMPT;
+    for (lobby, _) in &lobbies {
+        wait_state(lobby, deadline, "linked again", |s| {
+            s.is_linked(game_id, Direction::Upstream)
+        })
+        .await;
+    }
+    for (lobby, _) in lobbies {
+        lobby.shutdown().await.expect("shutdown");
+    }
     game.shutdown().await.expect("shutdown");
 }
