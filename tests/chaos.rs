@@ -10,7 +10,6 @@
 //!    (the run prints the figure).
 //!
 //! The seed is printed; set `CHAOS_SEED` to replay a run.
-#![cfg(feature = "test-support")]
 
 mod common;
 
@@ -19,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use darkrift_etcd::testing::{EtcdCluster, FaultProxy};
 use darkrift_etcd::{Connector, ConnectorConfig, Event, RegistrationStatus};
+use darkrift_etcd_testing::{EtcdCluster, FaultProxy};
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

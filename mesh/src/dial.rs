@@ -14,7 +14,7 @@ use backon::Retryable;
 use tokio::net::TcpStream;
 
 use super::frame::Frame;
-use crate::record::ServerInfo;
+use darkrift_etcd::record::ServerInfo;
 
 /// How an upstream peer is dialled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +108,7 @@ pub(crate) async fn dial(
     let host = peer.host.clone();
     let (port, expected) = (peer.port, peer.id);
     let mut attempts = 0u32;
-    let backoff = crate::backoff::bounded(policy.min_delay, policy.max_delay)
+    let backoff = darkrift_etcd::backoff::bounded(policy.min_delay, policy.max_delay)
         .with_max_times(usize::try_from(policy.attempts.saturating_sub(1)).unwrap_or(usize::MAX));
     let result = (|| {
         attempts += 1;

@@ -1,18 +1,20 @@
 //! The mesh on a real etcd: 3 lobby servers dial 3 game servers (lobby connectsTo game), a
 //! game server crashes and comes back, and the handshake refuses whoever it must.
-#![cfg(all(feature = "test-support", feature = "mesh"))]
 
+// The integration tests' shared helpers, at the repository root.
+#[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::mesh::{mesh_config as config, wait_state};
 use common::prefix;
 use darkrift_etcd::cluster::Direction;
-use darkrift_etcd::mesh::{Frame, Link, Mesh, MeshConfig, MeshEvent, MeshEvents};
-use darkrift_etcd::testing::{free_port, EtcdCluster};
 use darkrift_etcd::ConnectorConfig;
+use darkrift_etcd_mesh::{Frame, Link, Mesh, MeshConfig, MeshEvent, MeshEvents};
+use darkrift_etcd_testing::{free_port, EtcdCluster};
+use support::{mesh_config as config, wait_state};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;

@@ -2,9 +2,11 @@
 //! server and etcd's own flags, then its topology runs here as local processes (a 3-member
 //! etcd, the `register` replicas as `darkrift-etcd` processes, the checker script) with the
 //! mesh servers in-process, hostnames mapped to 127.0.0.1.
-#![cfg(all(feature = "test-support", feature = "mesh"))]
 
+// The integration tests' shared helpers, at the repository root.
+#[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,12 +14,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use common::args::{cli_subcommands, flags, help, mesh_env_names};
 use darkrift_etcd::cluster::Direction;
-use darkrift_etcd::mesh::{Mesh, MeshArgs};
-use darkrift_etcd::testing::{etcd_binary, free_port, EtcdCluster};
 use darkrift_etcd::ConnectorConfig;
+use darkrift_etcd_mesh::{Mesh, MeshArgs};
+use darkrift_etcd_testing::{etcd_binary, free_port, EtcdCluster};
 use serde_yaml::Value;
+use support::args::{cli_subcommands, flags, help, mesh_env_names};
 use tokio::process::{Child, Command};
 
 const CLI: &str = env!("CARGO_BIN_EXE_darkrift-etcd");
@@ -25,7 +27,8 @@ const CLI: &str = env!("CARGO_BIN_EXE_darkrift-etcd");
 const IMAGE_CLUSTER_FILE: &str = "/etc/darkrift/cluster.toml";
 
 fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+    // The repository root: this crate is cli/.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
 /// One service of the compose file, normalised (list or map forms both accepted).
@@ -215,12 +218,14 @@ fn every_command_env_name_and_port_matches_the_cli_and_the_mesh_server() {
     );
     assert_eq!(
         installs["darkrift-mesh"],
-        "/src/target/release/examples/mesh"
+        "/src/target/release/darkrift-mesh"
     );
     assert_eq!(installs["cluster.toml"], "compose/cluster.toml");
     assert_eq!(installs["check-ids.sh"], "compose/check-ids.sh");
     let dockerfile = std::fs::read_to_string(repo("compose/Dockerfile")).expect("Dockerfile");
-    assert!(dockerfile.contains("--features mesh --bin darkrift-etcd --example mesh"));
+    assert!(dockerfile.contains(
+        "-p darkrift-etcd-cli --bin darkrift-etcd -p darkrift-etcd-mesh --bin darkrift-mesh"
+    ));
 
     let mut mesh_ports = BTreeSet::new();
     let mut checked = BTreeSet::new();
@@ -370,7 +375,10 @@ fn etcdctl_3_5() -> std::path::PathBuf {
         return beside;
     }
     let out = std::process::Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/etcd-path.sh"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/etcd-path.sh"
+        ))
         .arg("3.5")
         .output()
         .expect("etcd-path.sh runs");
@@ -690,11 +698,12 @@ async fn the_compose_topology_runs_locally_and_ids_are_unique() {
 
     // Independently of the script: the registry holds n distinct ids in the group.
     let prefix = &local_env(register)["DARKRIFT_ETCD_PREFIX"];
-    let (_, servers, _) = darkrift_etcd::list_servers(
+    let servers = darkrift_etcd::list_servers(
         &ConnectorConfig::new(etcd.endpoints()).with_prefix(prefix.as_str()),
     )
     .await
-    .expect("list");
+    .expect("list")
+    .servers;
     let ids: BTreeSet<u16> = servers.iter().map(|s| s.id).collect();
     assert_eq!((servers.len(), ids.len()), (n, n));
 

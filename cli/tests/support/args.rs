@@ -48,10 +48,9 @@ pub fn cli_subcommands(cli: &str) -> BTreeSet<String> {
 }
 
 /// The environment variables the mesh server's arguments read.
-#[cfg(feature = "mesh")]
 pub fn mesh_env_names() -> BTreeSet<String> {
     use clap::CommandFactory;
-    darkrift_etcd::mesh::MeshArgs::command()
+    darkrift_etcd_mesh::MeshArgs::command()
         .get_arguments()
         .filter_map(|a| a.get_env())
         .map(|e| e.to_string_lossy().into_owned())

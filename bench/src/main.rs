@@ -2,7 +2,7 @@
 //! (or a naive allocator) in ONE run, against one throw-away single-member etcd.
 //!
 //! ```text
-//! cargo bench --features test-support --bench registry      # ETCD_BIN=... picks the etcd
+//! cargo bench -p darkrift-etcd-bench      # ETCD_BIN=... picks the etcd
 //! ```
 //!
 //! Prints a table and writes `docs/benchmarks.md` and `docs/benchmarks.svg`. This is not a
@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use darkrift_etcd::alloc::{build_txn, now_unix_ms, AllocParams, AllocRequest, Candidate};
 use darkrift_etcd::keys::KeyLayout;
 use darkrift_etcd::membership::{KeyValue as ViewKeyValue, Membership};
-use darkrift_etcd::testing::EtcdCluster;
 use darkrift_etcd::{Connector, ConnectorConfig, Error, Event, EventStream, Registration};
+use darkrift_etcd_testing::EtcdCluster;
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse,
     WatchOptions,
@@ -1344,10 +1344,10 @@ async fn p5(endpoints: &[String], report: &mut Report) -> Res<()> {
     let obs = Connector::connect(config(endpoints, prefix)).await?;
     let mut rx = timestamped(obs.events()?);
     wait_event(&mut rx, "synced", |e| matches!(e, Event::Synced { .. })).await?;
-    let bin = env!("CARGO_BIN_EXE_darkrift-etcd");
+    let bin = release_binary("darkrift-etcd-cli", "darkrift-etcd")?;
     let mut children = Vec::new();
     for i in 0..KILLED_CHILDREN {
-        let mut child = tokio::process::Command::new(bin);
+        let mut child = tokio::process::Command::new(&bin);
         child
             .args(["--endpoints", &endpoints.join(","), "--prefix", prefix])
             .args(["register", "--group", "p5", "--host", "127.0.0.1"])
@@ -1438,31 +1438,33 @@ async fn p5(endpoints: &[String], report: &mut Report) -> Res<()> {
     Ok(())
 }
 
-/// A mesh example child process and its JSON lines, each stamped when read.
+/// A mesh server (`darkrift-mesh`) child process and its JSON lines, each stamped when read.
 struct MeshChild {
     child: tokio::process::Child,
     id: u16,
     lines: mpsc::UnboundedReceiver<(serde_json::Value, Instant)>,
 }
 
-/// Builds the mesh example (release, a no-op when fresh) and returns its path: benchmarks see
-/// only the package's binaries, not its examples.
-fn mesh_binary() -> Res<std::path::PathBuf> {
-    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+/// The repository root (this crate is bench/).
+fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds `bin` of the workspace member `package` (release, a no-op when fresh) and returns its
+/// path: a benchmark sees no other package's binaries.
+fn release_binary(package: &str, bin: &str) -> Res<std::path::PathBuf> {
+    let root = repo_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = std::process::Command::new(cargo)
-        .current_dir(manifest)
-        // The bench's own feature plus `mesh`: the library build is shared with
-        // `cargo bench --features test-support,mesh`.
-        .args(["build", "--release", "--features", "test-support,mesh"])
-        .args(["--example", "mesh"])
+        .current_dir(&root)
+        .args(["build", "--release", "-p", package, "--bin", bin])
         .status()?;
     if !status.success() {
-        return Err("building the mesh example failed".into());
+        return Err(format!("building {bin} ({package}) failed").into());
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| manifest.join("target"), std::path::PathBuf::from);
-    Ok(target.join("release").join("examples").join("mesh"))
+        .map_or_else(|| root.join("target"), std::path::PathBuf::from);
+    Ok(target.join("release").join(bin))
 }
 
 /// Starts a mesh server of `group` and waits for its registration.
@@ -1473,11 +1475,12 @@ async fn spawn_mesh(
     group: &str,
     eviction: bool,
 ) -> Res<MeshChild> {
-    let port = darkrift_etcd::testing::free_port()?.to_string();
-    let cluster = concat!(env!("CARGO_MANIFEST_DIR"), "/compose/cluster.toml");
+    let port = darkrift_etcd_testing::free_port()?.to_string();
+    let cluster = repo_root().join("compose/cluster.toml");
     let mut cmd = tokio::process::Command::new(bin);
     cmd.args(["--endpoints", &endpoints.join(","), "--prefix", prefix])
-        .args(["--ttl", &format!("{FAST_TTL_SECS}s"), "--cluster", cluster])
+        .args(["--ttl", &format!("{FAST_TTL_SECS}s"), "--cluster"])
+        .arg(&cluster)
         .args(["--group", group, "--host", "127.0.0.1", "--port", &port])
         .args(["--listen", &format!("127.0.0.1:{port}")]);
     if eviction {
@@ -1564,7 +1567,7 @@ async fn left_everywhere(lobbies: &mut [MeshChild], game: u16, killed: Instant) 
 /// each lobby's link closes, its redial is refused, it reports, and the K-th report evicts.
 /// Against the same mesh with eviction off, in the same run (lease expiry).
 async fn p5b(endpoints: &[String], report: &mut Report) -> Res<()> {
-    let bin = mesh_binary()?;
+    let bin = release_binary("darkrift-etcd-mesh", "darkrift-mesh")?;
     // Eviction on: one game at a time, so each kill is measured alone.
     let prefix = "/bench/p5b";
     let mut lobbies = Vec::new();
@@ -1662,7 +1665,7 @@ async fn p5b(endpoints: &[String], report: &mut Report) -> Res<()> {
         false,
     );
     report.notes.push(format!(
-        "**P5b** — child processes of the mesh example (`examples/mesh.rs`, release): \
+        "**P5b** — child processes of the mesh server (`darkrift-mesh`, mesh/, release): \
          {FAST_LOBBIES} lobbies dial each game server (`compose/cluster.toml`), all with \
          `--ttl {FAST_TTL_SECS}s --eviction-min-reporters {FAST_REPORTERS} --eviction-window \
          {FAST_TTL_SECS}s`. {FAST_KILLS} times, a game server starts, every lobby prints its \
@@ -2424,13 +2427,16 @@ async fn run() -> Res<()> {
         .sort_by_key(|n| order(n.trim_start_matches("**").split("**").next().unwrap_or("")));
     let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let commit = command_output("git", &["describe", "--always", "--dirty"]);
-    let header =
-        format!(
-        "Reproduce with `cargo bench --features test-support --bench registry` (set `ETCD_BIN` to \
+    let header = format!(
+        "Reproduce with `cargo bench -p darkrift-etcd-bench` (set `ETCD_BIN` to \
          pick the etcd binary). This run: {date}, commit {}, {}, etcd {version} (one member \
          started by the benchmark, data on local disk), release build, total {:.0} s. Every \
          baseline was measured in the same run against the same etcd.",
-        if commit.is_empty() { "unknown" } else { &commit },
+        if commit.is_empty() {
+            "unknown"
+        } else {
+            &commit
+        },
         machine(),
         start.elapsed().as_secs_f64()
     );
@@ -2439,7 +2445,7 @@ async fn run() -> Res<()> {
         eprintln!("BENCH_ONLY is set: a partial run, docs/ left as they are");
         return Ok(());
     }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let dir = repo_root().join("docs");
     std::fs::create_dir_all(&dir)?;
     let name = std::env::var("BENCH_NAME").unwrap_or_else(|_| "benchmarks".to_owned());
     let md = markdown(&report, &header, &name);

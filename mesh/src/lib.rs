@@ -1,6 +1,6 @@
 //! A server-to-server mesh driven by the registry (feature `mesh`): what DarkRift's core does
-//! with joins and leaves, as a small runnable server. `examples/mesh.rs` wraps it in a
-//! process; `tests/mesh.rs` runs several in one test.
+//! with joins and leaves, as a small runnable server. `mesh/src/main.rs` wraps it in a
+//! process; `mesh/tests/mesh.rs` runs several in one test.
 //!
 //! A [`Mesh`] listens on its TCP port, registers, feeds a [`ClusterCore`] with the registry's
 //! events, and then:
@@ -17,8 +17,8 @@
 //!   peer gone gets its leave;
 //! - reports every change as a [`MeshEvent`] and keeps a [`MeshState`] to watch.
 //!
-//! [`ClusterCore`]: crate::cluster::ClusterCore
-//! [`Connector::handle_connection_failure`]: crate::Connector::handle_connection_failure
+//! [`ClusterCore`]: darkrift_etcd::cluster::ClusterCore
+//! [`Connector::handle_connection_failure`]: darkrift_etcd::Connector::handle_connection_failure
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -29,8 +29,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Direction, Topology};
-use crate::config::ConnectorConfig;
+use darkrift_etcd::cluster::{Direction, Topology};
+use darkrift_etcd::config::ConnectorConfig;
 
 pub mod args;
 mod dial;
@@ -104,7 +104,7 @@ impl MeshState {
     }
 }
 
-/// A change of the mesh, serialized as one JSON line by `examples/mesh.rs`
+/// A change of the mesh, serialized as one JSON line by `mesh/src/main.rs`
 /// (`{"event":"connected","peer":3,"direction":"upstream"}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -204,9 +204,9 @@ pub enum MeshError {
     },
     /// The registry failed (connect, register, deregister).
     #[error(transparent)]
-    Registry(#[from] crate::Error),
+    Registry(#[from] darkrift_etcd::Error),
     /// The registry stopped our registration for good (see
-    /// [`crate::Event::RegistrationStopped`]).
+    /// [`darkrift_etcd::Event::RegistrationStopped`]).
     #[error("registration of server {id} stopped: {reason}")]
     RegistrationStopped {
         /// The id that was held.
@@ -225,7 +225,7 @@ pub struct Mesh {
     id: u16,
     local_addr: SocketAddr,
     state: watch::Receiver<MeshState>,
-    connector: std::sync::Arc<crate::Connector>,
+    connector: std::sync::Arc<darkrift_etcd::Connector>,
     stop: CancellationToken,
     task: Option<JoinHandle<Result<(), MeshError>>>,
 }
@@ -270,10 +270,10 @@ impl Mesh {
         self.local_addr
     }
 
-    /// The readiness rule of `/healthz` (see [`crate::monitor`]): registered (the lease is
+    /// The readiness rule of `/healthz` (see [`darkrift_etcd::monitor`]): registered (the lease is
     /// confirmed) and the registry view is fresh. Cheap; callable from any thread.
     #[must_use]
-    pub fn readiness(&self) -> crate::monitor::Healthy {
+    pub fn readiness(&self) -> darkrift_etcd::monitor::Healthy {
         let connector = std::sync::Arc::clone(&self.connector);
         std::sync::Arc::new(move || connector.is_registered() && !connector.is_stale())
     }

@@ -7,21 +7,23 @@
 //! - a link cut between one lobby and the game never evicts a game the other lobby reaches;
 //! - a healthy game evicted by false reports is back with the same id promptly, and ids stay
 //!   unique throughout.
-#![cfg(all(feature = "test-support", feature = "mesh"))]
 
+// The integration tests' shared helpers, at the repository root.
+#[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::mesh::wait_state;
 use common::{collect_until, join_ids, prefix, registered, synced};
 use darkrift_etcd::cluster::Direction;
 use darkrift_etcd::config::EvictionConfig;
-use darkrift_etcd::mesh::{Mesh, MeshConfig, MeshEvent, MeshEvents};
-use darkrift_etcd::testing::{free_port, EtcdCluster, FaultProxy};
 use darkrift_etcd::{ConnectorConfig, Event, PeerStatus};
+use darkrift_etcd_mesh::{Mesh, MeshConfig, MeshEvent, MeshEvents};
+use darkrift_etcd_testing::{free_port, EtcdCluster, FaultProxy};
+use support::wait_state;
 use tokio::time::Instant;
 
 /// The default TTL: anything that happens well before it was not a lease expiry.
@@ -42,7 +44,7 @@ fn connector_config(etcd: &EtcdCluster, prefix: &str) -> ConnectorConfig {
 }
 
 fn mesh_config(etcd: &EtcdCluster, prefix: &str, group: &str, port: u16) -> MeshConfig {
-    let mut config = common::mesh::mesh_config(etcd, prefix, group, port, TTL);
+    let mut config = support::mesh_config(etcd, prefix, group, port, TTL);
     config.connector = connector_config(etcd, prefix);
     config
 }

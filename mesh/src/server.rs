@@ -19,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 use super::dial::{dial, DialPolicy};
 use super::frame::{Frame, FrameError};
 use super::{Link, MeshConfig, MeshError, MeshEvent, MeshState};
-use crate::cluster::{ClusterCore, ClusterEvent, Direction};
-use crate::connector::{Connector, EventStream, PeerStatus};
-use crate::events::Event;
-use crate::record::ServerInfo;
+use darkrift_etcd::cluster::{ClusterCore, ClusterEvent, Direction};
+use darkrift_etcd::connector::{Connector, EventStream, PeerStatus};
+use darkrift_etcd::events::Event;
+use darkrift_etcd::record::ServerInfo;
 
 /// What child tasks report to the loop.
 #[derive(Debug)]
@@ -53,7 +53,7 @@ enum Report {
     Checked {
         link: Link,
         generation: u64,
-        status: crate::Result<PeerStatus>,
+        status: darkrift_etcd::Result<PeerStatus>,
         attempts: u32,
         error: String,
         refused: bool,

@@ -1,18 +1,19 @@
 //! Mesh servers for the tests: one config for all (the compose topology, lobby dials game, a
 //! quick dial policy) and a bounded wait on a server's state.
+#![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use darkrift_etcd::cluster::ClusterConfig;
-use darkrift_etcd::mesh::{DialPolicy, Mesh, MeshConfig, MeshState};
-use darkrift_etcd::testing::EtcdCluster;
 use darkrift_etcd::ConnectorConfig;
+use darkrift_etcd_mesh::{DialPolicy, Mesh, MeshConfig, MeshState};
+use darkrift_etcd_testing::EtcdCluster;
 use tokio::time::Instant;
 
 /// The cluster the compose topology runs (lobby dials game), one file for all three.
-pub const CLUSTER: &str = include_str!("../../compose/cluster.toml");
+pub const CLUSTER: &str = include_str!("../../../compose/cluster.toml");
 
 /// A server of `group` on 127.0.0.1:`port`, leases of `ttl`, a quick dial policy.
 pub fn mesh_config(

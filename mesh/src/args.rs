@@ -1,5 +1,5 @@
-//! The command line of a mesh server (`examples/mesh.rs`), kept in the library so the compose
-//! test can check the compose file's commands against it.
+//! The command line of a mesh server (`mesh/src/main.rs`), kept in the mesh crate's library so
+//! the compose test can check the compose file's commands against it.
 //!
 //! The registry options and this server's identity use the CLI's flags and environment
 //! variables (`DARKRIFT_ETCD_ENDPOINTS`, `_PREFIX`, `_TTL`, `_GROUP`, `_HOST` — on Kubernetes
@@ -13,9 +13,9 @@ use std::time::Duration;
 use clap::Parser;
 
 use super::{DialPolicy, MeshConfig, DEFAULT_IDENTIFY_TIMEOUT};
-use crate::cluster::{ClusterConfig, ClusterConfigError, ServerSettings};
-use crate::config::{ConnectorConfig, EvictionConfig, DEFAULT_ENDPOINT};
-use crate::keys::DEFAULT_PREFIX;
+use darkrift_etcd::cluster::{ClusterConfig, ClusterConfigError, ServerSettings};
+use darkrift_etcd::config::{ConnectorConfig, EvictionConfig, DEFAULT_ENDPOINT};
+use darkrift_etcd::keys::DEFAULT_PREFIX;
 
 /// A mesh server: registers in a group, dials its upstream peers, accepts its downstream
 /// peers, prints its mesh changes as JSON lines.
@@ -72,7 +72,7 @@ pub struct MeshArgs {
 
 /// A TTL as the CLI reads it: a duration of whole seconds.
 fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let ttl = crate::config::layers::parse_duration(text)?;
+    let ttl = darkrift_etcd::config::layers::parse_duration(text)?;
     if ttl.subsec_nanos() != 0 || ttl.is_zero() {
         return Err(format!(
             "{text:?}: the TTL is a whole number of seconds, at least 1"
@@ -83,7 +83,7 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
 
 /// An eviction window as the CLI reads it: any positive duration.
 fn parse_window(text: &str) -> Result<Duration, String> {
-    let window = crate::config::layers::parse_duration(text)?;
+    let window = darkrift_etcd::config::layers::parse_duration(text)?;
     if window.is_zero() {
         return Err(format!("{text:?}: the window must be more than zero"));
     }

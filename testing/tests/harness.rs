@@ -1,11 +1,10 @@
-//! Smoke tests of `darkrift_etcd::testing` against a real etcd: the binary named by `ETCD_BIN`,
-//! or the first `etcd` on `PATH`. Run with `cargo test --features test-support`.
-#![cfg(feature = "test-support")]
+//! Smoke tests of `darkrift_etcd_testing` against a real etcd: the binary named by `ETCD_BIN`,
+//! or the first `etcd` on `PATH`. Run with `cargo test`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use darkrift_etcd::testing::{EtcdCluster, TestingError};
+use darkrift_etcd_testing::{EtcdCluster, TestingError};
 use etcd_client::Client;
 
 /// Upper bound for anything the tests wait for.

@@ -10,14 +10,14 @@
 //! connects refused and report it (see the README, "Fast crash detection").
 //!
 //! ```text
-//! cargo run --features mesh --example mesh -- \
+//! cargo run -p darkrift-etcd-mesh -- \
 //!     --cluster compose/cluster.toml --group lobby --host 127.0.0.1 --port 7001
 //! ```
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use darkrift_etcd::mesh::{Mesh, MeshArgs};
+use darkrift_etcd_mesh::{Mesh, MeshArgs};
 
 #[tokio::main]
 async fn main() -> ExitCode {

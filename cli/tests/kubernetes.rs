@@ -4,9 +4,11 @@
 //! flags and each other (Secrets, Services, ports); then the auth Job's script runs here with
 //! etcdctl against a real etcd, and the game server's registrant registers with the user it
 //! created, serves /healthz on its probe's port, and deregisters on SIGTERM.
-#![cfg(all(feature = "test-support", feature = "mesh"))]
 
+// The integration tests' shared helpers, at the repository root.
+#[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,12 +16,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use clap::Parser;
-use common::args::{cli_subcommands, flags, help, mesh_env_names};
 use common::{http_get, sigterm};
-use darkrift_etcd::mesh::MeshArgs;
-use darkrift_etcd::testing::{free_port, EtcdCluster};
+use darkrift_etcd_mesh::MeshArgs;
+use darkrift_etcd_testing::{free_port, EtcdCluster};
 use serde::Deserialize;
 use serde_yaml::Value;
+use support::args::{cli_subcommands, flags, help, mesh_env_names};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -29,7 +31,8 @@ const DIR: &str = "deploy/kubernetes";
 const DEFAULT_REQUEST_TIMEOUT_S: u64 = 5;
 
 fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+    // The repository root: this crate is cli/.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
 /// A `NAME=value` line of scripts/setup.sh (the pins live there).
@@ -423,7 +426,7 @@ fn the_etcd_members_form_one_cluster_with_flags_etcd_knows() {
     );
     let command = strs(&c["command"]);
     let etcd_help = help(
-        darkrift_etcd::testing::etcd_binary()
+        darkrift_etcd_testing::etcd_binary()
             .expect("etcd")
             .to_str()
             .expect("path"),

@@ -1,7 +1,8 @@
 //! The `darkrift-etcd` CLI against real etcd: the JSON-lines contract of docs/cli.md, exit
 //! codes, configuration layers, operator commands, closed pipes, metrics and health.
-#![cfg(feature = "test-support")]
 
+// The integration tests' shared helpers, at the repository root.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use common::*;
 use darkrift_etcd::admin::{Admin, Eviction};
-use darkrift_etcd::testing::{free_port, EtcdCluster};
+use darkrift_etcd::Event;
+use darkrift_etcd_testing::{free_port, EtcdCluster};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -90,7 +92,7 @@ async fn exit_code(child: &mut Child) -> i32 {
 
 /// docs/cli.md's JSON-lines table: event → field → type (`*` rows apply to every event).
 fn schema() -> BTreeMap<String, BTreeMap<String, String>> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md"))
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md"))
         .expect("docs/cli.md");
     let section = doc
         .split("## JSON lines")
@@ -694,4 +696,38 @@ fn every_command_has_help_with_an_example_and_completions() {
             .expect("completions");
         assert!(out.status.success() && !out.stdout.is_empty(), "{shell}");
     }
+}
+
+/// A `darkrift-etcd register` process killed with SIGKILL: peers see its leave within
+/// TTL + 1.5 s.
+#[tokio::test]
+async fn killed_cli_process_leaves_within_ttl() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let (_peer, mut peer_events) = synced(config(&etcd, &prefix)).await;
+    let ttl = 2;
+    let (mut child, mut lines) = spawn_registrant(&etcd, &prefix, &["--ttl", "2"]);
+    let registered = line(&mut lines).await;
+    assert_eq!(registered["event"], "registered");
+    let id = u16::try_from(registered["id"].as_u64().expect("id")).expect("u16");
+    assert!(
+        matches!(next(&mut peer_events, PROMPT).await, Event::Join { ref server, .. } if server.id == id)
+    );
+
+    child.start_kill().expect("SIGKILL");
+    let killed_at = tokio::time::Instant::now();
+    child.wait().await.expect("reaped");
+    // The bound: TTL + 1.5 s (etcd's expiry scan runs every 500 ms; the rest is the
+    // delete's commit and its delivery).
+    let bound = Duration::from_secs(ttl) + Duration::from_millis(1500);
+    match next(&mut peer_events, bound).await {
+        Event::Leave { id: left, .. } => assert_eq!(left, id),
+        other => panic!("expected a leave, got {other:?}"),
+    }
+    println!("kill → leave: {:?}", killed_at.elapsed());
+    assert!(
+        killed_at.elapsed() <= bound,
+        "leave after {:?}",
+        killed_at.elapsed()
+    );
 }
