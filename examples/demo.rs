@@ -1,5 +1,5 @@
 //! README's demo: a throwaway etcd and a small DarkRift-style cluster of mesh servers (the
-//! `mesh` example) as child processes, two groups: `lobby` connects to `game`.
+//! `darkrift-mesh` binary of mesh/) as child processes, two groups: `lobby` connects to `game`.
 //!
 //! It shows the lobbies linking to every game server, a game server crashing (SIGKILL: its
 //! lease expires and the lobbies drop it), a lobby leaving cleanly (SIGTERM: deregistered at
@@ -7,8 +7,8 @@
 //! itself after about 30 seconds.
 //!
 //! ```text
-//! cargo build --features mesh --example mesh
-//! cargo run --features test-support --example demo
+//! cargo build -p darkrift-etcd-mesh
+//! cargo run --example demo
 //! ```
 //! (If the mesh binary is missing next to the demo, the demo builds it with the same cargo.)
 
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
-use darkrift_etcd::testing::{free_port, EtcdCluster};
+use darkrift_etcd_testing::{free_port, EtcdCluster};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -406,24 +406,35 @@ impl Demo {
     }
 }
 
-/// The `mesh` example next to this one; built with the cargo that runs us when missing.
+/// The mesh server (`darkrift-mesh`, of the mesh crate) beside this example's profile
+/// directory; built with the cargo that runs us when missing.
 fn mesh_binary() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let dir = exe.parent().ok_or("the demo binary has no directory")?;
-    let mesh = dir.join("mesh");
+    // target/<profile>/examples/demo → target/<profile>/darkrift-mesh
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("the demo binary has no profile directory")?;
+    let mesh = dir.join("darkrift-mesh");
     if mesh.is_file() {
         return Ok(mesh);
     }
     let cargo = std::env::var_os("CARGO").ok_or_else(|| {
         format!(
-            "{} not found: run `cargo build --features mesh --example mesh` first",
+            "{} not found: run `cargo build -p darkrift-etcd-mesh` first",
             mesh.display()
         )
     })?;
-    let release = dir.parent().and_then(Path::file_name) == Some("release".as_ref());
-    println!("building the mesh example …");
+    let release = dir.file_name() == Some("release".as_ref());
+    println!("building the mesh server …");
     let mut build = std::process::Command::new(cargo);
-    build.args(["build", "--features", "mesh", "--example", "mesh"]);
+    build.args([
+        "build",
+        "-p",
+        "darkrift-etcd-mesh",
+        "--bin",
+        "darkrift-mesh",
+    ]);
     if release {
         build.arg("--release");
     }
@@ -432,7 +443,7 @@ fn mesh_binary() -> Result<PathBuf, String> {
         Ok(mesh)
     } else {
         Err(format!(
-            "could not build {}: run `cargo build --features mesh --example mesh`",
+            "could not build {}: run `cargo build -p darkrift-etcd-mesh`",
             mesh.display()
         ))
     }

@@ -9,6 +9,8 @@ bash scripts/setup.sh
 # Prefer etcd 3.5; the demo finds it through ETCD_BIN.
 ETCD_BIN="${ETCD_BIN:-$(bash scripts/etcd-path.sh 3.5)}"
 export ETCD_BIN
-# The demo launches the mesh example as child processes: build both first.
-cargo build --release --features test-support,mesh --example mesh --example demo
-exec cargo run --release --features test-support,mesh --example demo -- "$@"
+# The demo launches the mesh server (mesh/, binary darkrift-mesh) as child processes: build
+# both first.
+cargo build --release -p darkrift-etcd-mesh --bin darkrift-mesh
+cargo build --release --example demo
+exec cargo run --release --example demo -- "$@"

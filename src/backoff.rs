@@ -7,6 +7,9 @@
 //! still spreads retries over `(b/2, b]` once the delay has grown, and each delay is clamped
 //! to the bound as well (backon computes the jitter in `f32`, whose rounding could otherwise
 //! overshoot by a few nanoseconds).
+//!
+//! Public for hosts' own retry loops with the same promise (the mesh server's dialler uses it
+//! with a retry budget, [`Bounded::with_max_times`]).
 
 use std::time::Duration;
 
@@ -14,7 +17,7 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
 /// Builds jittered exponential delays starting near `min` and never longer than `bound`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Bounded {
+pub struct Bounded {
     min: Duration,
     bound: Duration,
     max_times: Option<usize>,
@@ -22,7 +25,8 @@ pub(crate) struct Bounded {
 
 /// Delays starting at `min` (plus jitter), doubling, each at most `bound`, without end.
 /// A `min` above half the bound is lowered to it: the first delay is jittered too.
-pub(crate) fn bounded(min: Duration, bound: Duration) -> Bounded {
+#[must_use]
+pub fn bounded(min: Duration, bound: Duration) -> Bounded {
     Bounded {
         min,
         bound,
@@ -32,10 +36,8 @@ pub(crate) fn bounded(min: Duration, bound: Duration) -> Bounded {
 
 impl Bounded {
     /// Stops after `times` delays (a retry budget).
-    // Only the mesh's dialler has a budget.
-    #[cfg(any(feature = "mesh", test))]
     #[must_use]
-    pub(crate) fn with_max_times(mut self, times: usize) -> Self {
+    pub fn with_max_times(mut self, times: usize) -> Self {
         self.max_times = Some(times);
         self
     }
@@ -63,7 +65,7 @@ impl BackoffBuilder for Bounded {
 
 /// The delays of a [`Bounded`] backoff.
 #[derive(Debug)]
-pub(crate) struct Delays {
+pub struct Delays {
     inner: ExponentialBackoff,
     bound: Duration,
 }

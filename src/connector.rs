@@ -340,8 +340,9 @@ impl Connector {
     ///
     /// Validates the input first (nothing is written on a bad input), waits for the initial
     /// snapshot (it tells which ids are taken), grants a lease of `lease_ttl`, then claims an id
-    /// with one transaction per attempt (see [`crate::alloc`]). From then on a supervisor task
-    /// keeps the registration (see [`crate::registration`]).
+    /// with one transaction per attempt (ARCHITECTURE.md, "Data path of one registration").
+    /// From then on a supervisor task keeps the registration (ARCHITECTURE.md, "Registration
+    /// supervisor").
     ///
     /// # Errors
     /// [`Error::InvalidRegistration`], [`Error::AlreadyRegistered`],

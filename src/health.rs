@@ -5,7 +5,7 @@
 //! `GET http://localhost:10666/health`, 200 = healthy) is polled every `interval`; its
 //! verdict gates the keep-alive. Unhealthy for longer than the TTL → the lease expires and
 //! peers see a leave; healthy again → the registration comes back with the same id
-//! (see [`crate::registration`]). A probe that does not answer within its timeout counts as
+//! (ARCHITECTURE.md, "Registration supervisor"). A probe that does not answer within its timeout counts as
 //! unhealthy.
 
 use std::future::Future;

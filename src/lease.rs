@@ -39,7 +39,7 @@ use crate::timing;
 
 /// What the keep-alive task believes about the lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LeaseState {
+pub(crate) enum LeaseState {
     /// Acknowledged; etcd keeps it at least until `deadline`.
     Alive {
         /// Our conservative estimate of the lease's expiry.
@@ -54,7 +54,7 @@ pub enum LeaseState {
 
 /// A granted lease and its keep-alive task.
 #[derive(Debug)]
-pub struct LeaseSession {
+pub(crate) struct LeaseSession {
     id: i64,
     ttl: Duration,
     state: watch::Receiver<LeaseState>,
@@ -111,32 +111,26 @@ impl LeaseSession {
 
     /// The lease id.
     #[must_use]
-    pub fn id(&self) -> i64 {
+    pub(crate) fn id(&self) -> i64 {
         self.id
     }
 
     /// The TTL etcd granted.
     #[must_use]
-    pub fn ttl(&self) -> Duration {
+    pub(crate) fn ttl(&self) -> Duration {
         self.ttl
     }
 
     /// The current state.
     #[must_use]
-    pub fn state(&self) -> LeaseState {
+    pub(crate) fn state(&self) -> LeaseState {
         self.state.borrow().clone()
     }
 
     /// A receiver that sees every state change.
     #[must_use]
-    pub fn subscribe(&self) -> watch::Receiver<LeaseState> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<LeaseState> {
         self.state.clone()
-    }
-
-    /// True while acknowledged and before the local deadline.
-    #[must_use]
-    pub fn is_alive(&self) -> bool {
-        matches!(&*self.state.borrow(), LeaseState::Alive { deadline } if *deadline > Instant::now())
     }
 
     /// Stops the keep-alive and revokes the lease, bounded by `timeout`. A lease that is

@@ -1,6 +1,5 @@
 //! The blocking facade from plain threads (no `#[tokio::test]`): DarkRift's synchronous
 //! `RegisterServer` path, on a real etcd.
-#![cfg(feature = "test-support")]
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,8 +7,8 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use darkrift_etcd::blocking::{self, Events};
-use darkrift_etcd::testing::EtcdCluster;
 use darkrift_etcd::{ConnectorConfig, Event, PeerStatus};
+use darkrift_etcd_testing::EtcdCluster;
 
 const PROMPT: Duration = Duration::from_secs(10);
 
@@ -143,7 +142,7 @@ fn the_stream_ends_when_the_connector_is_dropped() {
 
 #[test]
 fn connecting_to_nothing_fails_within_the_connect_timeout() {
-    let port = darkrift_etcd::testing::free_port().expect("port");
+    let port = darkrift_etcd_testing::free_port().expect("port");
     let cfg = ConnectorConfig::new([format!("http://127.0.0.1:{port}")])
         .with_connect_timeout(Duration::from_millis(500));
     let err = blocking::Connector::connect(cfg).expect_err("nothing listens");

@@ -14,7 +14,6 @@
 //! 4. no report key outlives the registration it is about.
 //!
 //! The seed is printed; set `CHAOS_SEED` to replay a run.
-#![cfg(feature = "test-support")]
 
 mod common;
 
@@ -24,8 +23,8 @@ use std::time::Duration;
 
 use common::*;
 use darkrift_etcd::config::EvictionConfig;
-use darkrift_etcd::testing::{EtcdCluster, FaultProxy};
 use darkrift_etcd::{Connector, ConnectorConfig, Event, PeerStatus, RegistrationStatus};
+use darkrift_etcd_testing::{EtcdCluster, FaultProxy};
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

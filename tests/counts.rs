@@ -2,7 +2,6 @@
 //! registration, counted by the connector and, independently, by etcd itself (its
 //! `grpc_server_handled_total` counters on `/metrics`). No timing assertion here: the timed
 //! figures live in `benches/registry.rs`.
-#![cfg(feature = "test-support")]
 
 mod common;
 
@@ -10,9 +9,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use common::*;
-use darkrift_etcd::testing::EtcdCluster;
 use darkrift_etcd::Connector;
 use darkrift_etcd::ConnectorConfig;
+use darkrift_etcd_testing::EtcdCluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Test settings with a long TTL: each registered connector checks its keys once per TTL with

@@ -1,7 +1,7 @@
 //! The registry as a tower `Discover` on a real etcd: three TCP servers registered with the
 //! port they listen on are discovered and balanced over by tower's p2c balancer; one of them
 //! deregisters and stops, and every later request succeeds on the other two.
-#![cfg(all(feature = "test-support", feature = "tower"))]
+#![cfg(feature = "tower")]
 
 mod common;
 

@@ -1,5 +1,4 @@
 //! Health-gated liveness and peer-reported eviction, on real etcd (issue: DarkRift side).
-#![cfg(feature = "test-support")]
 
 mod common;
 
@@ -10,8 +9,8 @@ use std::time::Duration;
 use common::*;
 use darkrift_etcd::config::{EvictionConfig, KeyRemovedPolicy};
 use darkrift_etcd::health::HealthConfig;
-use darkrift_etcd::testing::FaultProxy;
 use darkrift_etcd::{ConnectorConfig, Event, PeerStatus, RegistrationStatus};
+use darkrift_etcd_testing::FaultProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Installs a health probe the test switches through the returned flag (each verdict is also

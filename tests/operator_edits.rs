@@ -1,7 +1,6 @@
 //! What an operator (or any client with write access) can do to our keys by hand, on a real
 //! etcd: garbage in the allocation cursor, a server record overwritten without its lease or on
 //! another lease. The registry repairs each, guarded so that nothing valid is overwritten.
-#![cfg(feature = "test-support")]
 
 mod common;
 
@@ -11,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use darkrift_etcd::alloc::{build_repair_txn, decode_cursor, encode_cursor, MAX_POSITION};
 use darkrift_etcd::keys::KeyLayout;
-use darkrift_etcd::testing::EtcdCluster;
+use darkrift_etcd_testing::EtcdCluster;
 use etcd_client::{EventType, KeyValue, PutOptions, WatchOptions};
 
 async fn cursor_value(raw: &mut etcd_client::Client, layout: &KeyLayout) -> Vec<u8> {

@@ -6,15 +6,14 @@
 //! The records are written with a raw client on a lease of its own, as `etcdctl` would, and
 //! not by a registered connector: its supervisor reacts to changes of its own key, and these
 //! tests are about what the watchers make of the keys.
-#![cfg(feature = "test-support")]
 
 mod common;
 
 use std::collections::BTreeMap;
 
 use common::*;
-use darkrift_etcd::testing::EtcdCluster;
 use darkrift_etcd::{Event, EventStream, Registration};
+use darkrift_etcd_testing::EtcdCluster;
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
 
 /// Writes records the way an operator's `etcdctl` would: directly, on a lease of its own

@@ -1,5 +1,4 @@
 //! Faults that break other etcd registries, on real etcd (issue: resilience).
-#![cfg(feature = "test-support")]
 
 mod common;
 
@@ -7,10 +6,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
-use darkrift_etcd::testing::{EtcdCluster, FaultProxy};
 use darkrift_etcd::{
     Connector, ConnectorConfig, Event, EventStream, IdTakenPolicy, RegistrationStatus,
 };
+use darkrift_etcd_testing::{EtcdCluster, FaultProxy};
 use etcd_client::{CompactionOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 
 /// Membership events only (drops stale/fresh and registration events).

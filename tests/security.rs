@@ -3,110 +3,21 @@
 //!
 //! Certificates are generated here with `rcgen`: one CA signs the server certificate (valid
 //! for 127.0.0.1) and a client certificate; a second, unrelated CA plays the attacker.
-#![cfg(feature = "test-support")]
 
 mod common;
+#[path = "common/security.rs"]
+mod pki;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 use darkrift_etcd::config::TlsConfig;
 use darkrift_etcd::record::{RecordError, MAX_RECORD_LEN};
-use darkrift_etcd::testing::{EtcdCluster, TlsFiles};
 use darkrift_etcd::{list_servers, Connector, ConnectorConfig, Error, Event};
-use etcd_client::{Client, ConnectOptions, GetOptions, Permission, PermissionType};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-use tempfile::TempDir;
-
-/// A password that must never show up in an error or a log line.
-const PASSWORD: &str = "s3cret-darkrift-pw";
-const ROOT_PASSWORD: &str = "s3cret-root-pw";
-
-/// PEM files of a test PKI in a temporary directory.
-struct Pki {
-    dir: TempDir,
-}
-
-impl Pki {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `ca.pem` signs `server.pem` (127.0.0.1, localhost) and `client.pem` (CN darkrift);
-    /// `evil-ca.pem` is unrelated and signs `evil-client.pem`.
-    fn generate() -> Pki {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).unwrap();
-        for (ca_name, prefix) in [("test CA", ""), ("evil CA", "evil-")] {
-            let ca_key = KeyPair::generate().expect("ca key");
-            let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            ca.distinguished_name.push(DnType::CommonName, ca_name);
-            ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            write(
-                &format!("{prefix}ca.pem"),
-                ca.self_signed(&ca_key).expect("ca cert").pem(),
-            );
-            let issuer = Issuer::from_params(&ca, &ca_key);
-
-            let leaf = |sans: Vec<String>, cn: &str, eku: ExtendedKeyUsagePurpose, name: &str| {
-                let key = KeyPair::generate().expect("leaf key");
-                let mut params = CertificateParams::new(sans).expect("leaf params");
-                params.distinguished_name.push(DnType::CommonName, cn);
-                params.extended_key_usages = vec![eku];
-                let cert = params.signed_by(&key, &issuer).expect("leaf cert");
-                write(&format!("{prefix}{name}.pem"), cert.pem());
-                write(&format!("{prefix}{name}-key.pem"), key.serialize_pem());
-            };
-            leaf(
-                vec!["127.0.0.1".into(), "localhost".into()],
-                "etcd",
-                ExtendedKeyUsagePurpose::ServerAuth,
-                "server",
-            );
-            leaf(
-                vec![],
-                "darkrift",
-                ExtendedKeyUsagePurpose::ClientAuth,
-                "client",
-            );
-        }
-        Pki { dir }
-    }
-
-    fn files(&self, client_cert_auth: bool) -> TlsFiles {
-        TlsFiles {
-            ca: self.path("ca.pem"),
-            cert: self.path("server.pem"),
-            key: self.path("server-key.pem"),
-            client_cert_auth,
-            client_identity: Some((self.path("client.pem"), self.path("client-key.pem"))),
-        }
-    }
-
-    /// Our client settings: trust `ca.pem`, present `client.pem` when `mutual`.
-    fn client_tls(&self, mutual: bool) -> TlsConfig {
-        let tls = TlsConfig::new(self.path("ca.pem"));
-        if mutual {
-            tls.with_client_cert(self.path("client.pem"), self.path("client-key.pem"))
-        } else {
-            tls
-        }
-    }
-}
-
-async fn tls_etcd(pki: &Pki, client_cert_auth: bool) -> EtcdCluster {
-    EtcdCluster::builder()
-        .client_tls(pki.files(client_cert_auth))
-        .build()
-        .await
-        .expect("etcd with TLS starts")
-}
+use darkrift_etcd_testing::EtcdCluster;
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use pki::{enable_auth, tls_etcd, Pki, PASSWORD};
 
 fn cfg(endpoints: Vec<String>, prefix: &str) -> ConnectorConfig {
     ConnectorConfig::new(endpoints)
@@ -128,7 +39,9 @@ async fn full_cycle(config: ConnectorConfig) {
     let joined = collect_until(&mut events, PROMPT, |e| join_ids(e).contains(&id)).await;
     assert_eq!(join_ids(&joined), [id]);
 
-    let (_, servers, skipped) = list_servers(&config).await.expect("ls");
+    let darkrift_etcd::ServerList {
+        servers, skipped, ..
+    } = list_servers(&config).await.expect("ls");
     assert_eq!(
         servers.iter().map(|s| s.id).collect::<Vec<_>>(),
         [id],
@@ -144,7 +57,7 @@ async fn full_cycle(config: ConnectorConfig) {
     .await;
     assert!(!left.is_empty());
     assert_eq!(connector.registered_id(), None);
-    let (_, servers, _) = list_servers(&config).await.expect("ls");
+    let servers = list_servers(&config).await.expect("ls").servers;
     assert!(servers.is_empty(), "ls no longer sees it: {servers:?}");
 }
 
@@ -251,40 +164,6 @@ async fn no_fallback_between_tls_and_plaintext() {
 }
 
 // ---- authentication ----
-
-/// Sets up etcd authentication as the README documents it: a `root` user, a `darkrift` role
-/// with read-write on `<prefix>/` and `<prefix>.alloc/` only, a `darkrift` user with that
-/// role; then enables auth.
-async fn enable_auth(etcd: &EtcdCluster, prefix: &str) {
-    let client = etcd.client().await.expect("client");
-    let mut auth = client.auth_client();
-    auth.user_add("root", ROOT_PASSWORD, None)
-        .await
-        .expect("root");
-    auth.user_grant_role("root", "root")
-        .await
-        .expect("root role");
-    auth.role_add("darkrift").await.expect("role");
-    for range in [format!("{prefix}/"), format!("{prefix}.alloc/")] {
-        auth.role_grant_permission(
-            "darkrift",
-            Permission::new(PermissionType::Readwrite, range).with_prefix(),
-        )
-        .await
-        .expect("grant");
-    }
-    auth.user_add("darkrift", PASSWORD, None)
-        .await
-        .expect("user");
-    auth.user_grant_role("darkrift", "darkrift")
-        .await
-        .expect("user role");
-    // A user with no role at all, to check that a missing grant is reported clearly.
-    auth.user_add("nobody", PASSWORD, None)
-        .await
-        .expect("nobody");
-    auth.auth_enable().await.expect("auth enable");
-}
 
 async fn client_as(etcd: &EtcdCluster, user: &str, password: &str) -> Client {
     let base = match etcd.tls() {
@@ -490,136 +369,3 @@ const ETCD_DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 // The encoded-record bound keeps any valid registration far below etcd's request limit: the
 // allocation transaction carries the record, its key, the slot key and the cursor.
 const _: () = assert!(MAX_RECORD_LEN * 4 < ETCD_DEFAULT_MAX_REQUEST_BYTES);
-
-// ---- CLI ----
-
-/// Runs the CLI with `args` and `env` (the caller's `DARKRIFT_ETCD_*` removed), bounded.
-async fn cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_darkrift-etcd"));
-    command.args(args).kill_on_drop(true);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("DARKRIFT_ETCD_") {
-            command.env_remove(key);
-        }
-    }
-    command.envs(env.iter().copied());
-    let out = tokio::time::timeout(Duration::from_secs(30), command.output())
-        .await
-        .expect("the CLI finishes")
-        .expect("the CLI runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `--help` documents every security option with its environment variable, and shows no
-/// password taken from the environment.
-#[tokio::test]
-async fn cli_help_documents_the_security_options_and_hides_the_password() {
-    let secret = "env-password-must-not-show";
-    for args in [&["--help"][..], &["ls", "--help"], &["register", "--help"]] {
-        let (ok, stdout, stderr) = cli(
-            args,
-            &[
-                ("DARKRIFT_ETCD_PASSWORD", secret),
-                ("DARKRIFT_ETCD_USER", "darkrift"),
-            ],
-        )
-        .await;
-        assert!(ok, "{args:?}: {stderr}");
-        for option in [
-            "--ca-cert",
-            "--cert",
-            "--key",
-            "--user",
-            "--password",
-            "--password-file",
-            "DARKRIFT_ETCD_CA_CERT",
-            "DARKRIFT_ETCD_CERT",
-            "DARKRIFT_ETCD_KEY",
-            "DARKRIFT_ETCD_USER",
-            "DARKRIFT_ETCD_PASSWORD",
-            "DARKRIFT_ETCD_PASSWORD_FILE",
-        ] {
-            assert!(
-                stdout.contains(option),
-                "{args:?} does not document {option}"
-            );
-        }
-        assert!(
-            !stdout.contains(secret) && !stderr.contains(secret),
-            "{args:?} shows the password"
-        );
-    }
-}
-
-/// The CLI over mutual TLS with authentication: `ls` works with a password file; a wrong
-/// password fails with a clear message, and neither the message nor trace-level logs
-/// contain the password.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cli_uses_tls_and_auth_and_never_prints_the_password() {
-    let pki = Pki::generate();
-    let etcd = tls_etcd(&pki, true).await;
-    let prefix = prefix();
-    enable_auth(&etcd, &prefix).await;
-    let password_file = pki.path("password");
-    std::fs::write(&password_file, format!("{PASSWORD}\n")).expect("write");
-    let ca = pki.path("ca.pem");
-    let cert = pki.path("client.pem");
-    let key = pki.path("client-key.pem");
-    let endpoint = etcd.endpoint(0);
-    let base = [
-        "--endpoints",
-        endpoint.as_str(),
-        "--prefix",
-        prefix.as_str(),
-        "--ca-cert",
-        ca.to_str().expect("utf-8"),
-        "--cert",
-        cert.to_str().expect("utf-8"),
-        "--key",
-        key.to_str().expect("utf-8"),
-        "--user",
-        "darkrift",
-    ];
-
-    let file = password_file.to_str().expect("utf-8");
-    let args: Vec<&str> = base
-        .iter()
-        .copied()
-        .chain(["--password-file", file, "ls", "-o", "json"])
-        .collect();
-    let (ok, stdout, stderr) = cli(&args, &[]).await;
-    assert!(ok, "ls with TLS and a password file: {stderr}");
-    let listed: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON line");
-    assert_eq!(listed["servers"], serde_json::json!([]));
-
-    // The same through the environment.
-    let args: Vec<&str> = base.iter().copied().chain(["ls", "-o", "json"]).collect();
-    let (ok, _, stderr) = cli(&args, &[("DARKRIFT_ETCD_PASSWORD", PASSWORD)]).await;
-    assert!(ok, "ls with the password in the environment: {stderr}");
-
-    let wrong = "wrong-password-must-not-show";
-    for env in [
-        vec![("DARKRIFT_ETCD_PASSWORD", wrong), ("RUST_LOG", "trace")],
-        vec![("RUST_LOG", "trace")],
-    ] {
-        let mut args: Vec<&str> = base.to_vec();
-        if env.len() == 1 {
-            args.extend(["--password", wrong]);
-        }
-        args.extend(["ls"]);
-        let (ok, stdout, stderr) = cli(&args, &env).await;
-        assert!(!ok, "a wrong password fails");
-        assert!(
-            stderr.contains("authentication as user \"darkrift\" failed"),
-            "clear message: {stderr}"
-        );
-        assert!(
-            !stdout.contains(wrong) && !stderr.contains(wrong),
-            "the password leaked:\n{stderr}"
-        );
-    }
-}

@@ -40,7 +40,10 @@ fn replay(view: &mut BTreeMap<u16, ServerInfo>, last_revision: &mut i64, events:
 
 /// etcd's view (a fresh one-shot listing): id → server.
 async fn etcd_view(cfg: &darkrift_etcd::ConnectorConfig) -> BTreeMap<u16, ServerInfo> {
-    let (_, servers, _) = darkrift_etcd::list_servers(cfg).await.expect("list");
+    let servers = darkrift_etcd::list_servers(cfg)
+        .await
+        .expect("list")
+        .servers;
     servers.into_iter().map(|s| (s.id, s)).collect()
 }
 

@@ -1,13 +1,13 @@
 //! Shared helpers of the integration tests: every test talks to a real etcd started by
-//! `darkrift_etcd::testing`, on its own key prefix.
+//! `darkrift_etcd_testing`, on its own key prefix.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use darkrift_etcd::testing::EtcdCluster;
 use darkrift_etcd::{Connector, ConnectorConfig, Event, EventStream};
+use darkrift_etcd_testing::EtcdCluster;
 
 /// Bound on waiting for anything that should happen promptly.
 pub const PROMPT: Duration = Duration::from_secs(10);
@@ -122,10 +122,6 @@ pub fn join_ids(events: &[Event]) -> Vec<u16> {
         })
         .collect()
 }
-
-pub mod args;
-#[cfg(feature = "mesh")]
-pub mod mesh;
 
 /// Sends SIGTERM to a child process.
 pub fn sigterm(child: &tokio::process::Child) {

@@ -1,0 +1,733 @@
+//! The `darkrift-etcd` CLI against real etcd: the JSON-lines contract of docs/cli.md, exit
+//! codes, configuration layers, operator commands, closed pipes, metrics and health.
+
+// The integration tests' shared helpers, at the repository root.
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use darkrift_etcd::admin::{Admin, Eviction};
+use darkrift_etcd::Event;
+use darkrift_etcd_testing::{free_port, EtcdCluster};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+const CLI: &str = env!("CARGO_BIN_EXE_darkrift-etcd");
+
+fn cli(etcd: &EtcdCluster, prefix: &str) -> Command {
+    let mut cmd = Command::new(CLI);
+    cmd.env("DARKRIFT_ETCD_ENDPOINTS", etcd.endpoints().join(","))
+        .env("DARKRIFT_ETCD_PREFIX", prefix)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn run(mut cmd: Command, args: &[&str]) -> Output {
+    tokio::time::timeout(PROMPT, cmd.args(args).output())
+        .await
+        .expect("finishes in time")
+        .expect("runs")
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("exit code, not a signal")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn spawn(mut cmd: Command, args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = cmd.args(args).spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    (child, BufReader::new(stdout).lines())
+}
+
+/// `darkrift-etcd register` of server game/127.0.0.1:4296, with more arguments.
+fn spawn_registrant(
+    etcd: &EtcdCluster,
+    prefix: &str,
+    more: &[&str],
+) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut args = vec![
+        "register",
+        "--group",
+        "game",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "4296",
+    ];
+    args.extend_from_slice(more);
+    spawn(cli(etcd, prefix), &args)
+}
+
+async fn line(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
+    let l = tokio::time::timeout(PROMPT, lines.next_line())
+        .await
+        .expect("a line in time")
+        .expect("read")
+        .expect("a line");
+    serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"))
+}
+
+async fn exit_code(child: &mut Child) -> i32 {
+    tokio::time::timeout(PROMPT, child.wait())
+        .await
+        .expect("exits in time")
+        .expect("status")
+        .code()
+        .expect("exit code")
+}
+
+/// docs/cli.md's JSON-lines table: event → field → type (`*` rows apply to every event).
+fn schema() -> BTreeMap<String, BTreeMap<String, String>> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md"))
+        .expect("docs/cli.md");
+    let section = doc
+        .split("## JSON lines")
+        .nth(1)
+        .expect("a JSON lines section");
+    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let [_, event, field, ty, _, ..] = cells.as_slice() else {
+            panic!("bad row {row}")
+        };
+        out.entry(event.trim_matches('`').to_owned())
+            .or_default()
+            .insert(field.trim_matches('`').to_owned(), (*ty).to_owned());
+    }
+    assert!(out.len() > 10, "{out:?}");
+    out
+}
+
+fn type_ok(v: &Value, ty: &str) -> bool {
+    match ty {
+        "integer" => v.is_i64() || v.is_u64(),
+        "integer?" => v.is_null() || v.is_i64() || v.is_u64(),
+        "string" => v.is_string(),
+        "array" => v.is_array(),
+        "object" => v
+            .as_object()
+            .is_some_and(|m| m.values().all(Value::is_string)),
+        other => panic!("undocumented type {other}"),
+    }
+}
+
+/// Checks one line against the table: exactly the documented fields, each of its type.
+fn check_line(schema: &BTreeMap<String, BTreeMap<String, String>>, v: &Value) {
+    let event = v["event"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no event: {v}"));
+    assert_eq!(v["v"], 1, "{v}");
+    let fields = schema
+        .get(event)
+        .unwrap_or_else(|| panic!("undocumented event {event}: {v}"));
+    let mut want = schema["*"].clone();
+    want.extend(fields.clone());
+    check_fields(&want, v);
+    if event == "list" {
+        let mut item = schema["server"].clone();
+        item.remove("revision");
+        for s in v["servers"].as_array().expect("servers") {
+            check_fields(&item, s);
+        }
+    }
+}
+
+fn check_fields(want: &BTreeMap<String, String>, v: &Value) {
+    let got = v.as_object().expect("an object");
+    for (field, ty) in want {
+        let value = got.get(field).unwrap_or_else(|| panic!("{v}: no {field}"));
+        assert!(type_ok(value, ty), "{v}: {field} is not {ty}");
+    }
+    for field in got.keys() {
+        assert!(want.contains_key(field), "{v}: undocumented field {field}");
+    }
+}
+
+/// Every line of a real session: register, watch (join, leave, synced), ls, get, evict,
+/// a stopped registration; each checked against docs/cli.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_json_line_of_a_session_follows_the_documented_contract() {
+    let schema = schema();
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let mut seen: Vec<Value> = Vec::new();
+
+    let (mut watch, mut watch_lines) = spawn(cli(&etcd, &prefix), &["watch"]);
+    let synced = line(&mut watch_lines).await;
+    assert_eq!(
+        (&synced["event"], &synced["members"]),
+        (&"synced".into(), &0.into())
+    );
+    seen.push(synced);
+
+    let (mut reg, mut reg_lines) = spawn_registrant(
+        &etcd,
+        &prefix,
+        &[
+            "--property",
+            "region=eu",
+            "--property",
+            "tier=1",
+            "--ttl",
+            "3s",
+        ],
+    );
+    let registered = line(&mut reg_lines).await;
+    assert_eq!(registered["event"], "registered");
+    let id = registered["id"].as_u64().expect("id");
+    assert!(registered["revision"].as_i64().expect("revision") > 0);
+    let mut own = Vec::new();
+    while own.len() < 2 {
+        own.push(line(&mut reg_lines).await);
+    }
+    assert_eq!(own[0]["event"], "synced");
+    assert_eq!(own[1]["event"], "join");
+    assert_eq!(own[1]["revision"], registered["revision"]);
+    assert_eq!(
+        own[1]["properties"],
+        serde_json::json!({"region": "eu", "tier": "1"})
+    );
+    seen.push(registered);
+    seen.extend(own);
+    let join = line(&mut watch_lines).await;
+    assert_eq!((&join["event"], &join["id"]), (&"join".into(), &id.into()));
+    seen.push(join);
+
+    let out = run(cli(&etcd, &prefix), &["ls", "-o", "json"]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(list["servers"][0]["id"], id);
+    assert_eq!(list["servers"][0]["properties"]["region"], "eu");
+    seen.push(list);
+    let out = run(cli(&etcd, &prefix), &["get", &id.to_string(), "-o", "json"]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let got: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(
+        (&got["group"], &got["port"]),
+        (&"game".into(), &4296.into())
+    );
+    assert!(got["ttl_left_s"].as_u64().expect("ttl") <= 3);
+    seen.push(got);
+
+    // SIGTERM: deregisters, says so, exits 0; the watcher's leave names host and port.
+    sigterm(&reg);
+    let deregistered = line(&mut reg_lines).await;
+    assert_eq!(
+        deregistered,
+        serde_json::json!({"v": 1, "event": "deregistered", "id": id})
+    );
+    seen.push(deregistered);
+    assert_eq!(exit_code(&mut reg).await, 0);
+    let leave = line(&mut watch_lines).await;
+    assert_eq!(
+        (
+            &leave["event"],
+            &leave["id"],
+            &leave["host"],
+            &leave["port"],
+            &leave["group"]
+        ),
+        (
+            &"leave".into(),
+            &id.into(),
+            &"127.0.0.1".into(),
+            &4296.into(),
+            &"game".into()
+        )
+    );
+    seen.push(leave);
+
+    // A registrant that stops when its key is removed, evicted: registration_stopped, exit 5.
+    let mut c = cli(&etcd, &prefix);
+    c.env("DARKRIFT_ETCD_ON_KEY_REMOVED", "stop")
+        .env("DARKRIFT_ETCD_GROUP", "lobby")
+        .env("DARKRIFT_ETCD_HOST", "10.1.2.3")
+        .env("DARKRIFT_ETCD_PORT", "7001");
+    let (mut victim, mut victim_lines) = spawn(c, &["register"]);
+    let registered = line(&mut victim_lines).await;
+    let victim_id = registered["id"].as_u64().expect("id").to_string();
+    assert_eq!(
+        registered["host"], "10.1.2.3",
+        "the host came from DARKRIFT_ETCD_HOST"
+    );
+    seen.push(registered);
+    seen.push(line(&mut watch_lines).await);
+    let out = run(
+        cli(&etcd, &prefix),
+        &["evict", &victim_id, "--yes", "-o", "json"],
+    )
+    .await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    seen.push(serde_json::from_slice(&out.stdout).expect("evicted line"));
+    loop {
+        let l = line(&mut victim_lines).await;
+        let stopped = l["event"] == "registration_stopped";
+        seen.push(l);
+        if stopped {
+            break;
+        }
+    }
+    assert_eq!(exit_code(&mut victim).await, 5);
+    let leave = line(&mut watch_lines).await;
+    assert_eq!(leave["event"], "leave");
+    seen.push(leave);
+
+    sigterm(&watch);
+    assert_eq!(exit_code(&mut watch).await, 0);
+    for v in &seen {
+        check_line(&schema, v);
+    }
+    let events: std::collections::BTreeSet<&str> =
+        seen.iter().filter_map(|v| v["event"].as_str()).collect();
+    for e in [
+        "registered",
+        "synced",
+        "join",
+        "leave",
+        "deregistered",
+        "list",
+        "server",
+        "evicted",
+        "registration_stopped",
+    ] {
+        assert!(events.contains(e), "the session printed no {e}");
+    }
+}
+
+#[tokio::test]
+async fn get_ls_and_evict_never_delete_a_newer_holder() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    // One id only: a re-registration gets the same id with a new create revision.
+    let cfg = config(&etcd, &prefix).with_id_space(1);
+    let (a, id) = registered(cfg.clone(), "game", 5000).await;
+    let admin = Admin::connect(&cfg).await.expect("admin");
+    let (_, old) = admin.get(id).await.expect("get");
+    let old = old.expect("registered");
+    a.deregister_server().await.expect("deregister");
+    let (_b, id_b) = registered(cfg.clone(), "game", 5001).await;
+    assert_eq!(id_b, id);
+    assert_eq!(admin.evict(&old).await.expect("evict"), Eviction::Changed);
+    let (_, now) = admin.get(id).await.expect("get");
+    let now = now.expect("the newer holder is still there");
+    assert_eq!(now.server.port, 5001);
+    assert_ne!(now.create_revision, old.create_revision);
+
+    let id = id.to_string();
+    let out = run(cli(&etcd, &prefix), &["get", &id]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("TTL LEFT") && text.contains("5001"), "{text}");
+    let out = run(cli(&etcd, &prefix), &["ls", "-o", "wide"]).await;
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .expect("header")
+        .split("   ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "ID",
+            "GROUP",
+            "HOST",
+            "PORT",
+            "AGE",
+            "TTL LEFT",
+            "PROPERTIES"
+        ]
+    );
+    assert_eq!(table.lines().count(), 2, "{table}");
+    let out = run(cli(&etcd, &prefix), &["ls", "--group", "lobby"]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+
+    for args in [vec!["get", "2"], vec!["evict", "2", "--yes"]] {
+        let out = run(cli(&etcd, &prefix), &args).await;
+        assert_eq!(code(&out), 4, "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("server 2 is not registered"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // No terminal and no --yes: refused, nothing deleted.
+    let out = run(cli(&etcd, &prefix), &["evict", &id]).await;
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(admin.get(id_b).await.expect("get").1.is_some());
+
+    let out = run(cli(&etcd, &prefix), &["evict", &id, "--yes"]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("evicted server"));
+    let mut raw = etcd.client().await.expect("raw");
+    let ttl = raw.lease_time_to_live(now.lease, None).await.expect("ttl");
+    assert_eq!(ttl.ttl(), -1, "the evicted registration's lease is revoked");
+}
+
+/// Arguments, variables, the exit code wanted, and what the error line must say.
+type BadCase = (
+    Vec<&'static str>,
+    Vec<(&'static str, &'static str)>,
+    i32,
+    &'static str,
+);
+
+#[tokio::test]
+async fn bad_input_is_one_line_the_right_code_and_nothing_written() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let register = ["register", "--group", "game", "--host", "h", "--port", "1"];
+    let cases: Vec<BadCase> = vec![
+        (
+            vec!["register", "--group", "game", "--host", "h", "--port", "0"],
+            vec![],
+            2,
+            "port 0",
+        ),
+        (
+            vec![
+                "register",
+                "--group",
+                "bad group",
+                "--host",
+                "h",
+                "--port",
+                "1",
+            ],
+            vec![],
+            2,
+            "invalid group name",
+        ),
+        (
+            vec!["register", "--group", "game", "--host", "h"],
+            vec![],
+            2,
+            "register needs --port",
+        ),
+        (
+            register.to_vec(),
+            vec![("DARKRIFT_ETCD_ENDPOINTS", "notaurl")],
+            2,
+            "not an etcd endpoint",
+        ),
+        (
+            register.to_vec(),
+            vec![("DARKRIFT_ETCD_REQUEST_TIMEOUT", "soon")],
+            2,
+            "DARKRIFT_ETCD_REQUEST_TIMEOUT",
+        ),
+        (
+            register.to_vec(),
+            vec![("DARKRIFT_ETCD_TTL", "1500ms")],
+            2,
+            "whole number of seconds",
+        ),
+        (vec!["ls", "-o", "yaml"], vec![], 2, "invalid value 'yaml'"),
+        (
+            vec!["watch", "--group", "a/b"],
+            vec![],
+            2,
+            "invalid group name",
+        ),
+        (vec!["get", "x"], vec![], 2, "invalid value 'x'"),
+    ];
+    for (args, env, want, says) in cases {
+        let mut c = cli(&etcd, &prefix);
+        c.envs(env.iter().copied());
+        let out = run(c, &args).await;
+        let err = stderr(&out);
+        assert_eq!(code(&out), want, "{args:?} {env:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("darkrift-etcd: error: ") && first.contains(says),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.lines().skip(1).all(|l| l.starts_with("  hint: ")),
+            "{args:?}: {err}"
+        );
+    }
+    let port = free_port().expect("port");
+    let mut c = cli(&etcd, &prefix);
+    c.env(
+        "DARKRIFT_ETCD_ENDPOINTS",
+        format!("http://127.0.0.1:{port}"),
+    )
+    .env("DARKRIFT_ETCD_CONNECT_TIMEOUT", "500ms");
+    let out = run(c, &register).await;
+    let err = stderr(&out);
+    assert_eq!(code(&out), 3, "{err}");
+    assert!(
+        err.contains("Connection refused") && !err.contains("tonic::"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "hint: is etcd running at http://127.0.0.1:{port}?"
+        )),
+        "{err}"
+    );
+    let mut raw = etcd.client().await.expect("raw");
+    let all = raw
+        .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
+        .await
+        .expect("get");
+    assert_eq!(all.count(), 0, "nothing reached etcd");
+}
+
+#[tokio::test]
+async fn settings_come_from_file_env_and_flags_in_that_order() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("darkrift.toml");
+    let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
+    std::fs::write(
+        &file,
+        format!(
+            "endpoints = [{}]\nprefix = \"{prefix}\"\nlease_ttl = \"3s\"\nrequest_timeout = 4\n",
+            endpoints.join(", ")
+        ),
+    )
+    .expect("write config");
+    let (_c, id) = registered(config(&etcd, &prefix), "game", 5).await;
+    let bare = || {
+        let mut c = Command::new(CLI);
+        c.env_remove("RUST_LOG").kill_on_drop(true);
+        c
+    };
+    let file_arg = file.to_str().expect("utf8");
+    // Only the file says where etcd and the registry are.
+    let out = run(bare(), &["ls", "-o", "json", "--config", file_arg]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listed["servers"][0]["id"], id);
+    // A variable overrides the file, a flag the variable.
+    let mut c = bare();
+    c.env("DARKRIFT_ETCD_PREFIX", "/from-env");
+    let out = run(c, &["ls", "-o", "json", "--config", file_arg]).await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).expect("json")["servers"],
+        serde_json::json!([])
+    );
+    let mut c = bare();
+    c.env("DARKRIFT_ETCD_PREFIX", "/from-env")
+        .env("DARKRIFT_ETCD_REQUEST_TIMEOUT", "1m")
+        .env("DARKRIFT_ETCD_LEASE_TTLL", "9")
+        .env("DARKRIFT_ETCD_PASSWORD", "hunter2")
+        .env("DARKRIFT_ETCD_USER", "root");
+    let out = run(
+        c,
+        &[
+            "config", "--config", file_arg, "--prefix", &prefix, "--ttl", "7",
+        ],
+    )
+    .await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    let row = |key: &str| -> Vec<String> {
+        shown
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .unwrap_or_else(|| panic!("no {key}: {shown}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        row("prefix")[1..],
+        [prefix.clone(), "flag".into(), "--prefix".into()]
+    );
+    assert_eq!(row("lease_ttl")[1..], ["7s", "flag", "--ttl"]);
+    assert_eq!(
+        row("request_timeout")[1..],
+        ["1m", "env", "DARKRIFT_ETCD_REQUEST_TIMEOUT"]
+    );
+    assert_eq!(row("endpoints")[2], "file");
+    assert_eq!(row("connect_timeout")[1..], ["5s", "default"]);
+    assert_eq!(row("auth.password")[1], "***");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    let warnings: Vec<String> = stderr(&out).lines().map(str::to_owned).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("DARKRIFT_ETCD_LEASE_TTLL")
+            && warnings[0].contains("did you mean DARKRIFT_ETCD_LEASE_TTL?"),
+        "{warnings:?}"
+    );
+    // A broken file is a configuration error naming it.
+    std::fs::write(&file, "lease_ttl = \"soon\"\n").expect("write");
+    let out = run(bare(), &["ls", "--config", file_arg]).await;
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("darkrift.toml"));
+}
+
+#[tokio::test]
+async fn a_closed_stdout_ends_quietly_and_a_registrant_still_deregisters() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let (mut watch, mut lines) = spawn(cli(&etcd, &prefix), &["watch"]);
+    assert_eq!(line(&mut lines).await["event"], "synced");
+    drop(lines);
+    assert_eq!(exit_code(&mut watch).await, 0, "watch | head -1 exits 0");
+
+    // A long TTL: the key must go because the registrant deregisters, not because it expires.
+    let (mut reg, mut lines) = spawn_registrant(&etcd, &prefix, &["--ttl", "60"]);
+    let id = line(&mut lines).await["id"].as_u64().expect("id");
+    drop(lines);
+    let mut stderr_pipe = reg.stderr.take().expect("stderr");
+    assert_eq!(exit_code(&mut reg).await, 0);
+    let mut err = String::new();
+    stderr_pipe.read_to_string(&mut err).await.expect("stderr");
+    assert!(!err.contains("panicked"), "{err}");
+    let admin = Admin::connect(&config(&etcd, &prefix))
+        .await
+        .expect("admin");
+    let id = u16::try_from(id).expect("u16");
+    assert!(
+        admin.get(id).await.expect("get").1.is_none(),
+        "deregistered at once"
+    );
+}
+
+/// Scrapes until `want` holds, within `bound` (nothing to await: the endpoint is polled).
+async fn scrape_until(
+    addr: SocketAddr,
+    path: &str,
+    bound: Duration,
+    want: impl Fn(u16, &str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let got = http_get(addr, path).await;
+        if let Some((status, body)) = &got {
+            if want(*status, body) {
+                return body.clone();
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path}: last answer {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_healthz_follow_members_and_etcd() {
+    let mut etcd = etcd().await;
+    let prefix = prefix();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port().expect("port"))
+        .parse()
+        .expect("addr");
+    let addr_arg = addr.to_string();
+    let (mut reg, mut lines) =
+        spawn_registrant(&etcd, &prefix, &["--ttl", "4", "--metrics-addr", &addr_arg]);
+    assert_eq!(line(&mut lines).await["event"], "registered");
+    let body = scrape_until(addr, "/metrics", PROMPT, |s, b| {
+        s == 200 && b.contains("darkrift_etcd_group_members{group=\"game\"} 1")
+    })
+    .await;
+    for help in [
+        "darkrift_etcd_members",
+        "darkrift_etcd_group_members",
+        "darkrift_etcd_alloc_txns_total",
+    ] {
+        assert!(body.contains(&format!("# HELP {help} ")), "{help}: {body}");
+    }
+    scrape_until(addr, "/healthz", PROMPT, |s, _| s == 200).await;
+    let (_peer, _) = registered(config(&etcd, &prefix), "game", 2).await;
+    scrape_until(addr, "/metrics", PROMPT, |_, b| {
+        b.contains("darkrift_etcd_group_members{group=\"game\"} 2")
+    })
+    .await;
+
+    etcd.stop(0).expect("stop etcd");
+    scrape_until(addr, "/healthz", Duration::from_secs(20), |s, _| s == 503).await;
+    etcd.restart(0).await.expect("restart etcd");
+    scrape_until(addr, "/healthz", Duration::from_secs(30), |s, _| s == 200).await;
+    sigterm(&reg);
+    assert_eq!(exit_code(&mut reg).await, 0);
+}
+
+#[test]
+fn every_command_has_help_with_an_example_and_completions() {
+    for sub in [
+        "register",
+        "watch",
+        "ls",
+        "get",
+        "evict",
+        "config",
+        "completions",
+    ] {
+        let out = std::process::Command::new(CLI)
+            .args([sub, "--help"])
+            .output()
+            .expect("help");
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Example"), "{sub}: {text}");
+    }
+    let out = std::process::Command::new(CLI)
+        .arg("--version")
+        .output()
+        .expect("version");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("darkrift-etcd "));
+    for shell in ["bash", "zsh", "fish"] {
+        let out = std::process::Command::new(CLI)
+            .args(["completions", shell])
+            .output()
+            .expect("completions");
+        assert!(out.status.success() && !out.stdout.is_empty(), "{shell}");
+    }
+}
+
+/// A `darkrift-etcd register` process killed with SIGKILL: peers see its leave within
+/// TTL + 1.5 s.
+#[tokio::test]
+async fn killed_cli_process_leaves_within_ttl() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let (_peer, mut peer_events) = synced(config(&etcd, &prefix)).await;
+    let ttl = 2;
+    let (mut child, mut lines) = spawn_registrant(&etcd, &prefix, &["--ttl", "2"]);
+    let registered = line(&mut lines).await;
+    assert_eq!(registered["event"], "registered");
+    let id = u16::try_from(registered["id"].as_u64().expect("id")).expect("u16");
+    assert!(
+        matches!(next(&mut peer_events, PROMPT).await, Event::Join { ref server, .. } if server.id == id)
+    );
+
+    child.start_kill().expect("SIGKILL");
+    let killed_at = tokio::time::Instant::now();
+    child.wait().await.expect("reaped");
+    // The bound: TTL + 1.5 s (etcd's expiry scan runs every 500 ms; the rest is the
+    // delete's commit and its delivery).
+    let bound = Duration::from_secs(ttl) + Duration::from_millis(1500);
+    match next(&mut peer_events, bound).await {
+        Event::Leave { id: left, .. } => assert_eq!(left, id),
+        other => panic!("expected a leave, got {other:?}"),
+    }
+    println!("kill → leave: {:?}", killed_at.elapsed());
+    assert!(
+        killed_at.elapsed() <= bound,
+        "leave after {:?}",
+        killed_at.elapsed()
+    );
+}
