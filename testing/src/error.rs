@@ -84,6 +84,20 @@ pub enum TestingError {
         #[source]
         source: etcd_client::Error,
     },
+
+    /// A request to etcd failed, or its answer was not what the harness needs (a history
+    /// replay that hit a compaction, say).
+    #[error("etcd: {0}")]
+    Etcd(String),
+
+    /// etcd did not answer within the harness's bound.
+    #[error("{what}: no answer within {bound:?}")]
+    Timeout {
+        /// What the harness was waiting for.
+        what: &'static str,
+        /// The bound that was exceeded.
+        bound: Duration,
+    },
 }
 
 impl TestingError {

@@ -45,6 +45,7 @@
 mod binary;
 mod cluster;
 mod error;
+mod history;
 mod port;
 mod proxy;
 mod tls;
@@ -52,6 +53,7 @@ mod tls;
 pub use binary::{etcd_binary, ETCD_BIN_ENV};
 pub use cluster::{EtcdCluster, EtcdClusterBuilder, DEFAULT_STARTUP_TIMEOUT};
 pub use error::TestingError;
+pub use history::{replay_holders, HistoryReplay};
 pub use port::free_port;
 pub use proxy::{FaultProxy, Mode as ProxyMode, MAX_CONNECTIONS as PROXY_MAX_CONNECTIONS};
 pub use tls::TlsFiles;
