@@ -39,6 +39,8 @@
 //! # }
 //! ```
 
+mod grpc_proxy;
+pub use grpc_proxy::{metric_sum, scrape, GrpcProxy};
 mod proxy;
 pub use proxy::{FaultProxy, Mode as ProxyMode, MAX_CONNECTIONS as PROXY_MAX_CONNECTIONS};
 
