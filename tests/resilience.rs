@@ -6,11 +6,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
-use darkrift_etcd::{
-    Connector, ConnectorConfig, Event, EventStream, IdTakenPolicy, RegistrationStatus,
-};
+use darkrift_etcd::{Connector, ConnectorConfig, Event, IdTakenPolicy, RegistrationStatus};
 use darkrift_etcd_testing::{EtcdCluster, FaultProxy};
-use etcd_client::{CompactionOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{EventType, GetOptions, Txn, TxnOp, WatchOptions};
 
 /// Membership events only (drops stale/fresh and registration events).
 fn membership(events: &[Event]) -> Vec<String> {
@@ -21,30 +19,6 @@ fn membership(events: &[Event]) -> Vec<String> {
             Event::Leave { id, .. } => Some(format!("leave {id}")),
             _ => None,
         })
-        .collect()
-}
-
-/// Collects every event that arrives within `window` (used only after the state under test
-/// has been awaited, to prove that nothing *else* arrives).
-async fn drain_for(events: &mut EventStream, window: Duration) -> Vec<Event> {
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + window;
-    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, events.recv()).await {
-        got.push(e);
-    }
-    got
-}
-
-/// Ids of the servers etcd holds now.
-async fn truth(etcd: &EtcdCluster, prefix: &str) -> BTreeSet<u16> {
-    let mut raw = etcd.client().await.expect("raw client");
-    let resp = raw
-        .get(format!("{prefix}/"), Some(GetOptions::new().with_prefix()))
-        .await
-        .expect("get");
-    resp.kvs()
-        .iter()
-        .filter_map(|kv| kv.key_str().ok()?.rsplit('/').next()?.parse().ok())
         .collect()
 }
 
@@ -265,11 +239,7 @@ async fn watcher_cut_across_compaction_emits_exactly_the_difference() {
         );
         keep.push(c);
     }
-    let mut raw = etcd.client().await.expect("raw client");
-    let rev = current_revision(&mut raw).await;
-    raw.compact(rev, Some(CompactionOptions::new().with_physical()))
-        .await
-        .expect("compact");
+    compact_now(&etcd).await;
     proxy.restore();
 
     got.extend(

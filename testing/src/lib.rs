@@ -45,6 +45,7 @@
 mod binary;
 mod cluster;
 mod error;
+mod grpc_proxy;
 mod history;
 mod port;
 mod proxy;
@@ -53,6 +54,7 @@ mod tls;
 pub use binary::{etcd_binary, ETCD_BIN_ENV};
 pub use cluster::{EtcdCluster, EtcdClusterBuilder, DEFAULT_STARTUP_TIMEOUT};
 pub use error::TestingError;
+pub use grpc_proxy::{metric_sum, scrape, GrpcProxy};
 pub use history::{replay_holders, HistoryReplay};
 pub use port::free_port;
 pub use proxy::{FaultProxy, Mode as ProxyMode, MAX_CONNECTIONS as PROXY_MAX_CONNECTIONS};

@@ -123,6 +123,46 @@ pub fn join_ids(events: &[Event]) -> Vec<u16> {
         .collect()
 }
 
+/// Collects every event that arrives within `window` (used only after the state under test
+/// has been awaited, to prove that nothing *else* arrives).
+pub async fn drain_for(events: &mut EventStream, window: Duration) -> Vec<Event> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, events.recv()).await {
+        got.push(e);
+    }
+    got
+}
+
+/// Ids of the servers etcd holds now.
+pub async fn truth(etcd: &EtcdCluster, prefix: &str) -> std::collections::BTreeSet<u16> {
+    let mut raw = etcd.client().await.expect("raw client");
+    let resp = raw
+        .get(
+            format!("{prefix}/"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("get");
+    resp.kvs()
+        .iter()
+        .filter_map(|kv| kv.key_str().ok()?.rsplit('/').next()?.parse().ok())
+        .collect()
+}
+
+/// Compacts etcd at its current revision (physically); returns that revision.
+pub async fn compact_now(etcd: &EtcdCluster) -> i64 {
+    let mut raw = etcd.client().await.expect("raw client");
+    let rev = current_revision(&mut raw).await;
+    raw.compact(
+        rev,
+        Some(etcd_client::CompactionOptions::new().with_physical()),
+    )
+    .await
+    .expect("compact");
+    rev
+}
+
 /// Sends SIGTERM to a child process.
 pub fn sigterm(child: &tokio::process::Child) {
     let pid = child.id().expect("pid").to_string();

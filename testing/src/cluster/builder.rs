@@ -10,9 +10,9 @@ use super::{EtcdCluster, DEFAULT_STARTUP_TIMEOUT};
 use crate::{etcd_binary, TestingError, TlsFiles};
 
 /// How many times the builder retries with fresh ports when a port was taken by someone else.
-const STARTUP_ATTEMPTS: u32 = 3;
+pub(crate) const STARTUP_ATTEMPTS: u32 = 3;
 /// The log line etcd prints when a listen port is already taken.
-const ADDR_IN_USE: &str = "address already in use";
+pub(crate) const ADDR_IN_USE: &str = "address already in use";
 
 /// Builder for an [`EtcdCluster`]; get one from [`EtcdCluster::builder`].
 ///

@@ -95,7 +95,7 @@ impl Member {
 }
 
 /// One bounded status request to one member.
-pub(super) async fn probe_status(
+pub(crate) async fn probe_status(
     endpoint: &str,
     tls: Option<&TlsFiles>,
 ) -> Result<StatusResponse, String> {
@@ -118,7 +118,7 @@ pub(super) async fn probe_status(
 }
 
 /// The last [`LOG_TAIL_BYTES`] of a log file, starting at a line boundary.
-pub(super) fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     let read = || -> io::Result<String> {
         let mut file = File::open(path)?;
         let len = file.metadata()?.len();

@@ -5,6 +5,8 @@ mod faults;
 mod member;
 
 pub use builder::EtcdClusterBuilder;
+pub(crate) use builder::{ADDR_IN_USE, STARTUP_ATTEMPTS};
+pub(crate) use member::{log_tail, probe_status};
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -18,7 +20,7 @@ use etcd_client::Client;
 use tempfile::TempDir;
 use tracing::{debug, warn};
 
-use member::{log_tail, probe_status, ClusterState, Member};
+use member::{ClusterState, Member};
 
 use crate::{free_port, TestingError, TlsFiles};
 
@@ -26,7 +28,7 @@ use crate::{free_port, TestingError, TlsFiles};
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often health is polled while waiting.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Makes cluster tokens unique within the process.
 static CLUSTER_COUNTER: AtomicU64 = AtomicU64::new(0);
