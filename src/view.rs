@@ -386,6 +386,22 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_longer_than_the_queue_is_taken_whole_by_a_consumer_that_kept_up() {
+        let (mut writer, reader) = ViewWriter::new(layout(), 2);
+        let mut stream = reader.subscribe();
+        sync(&mut writer, 1);
+        assert_eq!(drain(&mut stream), ["synced @1"]);
+        apply(&mut writer, &[put(1, 2), put(2, 3), put(3, 4)]);
+        // A second batch finds the queue full (over its capacity): the subscription lags.
+        apply(&mut writer, &[put(4, 5)]);
+        assert_eq!(
+            drain(&mut stream),
+            ["join 1 @2", "join 2 @3", "join 3 @4", "join 4 @5"],
+            "the whole batch, then the catch-up"
+        );
+    }
+
+    #[test]
     fn every_subscription_ends_when_the_writer_goes() {
         let (mut writer, reader) = ViewWriter::new(layout(), 4);
         let mut stream = reader.subscribe();

@@ -12,13 +12,41 @@ use crate::view::View;
 /// the record it got and its group, for the leave), whether it got [`Event::Synced`] and
 /// whether its last freshness event was [`Event::Stale`].
 ///
-/// A fingerprint, not the record: it costs a few bytes per member and per subscription, and a
-/// changed record (an in-place edit, a re-registration with a new timestamp) has another one.
+/// A fingerprint, not the record, and the group as an index into the groups it has seen: 16
+/// bytes per member and per subscription. A changed record (an in-place edit, a
+/// re-registration with a new timestamp) has another fingerprint.
 #[derive(Debug, Default)]
 pub(crate) struct Received {
-    members: HashMap<u16, (u64, Box<str>)>,
+    members: HashMap<u16, (u64, u32)>,
+    groups: Groups,
     synced: bool,
     stale: bool,
+}
+
+/// Group names, each stored once.
+#[derive(Debug, Default)]
+struct Groups {
+    names: Vec<Box<str>>,
+    index: HashMap<Box<str>, u32>,
+}
+
+impl Groups {
+    fn intern(&mut self, group: &str) -> u32 {
+        if let Some(&i) = self.index.get(group) {
+            return i;
+        }
+        let i = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.names.push(group.into());
+        self.index.insert(group.into(), i);
+        i
+    }
+
+    fn name(&self, i: u32) -> &str {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| self.names.get(i))
+            .map_or("", |name| name)
+    }
 }
 
 impl Received {
@@ -26,10 +54,8 @@ impl Received {
     pub(crate) fn note(&mut self, event: &Event) {
         match event {
             Event::Join { server, .. } => {
-                self.members.insert(
-                    server.id,
-                    (fingerprint(server), server.group.as_str().into()),
-                );
+                let group = self.groups.intern(&server.group);
+                self.members.insert(server.id, (fingerprint(server), group));
             }
             Event::Leave { id, .. } => {
                 self.members.remove(id);
@@ -68,7 +94,7 @@ pub(crate) fn catch_up(received: &Received, view: &View) -> Vec<Event> {
                 .get(**id)
                 .is_none_or(|server| fingerprint(server) != *print)
         })
-        .map(|(id, (_, group))| (*id, &**group))
+        .map(|(id, (_, group))| (*id, received.groups.name(*group)))
         .collect();
     leaves.sort_unstable_by_key(|(id, _)| *id);
     let mut events: Vec<Event> = leaves

@@ -27,8 +27,10 @@
 //!   [`Event::Synced`], as they are applied. One made later starts with the current view: a
 //!   join for every member, then [`Event::Synced`] (and [`Event::Stale`] if the view is stale),
 //!   all at the view's revision.
-//! - **Overflow.** A membership, synced or freshness event that finds the queue full is
-//!   dropped and the subscription is marked *lagging*; while lagging it drops every later one
+//! - **Overflow.** The events of one batch (one etcd response, one snapshot) that find the
+//!   queue empty are queued whole, however many: the consumer has kept up, and a catch-up
+//!   would be as long. Otherwise a membership, synced or freshness event that finds the queue
+//!   full is dropped and the subscription is marked *lagging*; while lagging it drops every later one
 //!   too (lifecycle events are still queued: they are rare, at most one per lease loss, and
 //!   bounded by [`LIFECYCLE_SLACK`] beyond the queue). Once its consumer has emptied the queue,
 //!   the subscription receives a *catch-up* computed from the current view against what it

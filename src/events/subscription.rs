@@ -54,12 +54,14 @@ impl Slot {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues `events` in order, by the overflow rule: never waits, drops what does not fit and
-    /// marks the slot lagging.
+    /// Queues one batch of `events` in order, by the overflow rule: never waits, drops what
+    /// does not fit and marks the slot lagging. A batch that finds the queue empty is queued
+    /// whole, however long: the consumer has kept up, and its catch-up would be as long.
     pub(crate) fn offer(&self, events: impl IntoIterator<Item = Event>) {
         let waker = {
             let mut s = self.lock();
             let before = s.queue.len();
+            let whole = before == 0;
             for event in events {
                 if event.is_lifecycle() {
                     if s.queue.len() < s.capacity + LIFECYCLE_SLACK {
@@ -72,7 +74,7 @@ impl Slot {
                     }
                 } else if s.lagging {
                     // Replaced by the catch-up.
-                } else if s.queue.len() < s.capacity {
+                } else if whole || s.queue.len() < s.capacity {
                     s.queue.push_back(event);
                 } else {
                     tracing::debug!(
@@ -145,10 +147,19 @@ impl EventStream {
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         loop {
             if let Some(event) = self.pending.pop_front() {
+                if self.pending.is_empty() {
+                    // A catch-up can be as long as the view: do not keep its buffer.
+                    self.pending = VecDeque::new();
+                }
                 return self.hand_out(event);
             }
             let mut s = self.slot.lock();
             if let Some(event) = s.queue.pop_front() {
+                if s.queue.is_empty() && s.queue.capacity() > s.capacity {
+                    // A whole batch made it grow past its bound (a first snapshot): do not keep
+                    // that buffer.
+                    s.queue = VecDeque::new();
+                }
                 drop(s);
                 return self.hand_out(event);
             }
