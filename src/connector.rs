@@ -519,8 +519,8 @@ impl Connector {
                 }
             }
         }
-        // The watcher relists and delivers the leave in order. Bounded: a watcher blocked on a
-        // full event queue (nobody consuming) must not hang the caller.
+        // The watcher relists and delivers the leave in order. Bounded: a watcher waiting out an
+        // unreachable etcd (backoff) must not hang the caller.
         let (done, wait) = oneshot::channel();
         let bound = self.ctx.config.request_timeout;
         let resync = async {
