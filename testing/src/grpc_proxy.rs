@@ -14,7 +14,7 @@
 //! `<client URL>/metrics`, the proxy at [`GrpcProxy::metrics_url`]).
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), darkrift_etcd::testing::TestingError> {
+//! # async fn demo() -> Result<(), darkrift_etcd_testing::TestingError> {
 //! use darkrift_etcd_testing::{EtcdCluster, GrpcProxy};
 //!
 //! let etcd = EtcdCluster::single().await?;
