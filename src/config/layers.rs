@@ -13,34 +13,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use super::{AuthConfig, ConnectorConfig, EvictionConfig, Secret, TlsConfig};
 use crate::error::{Error, Result};
 use crate::health::HealthConfig;
 
+pub use super::durations::{format_duration, parse_duration};
+
 /// The prefix of every variable this crate reads.
 pub const ENV_PREFIX: &str = "DARKRIFT_ETCD_";
-
-/// Parses a duration: a plain number is seconds (`10`, `0.5`), anything else is humantime's
-/// syntax (`10s`, `1500ms`, `1m`, `1m 30s`).
-///
-/// # Errors
-/// A message naming the value and the accepted forms.
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let t = text.trim();
-    let bad = || format!("{text:?} is not a duration (e.g. 10, 10s, 1500ms, 1m)");
-    if let Ok(secs) = t.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs).map_err(|_| bad());
-    }
-    humantime::parse_duration(t).map_err(|_| bad())
-}
-
-/// Formats a duration the way [`parse_duration`] reads it back (`10s`, `1s 500ms`).
-#[must_use]
-pub fn format_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
 
 /// Which part of the program a setting belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -697,6 +678,8 @@ fn check_pairs(c: &ConnectorConfig, origins: &BTreeMap<&'static str, Origin>) ->
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn layers(vars: &[(&str, &str)], flags: &[(&'static str, &str)]) -> Layers {
