@@ -8,7 +8,10 @@
 //! from (`darkrift-etcd config`).
 //!
 //! Durations are written alike everywhere: `10` (seconds), `10s`, `1500ms`, `1m`
-//! ([`parse_duration`]).
+//! ([`parse_duration`], from `durations.rs`). The variables themselves (prefix, reading the
+//! process environment, typo warnings) are `env.rs`'s job; this file holds the table and the
+//! merge order. [`ENV_PREFIX`], [`UnknownVar`], [`read_password_file`] and the duration
+//! functions are re-exported here, where they have always been reachable.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -19,9 +22,8 @@ use crate::error::{Error, Result};
 use crate::health::HealthConfig;
 
 pub use super::durations::{format_duration, parse_duration};
-
-/// The prefix of every variable this crate reads.
-pub const ENV_PREFIX: &str = "DARKRIFT_ETCD_";
+pub use super::env::{UnknownVar, ENV_PREFIX};
+pub use super::security::read_password_file;
 
 /// Which part of the program a setting belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,23 +171,6 @@ fn show_policy<T: serde::Serialize>(p: &T) -> Option<String> {
 fn show_path(p: Option<&PathBuf>) -> Option<String> {
     p.filter(|p| !p.as_os_str().is_empty())
         .map(|p| p.display().to_string())
-}
-
-/// Reads a password file: one trailing line break is not part of the password. The error
-/// names the file, never its content.
-///
-/// # Errors
-/// A message naming the file when it cannot be read or is empty.
-pub fn read_password_file(path: &Path) -> std::result::Result<Secret, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let password = text
-        .strip_suffix('\n')
-        .map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
-    if password.is_empty() {
-        return Err(format!("{}: the file is empty", path.display()));
-    }
-    Ok(Secret::new(password))
 }
 
 macro_rules! setting {
@@ -349,25 +334,6 @@ pub fn setting(key: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.key == key)
 }
 
-/// A `DARKRIFT_ETCD_*` variable that no setting reads: most likely a typo.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownVar {
-    /// The variable as set.
-    pub name: String,
-    /// The known variable closest to it.
-    pub closest: String,
-}
-
-impl fmt::Display for UnknownVar {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} is not a darkrift-etcd variable and is ignored; did you mean {}?",
-            self.name, self.closest
-        )
-    }
-}
-
 /// The inputs of one resolution.
 #[derive(Debug, Clone, Default)]
 pub struct Layers {
@@ -456,19 +422,6 @@ fn toml_keys(text: &str) -> BTreeSet<String> {
 }
 
 impl Layers {
-    /// The process environment's `DARKRIFT_ETCD_*` variables, no file, no flags.
-    #[must_use]
-    pub fn from_env() -> Self {
-        let vars = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .filter(|(k, v)| k.starts_with(ENV_PREFIX) && !v.is_empty())
-            .collect();
-        Layers {
-            vars,
-            ..Layers::default()
-        }
-    }
-
     /// Resolves every setting: default < file < variable < flag, then checks how TLS and
     /// authentication settings pair up (the full check is [`ConnectorConfig::validate`]).
     ///
@@ -579,58 +532,6 @@ impl Layers {
             origins,
             unknown_vars: self.unknown_vars(),
         })
-    }
-
-    /// The variables' values by setting key.
-    fn env_values(&self) -> Result<BTreeMap<&'static str, (Origin, Vec<String>)>> {
-        let mut out: BTreeMap<&'static str, (Origin, Vec<String>)> = BTreeMap::new();
-        for s in SETTINGS {
-            let mut found = self.vars.iter().filter(|(k, v)| {
-                (k == s.env || s.env_aliases.contains(&k.as_str())) && !v.is_empty()
-            });
-            let Some((name, value)) = found.next() else {
-                continue;
-            };
-            if let Some((other, other_value)) = found.next() {
-                if other_value != value {
-                    return Err(Error::InvalidConfig(format!(
-                        "{name}={value:?} and {other}={other_value:?} disagree; set one of them"
-                    )));
-                }
-            }
-            out.insert(
-                s.key,
-                (
-                    Origin {
-                        source: Source::Env,
-                        name: name.clone(),
-                    },
-                    vec![value.clone()],
-                ),
-            );
-        }
-        Ok(out)
-    }
-
-    /// Set variables under the prefix that nothing reads, each with its closest known name.
-    fn unknown_vars(&self) -> Vec<UnknownVar> {
-        let known: Vec<&str> = SETTINGS
-            .iter()
-            .flat_map(|s| std::iter::once(s.env).chain(s.env_aliases.iter().copied()))
-            .chain(self.also_known.iter().map(String::as_str))
-            .collect();
-        self.vars
-            .iter()
-            .map(|(name, _)| name)
-            .filter(|name| name.starts_with(ENV_PREFIX) && !known.contains(&name.as_str()))
-            .filter_map(|name| {
-                let closest = known.iter().min_by_key(|k| strsim::levenshtein(k, name))?;
-                Some(UnknownVar {
-                    name: name.clone(),
-                    closest: (*closest).to_owned(),
-                })
-            })
-            .collect()
     }
 }
 

@@ -12,6 +12,7 @@
 //!   and flags.
 
 mod durations;
+mod env;
 pub mod layers;
 mod security;
 mod validate;
@@ -265,49 +266,6 @@ impl ConnectorConfig {
     /// [`Error::InvalidConfig`] with the parser's message.
     pub fn from_toml_str(text: &str) -> Result<Self> {
         toml::from_str(text).map_err(|e| Error::InvalidConfig(e.to_string()))
-    }
-
-    /// Overrides settings from the `DARKRIFT_ETCD_*` environment variables of
-    /// [`layers::SETTINGS`] (the names the CLI reads, e.g. `ENDPOINTS`, `PREFIX`, `LEASE_TTL`,
-    /// `REQUEST_TIMEOUT`, `CA_CERT`, `USER`, `PASSWORD_FILE`, `HEALTH_URL`). Unset or empty
-    /// variables change nothing; durations read `10`, `10s`, `1500ms`, `1m`. A variable under
-    /// the prefix that nothing reads is logged as a warning naming the closest known one.
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] naming a variable whose value does not parse.
-    pub fn with_env(self) -> Result<Self> {
-        let layered =
-            layers::Layers::from_env().resolve_over(self, std::collections::BTreeMap::default())?;
-        for unknown in &layered.unknown_vars {
-            tracing::warn!("{unknown}");
-        }
-        Ok(layered.settings.connector)
-    }
-
-    /// [`ConnectorConfig::with_env`] over any variable source (testable without touching the
-    /// process environment): `var` is asked for each name without the `DARKRIFT_ETCD_`
-    /// prefix. Only connector settings are read (not the registering server's identity).
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] naming a variable whose value does not parse.
-    pub fn with_vars(self, var: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let vars = layers::SETTINGS
-            .iter()
-            .filter(|s| s.scope == layers::Scope::Connector)
-            .flat_map(|s| std::iter::once(s.env).chain(s.env_aliases.iter().copied()))
-            .filter_map(|name| {
-                let value = var(name.strip_prefix(layers::ENV_PREFIX)?)?;
-                (!value.is_empty()).then(|| (name.to_owned(), value))
-            })
-            .collect();
-        let layers = layers::Layers {
-            vars,
-            ..layers::Layers::default()
-        };
-        Ok(layers
-            .resolve_over(self, std::collections::BTreeMap::default())?
-            .settings
-            .connector)
     }
 
     /// The allocator tunables.

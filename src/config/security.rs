@@ -1,6 +1,6 @@
-//! Transport and credential settings (TLS files, etcd user, the [`Secret`] password) and the
-//! one place their files are read: [`TlsConfig::read_pem_files`], called when a connector
-//! connects. [`ConnectorConfig::validate`](super::ConnectorConfig::validate) checks only their
+//! Transport and credential settings (TLS files, etcd user, the [`Secret`] password), reading
+//! a password file ([`read_password_file`], while the settings are resolved) and the one place
+//! the TLS files are read: [`TlsConfig::read_pem_files`], called when a connector connects. [`ConnectorConfig::validate`](super::ConnectorConfig::validate) checks only their
 //! shape and reads nothing, so that validating settings stays pure.
 
 use std::fmt;
@@ -200,6 +200,23 @@ impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
     }
+}
+
+/// Reads a password file: one trailing line break is not part of the password. The error
+/// names the file, never its content.
+///
+/// # Errors
+/// A message naming the file when it cannot be read or is empty.
+pub fn read_password_file(path: &Path) -> std::result::Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let password = text
+        .strip_suffix('\n')
+        .map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+    if password.is_empty() {
+        return Err(format!("{}: the file is empty", path.display()));
+    }
+    Ok(Secret::new(password))
 }
 
 #[cfg(test)]
