@@ -101,7 +101,7 @@ impl Layers {
 
 impl ConnectorConfig {
     /// Overrides settings from the `DARKRIFT_ETCD_*` environment variables of
-    /// [`SETTINGS`](layers::SETTINGS) (the names the CLI reads, e.g. `ENDPOINTS`, `PREFIX`, `LEASE_TTL`,
+    /// [`layers::SETTINGS`] (the names the CLI reads, e.g. `ENDPOINTS`, `PREFIX`, `LEASE_TTL`,
     /// `REQUEST_TIMEOUT`, `CA_CERT`, `USER`, `PASSWORD_FILE`, `HEALTH_URL`). Unset or empty
     /// variables change nothing; durations read `10`, `10s`, `1500ms`, `1m`. A variable under
     /// the prefix that nothing reads is logged as a warning naming the closest known one.
