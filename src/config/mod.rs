@@ -8,6 +8,8 @@
 //! - `durations.rs`: durations are read as a number of seconds or with a unit
 //!   (`lease_ttl = 10`, `lease_ttl = "10s"`, `"1500ms"`, `"1m"`) and written as (fractional)
 //!   seconds;
+//! - `env.rs`: the `DARKRIFT_ETCD_*` variables ([`ConnectorConfig::with_env`]), typo warnings;
+//! - `settings.rs`: the table of settings ([`layers::SETTINGS`]);
 //! - [`layers`]: the settings resolved from defaults, a TOML file, `DARKRIFT_ETCD_*` variables
 //!   and flags.
 
@@ -15,6 +17,7 @@ mod durations;
 mod env;
 pub mod layers;
 mod security;
+mod settings;
 mod validate;
 
 use std::time::Duration;
