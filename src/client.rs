@@ -135,21 +135,14 @@ async fn pause_if_all_suspected(pool: &Pool, deadline: tokio::time::Instant) {
     }
 }
 
-/// Reads the PEM files of the TLS settings into etcd-client's options. Only the configured CA
-/// is trusted (no system roots), so a server certificate from any other CA is refused.
+/// Reads the PEM files of the TLS settings into etcd-client's options (checking that each holds
+/// the expected block: [`TlsConfig::read_pem_files`]). Only the configured CA is trusted (no
+/// system roots), so a server certificate from any other CA is refused.
 fn tls_options(tls: &TlsConfig) -> Result<TlsOptions> {
-    let read = |field: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| {
-            Error::InvalidConfig(format!("{field}: cannot read {}: {e}", path.display()))
-        })
-    };
-    let mut options =
-        TlsOptions::new().ca_certificate(Certificate::from_pem(read("tls.ca_cert", &tls.ca_cert)?));
-    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-        options = options.identity(Identity::from_pem(
-            read("tls.cert", cert)?,
-            read("tls.key", key)?,
-        ));
+    let pems = tls.read_pem_files()?;
+    let mut options = TlsOptions::new().ca_certificate(Certificate::from_pem(pems.ca_cert));
+    if let Some((cert, key)) = pems.identity {
+        options = options.identity(Identity::from_pem(cert, key));
     }
     Ok(options)
 }

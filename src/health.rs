@@ -81,14 +81,7 @@ impl HttpHealthProbe {
     /// # Errors
     /// [`crate::Error::InvalidConfig`] when the URL does not parse or is not `http://`.
     pub fn new(url: &str, timeout: Duration) -> crate::Result<Self> {
-        let uri: hyper::Uri = url
-            .parse()
-            .map_err(|e| crate::Error::InvalidConfig(format!("health.url {url:?}: {e}")))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(crate::Error::InvalidConfig(format!(
-                "health.url {url:?}: must be an http:// URL with a host"
-            )));
-        }
+        let uri = parse_url(url)?;
         let client = Client::builder(TokioExecutor::new()).build_http();
         Ok(HttpHealthProbe {
             url: uri,
@@ -113,6 +106,23 @@ impl HealthProbe for HttpHealthProbe {
             }
         })
     }
+}
+
+/// Parses a health URL (pure: [`crate::ConnectorConfig::validate`] calls it without building
+/// a client).
+///
+/// # Errors
+/// [`crate::Error::InvalidConfig`] when the URL does not parse or is not `http://` with a host.
+pub(crate) fn parse_url(url: &str) -> crate::Result<hyper::Uri> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| crate::Error::InvalidConfig(format!("health.url {url:?}: {e}")))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(crate::Error::InvalidConfig(format!(
+            "health.url {url:?}: must be an http:// URL with a host"
+        )));
+    }
+    Ok(uri)
 }
 
 /// Polls `probe` every `interval` until cancelled; publishes each verdict (only changes wake

@@ -142,3 +142,59 @@ async fn cli_uses_tls_and_auth_and_never_prints_the_password() {
         );
     }
 }
+
+/// A certificate path that cannot be read, or a key given as the certificate, is a usage error
+/// (exit code 2) naming the field. The files are read when the CLI connects, before any
+/// network attempt: the endpoint has no listener, and trying it would report "unreachable".
+#[tokio::test]
+async fn a_bad_certificate_file_is_a_usage_error_before_connecting() {
+    let pki = Pki::generate();
+    let ca = pki.path("ca.pem");
+    let cert = pki.path("client.pem");
+    let key = pki.path("client-key.pem");
+    let missing = pki.path("no-such-ca.pem");
+    let port = darkrift_etcd_testing::free_port().expect("a free port");
+    let endpoint = format!("https://127.0.0.1:{port}");
+    for (tls, field, why) in [
+        (
+            vec!["--ca-cert", missing.to_str().expect("utf-8")],
+            "tls.ca_cert",
+            "cannot read",
+        ),
+        (
+            vec![
+                "--ca-cert",
+                ca.to_str().expect("utf-8"),
+                "--cert",
+                key.to_str().expect("utf-8"),
+                "--key",
+                cert.to_str().expect("utf-8"),
+            ],
+            "tls.cert",
+            "is not a PEM file",
+        ),
+    ] {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_darkrift-etcd"));
+        command
+            .args(["--endpoints", endpoint.as_str()])
+            .args(&tls)
+            .arg("ls")
+            .kill_on_drop(true);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("DARKRIFT_ETCD_") {
+                command.env_remove(name);
+            }
+        }
+        let out = tokio::time::timeout(Duration::from_secs(30), command.output())
+            .await
+            .expect("the CLI finishes")
+            .expect("the CLI runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{tls:?}: {stderr}");
+        assert!(
+            stderr.contains(field) && stderr.contains(why),
+            "{tls:?}: {stderr}"
+        );
+        assert!(!stderr.contains("unreachable"), "{tls:?}: {stderr}");
+    }
+}

@@ -1,55 +1,30 @@
 //! One configuration path for the library and the CLI.
 //!
 //! Every setting is resolved the same way, lowest to highest precedence: its default, the TOML
-//! file (`--config`), its `DARKRIFT_ETCD_*` variable, its command-line flag. [`SETTINGS`] is
-//! the single table of settings: the TOML key, the variable, the flag, how a value is parsed
-//! and how it is shown. The CLI builds its flags from it, [`ConnectorConfig::with_vars`] reads
+//! file (`--config`), its `DARKRIFT_ETCD_*` variable, its command-line flag: that merge order,
+//! and where each value came from, is this file's job. [`SETTINGS`] (in `settings.rs`, re-exported
+//! here) is the single table of settings: the TOML key, the variable, the flag, how a value is
+//! parsed and how it is shown. The CLI builds its flags from it, [`ConnectorConfig::with_vars`] reads
 //! the variables through it, and [`Layered::describe`] says where each effective value came
 //! from (`darkrift-etcd config`).
 //!
 //! Durations are written alike everywhere: `10` (seconds), `10s`, `1500ms`, `1m`
-//! ([`parse_duration`]).
+//! ([`parse_duration`], from `durations.rs`). The variables themselves (prefix, reading the
+//! process environment, typo warnings) are `env.rs`'s job; this file holds the table and the
+//! merge order. [`ENV_PREFIX`], [`UnknownVar`], [`read_password_file`] and the duration
+//! functions are re-exported here, where they have always been reachable.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
-use super::{AuthConfig, ConnectorConfig, EvictionConfig, Secret, TlsConfig};
+use super::ConnectorConfig;
 use crate::error::{Error, Result};
-use crate::health::HealthConfig;
 
-/// The prefix of every variable this crate reads.
-pub const ENV_PREFIX: &str = "DARKRIFT_ETCD_";
-
-/// Parses a duration: a plain number is seconds (`10`, `0.5`), anything else is humantime's
-/// syntax (`10s`, `1500ms`, `1m`, `1m 30s`).
-///
-/// # Errors
-/// A message naming the value and the accepted forms.
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let t = text.trim();
-    let bad = || format!("{text:?} is not a duration (e.g. 10, 10s, 1500ms, 1m)");
-    if let Ok(secs) = t.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs).map_err(|_| bad());
-    }
-    humantime::parse_duration(t).map_err(|_| bad())
-}
-
-/// Formats a duration the way [`parse_duration`] reads it back (`10s`, `1s 500ms`).
-#[must_use]
-pub fn format_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
-
-/// Which part of the program a setting belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// A [`ConnectorConfig`] field: every command and the library read it.
-    Connector,
-    /// The identity a server registers with (`darkrift-etcd register`).
-    Server,
-}
+pub use super::durations::{format_duration, parse_duration};
+pub use super::env::{UnknownVar, ENV_PREFIX};
+pub use super::security::read_password_file;
+pub use super::settings::{setting, Scope, ServerSettings, Setting, Settings, SETTINGS};
 
 /// Where a value came from, lowest precedence first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -94,299 +69,6 @@ impl fmt::Display for Origin {
     }
 }
 
-/// The identity `darkrift-etcd register` registers with; `None` where nothing set it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServerSettings {
-    /// DarkRift group.
-    pub group: Option<String>,
-    /// Host peers dial (on Kubernetes, the pod's IP through `DARKRIFT_ETCD_HOST`).
-    pub host: Option<String>,
-    /// Port peers dial.
-    pub port: Option<u16>,
-    /// Server properties.
-    pub properties: BTreeMap<String, String>,
-}
-
-/// Everything the layers resolve: the connector's settings and the server's identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    /// The connector's settings.
-    pub connector: ConnectorConfig,
-    /// The registering server's identity.
-    pub server: ServerSettings,
-}
-
-type Apply = fn(&mut Settings, &str) -> std::result::Result<(), String>;
-type Show = fn(&Settings) -> Option<String>;
-
-/// One setting: its names in each layer, its parser and its printer.
-#[derive(Debug, Clone, Copy)]
-pub struct Setting {
-    /// TOML key (dotted inside a table: `tls.ca_cert`).
-    pub key: &'static str,
-    /// Environment variable.
-    pub env: &'static str,
-    /// Other accepted variables (e.g. `DARKRIFT_ETCD_TTL`).
-    pub env_aliases: &'static [&'static str],
-    /// Long flag, without the dashes.
-    pub flag: &'static str,
-    /// What the setting means (the flag's help).
-    pub about: &'static str,
-    /// Placeholder of the value in help.
-    pub value_name: &'static str,
-    /// Who reads it.
-    pub scope: Scope,
-    /// Never printed.
-    pub secret: bool,
-    apply: Apply,
-    show: Show,
-}
-
-/// Parses `text` as a number; the message names the expected range.
-fn number<T: std::str::FromStr>(text: &str, what: &str) -> std::result::Result<T, String> {
-    text.trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not {what}"))
-}
-
-fn tls(s: &mut Settings) -> &mut TlsConfig {
-    s.connector
-        .tls
-        .get_or_insert_with(|| TlsConfig::new(PathBuf::new()))
-}
-
-fn auth(s: &mut Settings) -> &mut AuthConfig {
-    s.connector
-        .auth
-        .get_or_insert_with(|| AuthConfig::new(String::new(), Secret::default()))
-}
-
-fn health(s: &mut Settings) -> &mut HealthConfig {
-    s.connector.health.get_or_insert_with(HealthConfig::default)
-}
-
-fn eviction(s: &mut Settings) -> &mut EvictionConfig {
-    s.connector
-        .eviction
-        .get_or_insert_with(EvictionConfig::default)
-}
-
-fn policy<T: serde::de::DeserializeOwned>(
-    text: &str,
-    choices: &str,
-) -> std::result::Result<T, String> {
-    serde_json::from_value(serde_json::Value::String(text.trim().to_owned()))
-        .map_err(|_| format!("{text:?} is not one of {choices}"))
-}
-
-fn show_policy<T: serde::Serialize>(p: &T) -> Option<String> {
-    serde_json::to_value(p)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-}
-
-fn show_path(p: Option<&PathBuf>) -> Option<String> {
-    p.filter(|p| !p.as_os_str().is_empty())
-        .map(|p| p.display().to_string())
-}
-
-/// Reads a password file: one trailing line break is not part of the password. The error
-/// names the file, never its content.
-///
-/// # Errors
-/// A message naming the file when it cannot be read or is empty.
-pub fn read_password_file(path: &Path) -> std::result::Result<Secret, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let password = text
-        .strip_suffix('\n')
-        .map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
-    if password.is_empty() {
-        return Err(format!("{}: the file is empty", path.display()));
-    }
-    Ok(Secret::new(password))
-}
-
-macro_rules! setting {
-    ($key:literal, $env:literal, $flag:literal, $scope:ident, $value:literal, $about:literal,
-     apply: $apply:expr, show: $show:expr $(, aliases: $aliases:expr)? $(, secret: $secret:expr)?) => {
-        Setting {
-            key: $key,
-            env: concat!("DARKRIFT_ETCD_", $env),
-            env_aliases: setting!(@aliases $($aliases)?),
-            flag: $flag,
-            about: $about,
-            value_name: $value,
-            scope: Scope::$scope,
-            secret: setting!(@secret $($secret)?),
-            apply: $apply,
-            show: $show,
-        }
-    };
-    (@aliases) => { &[] };
-    (@aliases $a:expr) => { $a };
-    (@secret) => { false };
-    (@secret $s:expr) => { $s };
-}
-
-/// Every setting, in the order `darkrift-etcd config` prints them.
-pub static SETTINGS: &[Setting] = &[
-    setting!("endpoints", "ENDPOINTS", "endpoints", Connector, "URLS",
-        "etcd endpoints, comma-separated (http://host:port, https:// with TLS)",
-        apply: |s, v| {
-            s.connector.endpoints = v.split(',').map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()).collect();
-            Ok(())
-        },
-        show: |s| Some(s.connector.endpoints.join(","))),
-    setting!("prefix", "PREFIX", "prefix", Connector, "PREFIX",
-        "key prefix of the registry (several clusters can share one etcd)",
-        apply: |s, v| { v.clone_into(&mut s.connector.prefix); Ok(()) },
-        show: |s| Some(s.connector.prefix.clone())),
-    setting!("lease_ttl", "LEASE_TTL", "ttl", Connector, "DURATION",
-        "lease TTL, whole seconds: a crashed server leaves within about this long",
-        apply: |s, v| { s.connector.lease_ttl = parse_duration(v)?; Ok(()) },
-        show: |s| Some(format_duration(s.connector.lease_ttl)),
-        aliases: &["DARKRIFT_ETCD_TTL"]),
-    setting!("connect_timeout", "CONNECT_TIMEOUT", "connect-timeout", Connector, "DURATION",
-        "bound on reaching etcd",
-        apply: |s, v| { s.connector.connect_timeout = parse_duration(v)?; Ok(()) },
-        show: |s| Some(format_duration(s.connector.connect_timeout))),
-    setting!("request_timeout", "REQUEST_TIMEOUT", "request-timeout", Connector, "DURATION",
-        "bound on each etcd request, retries included",
-        apply: |s, v| { s.connector.request_timeout = parse_duration(v)?; Ok(()) },
-        show: |s| Some(format_duration(s.connector.request_timeout))),
-    setting!("id_space", "ID_SPACE", "id-space", Connector, "N",
-        "size of the id space (ids 1..=N); every server of a prefix must agree",
-        apply: |s, v| { s.connector.id_space = number(v, "in 1..=65535")?; Ok(()) },
-        show: |s| Some(s.connector.id_space.to_string())),
-    setting!("spread_window", "SPREAD_WINDOW", "spread-window", Connector, "N",
-        "free ids after the cursor a first allocation attempt spreads over",
-        apply: |s, v| { s.connector.spread_window = number(v, "in 1..=65535")?; Ok(()) },
-        show: |s| Some(s.connector.spread_window.to_string())),
-    setting!("max_alloc_attempts", "MAX_ALLOC_ATTEMPTS", "max-alloc-attempts", Connector, "N",
-        "allocation transactions per registration",
-        apply: |s, v| { s.connector.max_alloc_attempts = number(v, "a positive number")?; Ok(()) },
-        show: |s| Some(s.connector.max_alloc_attempts.to_string())),
-    setting!("event_queue", "EVENT_QUEUE", "event-queue", Connector, "N",
-        "capacity of the event queue",
-        apply: |s, v| { s.connector.event_queue = number(v, "a positive number")?; Ok(()) },
-        show: |s| Some(s.connector.event_queue.to_string())),
-    setting!("page_size", "PAGE_SIZE", "page-size", Connector, "N",
-        "page size of snapshot reads (1..=10000)",
-        apply: |s, v| { s.connector.page_size = number(v, "in 1..=10000")?; Ok(()) },
-        show: |s| Some(s.connector.page_size.to_string())),
-    setting!("on_id_taken", "ON_ID_TAKEN", "on-id-taken", Connector, "POLICY",
-        "after a lease loss, if the id was taken: fail-stop or new-id",
-        apply: |s, v| { s.connector.on_id_taken = policy(v, "fail-stop, new-id")?; Ok(()) },
-        show: |s| show_policy(&s.connector.on_id_taken)),
-    setting!("on_key_removed", "ON_KEY_REMOVED", "on-key-removed", Connector, "POLICY",
-        "when our key is removed by someone else (e.g. `evict`): restore or stop",
-        apply: |s, v| { s.connector.on_key_removed = policy(v, "restore, stop")?; Ok(()) },
-        show: |s| show_policy(&s.connector.on_key_removed)),
-    setting!("progress_interval", "PROGRESS_INTERVAL", "progress-interval", Connector, "DURATION",
-        "watch silence before asking etcd for progress",
-        apply: |s, v| { s.connector.progress_interval = parse_duration(v)?; Ok(()) },
-        show: |s| Some(format_duration(s.connector.progress_interval))),
-    setting!("watch_idle_timeout", "WATCH_IDLE_TIMEOUT", "watch-idle-timeout", Connector, "DURATION",
-        "watch silence before the stream is recreated",
-        apply: |s, v| { s.connector.watch_idle_timeout = parse_duration(v)?; Ok(()) },
-        show: |s| Some(format_duration(s.connector.watch_idle_timeout))),
-    setting!("tls.ca_cert", "CA_CERT", "ca-cert", Connector, "PEM",
-        "CA certificate that signed etcd's; turns TLS on (endpoints must be https://)",
-        apply: |s, v| { tls(s).ca_cert = v.into(); Ok(()) },
-        show: |s| show_path(s.connector.tls.as_ref().map(|t| &t.ca_cert))),
-    setting!("tls.cert", "CERT", "cert", Connector, "PEM",
-        "client certificate for mutual TLS; needs --key and --ca-cert",
-        apply: |s, v| { tls(s).cert = Some(v.into()); Ok(()) },
-        show: |s| show_path(s.connector.tls.as_ref().and_then(|t| t.cert.as_ref()))),
-    setting!("tls.key", "KEY", "key", Connector, "PEM",
-        "private key of --cert",
-        apply: |s, v| { tls(s).key = Some(v.into()); Ok(()) },
-        show: |s| show_path(s.connector.tls.as_ref().and_then(|t| t.key.as_ref()))),
-    setting!("auth.user", "USER", "user", Connector, "USER",
-        "etcd user; needs --password or --password-file",
-        apply: |s, v| { v.clone_into(&mut auth(s).user); Ok(()) },
-        show: |s| s.connector.auth.as_ref().map(|a| a.user.clone())),
-    setting!("auth.password", "PASSWORD", "password", Connector, "PASSWORD",
-        "password of --user (prefer --password-file: arguments are visible to local users)",
-        apply: |s, v| { auth(s).password = Secret::new(v); Ok(()) },
-        show: |s| s.connector.auth.as_ref().filter(|a| !a.password.is_empty()).map(|_| "***".to_owned()),
-        secret: true),
-    setting!("auth.password_file", "PASSWORD_FILE", "password-file", Connector, "PATH",
-        "file holding the password of --user (one trailing newline is ignored)",
-        apply: |s, v| { auth(s).password = read_password_file(Path::new(v))?; Ok(()) },
-        show: |_| None),
-    setting!("health.url", "HEALTH_URL", "health-url", Connector, "URL",
-        "DarkRift health check: keep the lease alive only while GET URL answers 200",
-        apply: |s, v| { v.clone_into(&mut health(s).url); Ok(()) },
-        show: |s| s.connector.health.as_ref().map(|h| h.url.clone())),
-    setting!("health.interval", "HEALTH_INTERVAL", "health-interval", Connector, "DURATION",
-        "time between health checks",
-        apply: |s, v| { health(s).interval = parse_duration(v)?; Ok(()) },
-        show: |s| s.connector.health.as_ref().map(|h| format_duration(h.interval))),
-    setting!("health.timeout", "HEALTH_TIMEOUT", "health-timeout", Connector, "DURATION",
-        "bound on one health check",
-        apply: |s, v| { health(s).timeout = parse_duration(v)?; Ok(()) },
-        show: |s| s.connector.health.as_ref().map(|h| format_duration(h.timeout))),
-    setting!("eviction.min_reporters", "EVICTION_MIN_REPORTERS", "eviction-min-reporters", Connector, "N",
-        "peer-reported eviction (turns it on): distinct reporters needed",
-        apply: |s, v| { eviction(s).min_reporters = number(v, "a positive number")?; Ok(()) },
-        show: |s| s.connector.eviction.as_ref().map(|e| e.min_reporters.to_string())),
-    setting!("eviction.window", "EVICTION_WINDOW", "eviction-window", Connector, "DURATION",
-        "peer-reported eviction (turns it on): how recent a report must be",
-        apply: |s, v| { eviction(s).window = parse_duration(v)?; Ok(()) },
-        show: |s| s.connector.eviction.as_ref().map(|e| format_duration(e.window))),
-    setting!("group", "GROUP", "group", Server, "GROUP",
-        "DarkRift group of this server",
-        apply: |s, v| { s.server.group = Some(v.to_owned()); Ok(()) },
-        show: |s| s.server.group.clone()),
-    setting!("host", "HOST", "host", Server, "HOST",
-        "host other servers dial (on Kubernetes: the pod IP)",
-        apply: |s, v| { s.server.host = Some(v.to_owned()); Ok(()) },
-        show: |s| s.server.host.clone()),
-    setting!("port", "PORT", "port", Server, "PORT",
-        "port other servers dial (1..=65535)",
-        apply: |s, v| { s.server.port = Some(number(v, "a port in 1..=65535")?); Ok(()) },
-        show: |s| s.server.port.map(|p| p.to_string())),
-    setting!("properties", "PROPERTIES", "property", Server, "KEY=VALUE",
-    "server properties, key=value (repeat the flag; comma-separated in the variable)",
-    apply: |s, v| {
-        for pair in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, val) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not key=value"))?;
-            s.server.properties.insert(k.to_owned(), val.to_owned());
-        }
-        Ok(())
-    },
-    show: |s| (!s.server.properties.is_empty()).then(|| {
-        s.server.properties.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
-    })),
-];
-
-/// The setting with TOML key `key`.
-#[must_use]
-pub fn setting(key: &str) -> Option<&'static Setting> {
-    SETTINGS.iter().find(|s| s.key == key)
-}
-
-/// A `DARKRIFT_ETCD_*` variable that no setting reads: most likely a typo.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownVar {
-    /// The variable as set.
-    pub name: String,
-    /// The known variable closest to it.
-    pub closest: String,
-}
-
-impl fmt::Display for UnknownVar {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} is not a darkrift-etcd variable and is ignored; did you mean {}?",
-            self.name, self.closest
-        )
-    }
-}
-
 /// The inputs of one resolution.
 #[derive(Debug, Clone, Default)]
 pub struct Layers {
@@ -421,14 +103,6 @@ pub struct Described {
     /// Where the value came from.
     pub origin: Origin,
 }
-
-impl PartialEq for Setting {
-    fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
-    }
-}
-
-impl Eq for Setting {}
 
 impl Layered {
     /// Where setting `key` came from ([`Source::Default`] when no layer set it).
@@ -475,19 +149,6 @@ fn toml_keys(text: &str) -> BTreeSet<String> {
 }
 
 impl Layers {
-    /// The process environment's `DARKRIFT_ETCD_*` variables, no file, no flags.
-    #[must_use]
-    pub fn from_env() -> Self {
-        let vars = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .filter(|(k, v)| k.starts_with(ENV_PREFIX) && !v.is_empty())
-            .collect();
-        Layers {
-            vars,
-            ..Layers::default()
-        }
-    }
-
     /// Resolves every setting: default < file < variable < flag, then checks how TLS and
     /// authentication settings pair up (the full check is [`ConnectorConfig::validate`]).
     ///
@@ -599,58 +260,6 @@ impl Layers {
             unknown_vars: self.unknown_vars(),
         })
     }
-
-    /// The variables' values by setting key.
-    fn env_values(&self) -> Result<BTreeMap<&'static str, (Origin, Vec<String>)>> {
-        let mut out: BTreeMap<&'static str, (Origin, Vec<String>)> = BTreeMap::new();
-        for s in SETTINGS {
-            let mut found = self.vars.iter().filter(|(k, v)| {
-                (k == s.env || s.env_aliases.contains(&k.as_str())) && !v.is_empty()
-            });
-            let Some((name, value)) = found.next() else {
-                continue;
-            };
-            if let Some((other, other_value)) = found.next() {
-                if other_value != value {
-                    return Err(Error::InvalidConfig(format!(
-                        "{name}={value:?} and {other}={other_value:?} disagree; set one of them"
-                    )));
-                }
-            }
-            out.insert(
-                s.key,
-                (
-                    Origin {
-                        source: Source::Env,
-                        name: name.clone(),
-                    },
-                    vec![value.clone()],
-                ),
-            );
-        }
-        Ok(out)
-    }
-
-    /// Set variables under the prefix that nothing reads, each with its closest known name.
-    fn unknown_vars(&self) -> Vec<UnknownVar> {
-        let known: Vec<&str> = SETTINGS
-            .iter()
-            .flat_map(|s| std::iter::once(s.env).chain(s.env_aliases.iter().copied()))
-            .chain(self.also_known.iter().map(String::as_str))
-            .collect();
-        self.vars
-            .iter()
-            .map(|(name, _)| name)
-            .filter(|name| name.starts_with(ENV_PREFIX) && !known.contains(&name.as_str()))
-            .filter_map(|name| {
-                let closest = known.iter().min_by_key(|k| strsim::levenshtein(k, name))?;
-                Some(UnknownVar {
-                    name: name.clone(),
-                    closest: (*closest).to_owned(),
-                })
-            })
-            .collect()
-    }
 }
 
 /// TLS and authentication settings that do not pair up, named by where they were set.
@@ -697,7 +306,11 @@ fn check_pairs(c: &ConnectorConfig, origins: &BTreeMap<&'static str, Origin>) ->
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::config::{AuthConfig, EvictionConfig, TlsConfig};
+    use crate::health::HealthConfig;
 
     fn layers(vars: &[(&str, &str)], flags: &[(&'static str, &str)]) -> Layers {
         Layers {
