@@ -345,7 +345,7 @@ impl Connector {
     /// supervisor").
     ///
     /// # Errors
-    /// [`Error::InvalidRegistration`], [`Error::AlreadyRegistered`],
+    /// [`Error::InvalidRegistration`], [`Error::GroupNotWatched`], [`Error::AlreadyRegistered`],
     /// [`Error::IdSpaceExhausted`], [`Error::AllocationContention`], or an etcd failure.
     pub async fn register_server(
         &self,
@@ -355,6 +355,13 @@ impl Connector {
         properties: BTreeMap<String, String>,
     ) -> Result<u16> {
         let registration = Registration::new(group, host, port, properties)?;
+        let watched = &self.ctx.config.watch_groups;
+        if !watched.is_empty() && !watched.iter().any(|g| g == group) {
+            return Err(Error::GroupNotWatched {
+                group: group.to_owned(),
+                watched: watched.clone(),
+            });
+        }
         let mut running = self.registration.lock().await;
         if running.is_some() {
             return Err(Error::AlreadyRegistered {

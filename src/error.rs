@@ -28,6 +28,17 @@ pub enum Error {
     #[error("invalid registration: {0}")]
     InvalidRegistration(#[from] RecordError),
 
+    /// [`crate::Connector::register_server`] was asked to register in a group this connector
+    /// does not watch ([`crate::ConnectorConfig::watch_groups`]): it could not see its own
+    /// key, nor a peer that removes or takes it. Nothing was written. Not retryable.
+    #[error("group {group:?} is not among the watched groups {watched:?}; add it to watch_groups")]
+    GroupNotWatched {
+        /// The group asked for.
+        group: String,
+        /// The groups this connector watches.
+        watched: Vec<String>,
+    },
+
     /// The configuration was rejected before connecting (or a setting could not be read).
     /// Not retryable.
     #[error("invalid configuration: {0}")]

@@ -33,6 +33,8 @@
 //! them; the parser accepts exactly the canonical form (no sign, no leading zero, 1..=65535),
 //! so a key has one spelling and `/darkrift/lobby/017` is malformed, not a second server 17.
 
+use std::collections::BTreeSet;
+
 use crate::error::{Error, Result};
 use crate::record::validate_group;
 
@@ -43,6 +45,35 @@ pub const DEFAULT_PREFIX: &str = "/darkrift";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyLayout {
     prefix: String,
+}
+
+/// A range of keys `[start, end)`, as etcd reads and watches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyRange {
+    /// First key of the range.
+    pub(crate) start: Vec<u8>,
+    /// First key after the range.
+    pub(crate) end: Vec<u8>,
+}
+
+impl KeyRange {
+    /// Every key starting with `prefix`.
+    pub(crate) fn prefix(prefix: Vec<u8>) -> Self {
+        let end = prefix_end(&prefix);
+        KeyRange { start: prefix, end }
+    }
+}
+
+/// The end of the range of keys starting with `prefix` (etcd's prefix rule).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 /// What a key under the server prefix turned out to be.
@@ -125,6 +156,25 @@ impl KeyLayout {
     #[must_use]
     pub fn group_prefix(&self, group: &str) -> String {
         format!("{}/{group}/", self.prefix)
+    }
+
+    /// The key ranges a watcher of `groups` reads and watches, sorted by start key (so pages
+    /// read range after range are in key order as a whole): one range per group, or the whole
+    /// server range when `groups` is empty. Group names are checked by the configuration; a
+    /// group's range ends before any other group's because the name is followed by `/`.
+    #[must_use]
+    pub(crate) fn watch_ranges(&self, groups: &BTreeSet<String>) -> Vec<KeyRange> {
+        if groups.is_empty() {
+            return vec![KeyRange::prefix(self.servers_prefix().into_bytes())];
+        }
+        // Sorted by start key, not by name: `-` and `.` sort below `/`, so `game-2/` comes
+        // before `game/`. The ranges are disjoint: no `<group>/` is a prefix of another.
+        let mut ranges: Vec<KeyRange> = groups
+            .iter()
+            .map(|g| KeyRange::prefix(self.group_prefix(g).into_bytes()))
+            .collect();
+        ranges.sort_by(|a, b| a.start.cmp(&b.start));
+        ranges
     }
 
     /// `<prefix>/<group>/<id>`.
@@ -305,6 +355,41 @@ mod tests {
                         "{ours} and {theirs} overlap"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn watch_ranges_cover_the_named_groups_in_key_order() {
+        let l = layout();
+        let all = l.watch_ranges(&BTreeSet::new());
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].start, l.servers_prefix().into_bytes());
+        assert_eq!(all[0].end, format!("{}0", l.prefix()).into_bytes());
+        let groups: BTreeSet<String> = ["lobby", "game", "game-2", "Game", "g.1", "g_1"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let ranges = l.watch_ranges(&groups);
+        assert_eq!(ranges.len(), groups.len());
+        for pair in ranges.windows(2) {
+            // Sorted and disjoint: a range ends at or before the next one starts.
+            assert!(pair[0].end <= pair[1].start, "{pair:?}");
+        }
+        for group in &groups {
+            let inside = l.server_key(group, 7).into_bytes();
+            let holding: Vec<_> = ranges
+                .iter()
+                .filter(|r| r.start <= inside && inside < r.end)
+                .collect();
+            assert_eq!(holding.len(), 1, "{group}");
+            let range = holding[0];
+            for other in groups.iter().filter(|o| *o != group) {
+                let outside = l.server_key(other, 7).into_bytes();
+                assert!(
+                    !(range.start <= outside && outside < range.end),
+                    "{group} {other}"
+                );
             }
         }
     }

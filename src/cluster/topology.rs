@@ -119,6 +119,22 @@ impl Topology {
     pub fn downstream_groups(&self) -> impl Iterator<Item = &str> {
         self.downstream.iter().map(String::as_str)
     }
+
+    /// The groups a server of this group needs to watch: its own (its own key lives there),
+    /// those it dials and those that dial it, sorted. Pass them to
+    /// [`crate::ConnectorConfig::with_watch_groups`]: every other group's registrations are
+    /// then neither read nor sent to this server.
+    #[must_use]
+    pub fn interest(&self) -> Vec<String> {
+        let mut groups: std::collections::BTreeSet<String> = self
+            .upstream
+            .iter()
+            .chain(&self.downstream)
+            .cloned()
+            .collect();
+        groups.insert(self.group.clone());
+        groups.into_iter().collect()
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +177,9 @@ mod tests {
         assert!(!t.dials_in("up") && !t.dials_in("none") && !t.dials_in("g"));
         assert_eq!(t.upstream_groups().collect::<Vec<_>>(), ["both", "up"]);
         assert_eq!(t.downstream_groups().collect::<Vec<_>>(), ["down"]);
+        // Own, dialled and dialling groups; never the unrelated one.
+        assert_eq!(t.interest(), ["both", "down", "g", "up"]);
+        assert_eq!(c.topology("none").unwrap().interest(), ["none", "up"]);
     }
 
     #[test]

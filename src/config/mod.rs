@@ -113,6 +113,17 @@ pub struct ConnectorConfig {
     /// What this server does when its key is removed by someone else (an operator, or peers'
     /// eviction) while its lease lives.
     pub on_key_removed: KeyRemovedPolicy,
+    /// The groups this connector watches (its *interest*); empty (default): every group.
+    ///
+    /// A DarkRift server acts only on the groups it dials and those that dial it, so a
+    /// connector given those (plus its own group: a server must watch its own key, and
+    /// [`crate::Connector::register_server`] refuses a group outside this list) reads and
+    /// watches only their key ranges: one range per group, all read at one pinned revision and
+    /// watched on one stream. etcd then sends it the changes of those groups only, instead of
+    /// every registration in the cluster. [`crate::cluster::Topology::interest`] gives the
+    /// list from a cluster configuration. Events of one group keep etcd's order; those of
+    /// different groups may interleave out of revision order (see [`crate::events`]).
+    pub watch_groups: Vec<String>,
 }
 
 /// Peer-reported eviction: when at least `min_reporters` distinct live servers report the same
@@ -173,6 +184,7 @@ impl Default for ConnectorConfig {
             health: None,
             eviction: None,
             on_key_removed: KeyRemovedPolicy::Restore,
+            watch_groups: Vec::new(),
         }
     }
 }
@@ -234,6 +246,21 @@ impl ConnectorConfig {
     pub fn with_auth(mut self, user: impl Into<String>, password: impl Into<Secret>) -> Self {
         self.auth = Some(AuthConfig::new(user, password));
         self
+    }
+
+    /// Watches only `groups` (this server's interest; see [`ConnectorConfig::watch_groups`]).
+    #[must_use]
+    pub fn with_watch_groups<S: Into<String>>(
+        mut self,
+        groups: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.watch_groups = groups.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The watched groups as a set (empty: every group).
+    pub(crate) fn interest(&self) -> std::collections::BTreeSet<String> {
+        self.watch_groups.iter().cloned().collect()
     }
 
     /// Sets the policy for an id taken while this server was away.

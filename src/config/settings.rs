@@ -191,6 +191,13 @@ pub static SETTINGS: &[Setting] = &[
         "when our key is removed by someone else (e.g. `evict`): restore or stop",
         apply: |s, v| { s.connector.on_key_removed = policy(v, "restore, stop")?; Ok(()) },
         show: |s| show_policy(&s.connector.on_key_removed)),
+    setting!("watch_groups", "WATCH_GROUPS", "watch-groups", Connector, "GROUPS",
+        "watch only these groups, comma-separated (own group included); empty: every group",
+        apply: |s, v| {
+            s.connector.watch_groups = v.split(',').map(|g| g.trim().to_owned()).filter(|g| !g.is_empty()).collect();
+            Ok(())
+        },
+        show: |s| Some(s.connector.watch_groups.join(","))),
     setting!("progress_interval", "PROGRESS_INTERVAL", "progress-interval", Connector, "DURATION",
         "watch silence before asking etcd for progress",
         apply: |s, v| { s.connector.progress_interval = parse_duration(v)?; Ok(()) },

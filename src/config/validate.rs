@@ -72,6 +72,10 @@ impl ConnectorConfig {
                 return bad("eviction: min_reporters and window must be more than zero".into());
             }
         }
+        for group in &self.watch_groups {
+            crate::record::validate_group(group)
+                .map_err(|e| Error::InvalidConfig(format!("watch_groups: {e}")))?;
+        }
         self.validate_security()?;
         KeyLayout::new(&self.prefix)
     }
@@ -219,6 +223,14 @@ mod tests {
             },
             ConnectorConfig {
                 prefix: "nope".into(),
+                ..ok.clone()
+            },
+            ConnectorConfig {
+                watch_groups: vec!["lobby".into(), "a/b".into()],
+                ..ok.clone()
+            },
+            ConnectorConfig {
+                watch_groups: vec![String::new()],
                 ..ok.clone()
             },
             ConnectorConfig {

@@ -35,6 +35,9 @@ pub(crate) struct WatchAnswer {
     pub(crate) created: bool,
     /// The watch id (−1: the answer to a progress request).
     pub(crate) watch_id: i64,
+    /// The watched range it belongs to (set by the stream from the watch id); `None` for the
+    /// answer to a progress request, which is the whole stream's.
+    pub(crate) lane: Option<usize>,
     /// The header revision (0 when etcd sent no header).
     pub(crate) header_revision: i64,
     /// The response carried events (some may lack a key-value and yield no change).
@@ -65,6 +68,7 @@ impl From<&WatchResponse> for WatchAnswer {
             cancel_reason: resp.cancel_reason().to_owned(),
             created: resp.created(),
             watch_id: resp.watch_id(),
+            lane: None,
             header_revision: resp
                 .header()
                 .map_or(0, etcd_client::ResponseHeader::revision),

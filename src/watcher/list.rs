@@ -1,10 +1,12 @@
-//! The one pinned, paginated read of the server range, shared by the watcher's (re)list,
-//! [`super::list_once`] and `Admin::list`.
+//! The one pinned, paginated read of a key range of servers (the whole server range, or one
+//! watched group's), shared by the watcher's (re)list, [`super::list_once`] and `Admin::list`.
 //!
 //! The first page fixes revision `R` (its header revision) and every later page is read at
 //! `R`, continuing after the last key of the page before: the pages together are one
-//! consistent cut of the range however many there are. The watcher's first page is a
-//! read-only transaction that also reads the allocator cursor at `R`.
+//! consistent cut of the range however many there are. A watcher of several ranges reads
+//! them one after the other, all at the `R` its first page fixed, so they are one cut too.
+//! The watcher's first page is a read-only transaction that also reads the allocator cursor
+//! at `R`.
 
 use std::time::Duration;
 
@@ -13,15 +15,18 @@ use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
 use crate::alloc::decode_cursor;
 use crate::client::retrying;
 use crate::error::Result;
-use crate::keys::KeyLayout;
+use crate::keys::{KeyLayout, KeyRange};
 use crate::membership::KeyValue;
 use crate::pool::Pool;
 
-/// The server range of one layout, read through one pool.
+/// A range of server keys of one layout, read through one pool.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ServerRange<'a> {
     pub(crate) pool: &'a Pool,
+    /// The layout (for the cursor key).
     pub(crate) layout: &'a KeyLayout,
+    /// The keys read: the whole server range or one group's.
+    pub(crate) keys: &'a KeyRange,
     /// Keys per page.
     pub(crate) page_size: i64,
     /// Bound of each page's request.
@@ -58,10 +63,10 @@ impl ServerRange<'_> {
                 k.push(0);
                 k
             }
-            None => self.layout.servers_prefix().into_bytes(),
+            None => self.keys.start.clone(),
         };
         let mut options = GetOptions::new()
-            .with_range(prefix_end(self.layout.servers_prefix().as_bytes()))
+            .with_range(self.keys.end.clone())
             .with_limit(self.page_size);
         if pinned > 0 {
             options = options.with_revision(pinned);
@@ -149,29 +154,5 @@ fn into_view_kv(kv: etcd_client::KeyValue) -> KeyValue {
         create_revision,
         mod_revision,
         lease,
-    }
-}
-
-/// The end of the range of keys starting with `prefix` (etcd's prefix rule).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefix_end;
-
-    #[test]
-    fn prefix_end_increments_the_last_byte() {
-        assert_eq!(prefix_end(b"/darkrift/"), b"/darkrift0");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
     }
 }

@@ -64,7 +64,7 @@ use crate::alloc;
 use crate::backoff::Delays;
 use crate::error::{Error, Result};
 use crate::events::Event;
-use crate::keys::KeyLayout;
+use crate::keys::{KeyLayout, KeyRange};
 use crate::membership::{KeyValue, Membership, Snapshot};
 use crate::metrics as m;
 use crate::pool::Pool;
@@ -89,6 +89,9 @@ pub(crate) enum Command {
 #[derive(Debug, Clone)]
 pub(crate) struct WatcherSettings {
     pub(crate) layout: KeyLayout,
+    /// The ranges watched, in key order: the whole server range, or one per group of the
+    /// connector's interest ([`crate::ConnectorConfig::watch_groups`]).
+    pub(crate) ranges: Vec<KeyRange>,
     pub(crate) page_size: i64,
     pub(crate) request_timeout: Duration,
     pub(crate) progress_interval: Duration,
@@ -104,6 +107,7 @@ impl WatcherSettings {
     /// The watcher settings a connector configuration implies.
     pub(crate) fn new(layout: KeyLayout, config: &crate::config::ConnectorConfig) -> Self {
         WatcherSettings {
+            ranges: layout.watch_ranges(&config.interest()),
             layout,
             page_size: config.page_size,
             request_timeout: config.request_timeout,
@@ -117,22 +121,24 @@ impl WatcherSettings {
 
 /// The states; see the module docs. `F` is the source's watch stream.
 enum State<F> {
-    /// Reading the range; `pinned` is 0 until the first page fixed the revision. `pending`
-    /// is the last page read, decoded into `snapshot` while the next page is read.
+    /// Reading range `lane` (the ranges one after the other); `pinned` is 0 until the first
+    /// page fixed the revision. `pending` is the last page read, decoded into `snapshot` while
+    /// the next page is read.
     List {
         initial: bool,
+        lane: usize,
         pinned: i64,
         after: Option<Vec<u8>>,
         snapshot: Option<Box<Snapshot>>,
         pending: Vec<KeyValue>,
         cursor: u64,
     },
-    /// Opening a watch that starts at `from`.
-    Open { from: i64 },
-    /// Streaming from pool member `member`; `from` is the next revision we need;
-    /// `asked` is when we asked for a progress notification that has not come yet.
+    /// Opening a watch stream that starts each range `lane` at `from[lane]`.
+    Open { from: Vec<i64> },
+    /// Streaming from pool member `member`; `from[lane]` is the next revision range `lane`
+    /// needs; `asked` is when we asked for a progress notification that has not come yet.
     Watch {
-        from: i64,
+        from: Vec<i64>,
         /// Boxed: the stream is most of the state's size, and the other states are small.
         stream: Box<F>,
         member: usize,
@@ -175,6 +181,7 @@ pub(crate) fn spawn(
     let source = PoolSource {
         pool,
         layout: settings.layout.clone(),
+        ranges: settings.ranges.clone(),
         page_size: settings.page_size,
         request_timeout: settings.request_timeout,
     };
@@ -199,6 +206,7 @@ struct Watcher<S: KvSource> {
 fn list_from_scratch<F>(initial: bool) -> State<F> {
     State::List {
         initial,
+        lane: 0,
         pinned: 0,
         after: None,
         snapshot: None,
@@ -249,6 +257,7 @@ impl<S: KvSource> Watcher<S> {
         match state {
             State::List {
                 initial,
+                lane,
                 pinned,
                 after,
                 snapshot,
@@ -265,7 +274,7 @@ impl<S: KvSource> Watcher<S> {
                 } else {
                     "snapshot page"
                 };
-                let read = self.source.page(op, pinned, after.as_deref());
+                let read = self.source.page(lane, op, pinned, after.as_deref());
                 let decode = async move {
                     if pending.is_empty() {
                         return Ok(snapshot);
@@ -301,8 +310,24 @@ impl<S: KvSource> Watcher<S> {
                         cursor: read_cursor,
                     }) => State::List {
                         initial,
+                        lane,
                         pinned: revision,
                         after: Some(next),
+                        snapshot: Some(snapshot),
+                        pending: kvs,
+                        cursor: read_cursor.unwrap_or(cursor),
+                    },
+                    // The next range, read at the same revision: one cut across ranges.
+                    Ok(Page {
+                        revision,
+                        kvs,
+                        next: None,
+                        cursor: read_cursor,
+                    }) if lane + 1 < self.source.ranges() => State::List {
+                        initial,
+                        lane: lane + 1,
+                        pinned: revision,
+                        after: None,
                         snapshot: Some(snapshot),
                         pending: kvs,
                         cursor: read_cursor.unwrap_or(cursor),
@@ -317,7 +342,9 @@ impl<S: KvSource> Watcher<S> {
                         snapshot.add(&kvs);
                         let cursor = read_cursor.unwrap_or(cursor);
                         self.finish_list(initial, revision, *snapshot, cursor);
-                        State::Open { from: revision + 1 }
+                        State::Open {
+                            from: vec![revision + 1; self.source.ranges()],
+                        }
                     }
                     Err(e) => {
                         self.log_failure("snapshot read failed; retrying", &e, None);
@@ -337,7 +364,7 @@ impl<S: KvSource> Watcher<S> {
                 let _ = from;
                 list_from_scratch(false)
             }
-            State::Open { from } => match self.source.open(from).await {
+            State::Open { from } => match self.source.open(&from).await {
                 Ok((stream, member)) => {
                     metrics::counter!(m::WATCH_RESTARTS).increment(1);
                     let last_heard = Instant::now();
@@ -351,7 +378,11 @@ impl<S: KvSource> Watcher<S> {
                     }
                 }
                 Err(e) => {
-                    self.log_failure("opening the watch failed; retrying", &e, Some(from));
+                    self.log_failure(
+                        "opening the watch failed; retrying",
+                        &e,
+                        from.first().copied(),
+                    );
                     let then = Box::new(State::Open { from });
                     State::Backoff {
                         then,
@@ -426,7 +457,7 @@ impl<S: KvSource> Watcher<S> {
 
     async fn watch_step(
         &mut self,
-        from: i64,
+        mut from: Vec<i64>,
         mut stream: Box<S::Feed>,
         member: usize,
         last_heard: Instant,
@@ -456,7 +487,7 @@ impl<S: KvSource> Watcher<S> {
             changed = self.suspicions.changed() => {
                 let suspected = self.suspicions.borrow_and_update().1;
                 if changed.is_ok() && suspected == member && self.source.members() > 1 {
-                    tracing::info!(from, "watch member suspected; moving the watch to another member");
+                    tracing::info!(from = ?from, "watch member suspected; moving the watch to another member");
                     return State::Open { from };
                 }
                 return State::Watch { from, stream, member, last_heard, asked };
@@ -470,11 +501,11 @@ impl<S: KvSource> Watcher<S> {
             }
             () = tokio::time::sleep_until(give_up_at) => {
                 if asked.is_some() {
-                    tracing::warn!(from, "watch stream did not answer a progress request in time; moving it to another member");
+                    tracing::warn!(from = ?from, "watch stream did not answer a progress request in time; moving it to another member");
                     self.source.suspect(member, "watch did not answer a progress request");
                     return State::Open { from };
                 }
-                tracing::warn!(from, silent_for = ?self.settings.idle_timeout, "watch stream silent; recreating it");
+                tracing::warn!(from = ?from, silent_for = ?self.settings.idle_timeout, "watch stream silent; recreating it");
                 let then = Box::new(State::Open { from });
                 return State::Backoff { then, unreachable: false };
             }
@@ -486,10 +517,10 @@ impl<S: KvSource> Watcher<S> {
                 // A stream that ends or fails resumes at `from` on another member: nothing
                 // lost, nothing repeated.
                 let why = if let Err(e) = ended {
-                    tracing::info!(error = %e, from, "watch stream failed; resuming");
+                    tracing::info!(error = %e, from = ?from, "watch stream failed; resuming");
                     "watch stream failed"
                 } else {
-                    tracing::info!(from, "watch stream ended; resuming");
+                    tracing::info!(from = ?from, "watch stream ended; resuming");
                     "watch stream ended"
                 };
                 self.source.suspect(member, why);
@@ -500,7 +531,25 @@ impl<S: KvSource> Watcher<S> {
                 };
             }
         };
-        let verdict = classify(&answer, from);
+        // Which range it is about: the answer to a progress request is the stream's (proof of
+        // life only, whatever `from` is given); any other answer names its range's watch.
+        let lane = match answer.lane {
+            Some(lane) if lane < from.len() => lane,
+            Some(_) | None if answer.watch_id == -1 => 0,
+            _ => {
+                // A response for no watch of ours: etcd or a proxy broke the protocol. The
+                // stream cannot be trusted to carry every range's events; reopen it.
+                tracing::warn!(watch_id = answer.watch_id, from = ?from, "watch answer for an unknown watch id; reopening the stream");
+                self.source
+                    .suspect(member, "watch answer for an unknown watch id");
+                let then = Box::new(State::Open { from });
+                return State::Backoff {
+                    then,
+                    unreachable: false,
+                };
+            }
+        };
+        let verdict = classify(&answer, from[lane]);
         if !matches!(
             verdict,
             Verdict::Compacted { .. } | Verdict::Cancelled { .. }
@@ -517,12 +566,22 @@ impl<S: KvSource> Watcher<S> {
         };
         match verdict {
             Verdict::Compacted { compact_revision } => {
-                tracing::warn!(from, compact_revision, "watch compacted; relisting");
+                tracing::warn!(
+                    lane,
+                    from = from[lane],
+                    compact_revision,
+                    "watch compacted; relisting"
+                );
                 list_from_scratch(false)
             }
             Verdict::Cancelled { auth } => {
                 let reason = &answer.cancel_reason;
-                tracing::warn!(from, reason, "watch cancelled by etcd; relisting");
+                tracing::warn!(
+                    lane,
+                    from = from[lane],
+                    reason,
+                    "watch cancelled by etcd; relisting"
+                );
                 if auth {
                     // An expired auth token cancels a watch instead of failing it: get a
                     // fresh token first.
@@ -537,9 +596,13 @@ impl<S: KvSource> Watcher<S> {
             // The answer to our progress request: proof of life only (see `classify`).
             Verdict::ProofOfLife => watch(from, None),
             Verdict::Progress { next } => {
-                self.view.update(|view, _| view.revision = next - 1);
+                // With several ranges, the view reflects the furthest any range has got (each
+                // range's own events are applied in order; see `events` on interleaving).
+                self.view
+                    .update(|view, _| view.revision = view.revision.max(next - 1));
                 metrics::gauge!(m::REVISION_LAG).set(0.0);
-                watch(next, None)
+                from[lane] = next;
+                watch(from, None)
             }
             Verdict::Apply { last } => {
                 let changes = std::mem::take(&mut answer.changes);
@@ -547,11 +610,12 @@ impl<S: KvSource> Watcher<S> {
                 self.view.update(|view, events| {
                     let counts_before = (view.members.skipped(), view.members.shadowed());
                     events.extend(view.members.apply(&changes));
-                    view.revision = last;
+                    view.revision = view.revision.max(last);
                     record_view_metrics(view, counts_before, lag);
                 });
                 self.view.announce(|| Applied::Changes(Arc::new(changes)));
-                watch(last + 1, None)
+                from[lane] = last + 1;
+                watch(from, None)
             }
         }
     }
@@ -622,9 +686,11 @@ pub(crate) async fn list_once(
 ) -> Result<(i64, Membership)> {
     let mut view = Membership::new(settings.layout.clone());
     let mut snapshot = view.begin_snapshot();
+    let keys = KeyRange::prefix(settings.layout.servers_prefix().into_bytes());
     let range = ServerRange {
         pool,
         layout: &settings.layout,
+        keys: &keys,
         page_size: settings.page_size,
         timeout: settings.request_timeout,
     };

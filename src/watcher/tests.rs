@@ -25,6 +25,8 @@ struct Fake {
     pages: Mutex<VecDeque<Result<Page>>>,
     opens: Mutex<VecDeque<Result<(Feed, usize)>>>,
     members: usize,
+    /// How many ranges are watched.
+    ranges: usize,
     suspicions: watch::Receiver<(u64, usize)>,
     log: Log,
 }
@@ -38,8 +40,23 @@ struct Feed {
 impl KvSource for Fake {
     type Feed = Feed;
 
-    async fn page(&self, op: &'static str, pinned: i64, _after: Option<&[u8]>) -> Result<Page> {
-        self.log.lock().unwrap().push(format!("{op} @{pinned}"));
+    fn ranges(&self) -> usize {
+        self.ranges
+    }
+
+    async fn page(
+        &self,
+        lane: usize,
+        op: &'static str,
+        pinned: i64,
+        _after: Option<&[u8]>,
+    ) -> Result<Page> {
+        let entry = if self.ranges == 1 {
+            format!("{op} @{pinned}")
+        } else {
+            format!("{op} range {lane} @{pinned}")
+        };
+        self.log.lock().unwrap().push(entry);
         self.pages
             .lock()
             .unwrap()
@@ -47,8 +64,12 @@ impl KvSource for Fake {
             .expect("a scripted page")
     }
 
-    async fn open(&self, from: i64) -> Result<(Feed, usize)> {
-        self.log.lock().unwrap().push(format!("open {from}"));
+    async fn open(&self, from: &[i64]) -> Result<(Feed, usize)> {
+        let entry = match from {
+            [from] => format!("open {from}"),
+            from => format!("open {from:?}"),
+        };
+        self.log.lock().unwrap().push(entry);
         self.opens
             .lock()
             .unwrap()
@@ -117,10 +138,12 @@ fn harness(members: usize, progress_interval: u64, idle_timeout: u64) -> Harness
         pages: Mutex::default(),
         opens: Mutex::default(),
         members,
+        ranges: 1,
         suspicions: suspicions_rx,
         log: log.clone(),
     };
     let settings = WatcherSettings {
+        ranges: layout().watch_ranges(&std::collections::BTreeSet::new()),
         layout: layout(),
         page_size: 2,
         request_timeout: Duration::from_secs(3),
@@ -272,7 +295,7 @@ fn describe(event: &Event) -> String {
 fn at(state: &State<Feed>) -> (&'static str, i64) {
     let from = match state {
         State::List { pinned, .. } => *pinned,
-        State::Open { from } | State::Watch { from, .. } => *from,
+        State::Open { from } | State::Watch { from, .. } => from[0],
         State::Backoff { then, .. } => at(then).1,
     };
     (state.name(), from)
@@ -285,6 +308,7 @@ fn at(state: &State<Feed>) -> (&'static str, i64) {
 fn events_at(revision: i64, changes: Vec<KvChange>) -> Message {
     Ok(Some(WatchAnswer {
         watch_id: 0,
+        lane: Some(0),
         header_revision: revision,
         has_events: true,
         changes,
@@ -299,6 +323,7 @@ fn events_at(revision: i64, changes: Vec<KvChange>) -> Message {
 fn no_events(watch_id: i64, header_revision: i64) -> Message {
     Ok(Some(WatchAnswer {
         watch_id,
+        lane: (watch_id >= 0).then_some(0),
         header_revision,
         ..WatchAnswer::default()
     }))
@@ -310,6 +335,7 @@ fn no_events(watch_id: i64, header_revision: i64) -> Message {
 )]
 fn cancelled(compact_revision: i64, reason: &str) -> Message {
     Ok(Some(WatchAnswer {
+        lane: Some(0),
         canceled: true,
         compact_revision,
         cancel_reason: reason.into(),
@@ -364,6 +390,7 @@ async fn events_and_server_progress_move_the_resume_point_our_progress_answer_do
     assert_eq!(at(&state), ("watch", 13), "proof of life only");
     feed.send(Ok(Some(WatchAnswer {
         created: true,
+        lane: Some(0),
         header_revision: 40,
         ..WatchAnswer::default()
     })))
@@ -553,4 +580,130 @@ async fn a_resync_request_relists_and_is_answered_when_the_view_is_current() {
     let (events, _) = h.step_until(state, "watch").await;
     assert_eq!(events, ["leave 1 @12"]);
     assert!(answered.try_recv().is_ok());
+}
+
+/// Several ranges (a connector's interest): `(name, from of every range)` of a state.
+fn resume_points(state: &State<Feed>) -> (&'static str, Vec<i64>) {
+    match state {
+        State::List { pinned, .. } => (state.name(), vec![*pinned]),
+        State::Open { from } | State::Watch { from, .. } => (state.name(), from.clone()),
+        State::Backoff { then, .. } => (state.name(), resume_points(then).1),
+    }
+}
+
+/// `events_at` for range `lane`.
+fn lane_events_at(lane: usize, revision: i64, changes: Vec<KvChange>) -> Message {
+    let mut message = events_at(revision, changes);
+    if let Ok(Some(answer)) = &mut message {
+        answer.lane = Some(lane);
+        answer.watch_id = i64::try_from(lane).unwrap();
+    }
+    message
+}
+
+/// A harness whose source watches `ranges` ranges, listed (range `i` holding server `i + 1`)
+/// at revision 10 and watched on member 0.
+async fn synced_ranges(ranges: usize) -> (Harness, mpsc::UnboundedSender<Message>, State<Feed>) {
+    let mut h = harness(2, 5, 15);
+    h.watcher.source.ranges = ranges;
+    for i in 0..ranges {
+        let id = u16::try_from(i + 1).unwrap();
+        h.script_page(10, &[id], false, (i == 0).then_some(0));
+    }
+    let feed = h.script_open(0);
+    let (events, state) = h.step_until(list_from_scratch(true), "watch").await;
+    let mut want: Vec<String> = (1..=ranges).map(|id| format!("join {id} @10")).collect();
+    want.push("synced @10".into());
+    assert_eq!(events, want);
+    (h, feed, state)
+}
+
+#[tokio::test(start_paused = true)]
+async fn several_ranges_are_listed_at_one_revision_then_watched_on_one_stream() {
+    let (mut h, _feed, state) = synced_ranges(3).await;
+    assert_eq!(
+        h.log(),
+        [
+            "snapshot range 0 @0",
+            "snapshot page range 1 @10",
+            "snapshot page range 2 @10",
+            "open [11, 11, 11]"
+        ],
+        "the first page fixes the revision; every range is read at it"
+    );
+    assert_eq!(resume_points(&state), ("watch", vec![11, 11, 11]));
+    let (events, state) = h.step(state).await;
+    assert!(events.is_empty(), "{events:?}");
+    let _ = state;
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_range_resumes_from_its_own_point() {
+    let (mut h, feed, state) = synced_ranges(2).await;
+    h.log();
+    // Range 1 is ahead of range 0 (a catching-up watcher): each range's point moves alone,
+    // each range's events are applied in its order, the view's revision is the furthest.
+    feed.send(lane_events_at(1, 14, vec![KvChange::Put(server(5, 14))]))
+        .unwrap();
+    let (events, state) = h.step(state).await;
+    assert_eq!(events, ["join 5 @14"]);
+    assert_eq!(resume_points(&state), ("watch", vec![11, 15]));
+    feed.send(lane_events_at(0, 12, vec![KvChange::Put(server(4, 12))]))
+        .unwrap();
+    let (events, state) = h.step(state).await;
+    assert_eq!(events, ["join 4 @12"], "range 0's own order");
+    assert_eq!(resume_points(&state), ("watch", vec![13, 15]));
+    assert_eq!(h.task.view.read(|v| v.revision), 14);
+    // A server progress notification of range 0 moves range 0 only.
+    let mut progress = no_events(0, 20);
+    if let Ok(Some(answer)) = &mut progress {
+        answer.lane = Some(0);
+    }
+    feed.send(progress).unwrap();
+    let (_, state) = h.step(state).await;
+    assert_eq!(resume_points(&state), ("watch", vec![21, 15]));
+    // A broken stream reopens every range at its own point: nothing lost, nothing repeated.
+    feed.send(Ok(None)).unwrap();
+    let (_, state) = h.step(state).await;
+    let _feed = h.script_open(1);
+    let (events, state) = h.step_until(state, "watch").await;
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(resume_points(&state), ("watch", vec![21, 15]));
+    assert_eq!(h.log(), ["suspect 0: watch stream ended", "open [21, 15]"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_compaction_of_any_range_relists_every_range() {
+    let (mut h, feed, state) = synced_ranges(2).await;
+    h.log();
+    let mut compacted = cancelled(30, "");
+    if let Ok(Some(answer)) = &mut compacted {
+        answer.lane = Some(1);
+    }
+    feed.send(compacted).unwrap();
+    let (_, state) = h.step(state).await;
+    assert_eq!(state.name(), "list");
+    // Server 1 left meanwhile; server 2 is still there.
+    h.script_page(40, &[], false, Some(0));
+    h.script_page(40, &[2], false, None);
+    let _feed = h.script_open(0);
+    let (events, state) = h.step_until(state, "watch").await;
+    assert_eq!(events, ["leave 1 @40"]);
+    assert_eq!(resume_points(&state), ("watch", vec![41, 41]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_for_an_unknown_watch_reopens_the_stream() {
+    let (mut h, feed, state) = synced_ranges(2).await;
+    h.log();
+    let mut stray = events_at(12, vec![KvChange::Put(server(9, 12))]);
+    if let Ok(Some(answer)) = &mut stray {
+        answer.lane = None;
+        answer.watch_id = 7;
+    }
+    feed.send(stray).unwrap();
+    let (events, state) = h.step(state).await;
+    assert!(events.is_empty(), "not applied: {events:?}");
+    assert_eq!(resume_points(&state), ("backoff", vec![11, 11]));
+    assert_eq!(h.log(), ["suspect 0: watch answer for an unknown watch id"]);
 }
