@@ -38,6 +38,7 @@ mod naive;
 mod p1;
 mod p10;
 mod p2;
+mod p2f;
 mod p3_p4;
 mod p5;
 mod p5b;
@@ -56,6 +57,7 @@ use crate::id_space::full_id_space;
 use crate::p1::p1;
 use crate::p10::p10;
 use crate::p2::{fanout_diagnostic, p2};
+use crate::p2f::p2f;
 use crate::p3_p4::p3_p4;
 use crate::p5::p5;
 use crate::p5b::p5b;
@@ -111,7 +113,7 @@ const WRITERS: usize = 64;
 
 const GROUPS: [&str; 4] = ["lobby", "game", "chat", "match"];
 
-/// Runs the phases; `BENCH_ONLY=p1,p2,...` (p1, p2, p3, p5, p5b, p6, p10, id) runs a subset and writes
+/// Runs the phases; `BENCH_ONLY=p1,p2,...` (p1, p2, p2f, p3, p5, p5b, p6, p10, id) runs a subset and writes
 /// no files.
 async fn phases(
     endpoints: &[String],
@@ -145,6 +147,10 @@ async fn phases(
     }
     if on("p2") {
         p2(report, start).await?;
+    }
+    if on("p2f") {
+        eprintln!("{} P2f", elapsed_tag(start));
+        p2f(report, start).await?;
     }
     if on("p10") {
         p10(report, start).await?;
@@ -200,7 +206,7 @@ async fn run() -> Res<()> {
 
     let order = |id: &str| {
         [
-            "P1", "P2", "P3", "P4", "P5", "P5b", "P6", "P8", "P9", "P10", "ID",
+            "P1", "P2", "P2f", "P3", "P4", "P5", "P5b", "P6", "P8", "P9", "P10", "ID",
         ]
         .iter()
         .position(|x| *x == id)

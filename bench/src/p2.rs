@@ -30,6 +30,8 @@ pub(crate) struct Burst {
     pub(crate) wall: Duration,
     /// CPU seconds etcd spent during the burst.
     pub(crate) etcd_cpu: f64,
+    /// CPU seconds this process (every simulated server) spent during the burst.
+    pub(crate) own_cpu: f64,
     /// etcd's own count of `Txn` requests over the burst, and how many of them failed (ours
     /// only). It also counts a watcher's relist, should one happen during the burst.
     pub(crate) etcd_txns: Option<(u64, u64)>,
@@ -40,17 +42,52 @@ pub(crate) struct Burst {
     /// Holders that lost their key during the burst (nobody deregisters in a burst, so a
     /// delete is a lease lost to the overload), from etcd's history; `None` where not replayed.
     pub(crate) lease_losses: Option<u64>,
+    /// Watch events etcd sent from the go signal until its counter settled (every delivery
+    /// of the burst), from `etcd_debugging_mvcc_events_total`; `None` where not measured.
+    pub(crate) watch_events: Option<u64>,
+}
+
+/// Who registers where: server `i`'s group and the groups it watches (empty: every group).
+pub(crate) type Plan = fn(usize) -> (String, Vec<String>);
+
+/// P2's plan: the four groups in turn, every server watching everything.
+fn everything(i: usize) -> (String, Vec<String>) {
+    (GROUPS[i % GROUPS.len()].to_owned(), Vec::new())
+}
+
+/// etcd's count of watch events it has sent (`etcd_debugging_mvcc_events_total`).
+pub(crate) async fn watch_events_sent(endpoint: &str) -> Res<u64> {
+    let text = darkrift_etcd_testing::scrape(&format!("{endpoint}/metrics")).await?;
+    let sent = darkrift_etcd_testing::metric_sum(&text, "etcd_debugging_mvcc_events_total", &[]);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok(sent as u64)
+}
+
+/// The count once every delivery of a burst is out: it has not moved for half a second
+/// (bounded: a minute).
+pub(crate) async fn watch_events_settled(endpoint: &str) -> Res<u64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = watch_events_sent(endpoint).await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = watch_events_sent(endpoint).await?;
+        if now == last || Instant::now() > deadline {
+            return Ok(now);
+        }
+        last = now;
+    }
 }
 
 impl Burst {
     /// One progress line on stderr.
     pub(crate) fn log(&self, who: &str) {
         eprintln!(
-            "    {who}: {} registered, {} txns, {:.0} ms, etcd CPU {:.1} s",
+            "    {who}: {} registered, {} txns, {:.0} ms, etcd CPU {:.1} s, servers' CPU {:.1} s",
             self.registered,
             self.txns,
             ms(self.wall),
-            self.etcd_cpu
+            self.etcd_cpu,
+            self.own_cpu
         );
     }
 }
@@ -90,13 +127,32 @@ pub(crate) async fn raw_watchers(
 
 /// N connectors (sharing a few clients), synced, then all call `register_server` at once.
 pub(crate) async fn p2_ours(endpoints: &[String], etcd_pid: u32, n: usize) -> Res<Burst> {
-    let prefix = format!("/bench/p2-ours-{n}");
+    p2_ours_planned(
+        endpoints,
+        etcd_pid,
+        n,
+        &format!("/bench/p2-ours-{n}"),
+        everything,
+    )
+    .await
+}
+
+/// [`p2_ours`] with server `i` registering and watching as `plan(i)` says.
+pub(crate) async fn p2_ours_planned(
+    endpoints: &[String],
+    etcd_pid: u32,
+    n: usize,
+    prefix: &str,
+    plan: Plan,
+) -> Res<Burst> {
+    let prefix = prefix.to_owned();
     let mut clients = burst_clients(endpoints, n).await?;
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
+        let (_, interest) = plan(i);
         let c = Connector::with_client(
             clients[i % clients.len()].clone(),
-            config(endpoints, &prefix),
+            config(endpoints, &prefix).with_watch_groups(interest),
         )?;
         // Nobody consumes these events: dropping the stream lets the watcher skip delivery
         // while it keeps the view (and so the allocation hint) current.
@@ -107,6 +163,7 @@ pub(crate) async fn p2_ours(endpoints: &[String], etcd_pid: u32, n: usize) -> Re
         c.wait_synced(PROMPT).await?;
     }
     let before = etcd_unary_counts(&endpoints[0]).await?;
+    let events_before = watch_events_settled(&endpoints[0]).await?;
     let from = current_revision(&mut clients[0]).await? + 1;
     let (go_tx, go_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -116,11 +173,10 @@ pub(crate) async fn p2_ours(endpoints: &[String], etcd_pid: u32, n: usize) -> Re
         tasks.spawn(async move {
             go.wait_for(|g| *g).await.map_err(|e| e.to_string())?;
             let port = 1000 + u16::try_from(i % 60_000).unwrap_or(0);
+            let (group, _) = plan(i);
             let mut retries = 0u32;
             loop {
-                let r = c
-                    .register_server(GROUPS[i % GROUPS.len()], "127.0.0.1", port, props())
-                    .await;
+                let r = c.register_server(&group, "127.0.0.1", port, props()).await;
                 match r {
                     // etcd overloaded (its own request timeout): the connector revoked its
                     // lease; a server would retry, so does the benchmark (the requests of the
@@ -132,6 +188,7 @@ pub(crate) async fn p2_ours(endpoints: &[String], etcd_pid: u32, n: usize) -> Re
         });
     }
     let cpu0 = etcd_cpu_secs(etcd_pid);
+    let own0 = etcd_cpu_secs(std::process::id());
     let t0 = Instant::now();
     go_tx.send_replace(true);
     let mut end = t0;
@@ -147,7 +204,9 @@ pub(crate) async fn p2_ours(endpoints: &[String], etcd_pid: u32, n: usize) -> Re
         end = end.max(at);
     }
     let etcd_cpu = etcd_cpu_secs(etcd_pid) - cpu0;
+    let own_cpu = etcd_cpu_secs(std::process::id()) - own0;
     let after = etcd_unary_counts(&endpoints[0]).await?;
+    let events_after = watch_events_settled(&endpoints[0]).await?;
     let requests: u64 = conns.iter().map(|c| c.registration_requests()).sum();
     // Each `register_server` call counts one lease grant; the rest are transactions.
     let calls = u64::try_from(n)? + u64::from(retried);
@@ -158,12 +217,14 @@ pub(crate) async fn p2_ours(endpoints: &[String], etcd_pid: u32, n: usize) -> Re
         txns: requests - calls,
         wall: end - t0,
         etcd_cpu,
+        own_cpu,
         etcd_txns: Some((
             delta(&before, &after, "Txn"),
             delta(&before, &after, "Txn!err"),
         )),
         retried,
         over_consul_limit: 0,
+        watch_events: Some(events_after - events_before),
     };
     drop(conns);
     let mut raw = clients.remove(0);
@@ -172,7 +233,7 @@ pub(crate) async fn p2_ours(endpoints: &[String], etcd_pid: u32, n: usize) -> Re
 }
 
 /// The current revision of the etcd `client` talks to.
-async fn current_revision(client: &mut Client) -> Res<i64> {
+pub(crate) async fn current_revision(client: &mut Client) -> Res<i64> {
     let resp = client.get("/", None).await?;
     Ok(resp
         .header()
@@ -226,6 +287,7 @@ pub(crate) async fn p2_naive(endpoints: &[String], etcd_pid: u32, n: usize) -> R
         })
     };
     let cpu0 = etcd_cpu_secs(etcd_pid);
+    let own0 = etcd_cpu_secs(std::process::id());
     let t0 = Instant::now();
     go_tx.send_replace(true);
     let mut end = t0;
@@ -248,6 +310,7 @@ pub(crate) async fn p2_naive(endpoints: &[String], etcd_pid: u32, n: usize) -> R
     }
     timer.abort();
     let etcd_cpu = etcd_cpu_secs(etcd_pid) - cpu0;
+    let own_cpu = etcd_cpu_secs(std::process::id()) - own0;
     for w in watchers {
         w.abort();
     }
@@ -258,10 +321,12 @@ pub(crate) async fn p2_naive(endpoints: &[String], etcd_pid: u32, n: usize) -> R
         txns,
         wall: end - t0,
         etcd_cpu,
+        own_cpu,
         etcd_txns: None,
         retried: 0,
         over_consul_limit: over,
         lease_losses: None,
+        watch_events: None,
     })
 }
 
@@ -271,12 +336,29 @@ pub(crate) async fn p2_raw(endpoints: &[String], etcd_pid: u32, n: usize) -> Res
     let prefix = format!("/bench/p2-raw-{n}");
     let mut clients = burst_clients(endpoints, n).await?;
     let watchers = raw_watchers(&clients, &format!("{prefix}/"), n).await?;
+    let burst = raw_burst(&clients, etcd_pid, n, |i| format!("{prefix}/raw/{i}")).await?;
+    for w in watchers {
+        w.abort();
+    }
+    let mut raw = clients.remove(0);
+    wipe(&mut raw, &prefix).await?;
+    Ok(burst)
+}
+
+/// N lease grants + puts of a record-sized value at `key_of(i)`, all at once: the floor's
+/// burst, timed like ours (whatever watches the caller set up).
+pub(crate) async fn raw_burst(
+    clients: &[Client],
+    etcd_pid: u32,
+    n: usize,
+    key_of: impl Fn(usize) -> String,
+) -> Res<Burst> {
     let value = Registration::new("raw", "127.0.0.1", 4296, props())?.encode(1, 1, now_unix_ms());
     let (go_tx, go_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     for i in 0..n {
         let mut client = clients[i % clients.len()].clone();
-        let key = format!("{prefix}/raw/{i}");
+        let key = key_of(i);
         let value = value.clone();
         let mut go = go_rx.clone();
         tasks.spawn(async move {
@@ -288,27 +370,24 @@ pub(crate) async fn p2_raw(endpoints: &[String], etcd_pid: u32, n: usize) -> Res
         });
     }
     let cpu0 = etcd_cpu_secs(etcd_pid);
+    let own0 = etcd_cpu_secs(std::process::id());
     let t0 = Instant::now();
     go_tx.send_replace(true);
     let mut end = t0;
     while let Some(done) = tasks.join_next().await {
         end = end.max(done??);
     }
-    let etcd_cpu = etcd_cpu_secs(etcd_pid) - cpu0;
-    for w in watchers {
-        w.abort();
-    }
-    let mut raw = clients.remove(0);
-    wipe(&mut raw, &prefix).await?;
     Ok(Burst {
         registered: n,
         txns: u64::try_from(n)?,
         wall: end - t0,
-        etcd_cpu,
+        etcd_cpu: etcd_cpu_secs(etcd_pid) - cpu0,
+        own_cpu: etcd_cpu_secs(std::process::id()) - own0,
         etcd_txns: None,
         retried: 0,
         over_consul_limit: 0,
         lease_losses: None,
+        watch_events: None,
     })
 }
 

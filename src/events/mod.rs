@@ -18,6 +18,17 @@
 //! own create revision is the `create_revision` of [`Event::Reregistered`]; its join follows
 //! once the watcher sees it.)
 //!
+//! ## With an interest (`watch_groups`)
+//! A connector that watches only some groups ([`crate::ConnectorConfig::watch_groups`]) has one
+//! watch per group on one stream. etcd keeps each watch's events in revision order, but not the
+//! order *between* the watches of a stream while one of them catches up (after a reconnect,
+//! say). So with an interest the order rule holds **per group**: the events of one group come
+//! in revision order, and a server's joins and leaves (which are all in its group) are never
+//! reordered; events of two groups may interleave out of revision order, and
+//! [`Event::revision`] may then step back when the group changes. Everything else holds as
+//! above: one snapshot at one revision for all the groups, then [`Event::Synced`]; joins and
+//! leaves alternate per id; lifecycle events carry the furthest revision the view has applied.
+//!
 //! # Subscribers
 //! [`crate::Connector::subscribe`] returns an [`EventStream`]; there may be any number, each with
 //! its own queue of `event_queue` events. Publishing never waits for a subscriber: the watcher
@@ -64,8 +75,8 @@ use crate::record::ServerInfo;
 /// One membership event.
 ///
 /// # Contract
-/// - Events come in revision order ([`Event::revision`] never decreases), lifecycle events
-///   placed by the rule of the [module docs](self).
+/// - Events come in revision order ([`Event::revision`] never decreases; with `watch_groups`,
+///   within each group), lifecycle events placed by the rule of the [module docs](self).
 /// - For a given id, joins and leaves alternate: never two joins without a leave between them,
 ///   never a leave for an id that has not joined.
 /// - Every live server of the watched range is joined exactly once before [`Event::Synced`],

@@ -42,6 +42,16 @@
 //!   repeated. A compacted resume point cannot be resumed (etcd only keeps history after the
 //!   compaction), so it relists.
 //!
+//! **Interest.** A connector given `watch_groups` watches one key range per group instead of
+//! the whole prefix (the ranges come from `KeyLayout::watch_ranges`, in key order). List reads
+//! the ranges one after another, every page pinned at the `R` the first page fixed, into one
+//! snapshot: one consistent cut of all of them. Open puts one watch per range on one gRPC
+//! stream, and Watch keeps a resume point per range (`from[lane]`): an answer moves only its
+//! own range's point, a broken stream reopens every range at its own point, and a compaction
+//! or cancel of any range relists them all. The watchdog, backoff and freshness rules are the
+//! stream's, unchanged. Without `watch_groups` there is one range (the whole prefix) and the
+//! machine is exactly the one above.
+//!
 //! The machine is generic over its [`KvSource`] (list a page pinned at a revision, open a
 //! watch, request progress, the pool's suspicions): [`PoolSource`] is the real one, and the
 //! unit tests (`tests.rs`) drive it over a scripted fake through every recovery path. What a

@@ -1,0 +1,214 @@
+//! P2f: a burst of N simultaneous registrations in ten groups where each group dials the next
+//! (a ring), every server watching only its interest (its own group, the one it dials, the one
+//! that dials it), against the same burst with every server watching everything (today's P2)
+//! and against the raw grant+put floor under the same interest watches, in one run: watch
+//! events etcd sent, wall time, etcd CPU and lease losses. `BENCH_P2F_BURSTS=1000,2000` picks
+//! the sizes; `BENCH_P2F_PROXY=1` adds the interest-only burst through etcd's gRPC proxy.
+
+use std::time::Instant;
+
+use darkrift_etcd_testing::{EtcdCluster, GrpcProxy};
+use etcd_client::WatchOptions;
+
+use crate::p2::{burst_clients, p2_ours_planned, raw_burst, watch_events_settled, Burst};
+use crate::raw::wipe;
+use crate::report::Report;
+use crate::stats::{elapsed_tag, ms};
+use crate::{Res, P2_ETCD_ARGS};
+
+/// Groups in the ring.
+const RING: usize = 10;
+
+/// Server `i`'s group index.
+fn group_of(i: usize) -> usize {
+    i % RING
+}
+
+fn group_name(k: usize) -> String {
+    format!("g{k}")
+}
+
+/// The groups a server of group `k` acts on: its own, the one it dials (`k + 1`) and the one
+/// that dials it (`k − 1`), as `Topology::interest` gives for the ring.
+fn interest_of(k: usize) -> Vec<String> {
+    [(k + RING - 1) % RING, k, (k + 1) % RING]
+        .into_iter()
+        .map(group_name)
+        .collect()
+}
+
+fn interest_plan(i: usize) -> (String, Vec<String>) {
+    let k = group_of(i);
+    (group_name(k), interest_of(k))
+}
+
+fn everything_plan(i: usize) -> (String, Vec<String>) {
+    (group_name(group_of(i)), Vec::new())
+}
+
+/// The floor: N lease grants + puts into the ring's groups, with one raw watch stream per
+/// simulated server carrying a watch per group of its interest (the deliveries ours makes).
+async fn raw_floor(endpoints: &[String], etcd_pid: u32, n: usize) -> Res<Burst> {
+    let prefix = format!("/bench/p2f-raw-{n}");
+    let mut clients = burst_clients(endpoints, n).await?;
+    let mut watchers = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut client = clients[i % clients.len()].clone();
+        let groups = interest_of(group_of(i));
+        let range = |g: &str| {
+            let start = format!("{prefix}/{g}/");
+            let mut end = start.clone().into_bytes();
+            if let Some(last) = end.last_mut() {
+                *last += 1;
+            }
+            (start, end)
+        };
+        let (start, end) = range(&groups[0]);
+        let mut stream = client
+            .watch(start, Some(WatchOptions::new().with_range(end)))
+            .await?;
+        for g in &groups[1..] {
+            let (start, end) = range(g);
+            stream
+                .watch(start, Some(WatchOptions::new().with_range(end)))
+                .await?;
+        }
+        let mut created = 0;
+        while created < groups.len() {
+            match stream.message().await? {
+                Some(resp) if resp.created() => created += 1,
+                _ => return Err("raw watch not created".into()),
+            }
+        }
+        watchers.push(tokio::spawn(async move {
+            while let Ok(Some(_)) = stream.message().await {}
+        }));
+    }
+    let events_before = watch_events_settled(&endpoints[0]).await?;
+    let mut burst = raw_burst(&clients, etcd_pid, n, |i| {
+        format!("{prefix}/{}/{i}", group_name(group_of(i)))
+    })
+    .await?;
+    burst.watch_events = Some(watch_events_settled(&endpoints[0]).await? - events_before);
+    for w in watchers {
+        w.abort();
+    }
+    let mut raw = clients.remove(0);
+    wipe(&mut raw, &prefix).await?;
+    Ok(burst)
+}
+
+/// `ours · events · CPU · lost` for a table cell.
+fn cell(b: &Burst) -> String {
+    format!(
+        "{:.0} ms · {} events · {:.1} s · {} lost{}",
+        ms(b.wall),
+        b.watch_events.unwrap_or(0),
+        b.etcd_cpu,
+        b.lease_losses.unwrap_or(0),
+        if b.retried > 0 {
+            format!(" ({} retried)", b.retried)
+        } else {
+            String::new()
+        }
+    )
+}
+
+pub(crate) async fn p2f(report: &mut Report, start: Instant) -> Res<()> {
+    let etcd = EtcdCluster::builder()
+        .extra_args(P2_ETCD_ARGS.iter().copied())
+        .build()
+        .await?;
+    let endpoints = etcd.endpoints();
+    let etcd_pid = etcd.pid(0).ok_or("etcd is not running")?;
+    let sizes: Vec<usize> = match std::env::var("BENCH_P2F_BURSTS") {
+        Ok(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+        Err(_) => vec![1000],
+    };
+    let through_proxy = std::env::var_os("BENCH_P2F_PROXY").is_some();
+    for n in sizes {
+        eprintln!("{} P2f N={n}: interest only", elapsed_tag(start));
+        let prefix = format!("/bench/p2f-interest-{n}");
+        let interest = p2_ours_planned(&endpoints, etcd_pid, n, &prefix, interest_plan).await?;
+        interest.log("interest");
+        eprintln!(
+            "{} P2f N={n}: raw floor (interest watches)",
+            elapsed_tag(start)
+        );
+        let raw = raw_floor(&endpoints, etcd_pid, n).await?;
+        raw.log("raw");
+        eprintln!("{} P2f N={n}: watch everything", elapsed_tag(start));
+        let prefix = format!("/bench/p2f-everything-{n}");
+        let everything = p2_ours_planned(&endpoints, etcd_pid, n, &prefix, everything_plan).await?;
+        everything.log("everything");
+        let ratio = ms(interest.wall) / ms(raw.wall).max(1.0);
+        let (target, met) = if n == 1000 {
+            ("wall ≤ 1.2 × raw floor", Some(ratio <= 1.2))
+        } else {
+            ("—", None)
+        };
+        report.row(
+            "P2f",
+            format!("interest-only burst, N = {n} in {RING} groups (ring): wall · watch events · etcd CPU · lease losses"),
+            format!("{} ({ratio:.2} × raw floor)", cell(&interest)),
+            format!(
+                "watch everything {}; raw grant+put under the same interest watches {:.0} ms · {} events · {:.1} s",
+                cell(&everything),
+                ms(raw.wall),
+                raw.watch_events.unwrap_or(0),
+                raw.etcd_cpu
+            ),
+            target,
+            met,
+        );
+        report.bar(
+            format!("P2f burst wall time, N = {n}"),
+            ms(interest.wall),
+            vec![
+                ("watch everything", ms(everything.wall)),
+                ("raw grant+put", ms(raw.wall)),
+            ],
+            "ms",
+            false,
+        );
+        if through_proxy {
+            eprintln!(
+                "{} P2f N={n}: interest only, through a gRPC proxy",
+                elapsed_tag(start)
+            );
+            let proxy = GrpcProxy::start(&etcd).await?;
+            let prefix = format!("/bench/p2f-proxy-{n}");
+            let proxied =
+                p2_ours_planned(&[proxy.endpoint()], etcd_pid, n, &prefix, interest_plan).await;
+            drop(proxy);
+            let proxied = proxied?;
+            proxied.log("proxied");
+            report.row(
+                "P2f",
+                format!("interest-only burst through one gRPC proxy, N = {n}"),
+                cell(&proxied),
+                "—",
+                "—",
+                None,
+            );
+        }
+    }
+    report.notes.push(format!(
+        "**P2f** — the P2 burst in {RING} groups `g0`…`g9` where each group dials the next \
+         (a ring), so a server acts on three groups: its own (its own key lives there), the \
+         one it dials and the one that dials it (`Topology::interest`). *Interest only*: each \
+         connector is configured with `watch_groups` = those three and reads and watches only \
+         their key ranges (three watches on one gRPC stream, one pinned snapshot across the \
+         three ranges). *Watch everything*: the same burst with every connector watching the \
+         whole prefix (P2's setting). *Raw floor*: N lease grants + puts of a record-sized \
+         value into the same groups, each simulated server holding one raw watch stream with \
+         the same three watches. Watch events are the delta of etcd's \
+         `etcd_debugging_mvcc_events_total` from the go signal until it stops moving (every \
+         delivery of the burst). etcd has no server-side filter by key for a watch (its \
+         filters drop puts or deletes only), so one prefix watch filtered in the client costs \
+         etcd exactly what watching everything costs: the comparison is per-group watches \
+         against the prefix watch. Same etcd settings as P2 (`{}`).",
+        P2_ETCD_ARGS.join(" ")
+    ));
+    Ok(())
+}
