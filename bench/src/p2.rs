@@ -127,19 +127,15 @@ pub(crate) async fn raw_watchers(
 
 /// N connectors (sharing a few clients), synced, then all call `register_server` at once.
 pub(crate) async fn p2_ours(endpoints: &[String], etcd_pid: u32, n: usize) -> Res<Burst> {
-    p2_ours_planned(
-        endpoints,
-        etcd_pid,
-        n,
-        &format!("/bench/p2-ours-{n}"),
-        everything,
-    )
-    .await
+    let prefix = format!("/bench/p2-ours-{n}");
+    p2_ours_planned(endpoints, &endpoints[0], etcd_pid, n, &prefix, everything).await
 }
 
-/// [`p2_ours`] with server `i` registering and watching as `plan(i)` says.
+/// [`p2_ours`] with server `i` registering and watching as `plan(i)` says, through
+/// `endpoints` (etcd's, or a proxy's); `etcd` is etcd's own endpoint, for its counters.
 pub(crate) async fn p2_ours_planned(
     endpoints: &[String],
+    etcd: &str,
     etcd_pid: u32,
     n: usize,
     prefix: &str,
@@ -162,8 +158,8 @@ pub(crate) async fn p2_ours_planned(
     for c in &conns {
         c.wait_synced(PROMPT).await?;
     }
-    let before = etcd_unary_counts(&endpoints[0]).await?;
-    let events_before = watch_events_settled(&endpoints[0]).await?;
+    let before = etcd_unary_counts(etcd).await?;
+    let events_before = watch_events_settled(etcd).await?;
     let from = current_revision(&mut clients[0]).await? + 1;
     let (go_tx, go_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -205,8 +201,8 @@ pub(crate) async fn p2_ours_planned(
     }
     let etcd_cpu = etcd_cpu_secs(etcd_pid) - cpu0;
     let own_cpu = etcd_cpu_secs(std::process::id()) - own0;
-    let after = etcd_unary_counts(&endpoints[0]).await?;
-    let events_after = watch_events_settled(&endpoints[0]).await?;
+    let after = etcd_unary_counts(etcd).await?;
+    let events_after = watch_events_settled(etcd).await?;
     let requests: u64 = conns.iter().map(|c| c.registration_requests()).sum();
     // Each `register_server` call counts one lease grant; the rest are transactions.
     let calls = u64::try_from(n)? + u64::from(retried);

@@ -3,7 +3,8 @@
 //! that dials it), against the same burst with every server watching everything (today's P2)
 //! and against the raw grant+put floor under the same interest watches, in one run: watch
 //! events etcd sent, wall time, etcd CPU and lease losses. `BENCH_P2F_BURSTS=1000,2000` picks
-//! the sizes; `BENCH_P2F_PROXY=1` adds the interest-only burst through etcd's gRPC proxy.
+//! the sizes; `BENCH_P2F_VARIANTS=interest,raw,everything,proxy` the variants (`proxy`: the
+//! interest-only burst through etcd's gRPC proxy).
 
 use std::time::Instant;
 
@@ -114,79 +115,139 @@ fn cell(b: &Burst) -> String {
     )
 }
 
+/// Runs one variant; a failure (a burst too large for this machine) is reported, not fatal.
+async fn variant(
+    name: &str,
+    n: usize,
+    start: Instant,
+    run: impl std::future::Future<Output = Res<Burst>>,
+) -> Result<Burst, String> {
+    eprintln!("{} P2f N={n}: {name}", elapsed_tag(start));
+    let burst = run.await.map_err(|e| e.to_string());
+    match &burst {
+        Ok(b) => b.log(name),
+        Err(e) => eprintln!("    {name}: failed: {e}"),
+    }
+    burst
+}
+
+/// A table cell for a variant that may have failed.
+fn outcome(b: &Result<Burst, String>) -> String {
+    match b {
+        Ok(b) => cell(b),
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
 pub(crate) async fn p2f(report: &mut Report, start: Instant) -> Res<()> {
     let etcd = EtcdCluster::builder()
         .extra_args(P2_ETCD_ARGS.iter().copied())
         .build()
         .await?;
     let endpoints = etcd.endpoints();
+    let direct = endpoints[0].clone();
     let etcd_pid = etcd.pid(0).ok_or("etcd is not running")?;
     let sizes: Vec<usize> = match std::env::var("BENCH_P2F_BURSTS") {
         Ok(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
         Err(_) => vec![1000],
     };
-    let through_proxy = std::env::var_os("BENCH_P2F_PROXY").is_some();
+    // `BENCH_P2F_VARIANTS=interest,proxy` picks variants; the default runs the figure's three
+    // columns.
+    let variants = std::env::var("BENCH_P2F_VARIANTS")
+        .unwrap_or_else(|_| "interest,raw,everything".to_owned());
+    let on = |v: &str| variants.split(',').any(|x| x.trim() == v);
     for n in sizes {
-        eprintln!("{} P2f N={n}: interest only", elapsed_tag(start));
-        let prefix = format!("/bench/p2f-interest-{n}");
-        let interest = p2_ours_planned(&endpoints, etcd_pid, n, &prefix, interest_plan).await?;
-        interest.log("interest");
-        eprintln!(
-            "{} P2f N={n}: raw floor (interest watches)",
-            elapsed_tag(start)
-        );
-        let raw = raw_floor(&endpoints, etcd_pid, n).await?;
-        raw.log("raw");
-        eprintln!("{} P2f N={n}: watch everything", elapsed_tag(start));
-        let prefix = format!("/bench/p2f-everything-{n}");
-        let everything = p2_ours_planned(&endpoints, etcd_pid, n, &prefix, everything_plan).await?;
-        everything.log("everything");
-        let ratio = ms(interest.wall) / ms(raw.wall).max(1.0);
-        let (target, met) = if n == 1000 {
-            ("wall ≤ 1.2 × raw floor", Some(ratio <= 1.2))
+        let interest = if on("interest") {
+            let prefix = format!("/bench/p2f-interest-{n}");
+            let run = p2_ours_planned(&endpoints, &direct, etcd_pid, n, &prefix, interest_plan);
+            Some(variant("interest only", n, start, run).await)
         } else {
-            ("—", None)
+            None
         };
-        report.row(
-            "P2f",
-            format!("interest-only burst, N = {n} in {RING} groups (ring): wall · watch events · etcd CPU · lease losses"),
-            format!("{} ({ratio:.2} × raw floor)", cell(&interest)),
-            format!(
-                "watch everything {}; raw grant+put under the same interest watches {:.0} ms · {} events · {:.1} s",
-                cell(&everything),
-                ms(raw.wall),
-                raw.watch_events.unwrap_or(0),
-                raw.etcd_cpu
-            ),
-            target,
-            met,
-        );
-        report.bar(
-            format!("P2f burst wall time, N = {n}"),
-            ms(interest.wall),
-            vec![
-                ("watch everything", ms(everything.wall)),
-                ("raw grant+put", ms(raw.wall)),
-            ],
-            "ms",
-            false,
-        );
-        if through_proxy {
-            eprintln!(
-                "{} P2f N={n}: interest only, through a gRPC proxy",
-                elapsed_tag(start)
+        let raw = if on("raw") {
+            let run = raw_floor(&endpoints, etcd_pid, n);
+            Some(variant("raw floor (interest watches)", n, start, run).await)
+        } else {
+            None
+        };
+        let everything = if on("everything") {
+            let prefix = format!("/bench/p2f-everything-{n}");
+            let run = p2_ours_planned(&endpoints, &direct, etcd_pid, n, &prefix, everything_plan);
+            Some(variant("watch everything", n, start, run).await)
+        } else {
+            None
+        };
+        if let (Some(Ok(interest)), Some(Ok(raw)), Some(everything)) =
+            (&interest, &raw, &everything)
+        {
+            let ratio = ms(interest.wall) / ms(raw.wall).max(1.0);
+            let (target, met) = if n == 1000 {
+                ("wall ≤ 1.2 × raw floor", Some(ratio <= 1.2))
+            } else {
+                ("—", None)
+            };
+            report.row(
+                "P2f",
+                format!(
+                    "interest-only burst, N = {n} in {RING} groups (ring): wall · watch events · etcd CPU · lease losses"
+                ),
+                format!(
+                    "{} ({ratio:.2} × raw floor); servers' own CPU {:.1} s",
+                    cell(interest),
+                    interest.own_cpu
+                ),
+                format!(
+                    "watch everything {}; raw grant+put under the same interest watches {:.0} ms · {} events · {:.1} s, servers' own CPU {:.1} s",
+                    outcome(everything),
+                    ms(raw.wall),
+                    raw.watch_events.unwrap_or(0),
+                    raw.etcd_cpu,
+                    raw.own_cpu
+                ),
+                target,
+                met,
             );
+            let mut baselines = vec![("raw grant+put", ms(raw.wall))];
+            if let Ok(everything) = everything {
+                baselines.insert(0, ("watch everything", ms(everything.wall)));
+            }
+            report.bar(
+                format!("P2f burst wall time, N = {n}"),
+                ms(interest.wall),
+                baselines,
+                "ms",
+                false,
+            );
+        } else {
+            for (name, b) in [
+                ("interest-only", &interest),
+                ("raw floor", &raw),
+                ("watch-everything", &everything),
+            ] {
+                if let Some(b) = b {
+                    let figure = format!("{name} burst, N = {n}");
+                    report.row("P2f", figure, outcome(b), "—", "—", None);
+                }
+            }
+        }
+        if on("proxy") {
             let proxy = GrpcProxy::start(&etcd).await?;
             let prefix = format!("/bench/p2f-proxy-{n}");
-            let proxied =
-                p2_ours_planned(&[proxy.endpoint()], etcd_pid, n, &prefix, interest_plan).await;
+            let proxied_endpoints = [proxy.endpoint()];
+            let run = p2_ours_planned(
+                &proxied_endpoints,
+                &direct,
+                etcd_pid,
+                n,
+                &prefix,
+                interest_plan,
+            );
+            let proxied = variant("interest only, through a gRPC proxy", n, start, run).await;
             drop(proxy);
-            let proxied = proxied?;
-            proxied.log("proxied");
             report.row(
                 "P2f",
                 format!("interest-only burst through one gRPC proxy, N = {n}"),
-                cell(&proxied),
+                outcome(&proxied),
                 "—",
                 "—",
                 None,
