@@ -515,3 +515,39 @@ async fn the_proxy_renews_a_lease_past_its_clients_last_keep_alive() {
         "{lifetimes:?}"
     );
 }
+
+/// A connector watching only its interest (`watch_groups`: one watch per group on one
+/// stream) through a proxy: the proxy numbers the stream's watches itself, yet each group's
+/// changes reach the view (matched by the order of the `created` answers), the same as a
+/// connector with the same interest on etcd itself, and nothing of the unwatched group.
+#[tokio::test]
+async fn an_interest_through_a_proxy_sees_its_groups_as_on_etcd() {
+    let (etcd, proxy, prefix) = etcd_behind_a_proxy().await;
+    let cfg = config(&etcd, &prefix).with_lease_ttl(Duration::from_secs(5));
+    let interest = cfg.clone().with_watch_groups(["lobby", "game"]);
+    let (direct, mut direct_events) = synced(interest.clone()).await;
+    let (proxied, mut proxied_events) = synced(through(&interest, vec![proxy.endpoint()])).await;
+
+    let (_lobby, lobby_ids) = register_each(&cfg, "lobby", 1..3).await;
+    let (_chat, chat_ids) = register_each(&cfg, "chat", 3..5).await;
+    let (mut game, game_ids) = register_each(&cfg, "game", 5..8).await;
+    game.remove(0)
+        .deregister_server()
+        .await
+        .expect("deregister");
+
+    let want = membership_until(&mut direct_events, 6).await;
+    let got = membership_until(&mut proxied_events, 6).await;
+    assert_eq!(got, want, "same changes, revisions and order as on etcd");
+    let watched: BTreeSet<u16> = lobby_ids.union(&game_ids).copied().collect();
+    assert_eq!(ids(&direct), ids(&proxied));
+    assert_eq!(
+        ids(&proxied).len(),
+        watched.len() - 1,
+        "one game server left"
+    );
+    assert!(ids(&proxied).is_subset(&watched));
+    assert!(ids(&proxied).is_disjoint(&chat_ids), "chat is not watched");
+    let more = drain_for(&mut proxied_events, Duration::from_millis(300)).await;
+    assert!(membership(&more).is_empty(), "{more:?}");
+}
