@@ -86,6 +86,7 @@ pub mod error;
 pub mod events;
 mod guard;
 pub mod health;
+mod id_hash;
 pub mod keys;
 mod lease;
 pub mod metrics;

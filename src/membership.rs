@@ -62,6 +62,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use crate::events::Event;
+use crate::id_hash::IdMap;
 use crate::keys::{KeyLayout, ParsedKey};
 use crate::record::{decode, ServerInfo};
 
@@ -161,10 +162,10 @@ impl Changed {
 pub struct Membership {
     layout: KeyLayout,
     /// The holder of each id.
-    members: HashMap<u16, Member>,
+    members: IdMap<Member>,
     /// Valid claims that lose to the holder of their id, in no order. Empty unless a foreign
     /// writer made two keys for one id; an id appears here only while it has a holder.
-    shadowed: HashMap<u16, Vec<Member>>,
+    shadowed: IdMap<Vec<Member>>,
     /// Keys whose current version was skipped (malformed, lease-less) or shadowed, with that
     /// mod revision, so each such version is logged and counted once.
     skipped_keys: HashMap<Vec<u8>, i64>,
@@ -228,8 +229,8 @@ impl Membership {
     pub fn new(layout: KeyLayout) -> Self {
         Membership {
             layout,
-            members: HashMap::new(),
-            shadowed: HashMap::new(),
+            members: IdMap::default(),
+            shadowed: IdMap::default(),
             skipped_keys: HashMap::new(),
             skipped: 0,
             shadowed_count: 0,

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use crate::events::Event;
+use crate::id_hash::IdMap;
 use crate::record::ServerInfo;
 use crate::view::View;
 
@@ -17,7 +18,7 @@ use crate::view::View;
 /// re-registration with a new timestamp) has another fingerprint.
 #[derive(Debug, Default)]
 pub(crate) struct Received {
-    members: HashMap<u16, (u64, u32)>,
+    members: IdMap<(u64, u32)>,
     groups: Groups,
     synced: bool,
     stale: bool,
@@ -28,16 +29,25 @@ pub(crate) struct Received {
 struct Groups {
     names: Vec<Box<str>>,
     index: HashMap<Box<str>, u32>,
+    /// The group interned last: consecutive joins are mostly of one group (a snapshot is read
+    /// in key order), and comparing one name is cheaper than hashing it.
+    last: u32,
 }
 
 impl Groups {
     fn intern(&mut self, group: &str) -> u32 {
-        if let Some(&i) = self.index.get(group) {
-            return i;
+        if self.name(self.last) == group && !self.names.is_empty() {
+            return self.last;
         }
-        let i = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
-        self.names.push(group.into());
-        self.index.insert(group.into(), i);
+        let i = if let Some(&i) = self.index.get(group) {
+            i
+        } else {
+            let i = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+            self.names.push(group.into());
+            self.index.insert(group.into(), i);
+            i
+        };
+        self.last = i;
         i
     }
 
@@ -50,6 +60,12 @@ impl Groups {
 }
 
 impl Received {
+    /// Makes room for `more` members at once (a queued snapshot), instead of growing the map
+    /// step by step while they are handed out.
+    pub(crate) fn reserve(&mut self, more: usize) {
+        self.members.reserve(more);
+    }
+
     /// Records that `event` was handed to the consumer.
     pub(crate) fn note(&mut self, event: &Event) {
         match event {

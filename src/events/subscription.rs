@@ -13,6 +13,10 @@ use super::catch_up::{catch_up, Received};
 use super::{Event, LIFECYCLE_SLACK};
 use crate::view::ViewReader;
 
+/// A queue this long (a snapshot, a mass join) makes the consumer's record of what it holds
+/// grow once for all of it.
+const RESERVE_AHEAD: usize = 64;
+
 /// The queue between the publisher and one subscription. The publisher only ever locks it
 /// briefly to push (never waits for room); the consumer pops.
 #[derive(Debug)]
@@ -159,6 +163,9 @@ impl EventStream {
                     // A whole batch made it grow past its bound (a first snapshot): do not keep
                     // that buffer.
                     s.queue = VecDeque::new();
+                } else if s.queue.len() >= RESERVE_AHEAD {
+                    // Mostly joins: room for them in one step (a no-op once there is).
+                    self.received.reserve(s.queue.len());
                 }
                 drop(s);
                 return self.hand_out(event);
