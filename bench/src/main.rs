@@ -88,7 +88,7 @@ const CONSUL_ATTEMPTS: u32 = 10;
 const SNAPSHOT_SERVERS: u16 = 10_000;
 
 /// Repetitions of the P6 snapshot (the median is reported).
-const SNAPSHOT_RUNS: usize = 9;
+const SNAPSHOT_RUNS: usize = 21;
 
 /// Samples of P3/P4 (each: one join, one leave, one raw put, one raw delete).
 const LATENCY_SAMPLES: usize = 2000;
