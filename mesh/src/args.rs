@@ -65,6 +65,10 @@ pub struct MeshArgs {
     /// ends the round at once).
     #[arg(long, default_value_t = 5)]
     pub dial_attempts: u32,
+    /// Watch every group of the prefix instead of this server's interest (its own group, the
+    /// groups it dials and those that dial it, from the cluster file).
+    #[arg(long)]
+    pub watch_all: bool,
     /// Bound on an incoming connection's Identify, in seconds.
     #[arg(long, default_value_t = DEFAULT_IDENTIFY_TIMEOUT.as_secs())]
     pub identify_timeout: u64,
@@ -127,6 +131,10 @@ impl MeshArgs {
             .with_prefix(self.prefix.clone())
             .with_lease_ttl(self.ttl);
         connector.eviction = self.eviction();
+        if !self.watch_all {
+            // Only what this server acts on: etcd sends it nothing about other groups.
+            connector.watch_groups = placement.topology.interest();
+        }
         Ok(MeshConfig {
             connector,
             host: placement.host,
@@ -190,6 +198,14 @@ mod tests {
         assert_eq!((c.host.as_str(), c.port), ("lobby1", 7001));
         assert_eq!(c.topology.upstream_groups().collect::<Vec<_>>(), ["game"]);
         assert_eq!(c.connector.eviction, None, "eviction is off by default");
+        assert_eq!(
+            c.connector.watch_groups,
+            ["game", "lobby"],
+            "its interest by default"
+        );
+        let mut all = args.clone();
+        all.watch_all = true;
+        assert!(all.to_config().unwrap().connector.watch_groups.is_empty());
 
         let base = ["mesh", "--cluster", path, "--group", "lobby", "--host", "h"];
         let with = |extra: &[&str]| {
