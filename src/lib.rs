@@ -17,6 +17,7 @@
 //! | `alloc` | id choice, the one allocation transaction, reading its answer |
 //! | [`backoff`] | jittered exponential delays that never exceed their bound |
 //! | `membership` | the view: etcd changes in, exact joins and leaves out |
+//! | `id_hash` | maps keyed by server id, hashed without `SipHash`'s cost (65,536 keys cannot flood) |
 //! | `guard` | every other guarded write: the owner guard, one builder and reader per write |
 //! | `timing` | every backoff, clamp, deadline and period, with its why |
 //! | [`events`] | the event enum, its ordering rule, subscriptions and their catch-up |
@@ -25,7 +26,7 @@
 //! | `lease` | lease grant, keep-alive task, local deadline (I/O) |
 //! | `registration` | one registration's life: claim, keep, restore, recover; status and fence (I/O) |
 //! | [`metrics`] | metric names (through the `metrics` facade) |
-//! | `watcher` | list + watch state machine feeding `membership`, generic over its etcd source (I/O) |
+//! | `watcher` | list + watch state machine feeding `membership` (the prefix, or one range per watched group), generic over its etcd source (I/O) |
 //! | `reporter` | peer-reported eviction: the reports filed, their withdrawal, the anti-flap hold (pure) |
 //! | [`connector`] | register / deregister / connection failure; composes the above (I/O) |
 //! | [`admin`] | operator reads and the guarded eviction (`get`, `ls`, `evict`) (I/O) |
@@ -129,7 +130,8 @@ pub struct ServerList {
 }
 
 /// Reads the registry once: the live servers at one revision, and how many records under the
-/// prefix were skipped. For listings; use a [`Connector`] to follow changes.
+/// prefix were skipped. For listings; use a [`Connector`] to follow changes. It reads the
+/// whole prefix, whatever [`ConnectorConfig::watch_groups`] says.
 ///
 /// # Errors
 /// [`Error::InvalidConfig`], [`Error::Unreachable`], or an etcd failure.
