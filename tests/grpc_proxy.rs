@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -517,8 +517,8 @@ async fn the_proxy_renews_a_lease_past_its_clients_last_keep_alive() {
 }
 
 /// Membership lines per group, each group's in the order received.
-fn per_group(events: &[Event]) -> std::collections::BTreeMap<String, Vec<String>> {
-    let mut groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+fn per_group(events: &[Event]) -> BTreeMap<String, Vec<String>> {
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for event in events {
         let group = match event {
             Event::Join { server, .. } => &server.group,
