@@ -3,8 +3,8 @@
 //!
 //! The standard library's default (`SipHash` with random keys) exists to resist hash flooding by
 //! chosen keys; a `u16` key has only 65,536 values, so no input can make a map of them degrade
-//! past that, and a multiplicative hash is enough. Fibonacci hashing spreads the id over the
-//! high bits too, which hashbrown uses to tag its buckets.
+//! past that, and a multiplicative hash is enough: Fibonacci hashing, with the product's
+//! well-mixed high half moved to the low bits that pick a bucket.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -18,7 +18,9 @@ pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // The product's high half is the well-mixed one; hashbrown picks the bucket from the
+        // low bits, so they trade places (ids sharing their low bits, a stride, spread too).
+        self.0.rotate_left(32)
     }
 
     fn write_u16(&mut self, id: u16) {
@@ -45,6 +47,11 @@ mod tests {
         let tags: std::collections::BTreeSet<u64> =
             (1..=128u16).map(|id| build.hash_one(id) >> 57).collect();
         assert!(tags.len() > 64, "{} distinct tags", tags.len());
+        // ... and over the low bits, which pick the bucket: ids 64 apart do not share one.
+        let buckets: std::collections::BTreeSet<u64> = (1..=512u16)
+            .map(|i| build.hash_one(i * 64) & 1023)
+            .collect();
+        assert!(buckets.len() > 256, "{} distinct buckets", buckets.len());
         let mut map: IdMap<u16> = IdMap::default();
         for id in 1..=u16::MAX {
             map.insert(id, id);

@@ -535,7 +535,7 @@ fn per_group(events: &[Event]) -> BTreeMap<String, Vec<String>> {
 
 /// A connector watching only its interest (`watch_groups`: one watch per group on one
 /// stream) through a proxy: the proxy numbers the stream's watches itself, yet each group's
-/// changes reach the view (matched by the order of the `created` answers), each group's in
+/// changes reach the view (watch id `n` is range `n`, by etcd and by the proxy), each group's in
 /// etcd's order and at etcd's revisions, the same as a connector with the same interest on
 /// etcd itself, and nothing of the unwatched group. Two groups' events may interleave out of
 /// revision order (the contract with `watch_groups`): the proxy catches a new watch up on its

@@ -547,11 +547,12 @@ impl<S: KvSource> Watcher<S> {
             Some(lane) if lane < from.len() => lane,
             Some(_) | None if answer.watch_id == -1 => 0,
             _ => {
-                // A response for no watch of ours: etcd or a proxy broke the protocol. The
-                // stream cannot be trusted to carry every range's events; reopen it.
-                tracing::warn!(watch_id = answer.watch_id, from = ?from, "watch answer for an unknown watch id; reopening the stream");
+                // A response for no watch of ours, or with keys outside the range its watch id
+                // names: etcd or a proxy broke the protocol. The stream cannot be trusted to
+                // carry every range's events (nor its resume points); reopen it.
+                tracing::warn!(watch_id = answer.watch_id, from = ?from, "watch answer that matches none of our watches; reopening the stream");
                 self.source
-                    .suspect(member, "watch answer for an unknown watch id");
+                    .suspect(member, "watch answer matching none of our watches");
                 let then = Box::new(State::Open { from });
                 return State::Backoff {
                     then,

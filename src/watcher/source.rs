@@ -5,9 +5,13 @@
 //! etcd.
 //!
 //! Several ranges (a connector's interest: one per watched group) share one gRPC watch stream,
-//! one watcher per range. [`LaneStream`] tells which range a response belongs to: etcd answers
-//! the create requests of one stream in the order they were sent, so the n-th `created`
-//! response names the n-th range's watch id.
+//! one watcher per range. [`LaneStream`] tells which range a response belongs to by its watch
+//! id, which is the range's index: each create asks for that id (etcd honours a requested id),
+//! and etcd's gRPC proxy, which ignores requested ids, numbers a stream's watches from 0 in the
+//! order their creates arrive, which is the same. The order of the `created` answers is not
+//! used: the proxy sends each one when its upstream watch is created, in any order. An answer
+//! whose events lie outside the range its id names is a broken promise, and the stream is not
+//! trusted (`lane` is `None`: the watcher reopens it).
 
 use std::future::Future;
 use std::time::Duration;
@@ -21,6 +25,7 @@ use super::list::{Page, ServerRange};
 use crate::client::retrying_on;
 use crate::error::Result;
 use crate::keys::{KeyLayout, KeyRange};
+use crate::membership::KvChange;
 use crate::pool::Pool;
 
 /// The reads and streams the watcher makes.
@@ -117,11 +122,12 @@ impl KvSource for PoolSource {
     }
 
     async fn open(&self, from: &[i64]) -> Result<(LaneStream, usize)> {
-        let options = |keys: &KeyRange, from: i64| {
+        let options = |lane: usize, keys: &KeyRange, from: i64| {
             WatchOptions::new()
                 .with_range(keys.end.clone())
                 .with_start_revision(from)
                 .with_progress_notify()
+                .with_watch_id(i64::try_from(lane).unwrap_or(i64::MAX))
         };
         let (Some(first), Some(&first_from)) = (self.ranges.first(), from.first()) else {
             return Err(crate::error::Error::InvalidConfig(
@@ -130,21 +136,21 @@ impl KvSource for PoolSource {
         };
         let (mut stream, member) =
             retrying_on(&self.pool, "watch", self.request_timeout, |mut client| {
-                let (start, options) = (first.start.clone(), options(first, first_from));
+                let (start, options) = (first.start.clone(), options(0, first, first_from));
                 async move { client.watch(start, Some(options)).await }
             })
             .await?;
-        // The other ranges join the same stream: their creates are answered in this order.
-        for (keys, &from) in self.ranges.iter().zip(from).skip(1) {
+        // The other ranges join the same stream, each under its index as watch id.
+        for (lane, (keys, &from)) in self.ranges.iter().zip(from).enumerate().skip(1) {
             stream
-                .watch(keys.start.clone(), Some(options(keys, from)))
+                .watch(keys.start.clone(), Some(options(lane, keys, from)))
                 .await
                 .map_err(|e| crate::error::Error::etcd("watch", e))?;
         }
         Ok((
             LaneStream {
                 stream,
-                watch_ids: Vec::with_capacity(self.ranges.len()),
+                ranges: self.ranges.clone(),
             },
             member,
         ))
@@ -174,11 +180,11 @@ impl KvSource for PoolSource {
     }
 }
 
-/// One watch stream carrying a watcher per range, and which watch id is which range.
+/// One watch stream carrying a watcher per range; watch id `n` is range `n`.
 pub(crate) struct LaneStream {
     stream: WatchStream,
-    /// The watch id of each range whose `created` answer came, in range order.
-    watch_ids: Vec<i64>,
+    /// The watched ranges, in watch id order.
+    ranges: Vec<KeyRange>,
 }
 
 impl WatchFeed for LaneStream {
@@ -189,15 +195,10 @@ impl WatchFeed for LaneStream {
             Err(e) => return Err(e.to_string()),
         };
         let mut answer = WatchAnswer::from(&resp);
+        answer.lane = lane_of(&self.ranges, &answer);
         if answer.created {
-            debug!(
-                lane = self.watch_ids.len(),
-                watch_id = answer.watch_id,
-                "watch created"
-            );
-            self.watch_ids.push(answer.watch_id);
+            debug!(watch_id = answer.watch_id, lane = ?answer.lane, "watch created");
         }
-        answer.lane = lane_of(&self.watch_ids, answer.watch_id);
         Ok(Some(answer))
     }
 
@@ -209,29 +210,72 @@ impl WatchFeed for LaneStream {
     }
 }
 
-/// The range a watch id belongs to; `None` for −1 (the answer to a progress request, which
-/// covers the whole stream) and for an id no `created` answer named.
-pub(crate) fn lane_of(watch_ids: &[i64], watch_id: i64) -> Option<usize> {
-    if watch_id < 0 {
-        return None;
-    }
-    watch_ids.iter().position(|&id| id == watch_id)
+/// The range an answer belongs to: the one its watch id names, if every change it carries
+/// lies in that range. `None` for −1 (the answer to a progress request, which is the whole
+/// stream's, or a refused create), for an id that names no range, and for changes outside the
+/// named range.
+pub(crate) fn lane_of(ranges: &[KeyRange], answer: &WatchAnswer) -> Option<usize> {
+    let lane = usize::try_from(answer.watch_id).ok()?;
+    let range = ranges.get(lane)?;
+    let inside = |key: &[u8]| range.start.as_slice() <= key && key < range.end.as_slice();
+    let all_inside = answer.changes.iter().all(|change| match change {
+        KvChange::Put(kv) => inside(&kv.key),
+        KvChange::Delete { key, .. } => inside(key),
+    });
+    all_inside.then_some(lane)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::lane_of;
+    use super::*;
+    use crate::membership::KeyValue;
+
+    fn put(key: &str) -> KvChange {
+        KvChange::Put(KeyValue {
+            key: key.as_bytes().to_vec(),
+            value: Vec::new(),
+            create_revision: 1,
+            mod_revision: 1,
+            lease: 1,
+        })
+    }
 
     #[test]
-    fn responses_are_matched_to_ranges_by_their_created_order() {
-        // etcd numbers a stream's watchers from 0; a proxy may number them otherwise.
-        assert_eq!(lane_of(&[0, 1, 2], 2), Some(2));
-        assert_eq!(lane_of(&[7, 3], 3), Some(1));
+    fn an_answer_belongs_to_the_range_its_watch_id_names_if_its_keys_lie_there() {
+        let ranges = vec![
+            KeyRange::prefix(b"/p/game/".to_vec()),
+            KeyRange::prefix(b"/p/lobby/".to_vec()),
+        ];
+        let answer = |watch_id, changes| WatchAnswer {
+            watch_id,
+            changes,
+            ..WatchAnswer::default()
+        };
         assert_eq!(
-            lane_of(&[0, 1], -1),
-            None,
-            "a progress answer is the stream's"
+            lane_of(&ranges, &answer(1, vec![put("/p/lobby/3")])),
+            Some(1)
         );
-        assert_eq!(lane_of(&[0], 5), None, "not created (yet)");
+        assert_eq!(
+            lane_of(&ranges, &answer(0, Vec::new())),
+            Some(0),
+            "progress"
+        );
+        assert_eq!(
+            lane_of(&ranges, &answer(-1, Vec::new())),
+            None,
+            "the stream's"
+        );
+        assert_eq!(
+            lane_of(&ranges, &answer(2, Vec::new())),
+            None,
+            "no such range"
+        );
+        // A lobby key under game's id: the stream broke its promise.
+        assert_eq!(lane_of(&ranges, &answer(0, vec![put("/p/lobby/3")])), None);
+        let delete = KvChange::Delete {
+            key: b"/p/game/4".to_vec(),
+            revision: 2,
+        };
+        assert_eq!(lane_of(&ranges, &answer(1, vec![delete])), None);
     }
 }

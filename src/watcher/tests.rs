@@ -693,7 +693,7 @@ async fn a_compaction_of_any_range_relists_every_range() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_answer_for_an_unknown_watch_reopens_the_stream() {
+async fn an_answer_matching_none_of_our_watches_reopens_the_stream() {
     let (mut h, feed, state) = synced_ranges(2).await;
     h.log();
     let mut stray = events_at(12, vec![KvChange::Put(server(9, 12))]);
@@ -705,5 +705,8 @@ async fn an_answer_for_an_unknown_watch_reopens_the_stream() {
     let (events, state) = h.step(state).await;
     assert!(events.is_empty(), "not applied: {events:?}");
     assert_eq!(resume_points(&state), ("backoff", vec![11, 11]));
-    assert_eq!(h.log(), ["suspect 0: watch answer for an unknown watch id"]);
+    assert_eq!(
+        h.log(),
+        ["suspect 0: watch answer matching none of our watches"]
+    );
 }
