@@ -21,7 +21,7 @@ use crate::client::{connect, retrying, retrying_txn};
 use crate::config::ConnectorConfig;
 use crate::error::Result;
 use crate::guard::{self, evict::Evicted, Answer, Owner};
-use crate::keys::{KeyLayout, KeyRange, ParsedKey};
+use crate::keys::{KeyLayout, ParsedKey};
 use crate::membership::KeyValue;
 use crate::pool::Pool;
 use crate::record::{decode, ServerInfo};
@@ -155,7 +155,7 @@ impl Admin {
         // holds.
         let mut view = crate::membership::Membership::new(self.layout.clone());
         let mut snapshot = view.begin_snapshot();
-        let keys = KeyRange::prefix(self.layout.servers_prefix().into_bytes());
+        let keys = self.layout.servers_range();
         let range = ServerRange {
             pool: &self.client,
             layout: &self.layout,

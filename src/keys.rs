@@ -158,6 +158,11 @@ impl KeyLayout {
         format!("{}/{group}/", self.prefix)
     }
 
+    /// The whole server range, `<prefix>/…`.
+    pub(crate) fn servers_range(&self) -> KeyRange {
+        KeyRange::prefix(self.servers_prefix().into_bytes())
+    }
+
     /// The key ranges a watcher of `groups` reads and watches, sorted by start key (so pages
     /// read range after range are in key order as a whole): one range per group, or the whole
     /// server range when `groups` is empty. Group names are checked by the configuration; a
@@ -165,7 +170,7 @@ impl KeyLayout {
     #[must_use]
     pub(crate) fn watch_ranges(&self, groups: &BTreeSet<String>) -> Vec<KeyRange> {
         if groups.is_empty() {
-            return vec![KeyRange::prefix(self.servers_prefix().into_bytes())];
+            return vec![self.servers_range()];
         }
         // Sorted by start key, not by name: `-` and `.` sort below `/`, so `game-2/` comes
         // before `game/`. The ranges are disjoint: no `<group>/` is a prefix of another.

@@ -3,21 +3,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::report::command_output;
 use crate::Res;
 
 /// Unary gRPC requests etcd has answered so far, by method, from its `/metrics` page: an
 /// independent count of what the library sends.
 pub(crate) async fn etcd_unary_counts(endpoint: &str) -> Res<BTreeMap<String, u64>> {
-    let addr = endpoint.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .await?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await?;
+    let body = darkrift_etcd_testing::scrape(&format!("{endpoint}/metrics")).await?;
     let mut counts = BTreeMap::new();
     for line in body.lines() {
         if !line.starts_with("grpc_server_handled_total{") || !line.contains("grpc_type=\"unary\"")

@@ -229,7 +229,7 @@ pub(crate) async fn p2_ours_planned(
 }
 
 /// The current revision of the etcd `client` talks to.
-pub(crate) async fn current_revision(client: &mut Client) -> Res<i64> {
+async fn current_revision(client: &mut Client) -> Res<i64> {
     let resp = client.get("/", None).await?;
     Ok(resp
         .header()

@@ -67,6 +67,15 @@ pub struct Setting {
     pub(super) show: Show,
 }
 
+/// A comma-separated list, items trimmed, empty items dropped (`a, b,` is `[a, b]`).
+fn comma_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Parses `text` as a number; the message names the expected range.
 fn number<T: std::str::FromStr>(text: &str, what: &str) -> std::result::Result<T, String> {
     text.trim()
@@ -142,7 +151,7 @@ pub static SETTINGS: &[Setting] = &[
     setting!("endpoints", "ENDPOINTS", "endpoints", Connector, "URLS",
         "etcd endpoints, comma-separated (http://host:port, https:// with TLS)",
         apply: |s, v| {
-            s.connector.endpoints = v.split(',').map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()).collect();
+            s.connector.endpoints = comma_list(v);
             Ok(())
         },
         show: |s| Some(s.connector.endpoints.join(","))),
@@ -194,7 +203,7 @@ pub static SETTINGS: &[Setting] = &[
     setting!("watch_groups", "WATCH_GROUPS", "watch-groups", Connector, "GROUPS",
         "watch only these groups, comma-separated (own group included); empty: every group",
         apply: |s, v| {
-            s.connector.watch_groups = v.split(',').map(|g| g.trim().to_owned()).filter(|g| !g.is_empty()).collect();
+            s.connector.watch_groups = comma_list(v);
             Ok(())
         },
         show: |s| Some(s.connector.watch_groups.join(","))),

@@ -697,7 +697,7 @@ pub(crate) async fn list_once(
 ) -> Result<(i64, Membership)> {
     let mut view = Membership::new(settings.layout.clone());
     let mut snapshot = view.begin_snapshot();
-    let keys = KeyRange::prefix(settings.layout.servers_prefix().into_bytes());
+    let keys = settings.layout.servers_range();
     let range = ServerRange {
         pool,
         layout: &settings.layout,
