@@ -62,6 +62,11 @@ impl KeyRange {
         let end = prefix_end(&prefix);
         KeyRange { start: prefix, end }
     }
+
+    /// True when `key` lies in the range.
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
+        self.start.as_slice() <= key && key < self.end.as_slice()
+    }
 }
 
 /// The end of the range of keys starting with `prefix` (etcd's prefix rule).
@@ -383,18 +388,12 @@ mod tests {
         }
         for group in &groups {
             let inside = l.server_key(group, 7).into_bytes();
-            let holding: Vec<_> = ranges
-                .iter()
-                .filter(|r| r.start <= inside && inside < r.end)
-                .collect();
+            let holding: Vec<_> = ranges.iter().filter(|r| r.contains(&inside)).collect();
             assert_eq!(holding.len(), 1, "{group}");
             let range = holding[0];
             for other in groups.iter().filter(|o| *o != group) {
                 let outside = l.server_key(other, 7).into_bytes();
-                assert!(
-                    !(range.start <= outside && outside < range.end),
-                    "{group} {other}"
-                );
+                assert!(!range.contains(&outside), "{group} {other}");
             }
         }
     }

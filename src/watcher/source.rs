@@ -217,10 +217,9 @@ impl WatchFeed for LaneStream {
 pub(crate) fn lane_of(ranges: &[KeyRange], answer: &WatchAnswer) -> Option<usize> {
     let lane = usize::try_from(answer.watch_id).ok()?;
     let range = ranges.get(lane)?;
-    let inside = |key: &[u8]| range.start.as_slice() <= key && key < range.end.as_slice();
     let all_inside = answer.changes.iter().all(|change| match change {
-        KvChange::Put(kv) => inside(&kv.key),
-        KvChange::Delete { key, .. } => inside(key),
+        KvChange::Put(kv) => range.contains(&kv.key),
+        KvChange::Delete { key, .. } => range.contains(key),
     });
     all_inside.then_some(lane)
 }
