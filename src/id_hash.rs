@@ -6,11 +6,14 @@
 //! past that, and a multiplicative hash is enough: Fibonacci hashing, with the product's
 //! well-mixed high half moved to the low bits that pick a bucket.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// A map from server id to `V`.
 pub(crate) type IdMap<V> = HashMap<u16, V, BuildHasherDefault<IdHasher>>;
+
+/// A set of server ids.
+pub(crate) type IdSet = HashSet<u16, BuildHasherDefault<IdHasher>>;
 
 /// Hashes the one `u16` written to it (an id) by multiplying it with 2^64 / φ.
 #[derive(Debug, Default, Clone, Copy)]

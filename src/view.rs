@@ -8,7 +8,10 @@
 //! write lock) falls between two applied batches: the ordering rule of [`crate::events`].
 //!
 //! The watcher also announces each batch or snapshot it applied ([`Applied`]) to whoever
-//! listens (the registration, for its own key): it does not know who they are.
+//! listens (the registration, for its own key): it does not know who they are. A listener
+//! names the key it listens for ([`AppliedListener`]), and a batch touching none of the named
+//! keys is not announced: otherwise every watch response would wake every registration's
+//! task, which then finds the batch is not about its key (nearly always).
 //!
 //! ```text
 //!   watcher ──update──► View ──events──► Slot ─► EventStream (subscriber 1)
@@ -17,9 +20,10 @@
 //!   registration ──publish_lifecycle──► (sequenced like the watcher's events)
 //! ```
 
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::events::{Event, EventStream, Slot};
 use crate::keys::KeyLayout;
@@ -106,7 +110,63 @@ impl Shared {
 pub(crate) struct ViewReader {
     shared: Arc<RwLock<Shared>>,
     applied: broadcast::Sender<Applied>,
+    /// The keys the listeners of `applied` listen for, one entry per listener.
+    listened: ListenedKeys,
     capacity: usize,
+}
+
+/// The keys whose changes are announced, one entry per [`AppliedListener`] (a connector has
+/// one per registration, so a list is the cheapest set).
+type ListenedKeys = Arc<Mutex<Vec<Vec<u8>>>>;
+
+fn lock_keys(keys: &ListenedKeys) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+    // A poisoned list is still a list of keys.
+    keys.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Hears every snapshot the watcher applies and every batch of changes touching its key
+/// (and maybe batches touching other listeners' keys). Its key stops being listened for when
+/// it is dropped.
+#[derive(Debug)]
+pub(crate) struct AppliedListener {
+    rx: broadcast::Receiver<Applied>,
+    listened: ListenedKeys,
+    key: Vec<u8>,
+}
+
+impl AppliedListener {
+    /// The next announcement (see [`broadcast::Receiver::recv`]: `Lagged` when some were
+    /// missed, `Closed` when the watcher is gone).
+    pub(crate) async fn recv(&mut self) -> Result<Applied, RecvError> {
+        self.rx.recv().await
+    }
+
+    /// Listens for changes of `key` from now on instead. Returns false when it is the key
+    /// listened for already; true means changes of `key` applied before this call were not
+    /// announced to this listener.
+    pub(crate) fn listen_for(&mut self, key: &[u8]) -> bool {
+        if self.key == key {
+            return false;
+        }
+        let mut keys = lock_keys(&self.listened);
+        if let Some(slot) = keys.iter_mut().find(|k| **k == self.key) {
+            key.clone_into(slot);
+        } else {
+            keys.push(key.to_vec());
+        }
+        key.clone_into(&mut self.key);
+        true
+    }
+}
+
+impl Drop for AppliedListener {
+    fn drop(&mut self) {
+        let mut keys = lock_keys(&self.listened);
+        if let Some(at) = keys.iter().position(|k| *k == self.key) {
+            keys.swap_remove(at);
+        }
+    }
 }
 
 /// How many announcements a listener may fall behind before it is told it lagged (it then
@@ -145,9 +205,17 @@ impl ViewReader {
         EventStream::new(slot, self.clone())
     }
 
-    /// Listens to what the watcher applies from now on.
-    pub(crate) fn applied(&self) -> broadcast::Receiver<Applied> {
-        self.applied.subscribe()
+    /// Listens to what the watcher applies from now on: every snapshot, and every batch of
+    /// changes that touches `key`.
+    pub(crate) fn applied_to(&self, key: &[u8]) -> AppliedListener {
+        // Subscribed before the key is listed: a batch announced in between is heard.
+        let rx = self.applied.subscribe();
+        lock_keys(&self.listened).push(key.to_vec());
+        AppliedListener {
+            rx,
+            listened: self.listened.clone(),
+            key: key.to_vec(),
+        }
     }
 
     /// Sequences a lifecycle event made by `event` from the view's current revision: after
@@ -177,6 +245,7 @@ impl ViewWriter {
                 closed: false,
             })),
             applied,
+            listened: ListenedKeys::default(),
             capacity,
         };
         (
@@ -202,11 +271,31 @@ impl ViewWriter {
         self.reader.read(f)
     }
 
-    /// Tells the listeners what was just applied (nothing is built when nobody listens).
-    pub(crate) fn announce(&self, applied: impl FnOnce() -> Applied) {
+    /// Tells the listeners that a snapshot taken at `revision` replaced the view.
+    pub(crate) fn announce_snapshot(&self, revision: i64) {
         if self.reader.applied.receiver_count() > 0 {
             // An error means every listener left meanwhile: nobody to tell.
-            let _ = self.reader.applied.send(applied());
+            let _ = self.reader.applied.send(Applied::Snapshot { revision });
+        }
+    }
+
+    /// Tells the listeners about a batch of changes just applied, if it touches a key one of
+    /// them listens for (nothing is built otherwise).
+    pub(crate) fn announce_changes(&self, changes: Vec<KvChange>) {
+        if self.reader.applied.receiver_count() == 0 {
+            return;
+        }
+        let touches_a_listened_key = {
+            let keys = lock_keys(&self.reader.listened);
+            changes
+                .iter()
+                .any(|change| keys.iter().any(|key| key.as_slice() == change.key()))
+        };
+        if touches_a_listened_key {
+            let _ = self
+                .reader
+                .applied
+                .send(Applied::Changes(Arc::new(changes)));
         }
     }
 }
@@ -421,5 +510,47 @@ mod tests {
             Some(true),
             "a late one still gets the view"
         );
+    }
+
+    /// What the listener hears right now, as short strings.
+    fn heard(listener: &mut AppliedListener) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(applied) = listener.recv().now_or_never() {
+            out.push(match applied {
+                Ok(Applied::Snapshot { revision }) => format!("snapshot @{revision}"),
+                Ok(Applied::Changes(changes)) => {
+                    format!("changes @{}", changes.last().map_or(0, KvChange::revision))
+                }
+                Err(e) => format!("{e}"),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn a_listener_hears_snapshots_and_the_changes_of_its_key_only() {
+        let (writer, reader) = ViewWriter::new(layout(), 4);
+        let key = |id| layout().server_key("game", id).into_bytes();
+        let mut listener = reader.applied_to(&key(1));
+        writer.announce_snapshot(2);
+        writer.announce_changes(vec![put(2, 3)]);
+        writer.announce_changes(vec![put(3, 4), delete(1, 4)]);
+        assert_eq!(heard(&mut listener), ["snapshot @2", "changes @4"]);
+        // Another key from now on: changes of the old one are no longer heard.
+        assert!(listener.listen_for(&key(2)));
+        assert!(!listener.listen_for(&key(2)), "already that key");
+        writer.announce_changes(vec![put(1, 5)]);
+        writer.announce_changes(vec![delete(2, 6)]);
+        assert_eq!(heard(&mut listener), ["changes @6"]);
+        // A second listener's key is announced to both (each checks what is about its own).
+        let mut other = reader.applied_to(&key(7));
+        writer.announce_changes(vec![put(7, 7)]);
+        assert_eq!(heard(&mut listener), ["changes @7"]);
+        assert_eq!(heard(&mut other), ["changes @7"]);
+        // A dropped listener's key is forgotten.
+        drop(other);
+        writer.announce_changes(vec![delete(7, 8)]);
+        assert!(heard(&mut listener).is_empty());
+        assert!(lock_keys(&reader.listened).iter().all(|k| *k == key(2)));
     }
 }

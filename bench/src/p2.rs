@@ -332,7 +332,11 @@ pub(crate) async fn p2_raw(endpoints: &[String], etcd_pid: u32, n: usize) -> Res
     let prefix = format!("/bench/p2-raw-{n}");
     let mut clients = burst_clients(endpoints, n).await?;
     let watchers = raw_watchers(&clients, &format!("{prefix}/"), n).await?;
-    let burst = raw_burst(&clients, etcd_pid, n, |i| format!("{prefix}/raw/{i}")).await?;
+    let key_prefix = prefix.clone();
+    let burst = raw_burst(&clients, etcd_pid, n, move |i| {
+        format!("{key_prefix}/raw/{i}")
+    })
+    .await?;
     for w in watchers {
         w.abort();
     }
@@ -341,27 +345,55 @@ pub(crate) async fn p2_raw(endpoints: &[String], etcd_pid: u32, n: usize) -> Res
     Ok(burst)
 }
 
+/// What a raw burst writes for simulated server `i` under its fresh lease.
+pub(crate) enum RawWrite {
+    /// A put of a record-sized value at this key (the floor).
+    Put(String),
+    /// A transaction built for the lease (e.g. the allocator's, with a preassigned id).
+    Txn(etcd_client::Txn),
+}
+
 /// N lease grants + puts of a record-sized value at `key_of(i)`, all at once: the floor's
 /// burst, timed like ours (whatever watches the caller set up).
 pub(crate) async fn raw_burst(
     clients: &[Client],
     etcd_pid: u32,
     n: usize,
-    key_of: impl Fn(usize) -> String,
+    key_of: impl Fn(usize) -> String + Send + Sync + 'static,
+) -> Res<Burst> {
+    raw_burst_of(clients, etcd_pid, n, move |i, _| RawWrite::Put(key_of(i))).await
+}
+
+/// [`raw_burst`] writing `write_of(i, lease)` for server `i`.
+pub(crate) async fn raw_burst_of(
+    clients: &[Client],
+    etcd_pid: u32,
+    n: usize,
+    write_of: impl Fn(usize, i64) -> RawWrite + Send + Sync + 'static,
 ) -> Res<Burst> {
     let value = Registration::new("raw", "127.0.0.1", 4296, props())?.encode(1, 1, now_unix_ms());
+    let write_of = Arc::new(write_of);
     let (go_tx, go_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     for i in 0..n {
         let mut client = clients[i % clients.len()].clone();
-        let key = key_of(i);
         let value = value.clone();
+        let write_of = write_of.clone();
         let mut go = go_rx.clone();
         tasks.spawn(async move {
             go.wait_for(|g| *g).await?;
             let lease = client.lease_grant(30, None).await?.id();
-            let opts = etcd_client::PutOptions::new().with_lease(lease);
-            client.put(key, value, Some(opts)).await?;
+            match write_of(i, lease) {
+                RawWrite::Put(key) => {
+                    let opts = etcd_client::PutOptions::new().with_lease(lease);
+                    client.put(key, value, Some(opts)).await?;
+                }
+                RawWrite::Txn(txn) => {
+                    if !client.txn(txn).await?.succeeded() {
+                        return Err::<_, BoxError>(format!("raw transaction {i} failed").into());
+                    }
+                }
+            }
             Ok::<_, BoxError>(Instant::now())
         });
     }

@@ -3,15 +3,24 @@
 //! that dials it), against the same burst with every server watching everything (today's P2)
 //! and against the raw grant+put floor under the same interest watches, in one run: watch
 //! events etcd sent, wall time, etcd CPU and lease losses. `BENCH_P2F_BURSTS=1000,2000` picks
-//! the sizes; `BENCH_P2F_VARIANTS=interest,raw,everything,proxy` the variants (`proxy`: the
-//! interest-only burst through etcd's gRPC proxy).
+//! the sizes; `BENCH_P2F_VARIANTS=interest,raw,rawtxn,everything,proxy` the variants (`proxy`:
+//! the interest-only burst through etcd's gRPC proxy; `rawtxn`: the raw floor with the
+//! allocator's transaction instead of a put, which splits the gap to the floor into etcd's
+//! share, the transaction, and the library's, everything a connector does client-side).
 
 use std::time::Instant;
 
 use darkrift_etcd_testing::{EtcdCluster, GrpcProxy};
 use etcd_client::WatchOptions;
 
-use crate::p2::{burst_clients, p2_ours_planned, raw_burst, watch_events_settled, Burst};
+use darkrift_etcd::alloc::{build_txn, now_unix_ms, AllocParams, AllocRequest, Candidate};
+use darkrift_etcd::keys::KeyLayout;
+use darkrift_etcd::Registration;
+
+use crate::events::props;
+use crate::p2::{
+    burst_clients, p2_ours_planned, raw_burst, raw_burst_of, watch_events_settled, Burst, RawWrite,
+};
 use crate::raw::wipe;
 use crate::report::Report;
 use crate::stats::{elapsed_tag, ms};
@@ -47,10 +56,23 @@ fn everything_plan(i: usize) -> (String, Vec<String>) {
     (group_name(group_of(i)), Vec::new())
 }
 
+/// What the raw watchers' burst writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RawKind {
+    /// A lease grant + put per server: the floor.
+    Put,
+    /// A lease grant + the allocator's own transaction with a preassigned id: what etcd does
+    /// for a registration, without the library's client-side work (a diagnostic).
+    AllocTxn,
+}
+
 /// The floor: N lease grants + puts into the ring's groups, with one raw watch stream per
 /// simulated server carrying a watch per group of its interest (the deliveries ours makes).
-async fn raw_floor(endpoints: &[String], etcd_pid: u32, n: usize) -> Res<Burst> {
-    let prefix = format!("/bench/p2f-raw-{n}");
+async fn raw_floor(endpoints: &[String], etcd_pid: u32, n: usize, kind: RawKind) -> Res<Burst> {
+    let prefix = match kind {
+        RawKind::Put => format!("/bench/p2f-raw-{n}"),
+        RawKind::AllocTxn => format!("/bench/p2f-rawtxn-{n}"),
+    };
     let mut clients = burst_clients(endpoints, n).await?;
     let mut watchers = Vec::with_capacity(n);
     for i in 0..n {
@@ -86,10 +108,37 @@ async fn raw_floor(endpoints: &[String], etcd_pid: u32, n: usize) -> Res<Burst> 
         }));
     }
     let events_before = watch_events_settled(&endpoints[0]).await?;
-    let mut burst = raw_burst(&clients, etcd_pid, n, |i| {
-        format!("{prefix}/{}/{i}", group_name(group_of(i)))
-    })
-    .await?;
+    let mut burst = match kind {
+        RawKind::Put => {
+            let keys = prefix.clone();
+            raw_burst(&clients, etcd_pid, n, move |i| {
+                format!("{keys}/{}/{i}", group_name(group_of(i)))
+            })
+            .await?
+        }
+        RawKind::AllocTxn => {
+            let layout = KeyLayout::new(&prefix)?;
+            let record = Registration::new("g0", "127.0.0.1", 4296, props())?;
+            let params = AllocParams {
+                id_space: u16::MAX,
+                spread_window: darkrift_etcd::alloc::DEFAULT_SPREAD_WINDOW,
+            };
+            raw_burst_of(&clients, etcd_pid, n, move |i, lease| {
+                let id = u16::try_from(i + 1).unwrap_or(u16::MAX);
+                let position = u64::from(id);
+                RawWrite::Txn(build_txn(&AllocRequest {
+                    layout: &layout,
+                    group: &group_name(group_of(i)),
+                    candidate: Candidate { position, id },
+                    cursor: position - 1,
+                    record: record.encode(id, position, now_unix_ms()),
+                    lease_id: lease,
+                    params,
+                }))
+            })
+            .await?
+        }
+    };
     burst.watch_events = Some(watch_events_settled(&endpoints[0]).await? - events_before);
     for w in watchers {
         w.abort();
@@ -152,9 +201,9 @@ pub(crate) async fn p2f(report: &mut Report, start: Instant) -> Res<()> {
         Err(_) => vec![1000],
     };
     // `BENCH_P2F_VARIANTS=interest,proxy` picks variants; the default runs the figure's three
-    // columns.
+    // columns and the allocation-transaction diagnostic.
     let variants = std::env::var("BENCH_P2F_VARIANTS")
-        .unwrap_or_else(|_| "interest,raw,everything".to_owned());
+        .unwrap_or_else(|_| "interest,raw,rawtxn,everything".to_owned());
     let on = |v: &str| variants.split(',').any(|x| x.trim() == v);
     for n in sizes {
         let interest = if on("interest") {
@@ -165,8 +214,22 @@ pub(crate) async fn p2f(report: &mut Report, start: Instant) -> Res<()> {
             None
         };
         let raw = if on("raw") {
-            let run = raw_floor(&endpoints, etcd_pid, n);
+            let run = raw_floor(&endpoints, etcd_pid, n, RawKind::Put);
             Some(variant("raw floor (interest watches)", n, start, run).await)
+        } else {
+            None
+        };
+        let raw_txn = if on("rawtxn") {
+            let run = raw_floor(&endpoints, etcd_pid, n, RawKind::AllocTxn);
+            Some(
+                variant(
+                    "raw grant + allocation txn (interest watches)",
+                    n,
+                    start,
+                    run,
+                )
+                .await,
+            )
         } else {
             None
         };
@@ -230,6 +293,28 @@ pub(crate) async fn p2f(report: &mut Report, start: Instant) -> Res<()> {
                 }
             }
         }
+        if let Some(raw_txn) = &raw_txn {
+            let ratio = match (raw_txn, &raw) {
+                (Ok(t), Some(Ok(raw))) => {
+                    format!(" ({:.2} × raw floor)", ms(t.wall) / ms(raw.wall).max(1.0))
+                }
+                _ => String::new(),
+            };
+            let cpu = raw_txn
+                .as_ref()
+                .map(|t| format!("; servers' own CPU {:.1} s", t.own_cpu))
+                .unwrap_or_default();
+            report.row(
+                "P2f",
+                format!(
+                    "diagnostic: raw grant + the allocation transaction (ids preassigned, no library) under the same interest watches, N = {n}"
+                ),
+                format!("{}{ratio}{cpu}", outcome(raw_txn)),
+                "—",
+                "—",
+                None,
+            );
+        }
         if on("proxy") {
             let proxy = GrpcProxy::start(&etcd).await?;
             let prefix = format!("/bench/p2f-proxy-{n}");
@@ -263,7 +348,11 @@ pub(crate) async fn p2f(report: &mut Report, start: Instant) -> Res<()> {
          three ranges). *Watch everything*: the same burst with every connector watching the \
          whole prefix (P2's setting). *Raw floor*: N lease grants + puts of a record-sized \
          value into the same groups, each simulated server holding one raw watch stream with \
-         the same three watches. Watch events are the delta of etcd's \
+         the same three watches. *Diagnostic*: the raw floor with the allocator's own \
+         transaction (slot key, server key and cursor, each id preassigned so that none \
+         conflicts) in place of the put: etcd's cost of a registration without any of the \
+         library's client-side work (watch handling, keep-alive, supervision); the gap \
+         between it and the floor is etcd's share of the distance to the floor. Watch events are the delta of etcd's \
          `etcd_debugging_mvcc_events_total` from the go signal until it stops moving (every \
          delivery of the burst). etcd has no server-side filter by key for a watch (its \
          filters drop puts or deletes only), so one prefix watch filtered in the client costs \

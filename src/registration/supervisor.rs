@@ -22,7 +22,7 @@ use crate::lease::{LeaseSession, LeaseState};
 use crate::metrics as m;
 use crate::record::Registration;
 use crate::timing;
-use crate::view::Applied;
+use crate::view::AppliedListener;
 
 /// The running supervisor of one registration.
 pub(crate) struct Supervisor {
@@ -31,8 +31,12 @@ pub(crate) struct Supervisor {
     pub(super) claim: Claim,
     pub(super) lease: Option<LeaseSession>,
     pub(super) status: watch::Sender<RegistrationStatus>,
-    /// What the watcher applies, to notice edits of our key (`None` once the watcher is gone).
-    applied: Option<broadcast::Receiver<Applied>>,
+    /// What the watcher applies to our key, to notice edits of it (`None` once the watcher
+    /// is gone).
+    applied: Option<AppliedListener>,
+    /// Our key changed (a new id) after changes to it may have been applied unheard: the
+    /// next own-key check runs at once, as after a missed announcement.
+    key_unheard: bool,
     /// Our key as last written, for [`own_key::touched`].
     own: OwnKey,
     pub(super) cancel: CancellationToken,
@@ -81,8 +85,8 @@ impl Supervisor {
             deadline,
         });
         // Listening starts before the task: nothing the watcher applies from here on is missed.
-        let applied = Some(ctx.view.applied());
         let own = own_key(&claim, lease.id());
+        let applied = Some(ctx.view.applied_to(&own.key));
         ctx.own_lease.store(lease.id(), Ordering::Relaxed);
         let sup = Supervisor {
             ctx,
@@ -91,6 +95,7 @@ impl Supervisor {
             lease: Some(lease),
             status,
             applied,
+            key_unheard: false,
             own,
             cancel,
             health,
@@ -102,6 +107,10 @@ impl Supervisor {
     pub(super) fn track_own_key(&mut self) {
         let lease = self.lease.as_ref().map_or(0, LeaseSession::id);
         self.own = own_key(&self.claim, lease);
+        if let Some(applied) = self.applied.as_mut() {
+            // Changes of the new key applied before now were announced to nobody here.
+            self.key_unheard |= applied.listen_for(&self.own.key);
+        }
         self.ctx.own_lease.store(lease, Ordering::Relaxed);
     }
 
@@ -189,6 +198,9 @@ impl Supervisor {
     /// The next announcement that touches our key (see [`own_key::touched`]); never, once the
     /// watcher is gone.
     async fn own_key_touched(&mut self) {
+        if std::mem::take(&mut self.key_unheard) {
+            return;
+        }
         loop {
             let Some(applied) = self.applied.as_mut() else {
                 return std::future::pending().await;

@@ -20,7 +20,7 @@
 
 use etcd_client::{EventType, WatchResponse};
 
-use crate::membership::KvChange;
+use crate::membership::{KeyValue, KvChange};
 
 /// One watch response as plain data.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,37 +46,57 @@ pub(crate) struct WatchAnswer {
     pub(crate) changes: Vec<KvChange>,
 }
 
-impl From<&WatchResponse> for WatchAnswer {
-    fn from(resp: &WatchResponse) -> Self {
-        let changes = resp
-            .events()
-            .iter()
-            .filter_map(|ev| {
-                let kv = ev.kv()?;
-                Some(match ev.event_type() {
-                    EventType::Put => KvChange::Put(super::convert_kv(kv)),
-                    EventType::Delete => KvChange::Delete {
-                        key: kv.key().to_vec(),
-                        revision: kv.mod_revision(),
-                    },
-                })
+impl From<WatchResponse> for WatchAnswer {
+    /// Takes the events' keys and values out of the response instead of copying them: a busy
+    /// watcher handles every event of its ranges, one or two allocations and copies each.
+    fn from(mut resp: WatchResponse) -> Self {
+        let header_revision = resp
+            .header()
+            .map_or(0, etcd_client::ResponseHeader::revision);
+        // etcd-client's `pub-response-field` exposes the decoded protobuf message, whose
+        // fields can be moved out.
+        let resp = &mut resp.0;
+        let has_events = !resp.events.is_empty();
+        let changes = std::mem::take(&mut resp.events)
+            .into_iter()
+            .filter_map(|event| {
+                let kv = event.kv?;
+                match event.r#type {
+                    PUT => Some(KvChange::Put(KeyValue {
+                        key: kv.key,
+                        value: kv.value,
+                        create_revision: kv.create_revision,
+                        mod_revision: kv.mod_revision,
+                        lease: kv.lease,
+                    })),
+                    DELETE => Some(KvChange::Delete {
+                        key: kv.key,
+                        revision: kv.mod_revision,
+                    }),
+                    // A type this client does not know changes nothing it can apply (etcd
+                    // has only the two).
+                    _ => None,
+                }
             })
             .collect();
         WatchAnswer {
-            canceled: resp.canceled(),
-            compact_revision: resp.compact_revision(),
-            cancel_reason: resp.cancel_reason().to_owned(),
-            created: resp.created(),
-            watch_id: resp.watch_id(),
+            canceled: resp.canceled,
+            compact_revision: resp.compact_revision,
+            cancel_reason: std::mem::take(&mut resp.cancel_reason),
+            created: resp.created,
+            watch_id: resp.watch_id,
             lane: None,
-            header_revision: resp
-                .header()
-                .map_or(0, etcd_client::ResponseHeader::revision),
-            has_events: !resp.events().is_empty(),
+            header_revision,
+            has_events,
             changes,
         }
     }
 }
+
+/// `mvccpb.Event.EventType` as etcd's protobuf numbers it.
+const PUT: i32 = EventType::Put as i32;
+/// See [`PUT`].
+const DELETE: i32 = EventType::Delete as i32;
 
 /// What the watcher does with a response (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,10 +157,7 @@ pub(crate) fn classify(answer: &WatchAnswer, from: i64) -> Verdict {
     let last = answer
         .changes
         .iter()
-        .map(|change| match change {
-            KvChange::Put(kv) => kv.mod_revision,
-            KvChange::Delete { revision, .. } => *revision,
-        })
+        .map(KvChange::revision)
         .fold(from - 1, i64::max);
     Verdict::Apply { last }
 }

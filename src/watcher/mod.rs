@@ -3,8 +3,8 @@
 //! The watcher is the only writer of the [`View`] (members, revision, freshness): each step that
 //! changes it does so through its [`ViewWriter`], which sequences the joins and leaves of that
 //! change in the same step and hands them to every subscription without waiting (see
-//! [`crate::events`]). It announces each applied batch or snapshot ([`Applied`]) to whoever
-//! listens; it knows nothing of the registration.
+//! [`crate::events`]). It announces each applied batch or snapshot
+//! ([`crate::view::Applied`]) to whoever listens; it knows nothing of the registration.
 //!
 //! ```text
 //!            ┌──────────── compaction / cancelled watch / resync request ───────────┐
@@ -63,11 +63,11 @@
 //! watcher relists, emits exactly the joins and leaves it missed, then [`Event::Fresh`]: a
 //! completed relist is what proves the view caught up.
 
-use std::sync::Arc;
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::alloc;
@@ -78,7 +78,7 @@ use crate::keys::{KeyLayout, KeyRange};
 use crate::membership::{KeyValue, Membership, Snapshot};
 use crate::metrics as m;
 use crate::pool::Pool;
-use crate::view::{Applied, View, ViewReader, ViewWriter};
+use crate::view::{View, ViewReader, ViewWriter};
 
 mod classify;
 mod list;
@@ -154,6 +154,10 @@ enum State<F> {
         member: usize,
         last_heard: Instant,
         asked: Option<Instant>,
+        /// The watchdog's timer, kept from message to message: moving a pending timer later
+        /// is an atomic update, where a new timer per message is registered with the runtime's
+        /// timer wheel and removed again (a measurable share of a busy watcher's time).
+        watchdog: Pin<Box<Sleep>>,
     },
     /// Waiting out a failure before `then`; `unreachable` marks the view stale (a broken
     /// stream that reopens at once does not).
@@ -251,11 +255,16 @@ impl<S: KvSource> Watcher<S> {
 
     async fn run(mut self, cancel: CancellationToken) {
         let mut state = list_from_scratch(true);
+        // One cancellation future for the task's life: a new one per step would register and
+        // remove a waiter under the token's lock at every message.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             // Events are sequenced as each step writes the view; publishing never waits for a
             // subscriber (see `events`), so nothing here is held up by a slow one.
             state = tokio::select! {
-                () = cancel.cancelled() => return,
+                biased;
+                () = &mut cancelled => return,
                 next = self.step(state) => next,
             };
         }
@@ -385,6 +394,9 @@ impl<S: KvSource> Watcher<S> {
                         member,
                         last_heard,
                         asked: None,
+                        watchdog: Box::pin(tokio::time::sleep_until(
+                            last_heard + self.settings.progress_interval,
+                        )),
                     }
                 }
                 Err(e) => {
@@ -406,8 +418,9 @@ impl<S: KvSource> Watcher<S> {
                 member,
                 last_heard,
                 asked,
+                watchdog,
             } => {
-                self.watch_step(from, stream, member, last_heard, asked)
+                self.watch_step(from, stream, member, (last_heard, asked), watchdog)
                     .await
             }
             State::Backoff { then, unreachable } => {
@@ -455,7 +468,7 @@ impl<S: KvSource> Watcher<S> {
             }
             (changes, view.members.len())
         });
-        self.view.announce(|| Applied::Snapshot { revision });
+        self.view.announce_snapshot(revision);
         tracing::debug!(revision, members, changes, initial, "snapshot applied");
         if !initial {
             metrics::counter!(m::RESYNCS).increment(1);
@@ -470,8 +483,8 @@ impl<S: KvSource> Watcher<S> {
         mut from: Vec<i64>,
         mut stream: Box<S::Feed>,
         member: usize,
-        last_heard: Instant,
-        asked: Option<Instant>,
+        (last_heard, asked): (Instant, Option<Instant>),
+        mut watchdog: Pin<Box<Sleep>>,
     ) -> State<S::Feed> {
         // Watchdog: a silent stream is asked for progress after `progress_interval`. An
         // answer (or any message) proves the member alive; none within the pool's attempt
@@ -484,14 +497,23 @@ impl<S: KvSource> Watcher<S> {
             self.settings.idle_timeout,
             self.source.attempt_timeout(),
         );
+        // One timer for both instants: the earlier one that is still to come.
+        let ask = asked.is_none() && ask_at < give_up_at;
+        let due = if ask { ask_at } else { give_up_at };
+        if watchdog.deadline() != due {
+            watchdog.as_mut().reset(due);
+        }
         let msg = tokio::select! {
+            // Biased: no random start per message; every branch but the stream is a cheap
+            // check, and the stream is polled on every step.
+            biased;
             cmd = self.commands.recv() => {
                 return match cmd {
                     Some(Command::Resync(done)) => {
                         self.resync_waiters.push(done);
                         list_from_scratch(false)
                     }
-                    None => State::Watch { from, stream, member, last_heard, asked },
+                    None => State::Watch { from, stream, member, last_heard, asked, watchdog },
                 };
             }
             changed = self.suspicions.changed() => {
@@ -500,16 +522,25 @@ impl<S: KvSource> Watcher<S> {
                     tracing::info!(from = ?from, "watch member suspected; moving the watch to another member");
                     return State::Open { from };
                 }
-                return State::Watch { from, stream, member, last_heard, asked };
+                return State::Watch { from, stream, member, last_heard, asked, watchdog };
             }
-            () = tokio::time::sleep_until(ask_at), if asked.is_none() => {
-                let asked = match stream.request_progress().await {
-                    Ok(()) => Some(Instant::now()),
-                    Err(_) => None,
-                };
-                return State::Watch { from, stream, member, last_heard, asked };
-            }
-            () = tokio::time::sleep_until(give_up_at) => {
+            () = &mut watchdog => {
+                if ask {
+                    return match stream.request_progress().await {
+                        Ok(()) => {
+                            let asked = Some(Instant::now());
+                            State::Watch { from, stream, member, last_heard, asked, watchdog }
+                        }
+                        // The stream cannot take a request: it is gone. Resume elsewhere,
+                        // as when it fails.
+                        Err(e) => {
+                            tracing::info!(error = %e, from = ?from, "watch stream refused a progress request; resuming");
+                            self.source.suspect(member, "watch stream failed");
+                            let then = Box::new(State::Open { from });
+                            State::Backoff { then, unreachable: false }
+                        }
+                    };
+                }
                 if asked.is_some() {
                     tracing::warn!(from = ?from, "watch stream did not answer a progress request in time; moving it to another member");
                     self.source.suspect(member, "watch did not answer a progress request");
@@ -574,6 +605,7 @@ impl<S: KvSource> Watcher<S> {
             member,
             last_heard: heard,
             asked,
+            watchdog,
         };
         match verdict {
             Verdict::Compacted { compact_revision } => {
@@ -624,7 +656,7 @@ impl<S: KvSource> Watcher<S> {
                     view.revision = view.revision.max(last);
                     record_view_metrics(view, counts_before, lag);
                 });
-                self.view.announce(|| Applied::Changes(Arc::new(changes)));
+                self.view.announce_changes(changes);
                 from[lane] = last + 1;
                 watch(from, None)
             }

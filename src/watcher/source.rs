@@ -25,7 +25,6 @@ use super::list::{Page, ServerRange};
 use crate::client::retrying_on;
 use crate::error::Result;
 use crate::keys::{KeyLayout, KeyRange};
-use crate::membership::KvChange;
 use crate::pool::Pool;
 
 /// The reads and streams the watcher makes.
@@ -194,7 +193,7 @@ impl WatchFeed for LaneStream {
             Ok(None) => return Ok(None),
             Err(e) => return Err(e.to_string()),
         };
-        let mut answer = WatchAnswer::from(&resp);
+        let mut answer = WatchAnswer::from(resp);
         answer.lane = lane_of(&self.ranges, &answer);
         if answer.created {
             debug!(watch_id = answer.watch_id, lane = ?answer.lane, "watch created");
@@ -217,17 +216,17 @@ impl WatchFeed for LaneStream {
 pub(crate) fn lane_of(ranges: &[KeyRange], answer: &WatchAnswer) -> Option<usize> {
     let lane = usize::try_from(answer.watch_id).ok()?;
     let range = ranges.get(lane)?;
-    let all_inside = answer.changes.iter().all(|change| match change {
-        KvChange::Put(kv) => range.contains(&kv.key),
-        KvChange::Delete { key, .. } => range.contains(key),
-    });
+    let all_inside = answer
+        .changes
+        .iter()
+        .all(|change| range.contains(change.key()));
     all_inside.then_some(lane)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::membership::KeyValue;
+    use crate::membership::{KeyValue, KvChange};
 
     fn put(key: &str) -> KvChange {
         KvChange::Put(KeyValue {
