@@ -1,8 +1,9 @@
 //! A connector given its interest (`watch_groups`) on a real etcd: it holds exactly the servers
 //! of those groups, never one of another group, from one snapshot, through live changes in
 //! every group, and after an outage (with and without a compaction meanwhile) in which every
-//! group changed: exactly the difference, then fresh. (Each range resuming at its own point
-//! after a broken stream is unit-tested in src/watcher/tests.rs.)
+//! group changed: exactly the difference, then fresh. A frozen stream resumes each range at its
+//! own point on another endpoint, without relisting (the recovery paths are also unit-tested
+//! in src/watcher/tests.rs).
 
 mod common;
 
@@ -227,4 +228,95 @@ async fn a_cut_watcher_catches_up_every_group_exactly() {
 #[tokio::test]
 async fn a_cut_across_compaction_relists_every_group_exactly() {
     cut_and_heal(true).await;
+}
+
+/// Per-range resume on a real etcd. The watcher's endpoints are two fault proxies to the same
+/// member. Before the fault, a lobby server joins and leaves, so the lobby range's resume point
+/// moves past them while the game range's stays at the snapshot. The proxy carrying the watch
+/// then freezes (every byte held, connections open): the watchdog's unanswered progress request
+/// moves the watch to the other proxy, and each range resumes at its own point.
+///
+/// What tells the paths apart, from the events alone:
+/// - a *resume* replays what happened while frozen: a lobby server that joined and left, and a
+///   game server that joined. A relist would show only the game join (the lobby server is gone
+///   by then), and would come with `Stale`/`Fresh`.
+/// - resuming every range at the *smallest* point would replay the lobby server that joined and
+///   left before the fault: a second join of a server already gone.
+#[tokio::test]
+async fn a_frozen_stream_resumes_each_range_at_its_own_point_without_relisting() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let (first, second) = (
+        FaultProxy::start(&etcd.endpoint(0)).await.expect("proxy"),
+        FaultProxy::start(&etcd.endpoint(0)).await.expect("proxy"),
+    );
+    let cfg = config(&etcd, &prefix).with_lease_ttl(Duration::from_secs(10));
+    let (_w, mut events) = connect(interest(ConnectorConfig {
+        endpoints: vec![first.endpoint(), second.endpoint()],
+        progress_interval: Duration::from_secs(1),
+        ..cfg.clone()
+    }))
+    .await;
+    let mut view = BTreeMap::new();
+    apply(&mut view, &until_synced(&mut events).await);
+    assert!(view.is_empty());
+
+    // The lobby range moves on; the game range does not.
+    let (before, before_id) = registered(cfg.clone(), "lobby", 1).await;
+    before.deregister_server().await.expect("deregister");
+    let got = collect_until(&mut events, PROMPT, |e| {
+        e.iter().any(|e| matches!(e, Event::Leave { .. }))
+    })
+    .await;
+    apply(&mut view, &got);
+    assert_eq!(join_ids(&got), vec![before_id]);
+    assert!(view.is_empty());
+    assert!(
+        second.open_connections() == 0,
+        "the watch starts on the first endpoint; the second is not dialled yet"
+    );
+
+    first.stall();
+    let (during, during_id) = registered(cfg.clone(), "lobby", 2).await;
+    during.deregister_server().await.expect("deregister");
+    let (_game, game_id) = registered(cfg.clone(), "game", 3).await;
+    let want = truth_in(&etcd, &prefix, &WATCHED).await;
+    assert_eq!(want, BTreeMap::from([(game_id, "game".to_owned())]));
+
+    // Every event of the freeze, each once, in each range's order; nothing else.
+    let got = collect_until(&mut events, PROMPT, |e| {
+        let mut v = view.clone();
+        apply(&mut v, e);
+        v == want && e.iter().any(|e| matches!(e, Event::Leave { .. }))
+    })
+    .await;
+    apply(&mut view, &got);
+    let lobby: Vec<String> = got
+        .iter()
+        .filter_map(|e| match e {
+            Event::Join { server, .. } if server.group == "lobby" => {
+                Some(format!("join {}", server.id))
+            }
+            Event::Leave { id, group, .. } if group == "lobby" => Some(format!("leave {id}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        lobby,
+        vec![format!("join {during_id}"), format!("leave {during_id}")],
+        "the lobby range replayed from its own point: {got:?}"
+    );
+    assert_eq!(join_ids(&got).len(), 2, "{got:?}");
+    assert!(
+        got.iter()
+            .all(|e| matches!(e, Event::Join { .. } | Event::Leave { .. })),
+        "a resume, not a relist (no stale, no fresh): {got:?}"
+    );
+    assert!(
+        second.open_connections() > 0,
+        "the watch moved to the second endpoint"
+    );
+    let after = drain_for(&mut events, Duration::from_millis(500)).await;
+    assert!(after.is_empty(), "nothing repeated: {after:?}");
+    first.restore();
 }
