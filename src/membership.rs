@@ -314,9 +314,10 @@ impl Membership {
     /// The live members, sorted by id.
     #[must_use]
     pub fn servers(&self) -> Vec<ServerInfo> {
-        let mut v: Vec<ServerInfo> = self.members.values().map(|m| m.server.clone()).collect();
-        v.sort_unstable_by_key(|s| s.id);
-        v
+        // References are sorted, not the records: a record is ~100 bytes, a reference 8.
+        let mut v: Vec<&Member> = self.members.values().collect();
+        v.sort_unstable_by_key(|m| m.server.id);
+        v.into_iter().map(|m| m.server.clone()).collect()
     }
 
     /// The member holding `id`, if any.
@@ -454,7 +455,9 @@ impl Membership {
             })
             .map(|(server, _, _)| server)
             .collect();
-        joins.sort_unstable_by_key(|s| s.id);
+        // Sorted by a cached key: the ids are sorted with their positions and the records then
+        // moved once each, instead of moving records of ~100 bytes through a whole sort.
+        joins.sort_by_cached_key(|s| s.id);
         // A key read twice (never from etcd) would be two joins of one id.
         joins.dedup_by_key(|s| s.id);
 
