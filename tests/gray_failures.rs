@@ -4,7 +4,8 @@
 //! every client's endpoints. The other two members hold quorum, so for the registry nothing may
 //! happen: no lease lost, no leave of a live server at any watcher; a new registration and a
 //! listing succeed within the request timeout plus a second; joins and leaves keep flowing, and
-//! after the member resumes nothing is lost or repeated.
+//! after the member resumes nothing is lost or repeated. Last, a busy watch-only connector whose
+//! member turns seconds late moves its watch (the silence watchdog alone never would).
 
 mod common;
 
@@ -489,5 +490,125 @@ async fn a_cluster_whose_every_member_answers_late_keeps_its_leases() {
     assert!(
         leaves(&watcher_history).is_empty(),
         "no leave while the cluster was slow: {watcher_history:?}"
+    );
+}
+
+/// A watch-only connector (no registration: its keep-alive cannot notice a bad member for it)
+/// whose watch is on a member that answers seconds late while the stream is *busy*: servers
+/// join every few hundred milliseconds, so the stream is never silent and the silence
+/// watchdog never asks for progress. The watch must still leave that member (the connector
+/// probes the member it watches on), and nothing may be lost or repeated on the way. The
+/// endpoints are two proxies to one member; the first turns slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_watch_on_a_member_answering_late_moves_to_another() {
+    const DELAY: Duration = Duration::from_secs(3);
+    // The probe comes due within a progress interval (5 s) and times out after the attempt
+    // timeout (a third of the request timeout), then the watch resumes elsewhere.
+    const BOUND: Duration = Duration::from_secs(5 + 2 + 3);
+    log_if_asked();
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let (slow, other) = (
+        FaultProxy::start(&etcd.endpoint(0)).await.expect("proxy"),
+        FaultProxy::start(&etcd.endpoint(0)).await.expect("proxy"),
+    );
+    let direct = config(&etcd, &prefix).with_lease_ttl(Duration::from_secs(10));
+    // The default progress interval (5 s): the 3 s silence when the member turns slow is
+    // shorter, so the silence watchdog alone never asks.
+    let mut watch_only = ConnectorConfig {
+        endpoints: vec![slow.endpoint(), other.endpoint()],
+        ..direct.clone()
+    };
+    watch_only.request_timeout = REQUEST_TIMEOUT;
+    let (_watcher, mut events) = synced(watch_only).await;
+    let mut history = History::new();
+    assert_eq!(
+        other.open_connections(),
+        0,
+        "the watch is on the first endpoint"
+    );
+
+    // A writer registers a server every 300 ms, so the stream is busy; it says when each was
+    // written. Once joins flow, the member turns slow; a join seen well before the slow path
+    // could deliver it shows the watch has moved.
+    let (written_tx, mut written_rx) = tokio::sync::mpsc::unbounded_channel();
+    let writer = tokio::spawn({
+        let direct = direct.clone();
+        async move {
+            let mut servers = Vec::new();
+            let mut pace = tokio::time::interval(Duration::from_millis(300));
+            for port in 7300..7400u16 {
+                pace.tick().await;
+                let (c, id) = registered(direct.clone(), "game", port).await;
+                servers.push((c, id));
+                if written_tx.send((id, Instant::now())).is_err() {
+                    break;
+                }
+            }
+            servers
+        }
+    });
+    let mut written = BTreeMap::new();
+    for _ in 0..3 {
+        let e = next(&mut events, PROMPT).await;
+        assert!(matches!(e, Event::Join { .. }), "{e:?}");
+        history.push(e);
+    }
+    slow.slow(DELAY);
+    let turned_slow = Instant::now();
+    let mut fast_join = None;
+    let bound = tokio::time::timeout(BOUND, async {
+        loop {
+            let e = events.recv().await.expect("event stream open");
+            let seen = Instant::now();
+            while let Ok((id, at)) = written_rx.try_recv() {
+                written.insert(id, at);
+            }
+            if let Event::Join { server, .. } = &e {
+                if let Some(at) = written.get(&server.id) {
+                    if seen - *at < DELAY / 2 {
+                        fast_join = Some((server.id, seen - *at));
+                    }
+                }
+            }
+            history.push(e);
+            if fast_join.is_some() {
+                return;
+            }
+        }
+    })
+    .await;
+    drop(written_rx);
+    let servers = writer.await.expect("writer");
+    let joined = history.len();
+    assert!(
+        bound.is_ok(),
+        "every one of {joined} joins came through the slow member over {:?}: the watch never moved",
+        turned_slow.elapsed()
+    );
+    let Some((id, took)) = fast_join else {
+        unreachable!("the loop ends on a fast join")
+    };
+    assert!(
+        other.open_connections() > 0,
+        "the watch moved to the other endpoint"
+    );
+    slow.restore();
+    // Nothing lost or repeated: the watcher ends holding exactly the servers etcd holds.
+    let want: BTreeSet<u16> = servers.iter().map(|(_, id)| *id).collect();
+    assert_eq!(truth(&etcd, &prefix).await, want);
+    for id in &want {
+        if !history
+            .iter()
+            .any(|e| matches!(e, Event::Join { server, .. } if server.id == *id))
+        {
+            await_membership(&mut events, &mut history, *id, true, PROMPT).await;
+        }
+    }
+    assert_eq!(replay(&history), want, "{history:?}");
+    assert!(leaves(&history).is_empty(), "{history:?}");
+    eprintln!(
+        "watch moved: join {id} seen {took:?} after its write; {joined} joins in the {:?} after the member turned slow",
+        turned_slow.elapsed()
     );
 }

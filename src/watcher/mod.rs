@@ -36,7 +36,11 @@
 //!   reopened at `from`. The answer to a progress *request* only proves the stream is alive:
 //!   etcd before 3.4.24 / 3.5.8 answers it even for a watcher still catching up, so it never
 //!   moves the resume point (server-initiated progress notifications, sent to caught-up
-//!   watchers only, do).
+//!   watchers only, do). A *busy* stream is never silent, so a member that answers seconds
+//!   late would go unnoticed while the traffic lasts (the view lagging by that much): after
+//!   each `progress_interval` of traffic the member is probed with a small serializable read
+//!   in the background, and one that does not answer within the attempt timeout is
+//!   suspected, which moves the watch (resumed at `from`: nothing lost).
 //! - **Backoff**: any failure waits a jittered exponential delay (backon, at most half a TTL
 //!   with the jitter included: [`crate::backoff`]) and retries the state it failed in. A broken stream that reopens at once resumes at `from`: no event is lost or
 //!   repeated. A compacted resume point cannot be resumed (etcd only keeps history after the
@@ -154,6 +158,9 @@ enum State<F> {
         member: usize,
         last_heard: Instant,
         asked: Option<Instant>,
+        /// When the member was last probed (or the stream opened): a busy stream's member is
+        /// probed once per `progress_interval`.
+        probed: Instant,
         /// The watchdog's timer, kept from message to message: moving a pending timer later
         /// is an atomic update, where a new timer per message is registered with the runtime's
         /// timer wheel and removed again (a measurable share of a busy watcher's time).
@@ -394,6 +401,7 @@ impl<S: KvSource> Watcher<S> {
                         member,
                         last_heard,
                         asked: None,
+                        probed: last_heard,
                         watchdog: Box::pin(tokio::time::sleep_until(
                             last_heard + self.settings.progress_interval,
                         )),
@@ -418,9 +426,10 @@ impl<S: KvSource> Watcher<S> {
                 member,
                 last_heard,
                 asked,
+                probed,
                 watchdog,
             } => {
-                self.watch_step(from, stream, member, (last_heard, asked), watchdog)
+                self.watch_step(from, stream, member, (last_heard, asked, probed), watchdog)
                     .await
             }
             State::Backoff { then, unreachable } => {
@@ -483,7 +492,7 @@ impl<S: KvSource> Watcher<S> {
         mut from: Vec<i64>,
         mut stream: Box<S::Feed>,
         member: usize,
-        (last_heard, asked): (Instant, Option<Instant>),
+        (last_heard, asked, mut probed): (Instant, Option<Instant>, Instant),
         mut watchdog: Pin<Box<Sleep>>,
     ) -> State<S::Feed> {
         // Watchdog: a silent stream is asked for progress after `progress_interval`. An
@@ -513,7 +522,7 @@ impl<S: KvSource> Watcher<S> {
                         self.resync_waiters.push(done);
                         list_from_scratch(false)
                     }
-                    None => State::Watch { from, stream, member, last_heard, asked, watchdog },
+                    None => State::Watch { from, stream, member, last_heard, asked, probed, watchdog },
                 };
             }
             changed = self.suspicions.changed() => {
@@ -522,14 +531,14 @@ impl<S: KvSource> Watcher<S> {
                     tracing::info!(from = ?from, "watch member suspected; moving the watch to another member");
                     return State::Open { from };
                 }
-                return State::Watch { from, stream, member, last_heard, asked, watchdog };
+                return State::Watch { from, stream, member, last_heard, asked, probed, watchdog };
             }
             () = &mut watchdog => {
                 if ask {
                     return match stream.request_progress().await {
                         Ok(()) => {
                             let asked = Some(Instant::now());
-                            State::Watch { from, stream, member, last_heard, asked, watchdog }
+                            State::Watch { from, stream, member, last_heard, asked, probed, watchdog }
                         }
                         // The stream cannot take a request: it is gone. Resume elsewhere,
                         // as when it fails.
@@ -599,12 +608,22 @@ impl<S: KvSource> Watcher<S> {
             self.backoff = None;
         }
         let heard = Instant::now();
+        // A busy stream is never silent, so the watchdog never asks its member for progress:
+        // a member answering seconds late would go unnoticed, and the view lag by as much,
+        // for as long as the traffic lasts. Probe it once per progress interval instead.
+        if heard.saturating_duration_since(probed) >= self.settings.progress_interval
+            && self.source.members() > 1
+        {
+            self.source.probe(member);
+            probed = heard;
+        }
         let watch = |from, asked| State::Watch {
             from,
             stream,
             member,
             last_heard: heard,
             asked,
+            probed,
             watchdog,
         };
         match verdict {

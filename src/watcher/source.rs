@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use etcd_client::{WatchOptions, WatchStream};
+use etcd_client::{GetOptions, WatchOptions, WatchStream};
 use tokio::sync::watch;
 use tracing::debug;
 
@@ -58,6 +58,12 @@ pub(crate) trait KvSource: Send + Sync + 'static {
 
     /// Suspects `member` (see [`Pool::suspect`]).
     fn suspect(&self, member: usize, why: &str);
+
+    /// Checks in the background, without waiting, that `member` answers a small read within
+    /// the attempt timeout; one that does not is suspected, and the suspicion reaches the
+    /// watcher through [`KvSource::suspicions`]. For a busy stream, whose member is never
+    /// asked for progress because it is never silent.
+    fn probe(&self, member: usize);
 
     /// How long an answer may take before its member is suspected.
     fn attempt_timeout(&self) -> Duration;
@@ -164,6 +170,30 @@ impl KvSource for PoolSource {
 
     fn suspect(&self, member: usize, why: &str) {
         self.pool.suspect(member, why);
+    }
+
+    fn probe(&self, member: usize) {
+        let pool = self.pool.clone();
+        let key = self.layout.cursor_key();
+        tokio::spawn(async move {
+            // Serializable: answered by the member itself, not forwarded to the leader, so a
+            // slow leader does not move the watches of healthy followers. Count only: nothing
+            // to decode.
+            let read = async {
+                let mut client = pool.client(member).await.map_err(|e| format!("{e:?}"))?;
+                let options = GetOptions::new().with_serializable().with_count_only();
+                client
+                    .get(key, Some(options))
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(pool.attempt_timeout(), read).await {
+                Ok(Ok(_)) => {}
+                // A refusal is not lateness: a broken connection fails the stream itself.
+                Ok(Err(e)) => debug!(member, error = %e, "probing the watch's member failed"),
+                Err(_) => pool.suspect(member, "the watch's member answered a probe late"),
+            }
+        });
     }
 
     fn attempt_timeout(&self) -> Duration {

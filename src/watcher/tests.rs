@@ -92,6 +92,10 @@ impl KvSource for Fake {
             .push(format!("suspect {member}: {why}"));
     }
 
+    fn probe(&self, member: usize) {
+        self.log.lock().unwrap().push(format!("probe {member}"));
+    }
+
     fn attempt_timeout(&self) -> Duration {
         Duration::from_secs(1)
     }
@@ -509,6 +513,42 @@ async fn a_stream_silent_for_the_idle_timeout_is_recreated() {
     assert!(events.is_empty());
     assert_eq!(at(&state), ("backoff", 11));
     assert!(h.log().is_empty(), "not a suspicion: {:?}", h.log());
+}
+
+/// Joins every 2 s, for 12 s, on a stream of a pool of `members`; returns the log.
+async fn busy_for_twelve_seconds(members: usize) -> Vec<String> {
+    let mut h = harness(members, 5, 15);
+    let (feed, mut state) = h.synced(10, &[1], 0).await;
+    for (n, id) in (2..=7u16).enumerate() {
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let revision = 11 + i64::try_from(n).unwrap();
+        feed.send(events_at(
+            revision,
+            vec![KvChange::Put(server(id, revision))],
+        ))
+        .unwrap();
+        let (events, next) = h.step(state).await;
+        assert_eq!(events, [format!("join {id} @{revision}")]);
+        state = next;
+        h.log.lock().unwrap().push(format!("{}s", 2 * (n + 1)));
+    }
+    assert_eq!(at(&state), ("watch", 17));
+    h.log()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_streams_member_is_probed_once_per_progress_interval() {
+    // Never silent for the 5 s progress interval, so never asked for progress; probed at 6 s
+    // (the first message 5 s after the stream opened) and at 12 s (5 s after that probe).
+    assert_eq!(
+        busy_for_twelve_seconds(2).await,
+        ["2s", "4s", "probe 0", "6s", "8s", "10s", "probe 0", "12s"]
+    );
+    // A single member: nowhere to move the watch, nothing to probe for.
+    assert_eq!(
+        busy_for_twelve_seconds(1).await,
+        ["2s", "4s", "6s", "8s", "10s", "12s"]
+    );
 }
 
 #[tokio::test(start_paused = true)]
