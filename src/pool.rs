@@ -174,6 +174,16 @@ impl Pool {
         })
     }
 
+    /// True when some member other than `member` is not suspected: somewhere better to go.
+    pub(crate) fn another_unsuspected(&self, member: usize) -> bool {
+        let now = Instant::now();
+        self.inner.members.iter().enumerate().any(|(i, m)| {
+            i != member
+                && lock(&m.suspected_at)
+                    .is_none_or(|at| now.saturating_duration_since(at) >= SUSPICION)
+        })
+    }
+
     /// The client of member `member`, built on first use (bounded by the attempt timeout).
     ///
     /// # Errors
@@ -309,6 +319,23 @@ mod tests {
         assert_eq!(choose_member(1, &[None, Some(now), None]), 2);
         assert_eq!(choose_member(2, &[None, None, Some(now)]), 0);
         assert_eq!(choose_member(4, &[None, None, None]), 1);
+    }
+
+    #[test]
+    fn another_unsuspected_member_is_somewhere_better_to_go() {
+        let endpoints: Vec<String> = (1..=3).map(|i| format!("http://127.0.0.{i}:1")).collect();
+        let pool = Pool::new(&endpoints, ConnectOptions::new(), Duration::from_secs(3));
+        assert!(pool.another_unsuspected(0));
+        pool.suspect(1, "test");
+        assert!(pool.another_unsuspected(0), "member 2 is fine");
+        pool.suspect(2, "test");
+        assert!(
+            !pool.another_unsuspected(0),
+            "every other member is suspected"
+        );
+        assert!(pool.another_unsuspected(1), "member 0 is fine");
+        pool.confirm(2);
+        assert!(pool.another_unsuspected(0));
     }
 
     #[test]

@@ -565,7 +565,9 @@ async fn a_busy_watch_on_a_member_answering_late_moves_to_another() {
                 written.insert(id, at);
             }
             if let Event::Join { server, .. } = &e {
-                if let Some(at) = written.get(&server.id) {
+                // Written after the member turned slow (one written just before could still
+                // come the fast way).
+                if let Some(at) = written.get(&server.id).filter(|at| **at > turned_slow) {
                     if seen - *at < DELAY / 2 {
                         fast_join = Some((server.id, seen - *at));
                     }

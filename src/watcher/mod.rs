@@ -40,7 +40,8 @@
 //!   late would go unnoticed while the traffic lasts (the view lagging by that much): after
 //!   each `progress_interval` of traffic the member is probed with a small serializable read
 //!   in the background, and one that does not answer within the attempt timeout is
-//!   suspected, which moves the watch (resumed at `from`: nothing lost).
+//!   suspected (if another member is not), which moves the watch (resumed at `from`: nothing
+//!   lost). An idle stream is not probed: its answered progress requests prove the same.
 //! - **Backoff**: any failure waits a jittered exponential delay (backon, at most half a TTL
 //!   with the jitter included: [`crate::backoff`]) and retries the state it failed in. A broken stream that reopens at once resumes at `from`: no event is lost or
 //!   repeated. A compacted resume point cannot be resumed (etcd only keeps history after the
@@ -205,6 +206,7 @@ pub(crate) fn spawn(
         ranges: settings.ranges.clone(),
         page_size: settings.page_size,
         request_timeout: settings.request_timeout,
+        probing: std::sync::Arc::default(),
     };
     let (watcher, task) = Watcher::new(source, settings);
     tokio::spawn(watcher.run(cancel));
@@ -608,12 +610,17 @@ impl<S: KvSource> Watcher<S> {
             self.backoff = None;
         }
         let heard = Instant::now();
-        // A busy stream is never silent, so the watchdog never asks its member for progress:
-        // a member answering seconds late would go unnoticed, and the view lag by as much,
-        // for as long as the traffic lasts. Probe it once per progress interval instead.
-        if heard.saturating_duration_since(probed) >= self.settings.progress_interval
+        if matches!(verdict, Verdict::ProofOfLife) {
+            // The member answered our progress request within the attempt timeout: as good
+            // as a probe.
+            probed = heard;
+        } else if heard.saturating_duration_since(probed) >= self.settings.progress_interval
             && self.source.members() > 1
         {
+            // A busy stream is never silent, so the watchdog never asks its member for
+            // progress: a member answering seconds late would go unnoticed, and the view lag
+            // by as much, for as long as the traffic lasts. Probe it once per progress
+            // interval instead.
             self.source.probe(member);
             probed = heard;
         }

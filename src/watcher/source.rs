@@ -14,6 +14,8 @@
 //! trusted (`lane` is `None`: the watcher reopens it).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{GetOptions, WatchOptions, WatchStream};
@@ -95,6 +97,8 @@ pub(crate) struct PoolSource {
     pub(crate) ranges: Vec<KeyRange>,
     pub(crate) page_size: i64,
     pub(crate) request_timeout: Duration,
+    /// A probe is in flight (at most one at a time, whatever the progress interval).
+    pub(crate) probing: Arc<AtomicBool>,
 }
 
 impl KvSource for PoolSource {
@@ -173,26 +177,14 @@ impl KvSource for PoolSource {
     }
 
     fn probe(&self, member: usize) {
-        let pool = self.pool.clone();
+        if self.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (pool, probing) = (self.pool.clone(), self.probing.clone());
         let key = self.layout.cursor_key();
         tokio::spawn(async move {
-            // Serializable: answered by the member itself, not forwarded to the leader, so a
-            // slow leader does not move the watches of healthy followers. Count only: nothing
-            // to decode.
-            let read = async {
-                let mut client = pool.client(member).await.map_err(|e| format!("{e:?}"))?;
-                let options = GetOptions::new().with_serializable().with_count_only();
-                client
-                    .get(key, Some(options))
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            match tokio::time::timeout(pool.attempt_timeout(), read).await {
-                Ok(Ok(_)) => {}
-                // A refusal is not lateness: a broken connection fails the stream itself.
-                Ok(Err(e)) => debug!(member, error = %e, "probing the watch's member failed"),
-                Err(_) => pool.suspect(member, "the watch's member answered a probe late"),
-            }
+            probe_member(&pool, member, key).await;
+            probing.store(false, Ordering::Release);
         });
     }
 
@@ -251,6 +243,41 @@ pub(crate) fn lane_of(ranges: &[KeyRange], answer: &WatchAnswer) -> Option<usize
         .iter()
         .all(|change| range.contains(change.key()));
     all_inside.then_some(lane)
+}
+
+/// One probe of `member` (see [`KvSource::probe`]).
+async fn probe_member(pool: &Pool, member: usize, key: String) {
+    // The watch was opened through this member, so its client is built and this is instant.
+    let Ok(mut client) = pool.client(member).await else {
+        return;
+    };
+    // Serializable: answered by the member itself, not forwarded to the leader, so a slow
+    // leader does not move the watches of healthy followers. Count only: nothing to decode.
+    let options = GetOptions::new().with_serializable().with_count_only();
+    let read = client.get(key, Some(options));
+    match tokio::time::timeout(pool.attempt_timeout(), read).await {
+        Ok(Ok(_)) => pool.confirm(member),
+        // A watch stream is authorised when it is created, so an expired token shows here
+        // first: refresh it, outside the bound (authenticating is slow by design), so the next
+        // probe can tell lateness again.
+        Ok(Err(e)) if crate::client::is_auth_token_error(&e) => {
+            if let Err(e) = client.refresh_token().await {
+                debug!(member, error = %e, "refreshing the auth token for a probe failed");
+            }
+        }
+        // A refusal is not lateness: a broken connection fails the stream itself.
+        Ok(Err(e)) => debug!(member, error = %e, "probing the watch's member failed"),
+        // Late. Suspected only if another member is not: with every other member suspected
+        // too, the late one may be the only one that works, and moving would only break a
+        // watch that delivers.
+        Err(_) if pool.another_unsuspected(member) => {
+            pool.suspect(member, "the watch's member answered a probe late");
+        }
+        Err(_) => debug!(
+            member,
+            "the watch's member answered a probe late; no other member to move to"
+        ),
+    }
 }
 
 #[cfg(test)]

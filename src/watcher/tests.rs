@@ -552,6 +552,23 @@ async fn a_busy_streams_member_is_probed_once_per_progress_interval() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_idle_stream_whose_progress_requests_are_answered_is_not_probed() {
+    let mut h = harness(2, 5, 15);
+    let (feed, mut state) = h.synced(10, &[1], 0).await;
+    for _ in 0..3 {
+        let (_, next) = h.step(state).await;
+        feed.send(no_events(-1, 10)).unwrap();
+        let (_, next) = h.step(next).await;
+        state = next;
+    }
+    assert_eq!(at(&state), ("watch", 11));
+    assert_eq!(
+        h.log(),
+        ["request progress", "request progress", "request progress"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_suspicion_of_the_streams_member_moves_the_watch() {
     let mut h = harness(3, 5, 15);
     let (_feed, state) = h.synced(10, &[1], 1).await;
