@@ -41,7 +41,8 @@
 //!   each `progress_interval` of traffic the member is probed with a small serializable read
 //!   in the background, and one that does not answer within the attempt timeout is
 //!   suspected (if another member is not), which moves the watch (resumed at `from`: nothing
-//!   lost). An idle stream is not probed: its answered progress requests prove the same.
+//!   lost). A stream kept alive only by the answers to our own progress requests is not
+//!   probed: each answer, in time, proves the same (etcd's own notifications do not).
 //! - **Backoff**: any failure waits a jittered exponential delay (backon, at most half a TTL
 //!   with the jitter included: [`crate::backoff`]) and retries the state it failed in. A broken stream that reopens at once resumes at `from`: no event is lost or
 //!   repeated. A compacted resume point cannot be resumed (etcd only keeps history after the
