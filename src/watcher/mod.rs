@@ -208,6 +208,7 @@ pub(crate) fn spawn(
         page_size: settings.page_size,
         request_timeout: settings.request_timeout,
         probing: std::sync::Arc::default(),
+        cancel: cancel.clone(),
     };
     let (watcher, task) = Watcher::new(source, settings);
     tokio::spawn(watcher.run(cancel));

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use etcd_client::{GetOptions, WatchOptions, WatchStream};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::classify::WatchAnswer;
@@ -99,6 +100,8 @@ pub(crate) struct PoolSource {
     pub(crate) request_timeout: Duration,
     /// A probe is in flight (at most one at a time, whatever the progress interval).
     pub(crate) probing: Arc<AtomicBool>,
+    /// The watcher's cancellation: a probe in flight ends with the connector.
+    pub(crate) cancel: CancellationToken,
 }
 
 impl KvSource for PoolSource {
@@ -181,9 +184,12 @@ impl KvSource for PoolSource {
             return;
         }
         let (pool, probing) = (self.pool.clone(), self.probing.clone());
-        let key = self.layout.cursor_key();
+        let (key, cancel) = (self.layout.cursor_key(), self.cancel.clone());
         tokio::spawn(async move {
-            probe_member(&pool, member, key).await;
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = probe_member(&pool, member, key) => {}
+            }
             probing.store(false, Ordering::Release);
         });
     }
