@@ -50,7 +50,10 @@
 //!   [`Event::Stale`] / [`Event::Fresh`] if the freshness differs; all at the view's revision.
 //!   Then it resumes in order. So a slow subscriber may miss intermediate states (a server
 //!   that joined and left while it lagged), never the end state, and never sees two joins for
-//!   an id without a leave between them.
+//!   an id without a leave between them. One exception to the order rule follows: a lifecycle
+//!   event queued while the subscription lags comes *before* the catch-up, so before the
+//!   membership events (dropped, then caught up) that the view had applied when it happened.
+//!   A subscriber that keeps up is never in this case.
 
 mod catch_up;
 mod subscription;
