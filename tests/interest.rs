@@ -246,10 +246,7 @@ async fn a_cut_across_compaction_relists_every_group_exactly() {
 async fn a_frozen_stream_resumes_each_range_at_its_own_point_without_relisting() {
     let etcd = etcd().await;
     let prefix = prefix();
-    let (first, second) = (
-        FaultProxy::start(&etcd.endpoint(0)).await.expect("proxy"),
-        FaultProxy::start(&etcd.endpoint(0)).await.expect("proxy"),
-    );
+    let (first, second) = two_paths_to_one_member(&etcd).await;
     let cfg = config(&etcd, &prefix).with_lease_ttl(Duration::from_secs(10));
     let (_w, mut events) = connect(interest(ConnectorConfig {
         endpoints: vec![first.endpoint(), second.endpoint()],

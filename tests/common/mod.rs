@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use darkrift_etcd::{Connector, ConnectorConfig, Event, EventStream};
-use darkrift_etcd_testing::EtcdCluster;
+use darkrift_etcd_testing::{EtcdCluster, FaultProxy};
 
 /// Bound on waiting for anything that should happen promptly.
 pub const PROMPT: Duration = Duration::from_secs(10);
@@ -184,4 +184,13 @@ pub async fn http_get(addr: impl tokio::net::ToSocketAddrs, path: &str) -> Optio
     s.read_to_string(&mut text).await.ok()?;
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, text))
+}
+
+/// Two fault proxies to member 0 of `etcd`: two endpoints that are one member, so a test can
+/// fault the path to it (freeze, slow) while the other path stays healthy.
+pub async fn two_paths_to_one_member(etcd: &EtcdCluster) -> (FaultProxy, FaultProxy) {
+    (
+        FaultProxy::start(&etcd.endpoint(0)).await.expect("proxy"),
+        FaultProxy::start(&etcd.endpoint(0)).await.expect("proxy"),
+    )
 }
