@@ -45,6 +45,19 @@ struct Member {
     suspected_at: Mutex<Option<Instant>>,
 }
 
+impl Member {
+    /// When this member was suspected, if that suspicion still holds at `now` (it expires
+    /// after [`SUSPICION`]).
+    fn suspected(&self, now: Instant) -> Option<Instant> {
+        suspicion_holds(*lock(&self.suspected_at), now)
+    }
+}
+
+/// `at`, if a suspicion raised then still holds at `now`.
+fn suspicion_holds(at: Option<Instant>, now: Instant) -> Option<Instant> {
+    at.filter(|at| now.saturating_duration_since(*at) < SUSPICION)
+}
+
 struct Inner {
     members: Vec<Member>,
     options: Option<ConnectOptions>,
@@ -158,9 +171,7 @@ impl Pool {
             .inner
             .members
             .iter()
-            .map(|m| {
-                lock(&m.suspected_at).filter(|at| now.saturating_duration_since(*at) < SUSPICION)
-            })
+            .map(|m| m.suspected(now))
             .collect();
         choose_member(self.inner.preferred.load(Ordering::Relaxed), &suspected)
     }
@@ -169,19 +180,20 @@ impl Pool {
     /// attempt goes to one that failed, so it is worth a pause first.
     pub(crate) fn all_suspected(&self) -> bool {
         let now = Instant::now();
-        self.inner.members.iter().all(|m| {
-            lock(&m.suspected_at).is_some_and(|at| now.saturating_duration_since(at) < SUSPICION)
-        })
+        self.inner
+            .members
+            .iter()
+            .all(|m| m.suspected(now).is_some())
     }
 
     /// True when some member other than `member` is not suspected: somewhere better to go.
     pub(crate) fn another_unsuspected(&self, member: usize) -> bool {
         let now = Instant::now();
-        self.inner.members.iter().enumerate().any(|(i, m)| {
-            i != member
-                && lock(&m.suspected_at)
-                    .is_none_or(|at| now.saturating_duration_since(at) >= SUSPICION)
-        })
+        self.inner
+            .members
+            .iter()
+            .enumerate()
+            .any(|(i, m)| i != member && m.suspected(now).is_none())
     }
 
     /// The client of member `member`, built on first use (bounded by the attempt timeout).
@@ -226,7 +238,7 @@ impl Pool {
         let first = {
             let mut at = lock(&m.suspected_at);
             let now = Instant::now();
-            let first = at.is_none_or(|t| now.saturating_duration_since(t) >= SUSPICION);
+            let first = suspicion_holds(*at, now).is_none();
             *at = Some(now);
             first
         };
