@@ -22,6 +22,7 @@
 pub(crate) mod deregister;
 pub(crate) mod evict;
 pub(crate) mod report;
+pub(crate) mod reservation;
 pub(crate) mod reregister;
 pub(crate) mod restore;
 #[cfg(test)]

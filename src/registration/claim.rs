@@ -49,6 +49,7 @@ pub(crate) async fn allocate(
             record: record.clone(),
             lease_id,
             params,
+            announce: true,
         };
         metrics::counter!(m::ALLOC_TXNS).increment(1);
         let txn = alloc::build_txn(&request);
