@@ -3,16 +3,17 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Claim, Ctx};
+use super::Claim;
 use crate::alloc::{self, AllocHint, AllocOutcome, AllocRequest, IdSet};
 use crate::client::retrying;
 use crate::error::{Error, Result};
 use crate::metrics as m;
 use crate::record::Registration;
+use crate::shared::Shared;
 
 /// Claims an id: one transaction per attempt, bounded (see [`crate::alloc`]).
 pub(crate) async fn allocate(
-    ctx: &Ctx,
+    ctx: &Shared,
     registration: &Registration,
     lease_id: i64,
 ) -> Result<Claim> {
@@ -98,9 +99,9 @@ pub(crate) async fn allocate(
 }
 
 /// Sends a transaction of the allocator, retrying transient errors, and counts every send in
-/// [`Ctx::requests`] (a retry is one more request to etcd).
+/// [`Shared::requests`] (a retry is one more request to etcd).
 async fn counted_txn(
-    ctx: &Ctx,
+    ctx: &Shared,
     op: &'static str,
     txn: &etcd_client::Txn,
 ) -> Result<etcd_client::TxnResponse> {
@@ -116,7 +117,7 @@ async fn counted_txn(
 /// Puts a valid position over a damaged cursor that our allocation read (see
 /// [`alloc::build_repair_txn`]). Best effort: the id is already ours, and whoever allocates
 /// next finds the cursor still damaged and repairs it then.
-async fn repair_cursor(ctx: &Ctx, damaged: &[u8], position: u64) {
+async fn repair_cursor(ctx: &Shared, damaged: &[u8], position: u64) {
     let txn = alloc::build_repair_txn(&ctx.layout, damaged, position);
     match counted_txn(ctx, "repair cursor", &txn).await {
         Ok(resp) if resp.succeeded() => {
@@ -136,7 +137,7 @@ async fn repair_cursor(ctx: &Ctx, damaged: &[u8], position: u64) {
 }
 
 /// Every id looks taken: count the slots to tell a full space from a stale view.
-async fn exhausted_or_contention(ctx: &Ctx, attempt: u32) -> Error {
+async fn exhausted_or_contention(ctx: &Shared, attempt: u32) -> Error {
     let options = etcd_client::GetOptions::new()
         .with_prefix()
         .with_count_only();
