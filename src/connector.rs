@@ -7,10 +7,11 @@
 //! it stops every task it started; a registration dropped without deregistering expires with
 //! its lease.
 //!
-//! It only wires the parts: the shared registry core ([`crate::shared`]: pool, view,
-//! allocation hint), one registration ([`crate::registration::Handle`]: lease, claim,
-//! supervisor, status) and, with eviction on, the reporter ([`crate::eviction`]: what a
-//! connection failure does).
+//! It only wires the parts: the shared registry core (`shared`: pool, view, allocation
+//! hint), one registration (`registration::Handle`: lease, claim, supervisor, status) and,
+//! with eviction on, the reporter (`eviction`: what a connection failure does). Kept apart
+//! so that the protocols are tested on their own and more registrations over one connection
+//! are an addition here, not a rewrite.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

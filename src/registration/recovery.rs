@@ -75,17 +75,17 @@ impl Recovering<'_> {
     /// Revokes the old lease (best effort), then retries until registered again: the same id,
     /// or a new one once the policy allows it.
     pub(super) async fn run(&self, old: Option<LeaseSession>, goal: Goal) -> Recovery {
-        let ctx = self.shared;
+        let shared = self.shared;
         let previous_id = self.claim.id;
         let old_lease_id = old.as_ref().map_or(0, LeaseSession::id);
         if let Some(old) = old {
-            let bound = timing::revoke_bound(ctx.config.request_timeout, old.ttl());
-            if let Err(e) = old.revoke(&ctx.pool, bound).await {
+            let bound = timing::revoke_bound(shared.config.request_timeout, old.ttl());
+            if let Err(e) = old.revoke(&shared.pool, bound).await {
                 tracing::debug!(error = %e, "revoking the lost lease failed (best effort)");
             }
         }
         // Half a TTL at most, jitter included: back within about a TTL of etcd answering again.
-        let mut backoff = timing::recovery_backoff(ctx.config.lease_ttl);
+        let mut backoff = timing::recovery_backoff(shared.config.lease_ttl);
         let mut same_id = true;
         if let Goal::Taken(reason) = goal {
             if !self.on_taken(reason) {
@@ -181,11 +181,11 @@ impl Recovering<'_> {
 
     /// One try at a new id with a fresh lease (policy `new-id`, once ours is taken).
     async fn register_new_id(&self) -> Attempt {
-        let ctx = self.shared;
+        let shared = self.shared;
         let lease = match LeaseSession::grant_gated(
-            &ctx.pool,
-            ctx.config.lease_ttl,
-            ctx.config.request_timeout,
+            &shared.pool,
+            shared.config.lease_ttl,
+            shared.config.request_timeout,
             self.health.cloned(),
         )
         .await
@@ -193,10 +193,10 @@ impl Recovering<'_> {
             Ok(lease) => lease,
             Err(e) => return Attempt::Retry(e.to_string()),
         };
-        match allocate(ctx, self.registration, lease.id()).await {
+        match allocate(shared, self.registration, lease.id()).await {
             Ok(claim) => Attempt::Done { lease, claim },
             Err(e) => {
-                revoke_quietly(ctx, lease).await;
+                revoke_quietly(shared, lease).await;
                 Attempt::Retry(e.to_string())
             }
         }
@@ -204,12 +204,12 @@ impl Recovering<'_> {
 
     /// One try at getting our id back with a fresh lease.
     async fn reregister_same_id(&self, old_lease_id: i64) -> Attempt {
-        let ctx = self.shared;
+        let shared = self.shared;
         let gate = self.health.cloned();
         let lease = match LeaseSession::grant_gated(
-            &ctx.pool,
-            ctx.config.lease_ttl,
-            ctx.config.request_timeout,
+            &shared.pool,
+            shared.config.lease_ttl,
+            shared.config.request_timeout,
             gate,
         )
         .await
@@ -222,16 +222,22 @@ impl Recovering<'_> {
             .registration
             .encode(c.id, c.position, alloc::now_unix_ms());
         // The keys are created anew: no create revision to guard on.
-        let owner = Owner::new(&ctx.layout, c.id, c.server_key.clone(), 0, lease.id());
+        let owner = Owner::new(&shared.layout, c.id, c.server_key.clone(), 0, lease.id());
         let txn = guard::reregister::build(&owner, &record);
-        let resp =
-            match retrying_txn(&ctx.pool, "re-register", ctx.config.request_timeout, &txn).await {
-                Ok(resp) => resp,
-                Err(e) => {
-                    revoke_quietly(ctx, lease).await;
-                    return Attempt::Retry(e.to_string());
-                }
-            };
+        let resp = match retrying_txn(
+            &shared.pool,
+            "re-register",
+            shared.config.request_timeout,
+            &txn,
+        )
+        .await
+        {
+            Ok(resp) => resp,
+            Err(e) => {
+                revoke_quietly(shared, lease).await;
+                return Attempt::Retry(e.to_string());
+            }
+        };
         // Our old lease (its revoke did not get through yet) is not "taken".
         match guard::reregister::read(&Answer::from(&resp), lease.id(), old_lease_id) {
             Reregistered::Done { revision } => Attempt::Done {
@@ -243,18 +249,18 @@ impl Recovering<'_> {
                 },
             },
             Reregistered::OldLeaseHolds => {
-                revoke_quietly(ctx, lease).await;
+                revoke_quietly(shared, lease).await;
                 // Best effort: the next attempt finds out whether it got through.
                 let _ = crate::client::revoke_lease(
-                    &ctx.pool,
+                    &shared.pool,
                     old_lease_id,
-                    ctx.config.request_timeout,
+                    shared.config.request_timeout,
                 )
                 .await;
                 Attempt::Retry("our old keys are still there; revoking the old lease again".into())
             }
             Reregistered::Taken => {
-                revoke_quietly(ctx, lease).await;
+                revoke_quietly(shared, lease).await;
                 Attempt::Taken(format!(
                     "id {} was taken by another server while this one was away",
                     c.id
