@@ -464,7 +464,12 @@ impl<S: KvSource> Watcher<S> {
         let synced = &self.synced;
         let (changes, members) = self.view.update(|view, events| {
             let counts_before = (view.members.skipped(), view.members.shadowed());
-            events.extend(view.members.install(snapshot, revision));
+            events.extend(
+                view.members
+                    .install(snapshot, revision)
+                    .into_iter()
+                    .map(Event::from),
+            );
             let changes = events.len();
             view.cursor_read = alloc::later_position(view.cursor_read, cursor);
             view.revision = revision;
@@ -680,7 +685,7 @@ impl<S: KvSource> Watcher<S> {
                 let lag = answer.header_revision - last;
                 self.view.update(|view, events| {
                     let counts_before = (view.members.skipped(), view.members.shadowed());
-                    events.extend(view.members.apply(&changes));
+                    events.extend(view.members.apply(&changes).into_iter().map(Event::from));
                     view.revision = view.revision.max(last);
                     record_view_metrics(view, counts_before, lag);
                 });
