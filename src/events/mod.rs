@@ -54,15 +54,14 @@
 //!   event queued while the subscription lags comes *before* the catch-up, so before the
 //!   membership events (dropped, then caught up) that the view had applied when it happened.
 //!   A subscriber that keeps up is never in this case.
-
 //!
 //! # Layers
 //! This module sits between the membership diff and the view: it reads `membership` (a change
 //! becomes an [`Event`] here, in one place; a catch-up reads the members), and `view` uses it
-//! (the view sequences events into the [`Slot`]s). It names no type of the view: what a
-//! catch-up reads is a [`ViewState`], and a lagging subscription reaches the view through
-//! [`ViewSource`], which the view implements. So the dependencies run one way:
-//! membership ← events ← view.
+//! (the view sequences events into each subscription's queue). It names no type of the view:
+//! what a catch-up reads is a `ViewState` the view lends, and a lagging subscription reaches
+//! the view through the `ViewSource` trait, which the view implements. So the dependencies run
+//! one way: membership ← events ← view.
 
 mod catch_up;
 mod subscription;

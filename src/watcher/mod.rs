@@ -259,7 +259,8 @@ impl<S: KvSource> Watcher<S> {
         }
     }
 
-    /// Opens the watch stream; a failure marks the view stale and retries after a pause.
+    /// Opens the watch stream (after an outage, relists instead); a failure marks the view
+    /// stale and retries after a pause.
     async fn open_step(&mut self, from: Vec<i64>) -> State<S::Feed> {
         if self.view.read(|v| v.stale) {
             // After an outage, relist instead of resuming: the completed relist is what
