@@ -297,7 +297,8 @@ impl Pool {
         start: impl FnOnce() -> Arc<crate::lease::KeepAliveHub>,
     ) -> Arc<crate::lease::KeepAliveHub> {
         let mut slot = lock(&self.inner.keep_alive_hub);
-        if let Some(hub) = slot.upgrade() {
+        // A hub whose task is gone (its runtime shut down) keeps nothing: start another.
+        if let Some(hub) = slot.upgrade().filter(|hub| hub.is_running()) {
             return hub;
         }
         let hub = start();

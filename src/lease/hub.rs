@@ -70,12 +70,17 @@ impl KeepAliveHub {
             self.commands.send(Command::Add(lease, tx))
         {
             // The task is gone (it ends only when every handle is dropped, so only after a
-            // panic): nothing keeps this lease, and its owner must know.
+            // panic or with its runtime): nothing keeps this lease, and its owner must know.
             tx.send_replace(LeaseState::Lost {
                 reason: "the keep-alive task has stopped".into(),
             });
         }
         rx
+    }
+
+    /// True while its task runs (it ends when every handle is dropped, or with its runtime).
+    pub(crate) fn is_running(&self) -> bool {
+        !self.commands.is_closed()
     }
 
     /// Stops keeping lease `id` alive (nothing if it is not kept).

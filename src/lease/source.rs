@@ -179,3 +179,18 @@ struct KeepAliveRequest {
 pub(crate) fn request_for<T: prost::Message + Default>(id: i64) -> Result<T, prost::DecodeError> {
     T::decode(prost::Message::encode_to_vec(&KeepAliveRequest { id }).as_slice())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_etcds_lease_keep_alive_request_on_the_wire() {
+        // etcd's rpc.proto: `message LeaseKeepAliveRequest { int64 ID = 1; }`, so field 1 as
+        // a varint (key 0x08), and nothing else.
+        let bytes = prost::Message::encode_to_vec(&KeepAliveRequest { id: 0x1234 });
+        assert_eq!(bytes, [0x08, 0xb4, 0x24]);
+        let back: KeepAliveRequest = request_for(0x1234).unwrap();
+        assert_eq!(back.id, 0x1234);
+    }
+}
