@@ -33,7 +33,9 @@ use crate::eviction::{self, Reports};
 use crate::health::{HealthProbe, HttpHealthProbe};
 use crate::pool::Pool;
 use crate::record::{Registration, ServerInfo};
-use crate::registration::{Handle, RegistrationStatus, StatusRx};
+use crate::registration::{
+    Handle, RegisterOptions, RegistrationHandle, RegistrationStatus, StatusRx, Terms,
+};
 use crate::shared::Shared;
 use crate::watcher::{self, Command, WatcherSettings};
 
@@ -74,6 +76,10 @@ pub struct Connector {
     probe: Mutex<Option<Arc<dyn HealthProbe>>>,
     /// The reports this server filed and its anti-flap hold (eviction on only).
     reports: Option<Reports>,
+    /// The status of each registration made by [`Connector::register`]: together they are
+    /// ONE reporter (the first that holds its id files the reports), so that one host cut off
+    /// from a healthy server cannot evict it by itself.
+    handles: Mutex<Vec<StatusRx>>,
     _stop: DropGuard,
 }
 
@@ -137,6 +143,7 @@ impl Connector {
             status: Mutex::new(None),
             probe: Mutex::new(None),
             reports,
+            handles: Mutex::new(Vec::new()),
             _stop: cancel.drop_guard(),
         }
     }
@@ -351,7 +358,13 @@ impl Connector {
         let cfg = &self.shared.config;
         self.wait_synced(cfg.connect_timeout.max(cfg.request_timeout))
             .await?;
-        let (handle, id) = Handle::start(&self.shared, registration, self.health_probe()?).await?;
+        let terms = Terms {
+            lease_ttl: cfg.lease_ttl,
+            announce: true,
+            spread_seed: self.shared.spread_seed,
+        };
+        let (handle, id) =
+            Handle::start(&self.shared, registration, self.health_probe()?, terms).await?;
         let status = handle.status().clone();
         *self
             .status
@@ -359,6 +372,59 @@ impl Connector {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status);
         *running = Some(handle);
         Ok(id)
+    }
+
+    /// Registers a server and returns its handle: any number of registrations over this
+    /// connector's one connection, watch and view (an agent's), each with its own lease, id,
+    /// health gate and fate. See [`RegisterOptions`] for reserve-then-announce and resume.
+    ///
+    /// # Errors
+    /// As [`Connector::register_server`] (but never [`Error::AlreadyRegistered`]);
+    /// [`Error::IdTaken`] for a resume whose id another server holds.
+    pub async fn register(
+        &self,
+        registration: Registration,
+        options: RegisterOptions,
+    ) -> Result<RegistrationHandle> {
+        let cfg = &self.shared.config;
+        let watched = &cfg.watch_groups;
+        if !watched.is_empty() && !watched.iter().any(|g| g == registration.group()) {
+            return Err(Error::GroupNotWatched {
+                group: registration.group().to_owned(),
+                watched: watched.clone(),
+            });
+        }
+        let lease_ttl = options.lease_ttl.unwrap_or(cfg.lease_ttl);
+        if lease_ttl < Duration::from_secs(1) {
+            return Err(Error::InvalidConfig("lease_ttl must be at least 1s".into()));
+        }
+        self.wait_synced(cfg.connect_timeout.max(cfg.request_timeout))
+            .await?;
+        let terms = Terms {
+            lease_ttl,
+            announce: !options.reserve,
+            // Each its own: registrations started together must not race for one candidate.
+            spread_seed: rand::random(),
+        };
+        let probe = match options.health_probe {
+            Some(probe) => Some((probe, Duration::from_secs(1))),
+            None => self.health_probe()?,
+        };
+        let shared = &self.shared;
+        let (handle, announced, adopted) = if let Some(id) = options.resume {
+            let (handle, _, adopted) =
+                Handle::resume(shared, registration, id, probe, terms).await?;
+            (handle, adopted || terms.announce, adopted)
+        } else {
+            let (handle, _) = Handle::start(shared, registration, probe, terms).await?;
+            (handle, terms.announce, false)
+        };
+        let registered = RegistrationHandle::new(shared.clone(), handle, announced, adopted);
+        self.handles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(registered.status_rx().clone());
+        Ok(registered)
     }
 
     /// Removes this server from the registry (DarkRift's `DeregisterServer`).
@@ -395,7 +461,17 @@ impl Connector {
     /// # Errors
     /// An etcd failure while reading.
     pub async fn handle_connection_failure(&self, id: u16) -> Result<PeerStatus> {
-        let held = self.status_rx().and_then(|status| status.held());
+        let held = self
+            .status_rx()
+            .and_then(|status| status.held())
+            .or_else(|| {
+                let mut handles = self
+                    .handles
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                handles.retain(StatusRx::is_live);
+                handles.iter().find_map(StatusRx::held)
+            });
         eviction::connection_failure(
             &self.shared,
             self.reports.as_ref(),

@@ -112,33 +112,31 @@ impl HealthProbe for HttpHealthProbe {
         let this = self.clone();
         Box::pin(async move {
             let mut slot = this.in_flight.lock().await;
-            let mut request = match slot.take() {
-                // The previous request is still out: wait for *its* answer.
-                Some(request) => request,
-                None => {
-                    let request = this.client.get(this.url.clone());
-                    tokio::spawn(async move {
-                        match tokio::time::timeout(ABANDON_AFTER, request).await {
-                            Ok(Ok(resp)) => resp.status() == hyper::StatusCode::OK,
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, "health probe failed");
-                                false
-                            }
-                            Err(_) => {
-                                tracing::warn!(after = ?ABANDON_AFTER, "health probe unanswered: abandoned");
-                                false
-                            }
+            // A request still out from an earlier check is waited for, never replaced.
+            let mut request = if let Some(request) = slot.take() {
+                request
+            } else {
+                let request = this.client.get(this.url.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(ABANDON_AFTER, request).await {
+                        Ok(Ok(resp)) => resp.status() == hyper::StatusCode::OK,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "health probe failed");
+                            false
                         }
-                    })
-                }
+                        Err(_) => {
+                            tracing::warn!(after = ?ABANDON_AFTER, "health probe unanswered: abandoned");
+                            false
+                        }
+                    }
+                })
             };
-            match tokio::time::timeout(this.timeout, &mut request).await {
-                Ok(verdict) => verdict.unwrap_or(false),
-                Err(_) => {
-                    // Late: unhealthy now, and the request stays open for its answer.
-                    *slot = Some(request);
-                    false
-                }
+            if let Ok(verdict) = tokio::time::timeout(this.timeout, &mut request).await {
+                verdict.unwrap_or(false)
+            } else {
+                // Late: unhealthy now, and the request stays open for its answer.
+                *slot = Some(request);
+                false
             }
         })
     }
@@ -237,10 +235,9 @@ mod tests {
             let wrote = conn.write_all(answer.as_bytes()).await.is_ok();
             // A closed client shows as EOF (or a reset) on a read; a live one keeps the
             // connection open for reuse, so the read times out.
-            let still_open = matches!(
-                tokio::time::timeout(Duration::from_millis(200), conn.read(&mut buf)).await,
-                Err(_)
-            );
+            let still_open = tokio::time::timeout(Duration::from_millis(200), conn.read(&mut buf))
+                .await
+                .is_err();
             more.abort();
             wrote && still_open
         });
@@ -262,7 +259,10 @@ mod tests {
             }
         }
         assert!(verdict, "the late answer was taken as healthy");
-        assert!(answered.await.expect("server"), "the late answer found its client there");
+        assert!(
+            answered.await.expect("server"),
+            "the late answer found its client there"
+        );
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             1,

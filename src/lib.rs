@@ -110,7 +110,7 @@ pub use connector::{Connector, PeerStatus, ServerRegistryHandler};
 pub use error::{Error, Result};
 pub use events::{Event, EventStream};
 pub use record::{Registration, ServerInfo};
-pub use registration::RegistrationStatus;
+pub use registration::{RegisterOptions, RegistrationHandle, RegistrationStatus};
 
 /// The etcd client library this crate builds on, re-exported: the one escape hatch to
 /// etcd-client's types, for [`Connector::with_client`] (share one client) and for matching on

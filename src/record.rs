@@ -340,6 +340,17 @@ pub fn owner_token_hash_of(value: &[u8]) -> Option<Vec<u8>> {
         .map(|rec| rec.owner_token_hash)
 }
 
+/// The allocation position a stored record carries, or `None` when the bytes are not a
+/// record.
+pub(crate) fn decode_position(value: &[u8]) -> Option<u64> {
+    if value.len() > MAX_RECORD_LEN {
+        return None;
+    }
+    ServerRecord::decode(value)
+        .ok()
+        .map(|rec| rec.alloc_position)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,8 +22,8 @@
 pub(crate) mod deregister;
 pub(crate) mod evict;
 pub(crate) mod report;
-pub(crate) mod reservation;
 pub(crate) mod reregister;
+pub(crate) mod reservation;
 pub(crate) mod restore;
 #[cfg(test)]
 pub(crate) mod testing;

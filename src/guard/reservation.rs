@@ -189,7 +189,10 @@ mod tests {
         let slot = || Some(kv(&r.slot, &r.key, 9, 40));
         // Our own earlier announcement whose answer was lost.
         let ours = failed(Some(kv(&r.key, "rec", 9, 44)), slot());
-        assert_eq!(read_announce(&ours, &r), Announced::Already { revision: 44 });
+        assert_eq!(
+            read_announce(&ours, &r),
+            Announced::Already { revision: 44 }
+        );
         // The slot went (lease lost): nothing is ours, whatever the key.
         assert_eq!(read_announce(&failed(None, None), &r), Announced::Lost);
         assert_eq!(
@@ -204,7 +207,10 @@ mod tests {
         // The slot now on another lease (someone else's id).
         assert_eq!(
             read_announce(
-                &failed(Some(kv(&r.key, "rec", 11, 46)), Some(kv(&r.slot, &r.key, 11, 46))),
+                &failed(
+                    Some(kv(&r.key, "rec", 11, 46)),
+                    Some(kv(&r.slot, &r.key, 11, 46))
+                ),
                 &r
             ),
             Announced::Lost

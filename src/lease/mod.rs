@@ -126,6 +126,40 @@ impl LeaseSession {
         })
     }
 
+    /// Takes over an existing lease `id` (granted with `ttl`, `remaining` left now, as etcd's
+    /// `TimeToLive` said) and keeps it alive: a restarted agent resuming a registration whose
+    /// lease outlived its previous keeper. The local deadline starts from `remaining`, never
+    /// later than etcd's.
+    pub(crate) fn adopt(
+        pool: &Pool,
+        id: i64,
+        ttl: Duration,
+        remaining: Duration,
+        gate: Option<watch::Receiver<bool>>,
+    ) -> Self {
+        let now = Instant::now();
+        // Granted (as far as the deadline rule goes) `ttl - remaining` ago.
+        let granted_at = now
+            .checked_sub(ttl.saturating_sub(remaining))
+            .unwrap_or(now);
+        let hub = pool.keep_alive_hub(|| KeepAliveHub::start(PoolLeases { pool: pool.clone() }));
+        let state = hub.add(NewLease {
+            id,
+            ttl,
+            interval: timing::keep_alive_interval(ttl),
+            stall: timing::stall_bound(ttl, pool.attempt_timeout()),
+            granted_at,
+            gate,
+        });
+        tracing::debug!(lease = format_args!("{id:x}"), ?remaining, "lease adopted");
+        LeaseSession {
+            id,
+            ttl,
+            state,
+            hub,
+        }
+    }
+
     /// The lease id.
     #[must_use]
     pub(crate) fn id(&self) -> i64 {

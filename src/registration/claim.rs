@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::Claim;
+use super::{Claim, Terms};
 use crate::alloc::{self, AllocHint, AllocOutcome, AllocRequest, IdSet};
 use crate::client::retrying;
 use crate::error::{Error, Result};
@@ -16,6 +16,7 @@ pub(crate) async fn allocate(
     shared: &Shared,
     registration: &Registration,
     lease_id: i64,
+    terms: Terms,
 ) -> Result<Claim> {
     let params = shared.config.alloc_params();
     let mut learned = IdSet::default();
@@ -32,7 +33,7 @@ pub(crate) async fn allocate(
                 taken,
             }
         });
-        let spread = splitmix(shared.spread_seed.wrapping_add(u64::from(attempt)));
+        let spread = splitmix(terms.spread_seed.wrapping_add(u64::from(attempt)));
         let Some(candidate) = alloc::choose(&hint, params, spread) else {
             if !learned.is_empty() {
                 // What we learnt from conflicts may be stale: start over from the view.
@@ -50,7 +51,7 @@ pub(crate) async fn allocate(
             record: record.clone(),
             lease_id,
             params,
-            announce: true,
+            announce: terms.announce,
         };
         metrics::counter!(m::ALLOC_TXNS).increment(1);
         let txn = alloc::build_txn(&request);
@@ -70,6 +71,8 @@ pub(crate) async fn allocate(
                     server_key: shared.layout.server_key(registration.group(), candidate.id),
                     create_revision: revision,
                     record,
+                    terms,
+                    announced: terms.announce,
                 });
             }
             Ok(AllocOutcome::Lost { cursor, taken }) => {

@@ -8,15 +8,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::claim::allocate;
 use super::status::StatusRx;
+use super::supervisor::AnnounceRequest;
 use super::supervisor::Supervisor;
-use super::Held;
+use super::{Claim, Held, Terms};
 use crate::client::retrying_txn;
 use crate::error::Result;
+use crate::guard::reservation::Reservation;
 use crate::guard::{self, deregister::Deregistered, Answer, Owner};
 use crate::health::{spawn_gate, HealthProbe};
 use crate::lease::LeaseSession;
@@ -27,6 +30,8 @@ use crate::shared::Shared;
 #[derive(Debug)]
 pub(crate) struct Handle {
     status: StatusRx,
+    /// Requests to announce, to the supervisor (the claim's only owner).
+    announces: mpsc::Sender<AnnounceRequest>,
     cancel: CancellationToken,
     task: JoinHandle<Option<Held>>,
     /// Cancels the supervisor when the handle is dropped while registered, so the
@@ -47,6 +52,7 @@ impl Handle {
         shared: &Arc<Shared>,
         registration: Registration,
         probe: Option<(Arc<dyn HealthProbe>, Duration)>,
+        terms: Terms,
     ) -> Result<(Handle, u16)> {
         let cfg = &shared.config;
         let cancel = CancellationToken::new();
@@ -54,7 +60,7 @@ impl Handle {
         shared.requests.fetch_add(1, Ordering::Relaxed);
         let granted = LeaseSession::grant_gated(
             &shared.pool,
-            cfg.lease_ttl,
+            terms.lease_ttl,
             cfg.request_timeout,
             gate.clone(),
         )
@@ -66,7 +72,7 @@ impl Handle {
                 return Err(e);
             }
         };
-        let claim = match allocate(shared, &registration, lease.id()).await {
+        let claim = match allocate(shared, &registration, lease.id(), terms).await {
             Ok(claim) => claim,
             Err(e) => {
                 cancel.cancel();
@@ -82,9 +88,56 @@ impl Handle {
             host = registration.host(),
             port = registration.port(),
             revision = claim.create_revision,
+            announced = claim.announced,
             "registered"
         );
+        Ok(Self::supervise(
+            shared,
+            registration,
+            claim,
+            lease,
+            cancel,
+            gate,
+        ))
+    }
+
+    /// Resumes the registration of `id` (see [`super::resume`]); returns the handle, the id,
+    /// and whether its lease was adopted (no leave at its peers).
+    ///
+    /// # Errors
+    /// [`crate::Error::IdTaken`], or an etcd failure.
+    pub(crate) async fn resume(
+        shared: &Arc<Shared>,
+        registration: Registration,
+        id: u16,
+        probe: Option<(Arc<dyn HealthProbe>, Duration)>,
+        terms: Terms,
+    ) -> Result<(Handle, u16, bool)> {
+        let cancel = CancellationToken::new();
+        let gate = probe.map(|(probe, interval)| spawn_gate(probe, interval, cancel.child_token()));
+        let resumed = super::resume::resume(shared, &registration, id, terms, gate.clone()).await;
+        let (claim, lease, adopted) = match resumed {
+            Ok(found) => found,
+            Err(e) => {
+                cancel.cancel();
+                return Err(e);
+            }
+        };
+        let (handle, id) = Self::supervise(shared, registration, claim, lease, cancel, gate);
+        Ok((handle, id, adopted))
+    }
+
+    /// Starts the supervisor of a claim held on `lease`.
+    pub(crate) fn supervise(
+        shared: &Arc<Shared>,
+        registration: Registration,
+        claim: Claim,
+        lease: LeaseSession,
+        cancel: CancellationToken,
+        gate: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> (Handle, u16) {
         let id = claim.id;
+        let (announces, requests) = mpsc::channel(4);
         let (status, task) = Supervisor::spawn(
             shared.clone(),
             registration,
@@ -92,14 +145,30 @@ impl Handle {
             lease,
             cancel.clone(),
             gate,
+            requests,
         );
         let handle = Handle {
+            announces,
             status,
             _stop: cancel.clone().drop_guard(),
             cancel,
             task,
         };
-        Ok((handle, id))
+        (handle, id)
+    }
+
+    /// Announces a reserved registration (a no-op once announced); waits for the server key
+    /// to be written.
+    ///
+    /// # Errors
+    /// [`crate::Error::NotRegistered`] when the registration is over or its reservation was
+    /// lost (it is then re-reserved, and announced once re-registered); an etcd failure.
+    pub(crate) async fn announce(&self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        if self.announces.send(reply).await.is_err() {
+            return Err(crate::Error::NotRegistered);
+        }
+        answer.await.map_err(|_| crate::Error::NotRegistered)?
     }
 
     /// Where the registration stands (and, while registered, its id and lease).
@@ -121,6 +190,9 @@ impl Handle {
             return Ok(());
         };
         let Held { claim, lease } = held;
+        if !claim.announced {
+            return release(shared, &claim, lease).await;
+        }
         let owner = Owner::new(
             &shared.layout,
             claim.id,
@@ -142,4 +214,26 @@ impl Handle {
         }
         revoked
     }
+}
+
+/// Gives a reservation never announced back: its slot, if still ours, then its lease.
+async fn release(shared: &Shared, claim: &Claim, lease: LeaseSession) -> Result<()> {
+    let reservation = Reservation {
+        key: claim.server_key.clone(),
+        slot: shared.layout.slot_key(claim.id),
+        lease: lease.id(),
+    };
+    let cfg = &shared.config;
+    let released = retrying_txn(
+        &shared.pool,
+        "release reservation",
+        cfg.request_timeout,
+        &guard::reservation::release(&reservation),
+    )
+    .await;
+    let timeout = crate::timing::revoke_bound(cfg.request_timeout, lease.ttl());
+    let revoked = lease.revoke(&shared.pool, timeout).await;
+    released?;
+    tracing::info!(id = claim.id, "reservation released");
+    revoked
 }

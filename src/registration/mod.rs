@@ -49,11 +49,14 @@ use crate::shared::Shared;
 mod claim;
 mod handle;
 mod own_key;
+mod public;
 mod recovery;
+mod resume;
 mod status;
 mod supervisor;
 
 pub(crate) use handle::Handle;
+pub use public::{RegisterOptions, RegistrationHandle};
 pub use status::RegistrationStatus;
 pub(crate) use status::StatusRx;
 
@@ -66,6 +69,24 @@ pub(crate) struct Claim {
     pub(crate) create_revision: i64,
     /// The record as we last wrote it: what the key must hold (see the supervisor's restore).
     pub(crate) record: Vec<u8>,
+    /// What this registration was started with, kept across re-registrations.
+    pub(crate) terms: Terms,
+    /// The server key is written (peers were told). False while the id is only reserved:
+    /// then `create_revision` is the slot's, and the own-key checks leave the (absent) server
+    /// key alone (see `guard::reservation`).
+    pub(crate) announced: bool,
+}
+
+/// A registration's own settings: what may differ between registrations over one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Terms {
+    /// Its lease's TTL.
+    pub(crate) lease_ttl: std::time::Duration,
+    /// Announce at allocation (true), or reserve the id and announce later.
+    pub(crate) announce: bool,
+    /// The seed of its allocations' spread: registrations of one process started together
+    /// must not all try the same first candidate.
+    pub(crate) spread_seed: u64,
 }
 
 /// What deregistration needs, handed back by the supervisor.

@@ -184,7 +184,7 @@ impl Recovering<'_> {
         let shared = self.shared;
         let lease = match LeaseSession::grant_gated(
             &shared.pool,
-            shared.config.lease_ttl,
+            self.claim.terms.lease_ttl,
             shared.config.request_timeout,
             self.health.cloned(),
         )
@@ -193,7 +193,10 @@ impl Recovering<'_> {
             Ok(lease) => lease,
             Err(e) => return Attempt::Retry(e.to_string()),
         };
-        match allocate(shared, self.registration, lease.id()).await {
+        // A new id is announced if the lost one was, or was asked to be: a reservation
+        // stays a reservation.
+        let terms = self.claim.terms;
+        match allocate(shared, self.registration, lease.id(), terms).await {
             Ok(claim) => Attempt::Done { lease, claim },
             Err(e) => {
                 revoke_quietly(shared, lease).await;
@@ -208,7 +211,7 @@ impl Recovering<'_> {
         let gate = self.health.cloned();
         let lease = match LeaseSession::grant_gated(
             &shared.pool,
-            shared.config.lease_ttl,
+            self.claim.terms.lease_ttl,
             shared.config.request_timeout,
             gate,
         )
@@ -223,7 +226,7 @@ impl Recovering<'_> {
             .encode(c.id, c.position, alloc::now_unix_ms());
         // The keys are created anew: no create revision to guard on.
         let owner = Owner::new(&shared.layout, c.id, c.server_key.clone(), 0, lease.id());
-        let txn = guard::reregister::build(&owner, &record);
+        let txn = guard::reregister::build(&owner, &record, c.terms.announce);
         let resp = match retrying_txn(
             &shared.pool,
             "re-register",
@@ -245,6 +248,7 @@ impl Recovering<'_> {
                 claim: Claim {
                     create_revision: revision,
                     record,
+                    announced: c.terms.announce,
                     ..c.clone()
                 },
             },

@@ -116,6 +116,12 @@ impl StatusRx {
         self.status.clone()
     }
 
+    /// False once the registration is over for good (deregistered, dropped or stopped).
+    pub(crate) fn is_live(&self) -> bool {
+        self.lease.has_changed().is_ok()
+            && !matches!(*self.status.borrow(), RegistrationStatus::Stopped { .. })
+    }
+
     /// Our id and lease while registered and within the lease deadline (the fence); `None`
     /// otherwise.
     pub(crate) fn held(&self) -> Option<(u16, i64)> {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +17,7 @@ use crate::client::retrying_txn;
 use crate::config::KeyRemovedPolicy;
 use crate::error::{is_lease_not_found, Error};
 use crate::events::Event;
+use crate::guard::reservation::{Announced, Reservation};
 use crate::guard::{self, restore::Restored, Answer, Owner};
 use crate::lease::{LeaseSession, LeaseState};
 use crate::metrics as m;
@@ -44,7 +45,12 @@ pub(crate) struct Supervisor {
     cancel: CancellationToken,
     /// Health verdicts gating the keep-alive (and re-registration), if a probe is set.
     health: Option<watch::Receiver<bool>>,
+    /// Requests to announce a reserved registration (`None` while a phase has it out).
+    announces: Option<mpsc::Receiver<AnnounceRequest>>,
 }
+
+/// A request to announce, and where to answer it.
+pub(crate) type AnnounceRequest = oneshot::Sender<Result<(), Error>>;
 
 /// How a recovery ended, for the supervisor.
 enum Resumed {
@@ -83,6 +89,7 @@ impl Supervisor {
         lease: LeaseSession,
         cancel: CancellationToken,
         health: Option<watch::Receiver<bool>>,
+        announces: mpsc::Receiver<AnnounceRequest>,
     ) -> (StatusRx, tokio::task::JoinHandle<Option<Held>>) {
         let deadline = match lease.state() {
             LeaseState::Alive { deadline } => deadline,
@@ -103,6 +110,7 @@ impl Supervisor {
             own,
             cancel,
             health,
+            announces: Some(announces),
         };
         (rx, tokio::spawn(sup.run()))
     }
@@ -255,8 +263,19 @@ impl Supervisor {
         }
     }
 
-    /// Registered: mirror the lease deadline into the status until something ends it.
+    /// Registered: mirror the lease deadline into the status until something ends it, and
+    /// answer requests to announce.
     async fn registered_phase(&mut self) -> Ended {
+        let mut announces = self.announces.take();
+        let ended = self.registered_loop(&mut announces).await;
+        self.announces = announces;
+        ended
+    }
+
+    async fn registered_loop(
+        &mut self,
+        announces: &mut Option<mpsc::Receiver<AnnounceRequest>>,
+    ) -> Ended {
         let Some(lease) = self.lease.as_ref() else {
             return Ended::LeaseLost("no lease".into());
         };
@@ -265,7 +284,7 @@ impl Supervisor {
         // When to check that our slot and key are intact: once per TTL (the watch only sees
         // the server key; a deleted slot would let another server take our id), at once when
         // the watcher applied something that touched our key, soon again after a failure.
-        let period = timing::integrity_check_period(self.shared.config.lease_ttl);
+        let period = timing::integrity_check_period(self.claim.terms.lease_ttl);
         let mut check_at = Instant::now() + period;
         // Consecutive failed restore checks: the first is a warning, the retries of one outage
         // are not.
@@ -282,6 +301,16 @@ impl Supervisor {
                 () = tokio::time::sleep_until(check_at) => {}
                 () = self.own_key_touched() => {}
                 () = cancel.cancelled() => return Ended::Cancelled,
+                Some(reply) = next_request(announces) => {
+                    let answer = self.announce(lease_id).await;
+                    let lost = answer.is_err();
+                    // The requester may have stopped waiting: the announcement stands anyway.
+                    let _ = reply.send(answer);
+                    if lost {
+                        return Ended::LeaseLost("our reservation was gone when we announced it".into());
+                    }
+                    continue;
+                }
                 changed = lease_rx.changed() => {
                     if changed.is_err() {
                         return Ended::LeaseLost("keep-alive task ended".into());
@@ -291,6 +320,12 @@ impl Supervisor {
                 () = tokio::time::sleep_until(deadline) => {
                     return Ended::LeaseLost("lease deadline passed without a keep-alive acknowledgement".into());
                 }
+            }
+            if !self.claim.announced {
+                // A reservation has no server key to restore; its slot is checked by the
+                // announcement's guard.
+                check_at = Instant::now() + period;
+                continue;
             }
             match self.restore().await {
                 Restore::Intact | Restore::Restored => {
@@ -383,6 +418,50 @@ impl Supervisor {
             }
             Restored::NotOurs => Restore::Taken(format!("id {} was taken by another server", c.id)),
         }
+    }
+}
+
+impl Supervisor {
+    /// Announces a reserved registration: writes its server key, guarded by the reservation
+    /// ([`guard::reservation`]). From then on the registration is announced, across
+    /// re-registrations too. A no-op once announced.
+    async fn announce(&mut self, lease_id: i64) -> Result<(), Error> {
+        self.claim.terms.announce = true;
+        if self.claim.announced {
+            return Ok(());
+        }
+        let c = &self.claim;
+        let reservation = Reservation {
+            key: c.server_key.clone(),
+            slot: self.shared.layout.slot_key(c.id),
+            lease: lease_id,
+        };
+        let txn = guard::reservation::announce(&reservation, &c.record);
+        let resp = retrying_txn(
+            &self.shared.pool,
+            "announce",
+            self.shared.config.request_timeout,
+            &txn,
+        )
+        .await?;
+        match guard::reservation::read_announce(&Answer::from(&resp), &reservation) {
+            Announced::Created { revision } | Announced::Already { revision } => {
+                tracing::info!(id = c.id, revision, "announced");
+                self.claim.create_revision = revision;
+                self.claim.announced = true;
+                self.track_own_key();
+                Ok(())
+            }
+            Announced::Lost => Err(Error::NotRegistered),
+        }
+    }
+}
+
+/// The next request on `requests`, if there is a channel; never otherwise.
+async fn next_request<T>(requests: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match requests {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
