@@ -939,3 +939,86 @@ async fn the_auth_job_creates_the_readme_role_and_the_game_server_registers_with
         .expect("status");
     assert!(status.success(), "{status:?}");
 }
+
+/// `-name=value` arguments of a DarkRift host container, by name.
+fn darkrift_vars(c: &Value) -> BTreeMap<String, String> {
+    strs(&c["args"])
+        .iter()
+        .filter_map(|a| a.strip_prefix('-')?.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[test]
+fn darkrift_servers_reach_their_agent_as_a_native_sidecar_or_through_the_node_socket() {
+    let objects = objects();
+    let config = find(&objects, "ConfigMap", "darkrift-config");
+    let server_config = config.doc["data"]["Server.config"]
+        .as_str()
+        .expect("Server.config");
+    // The plugin takes its agent from the host's -agent argument, and reserves then announces.
+    assert!(server_config.contains(r#"type="EtcdServerRegistryConnector""#));
+    assert!(server_config.contains(r#"agent="$(agent)""#));
+    assert!(server_config.contains(r#"readiness="probe""#));
+    let agent_of = |c: &Value| {
+        let command = strs(&c["command"]);
+        assert_eq!(command.get(1).map(String::as_str), Some("agent"));
+        flags(&command[2..])
+    };
+
+    // The sidecar: an init container that runs for the pod's life (restartPolicy Always, which
+    // needs Kubernetes >= 1.29), on loopback, deregistering its servers when it stops.
+    let lobby = find(&objects, "Deployment", "darkrift-lobby");
+    let pod = pod_spec(lobby).expect("pod");
+    let init = pod["initContainers"].as_sequence().expect("initContainers");
+    assert_eq!(init.len(), 1);
+    let agent = &init[0];
+    assert_eq!(agent["restartPolicy"].as_str(), Some("Always"), "a native sidecar");
+    let f = agent_of(agent);
+    let listen = f.get("listen").expect("--listen");
+    assert!(listen.starts_with("127.0.0.1:"), "loopback only: {listen}");
+    assert!(!f.contains_key("on-stop"), "a sidecar deregisters on stop");
+    let darkrift = &pod["containers"][0];
+    let vars = darkrift_vars(darkrift);
+    assert_eq!(vars.get("agent"), Some(listen), "the plugin dials the sidecar");
+    assert_eq!(vars.get("host").map(String::as_str), Some("$(POD_IP)"));
+    assert_eq!(
+        env(darkrift).get("POD_IP"),
+        Some(&Env::Field("status.podIP".into()))
+    );
+
+    // Per node: a DaemonSet on a Unix socket in a hostPath directory that the game pods mount,
+    // kept across agent restarts (`--on-stop keep`: the plugins resume), same user as the
+    // servers (the socket is 0600).
+    let daemon = find(&objects, "DaemonSet", "darkrift-etcd-agent");
+    let dpod = pod_spec(daemon).expect("pod");
+    let dagent = &dpod["containers"][0];
+    let f = agent_of(dagent);
+    let socket = f
+        .get("listen")
+        .and_then(|l| l.strip_prefix("unix:"))
+        .expect("a unix socket");
+    assert_eq!(f.get("on-stop").map(String::as_str), Some("keep"));
+    let game = find(&objects, "Deployment", "darkrift-game");
+    let gpod = pod_spec(game).expect("pod");
+    let gvars = darkrift_vars(&gpod["containers"][0]);
+    assert_eq!(
+        gvars.get("agent").map(String::as_str),
+        Some(format!("unix:{socket}").as_str())
+    );
+    let host_dir = |pod: &Value| -> String {
+        pod["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find_map(|v| v["hostPath"]["path"].as_str().map(str::to_owned))
+            .expect("a hostPath volume")
+    };
+    assert_eq!(host_dir(dpod), host_dir(gpod));
+    assert!(socket.starts_with(&format!("{}/", host_dir(dpod))));
+    assert_eq!(
+        dpod["securityContext"]["runAsUser"],
+        gpod["securityContext"]["runAsUser"],
+        "the socket is 0600: one user on both sides"
+    );
+}

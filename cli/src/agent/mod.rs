@@ -12,7 +12,8 @@
 //!
 //! The agent prints one line on stdout, `{"v":1,"event":"listening","addr":…}`, once it accepts
 //! connections; logs go to stderr. SIGINT, SIGTERM, or (with `--exit-with-stdin`) the end of its
-//! standard input deregister every registration, bounded, and end the process with status 0.
+//! standard input deregister every registration, bounded, and end the process with status 0
+//! (`--on-stop keep` leaves them for the next agent to resume instead).
 
 mod api;
 mod fate;
@@ -63,6 +64,20 @@ pub(crate) struct AgentArgs {
     /// Silence after which an event stream carries a heartbeat line.
     #[arg(long, value_parser = duration, default_value = "5s", value_name = "DURATION")]
     heartbeat: Duration,
+    /// What a stop (signal, or the end of stdin) does to the registrations: `deregister` them
+    /// (a sidecar or child agent: its servers go with it), or `keep` them for the next agent
+    /// to resume within the TTL (a per-node agent being replaced while its servers run on).
+    #[arg(long, value_enum, default_value_t = OnStop::Deregister)]
+    on_stop: OnStop,
+}
+
+/// `--on-stop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnStop {
+    /// Deregister every registration, bounded by the request timeout.
+    Deregister,
+    /// Leave them: their leases run out unless the next agent resumes them.
+    Keep,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -167,7 +182,14 @@ pub(crate) async fn run(layered: &Layered, args: &AgentArgs) -> Result<(), Failu
     // The server ends only at shutdown (graceful: open event streams end with the table's
     // entries below, and the HTTP server then stops).
     stop.cancelled().await;
-    table.deregister_all().await;
+    match args.on_stop {
+        OnStop::Deregister => table.deregister_all().await,
+        OnStop::Keep => tracing::info!(
+            target: TARGET,
+            registrations = table.len(),
+            "stopping without deregistering (--on-stop keep): the next agent resumes them within the TTL"
+        ),
+    }
     match tokio::time::timeout(Duration::from_secs(2), serving).await {
         Ok(Ok(Err(e))) => {
             tracing::warn!(target: TARGET, error = %e, "API server ended with an error");
