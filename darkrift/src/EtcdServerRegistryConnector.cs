@@ -49,6 +49,7 @@ namespace DarkRift.Etcd
         private readonly int leaveGraceMs;
         private readonly int reattachMs;
         private readonly int registerTimeoutMs;
+        private readonly bool hardenHealthCheck;
         private readonly Dictionary<string, string> extraProperties = new Dictionary<string, string>();
 
         // state
@@ -104,6 +105,7 @@ namespace DarkRift.Etcd
             leaveGraceMs = (int)ParseDurationMs(s["leaveGraceMs"] ?? "300", "leaveGraceMs");
             reattachMs = (int)ParseDurationMs(s["reattachMs"] ?? "150", "reattachMs");
             registerTimeoutMs = (int)ParseDurationMs(s["registerTimeoutMs"] ?? "30000", "registerTimeoutMs");
+            hardenHealthCheck = (s["hardenHealthCheck"] ?? "true").Trim().ToLowerInvariant() != "false";
             foreach (string key in s.AllKeys)
                 if (key != null && key.StartsWith("property.", StringComparison.Ordinal))
                     extraProperties[key.Substring("property.".Length)] = s[key];
@@ -136,6 +138,8 @@ namespace DarkRift.Etcd
 
         protected override ushort RegisterServer(string group, string host, ushort port, IDictionary<string, string> properties)
         {
+            if (hardenHealthCheck)
+                HardenHealthCheck();
             if (child == null && agentPath != null)
             {
                 child = new ChildAgent(agentPath, childArgs, ForwardAgentLog);
@@ -378,7 +382,7 @@ namespace DarkRift.Etcd
                 {
                     if (stopping)
                         return;
-                    Logger.Warning("Registry event stream: " + e.Message + (needResume ? "" : "; re-attaching."));
+                    StreamWarning("Registry event stream: " + e.Message + (needResume ? "" : "; re-attaching."));
                 }
             retry:
                 if (stopping)
@@ -394,6 +398,20 @@ namespace DarkRift.Etcd
             }
         }
 
+        private DateTime lastStreamWarning = DateTime.MinValue;
+
+        /// <summary>Retries run every 10 ms to 1 s: one Warning per 5 s, the rest at Trace.</summary>
+        private void StreamWarning(string message)
+        {
+            if ((DateTime.UtcNow - lastStreamWarning).TotalMilliseconds >= 5000)
+            {
+                lastStreamWarning = DateTime.UtcNow;
+                Logger.Warning(message);
+            }
+            else
+                Logger.Trace(message);
+        }
+
         /// <summary>Re-sends the register request with resume {id, handle}. False: retry later.</summary>
         private bool Resume()
         {
@@ -406,7 +424,7 @@ namespace DarkRift.Etcd
             }
             catch (Exception e)
             {
-                Logger.Warning("Resuming id " + id + " with the registry agent at " + agent + " failed (" + e.Message + "); retrying.");
+                StreamWarning("Resuming id " + id + " with the registry agent at " + agent + " failed (" + e.Message + "); retrying.");
                 return false;
             }
             if (r.Status == 201 || r.Status == 200)
@@ -509,6 +527,50 @@ namespace DarkRift.Etcd
                 default:
                     Logger.Trace("Registry event: " + line);
                     break;
+            }
+        }
+
+        /// <summary>
+        ///     DarkRift's HttpHealthCheck (DarkRift.Server/Plugins/HealthCheck/HttpHealthcheck.cs, Listen(),
+        ///     lines 119-123) writes its answer outside any try: if the prober has closed the connection
+        ///     (gave up during a stall, or died), the write throws on the listener thread and the process
+        ///     exits. HttpListener.IgnoreWriteExceptions makes those writes silent. The listener is a private
+        ///     field of an internal plugin: reached by reflection, best effort, logged either way.
+        /// </summary>
+        private void HardenHealthCheck()
+        {
+            try
+            {
+                FieldInfo sf = typeof(ServerRegistryConnector).GetField("server", BindingFlags.Instance | BindingFlags.NonPublic);
+                object server = sf == null ? null : sf.GetValue(this);
+                PropertyInfo pmp = server == null ? null : server.GetType().GetProperty("InternalPluginManager", BindingFlags.Instance | BindingFlags.NonPublic | BindingFlags.Public);
+                object pm = pmp == null ? null : pmp.GetValue(server, null);
+                MethodInfo all = pm == null ? null : pm.GetType().GetMethod("ActuallyGetAllPlugins", BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic);
+                System.Collections.IEnumerable plugins = all == null ? null : all.Invoke(pm, null) as System.Collections.IEnumerable;
+                if (plugins == null)
+                {
+                    Logger.Trace("Could not reach DarkRift's plugin list to harden HttpHealthCheck (DarkRift's internals differ from 2.11.0).");
+                    return;
+                }
+                foreach (object plugin in plugins)
+                {
+                    if (plugin == null || plugin.GetType().Name != "HttpHealthCheck")
+                        continue;
+                    FieldInfo lf = plugin.GetType().GetField("httpListener", BindingFlags.Instance | BindingFlags.NonPublic);
+                    System.Net.HttpListener listener = lf == null ? null : lf.GetValue(plugin) as System.Net.HttpListener;
+                    if (listener == null)
+                    {
+                        Logger.Trace("HttpHealthCheck has no httpListener field; not hardened.");
+                        return;
+                    }
+                    listener.IgnoreWriteExceptions = true;
+                    Logger.Trace("HttpHealthCheck hardened: a late answer to a probe its client abandoned no longer ends the process (HttpListener.IgnoreWriteExceptions).");
+                    return;
+                }
+            }
+            catch (Exception e)
+            {
+                Logger.Trace("Could not harden HttpHealthCheck: " + e.Message);
             }
         }
 
