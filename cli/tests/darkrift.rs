@@ -365,13 +365,14 @@ async fn an_agent_restart_costs_no_id_and_no_leave() {
     let game2 = bed.server("game2", "game", &a2.addr).await;
     lobby1.linked_to(game2.id, 0).await;
     lobby2.linked_to(game2.id, 0).await;
-    for lobby in [&lobby1, &lobby2] {
-        for id in [lobby1.id, game1.id] {
-            let leaves = lines_with(lobby, &Server::leave_line(id));
+    // game1 tracks the lobbies (downstream), the lobbies track game1 (upstream).
+    for observer in [&lobby1, &lobby2, &game1] {
+        for id in [lobby1.id, lobby2.id, game1.id] {
+            let leaves = lines_with(observer, &Server::leave_line(id));
             assert!(
                 leaves.is_empty(),
                 "{} saw a leave: {leaves:?}",
-                lobby.log().name
+                observer.log().name
             );
         }
     }

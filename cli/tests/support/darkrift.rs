@@ -181,18 +181,26 @@ pub struct Line {
 pub struct Log {
     pub name: String,
     lines: Mutex<Vec<Line>>,
+    /// How many of its sources (pipes, streams) have ended, and how many it has.
     closed: Mutex<usize>,
+    sources: usize,
     notify: Notify,
 }
 
 impl Log {
-    pub fn new(name: &str) -> Arc<Log> {
+    pub fn new(name: &str, sources: usize) -> Arc<Log> {
         Arc::new(Log {
             name: name.to_owned(),
             lines: Mutex::new(Vec::new()),
             closed: Mutex::new(0),
+            sources,
             notify: Notify::new(),
         })
+    }
+
+    /// Whether every source has ended (the process exited, the stream closed): no more lines.
+    pub fn ended(&self) -> bool {
+        *self.closed.lock().unwrap_or_else(PoisonError::into_inner) >= self.sources
     }
 
     pub fn push(&self, text: String) {
@@ -279,6 +287,12 @@ impl Log {
             if let Some(line) = self.find_by(from, &pred) {
                 return line;
             }
+            assert!(
+                !self.ended(),
+                "{}: ended without a line with {what:?}; its last lines:\n{}",
+                self.name,
+                self.tail(80)
+            );
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 panic!(
                     "{}: no line with {what:?} within {bound:?}; its last lines:\n{}",
@@ -303,7 +317,7 @@ impl Proc {
     /// Spawns `cmd` with piped stdout and stderr (stdin `/dev/null` unless set), each read by
     /// a thread into the log and into `dir/<name>.log`.
     pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Proc {
-        let log = Log::new(name);
+        let log = Log::new(name, 2);
         let file = dir.join(format!("{name}.log"));
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
@@ -670,7 +684,7 @@ impl EventStream {
         let request =
             format!("GET /v1/registrations/{handle}/events HTTP/1.1\r\nHost: {agent}\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("send");
-        let log = Log::new(name);
+        let log = Log::new(name, 1);
         let sink = Arc::clone(&log);
         let task = tokio::spawn(async move {
             let mut reader = tokio::io::BufReader::new(stream);
