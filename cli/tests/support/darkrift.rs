@@ -293,18 +293,17 @@ impl Log {
                 self.name,
                 self.tail(80)
             );
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "{}: no line with {what:?} within {bound:?}; its last lines:\n{}",
-                    self.name,
-                    self.tail(80)
-                );
-            }
+            assert!(
+                tokio::time::timeout_at(deadline, notified).await.is_ok(),
+                "{}: no line with {what:?} within {bound:?}; its last lines:\n{}",
+                self.name,
+                self.tail(80)
+            );
         }
     }
 }
 
-/// A child process, SIGKILLed by its pid and reaped when dropped.
+/// A child process, killed (`SIGKILL`) by its pid and reaped when dropped.
 #[derive(Debug)]
 pub struct Proc {
     pub log: Arc<Log>,
@@ -600,9 +599,13 @@ impl Server {
     }
 }
 
-/// Milliseconds between two instants, for bench rows (0 if `b` precedes `a`).
+/// Milliseconds from `a` to `b`, for bench rows; negative when `b` came first (two
+/// processes' lines, each stamped when the harness read it).
 pub fn ms(a: Instant, b: Instant) -> f64 {
-    b.saturating_duration_since(a).as_secs_f64() * 1000.0
+    match b.checked_duration_since(a) {
+        Some(d) => d.as_secs_f64() * 1000.0,
+        None => -(a.duration_since(b).as_secs_f64() * 1000.0),
+    }
 }
 
 // ---- plain HTTP/1.1 for the agent's API and DarkRift's health check ---------------------------
