@@ -195,12 +195,13 @@ impl Admin {
     /// # Errors
     /// An etcd failure. A lease already gone is not an error.
     pub async fn evict(&self, entry: &Entry) -> Result<Eviction> {
-        let owner = Owner {
-            key: entry.key.clone(),
-            slot: self.layout.slot_key(entry.server.id),
-            create_revision: entry.create_revision,
-            lease: entry.lease,
-        };
+        let owner = Owner::new(
+            &self.layout,
+            entry.server.id,
+            entry.key.clone(),
+            entry.create_revision,
+            entry.lease,
+        );
         let txn = guard::evict::build(&owner, None);
         let resp = retrying_txn(&self.client, "evict", self.request_timeout, &txn).await?;
         let Evicted::Done { revision } = guard::evict::read(&Answer::from(&resp)) else {

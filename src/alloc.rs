@@ -303,6 +303,10 @@ pub struct AllocRequest<'a> {
     pub lease_id: i64,
     /// Allocator tunables.
     pub params: AllocParams,
+    /// Write the server key too (announce at once). False reserves the id: only the slot is
+    /// written, and the server key follows later, guarded by the reservation (see
+    /// `guard::reservation`). The compares are the same either way.
+    pub announce: bool,
 }
 
 /// Builds the one transaction of an attempt (see the module docs).
@@ -342,11 +346,18 @@ pub fn build_txn(req: &AllocRequest<'_>) -> Txn {
             Compare::create_revision(slot.clone(), CompareOp::Equal, 0),
             Compare::create_revision(server.clone(), CompareOp::Equal, 0),
         ])
-        .and_then([
-            TxnOp::put(slot, server.clone(), lease.clone()),
-            TxnOp::put(server, req.record.clone(), lease),
-            TxnOp::txn(advance_cursor),
-        ])
+        .and_then(if req.announce {
+            vec![
+                TxnOp::put(slot, server.clone(), lease.clone()),
+                TxnOp::put(server, req.record.clone(), lease),
+                TxnOp::txn(advance_cursor),
+            ]
+        } else {
+            vec![
+                TxnOp::put(slot, server, lease),
+                TxnOp::txn(advance_cursor),
+            ]
+        })
         .or_else(on_conflict)
 }
 
@@ -687,6 +698,7 @@ mod tests {
                     id_space: 10,
                     spread_window: 2,
                 },
+                announce: true,
             }
         }
 
@@ -716,6 +728,25 @@ mod tests {
                 "else get /darkrift/game/7 keys-only".into(),
             ];
             assert_eq!(lines, expected);
+        }
+
+        #[test]
+        fn a_reservation_claims_the_slot_alone_under_the_same_compares() {
+            let layout = KeyLayout::new("/darkrift").unwrap();
+            let announced = describe(&build_txn(&request(&layout)));
+            let reserved = describe(&build_txn(&AllocRequest {
+                announce: false,
+                ..request(&layout)
+            }));
+            // Same compares (the server key must be absent too: the id is free in every
+            // group), same cursor advance, same failure branch; no server key put.
+            let without_key: Vec<_> = announced
+                .iter()
+                .filter(|l| l.as_str() != "then put /darkrift/game/7 = \"rec\" lease 9")
+                .cloned()
+                .collect();
+            assert_eq!(reserved, without_key);
+            assert_eq!(reserved.len() + 1, announced.len());
         }
 
         #[test]

@@ -6,29 +6,37 @@
 //! view is warm before the server registers) and at most one registration at a time. Dropping
 //! it stops every task it started; a registration dropped without deregistering expires with
 //! its lease.
+//!
+//! It only wires the parts: the shared registry core (`shared`: pool, view, allocation
+//! hint), one registration (`registration::Handle`: lease, claim, supervisor, status) and,
+//! with eviction on, the reporter (`eviction`: what a connection failure does). Kept apart
+//! so that the protocols are tested on their own and more registrations over one connection
+//! are an addition here, not a rewrite.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::Client;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::client::{connect, retrying, retrying_txn};
+use crate::client::connect;
 use crate::config::ConnectorConfig;
 use crate::error::{Error, Result};
 use crate::events::Event;
 pub use crate::events::EventStream;
-use crate::guard::{self, deregister::Deregistered, evict::Evicted, report::Filed, Answer, Owner};
-use crate::health::{spawn_gate, HealthProbe, HttpHealthProbe};
-use crate::lease::LeaseSession;
+pub use crate::eviction::PeerStatus;
+use crate::eviction::{self, Reports};
+use crate::health::{HealthProbe, HttpHealthProbe};
 use crate::pool::Pool;
 use crate::record::{Registration, ServerInfo};
-use crate::registration::{allocate, Ctx, Held, RegistrationStatus, Supervisor};
-use crate::reporter::{Admit, FiledReport, Reporter};
+use crate::registration::{
+    Handle, RegisterOptions, RegistrationHandle, RegistrationStatus, StatusRx, Terms,
+};
+use crate::shared::Shared;
 use crate::watcher::{self, Command, WatcherSettings};
 
 /// A DarkRift server registry connector backed by etcd.
@@ -58,48 +66,30 @@ use crate::watcher::{self, Command, WatcherSettings};
 /// lost lease is re-registered by itself with the same id ([`Event::LeaseLost`], then
 /// [`Event::Reregistered`]); [`Connector::status`] tells where the registration stands.
 pub struct Connector {
-    ctx: Arc<Ctx>,
+    shared: Arc<Shared>,
     synced: watch::Receiver<bool>,
     commands: mpsc::Sender<Command>,
-    registration: tokio::sync::Mutex<Option<Running>>,
-    status: Mutex<Option<watch::Receiver<RegistrationStatus>>>,
+    /// The registration, while registered (held across its start and its deregistration).
+    registration: tokio::sync::Mutex<Option<Handle>>,
+    /// Its status, for the synchronous readers.
+    status: Mutex<Option<StatusRx>>,
     probe: Mutex<Option<Arc<dyn HealthProbe>>>,
     /// The reports this server filed and its anti-flap hold (eviction on only).
-    reporter: Option<Arc<Mutex<Reporter>>>,
+    reports: Option<Reports>,
+    /// The status of each registration made by [`Connector::register`]: together they are
+    /// ONE reporter (the first that holds its id files the reports), so that one host cut off
+    /// from a healthy server cannot evict it by itself.
+    handles: Mutex<Vec<StatusRx>>,
     _stop: DropGuard,
 }
 
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")
-            .field("prefix", &self.ctx.layout.prefix())
-            .field("endpoints", &self.ctx.config.endpoints)
+            .field("prefix", &self.shared.layout.prefix())
+            .field("endpoints", &self.shared.config.endpoints)
             .finish_non_exhaustive()
     }
-}
-
-/// A registration's supervisor task.
-#[derive(Debug)]
-struct Running {
-    cancel: CancellationToken,
-    task: JoinHandle<Option<Held>>,
-    /// Cancels the supervisor when the connector is dropped while registered, so the
-    /// keep-alive stops and the lease expires (a crash, as peers see it).
-    _stop: DropGuard,
-}
-
-/// What [`Connector::handle_connection_failure`] found out about a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PeerStatus {
-    /// Its registration is still in etcd: the failure is between us and it, not a departure.
-    Registered,
-    /// Its registration is gone; its leave has been delivered (or is about to be, in order).
-    Gone,
-    /// Enough live servers reported it unreachable (eviction is on): its registration was
-    /// deleted, guarded by its create revision, and its leave follows.
-    Evicted,
-    /// The id is not a member of our view (never joined, or already left).
-    Unknown,
 }
 
 impl Connector {
@@ -135,33 +125,25 @@ impl Connector {
         let cancel = CancellationToken::new();
         let settings = WatcherSettings::new(layout.clone(), &config);
         let task = watcher::spawn(pool.clone(), settings, cancel.clone());
-        let ctx = Arc::new(Ctx {
+        let shared = Arc::new(Shared {
             pool,
             config,
             layout,
             view: task.view,
             cursor: crate::alloc::CursorHint::default(),
-            own_lease: AtomicI64::new(0),
             spread_seed: rand::random(),
             requests: AtomicU64::new(0),
         });
-        let reporter = ctx.config.eviction.as_ref().map(|eviction| {
-            let reporter = Arc::new(Mutex::new(Reporter::new(eviction.window)));
-            tokio::spawn(sweep_reports(
-                ctx.clone(),
-                reporter.clone(),
-                cancel.child_token(),
-            ));
-            reporter
-        });
+        let reports = Reports::start(&shared, cancel.child_token());
         Connector {
-            ctx,
+            shared,
             synced: task.synced,
             commands: task.commands,
             registration: tokio::sync::Mutex::new(None),
             status: Mutex::new(None),
             probe: Mutex::new(None),
-            reporter,
+            reports,
+            handles: Mutex::new(Vec::new()),
             _stop: cancel.drop_guard(),
         }
     }
@@ -169,12 +151,12 @@ impl Connector {
     /// The settings in force.
     #[must_use]
     pub fn config(&self) -> &ConnectorConfig {
-        &self.ctx.config
+        &self.shared.config
     }
 
     /// The etcd members this connector talks to (shared with [`crate::admin::Admin`]).
     pub(crate) fn pool(&self) -> &Pool {
-        &self.ctx.pool
+        &self.shared.pool
     }
 
     /// A new subscription to this connector's events: every join and leave of the registry
@@ -191,7 +173,7 @@ impl Connector {
     /// keep-alive nor the other subscriptions wait for it.
     #[must_use]
     pub fn subscribe(&self) -> EventStream {
-        self.ctx.view.subscribe()
+        self.shared.view.subscribe()
     }
 
     /// The same as [`Connector::subscribe`] (the name this crate's first versions used, when
@@ -246,20 +228,20 @@ impl Connector {
     /// The live servers as this connector's view has them, sorted by id.
     #[must_use]
     pub fn servers(&self) -> Vec<ServerInfo> {
-        self.ctx.view.read(|v| v.members.servers())
+        self.shared.view.read(|v| v.members.servers())
     }
 
     /// True while the view may be out of date (between [`Event::Stale`] and [`Event::Fresh`]).
     #[must_use]
     pub fn is_stale(&self) -> bool {
-        self.ctx.view.read(|v| v.stale)
+        self.shared.view.read(|v| v.stale)
     }
 
     /// How many record versions under the prefix were skipped so far: malformed, without a
     /// lease, or shadowed (see [`Connector::shadowed_records`]).
     #[must_use]
     pub fn skipped_records(&self) -> u64 {
-        self.ctx.view.read(|v| v.members.skipped())
+        self.shared.view.read(|v| v.members.skipped())
     }
 
     /// How many valid record versions were shadowed so far: a second key claiming an id that
@@ -267,20 +249,25 @@ impl Connector {
     /// in [`Connector::skipped_records`].
     #[must_use]
     pub fn shadowed_records(&self) -> u64 {
-        self.ctx.view.read(|v| v.members.shadowed())
+        self.shared.view.read(|v| v.members.shadowed())
     }
 
     /// How many etcd requests registrations have sent so far (lease grants and allocation
     /// transactions; the watcher's reads are not counted).
     #[must_use]
     pub fn registration_requests(&self) -> u64 {
-        self.ctx.requests.load(Ordering::Relaxed)
+        self.shared.requests.load(Ordering::Relaxed)
     }
 
     /// The registration's status, if this connector registered (a `watch` receiver: await
     /// `changed()` to follow it).
     #[must_use]
     pub fn status(&self) -> Option<watch::Receiver<RegistrationStatus>> {
+        self.status_rx().map(|status| status.status())
+    }
+
+    /// The registration's status channels, if registered.
+    fn status_rx(&self) -> Option<StatusRx> {
         self.status
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -314,7 +301,7 @@ impl Connector {
 
     /// The health probe in force, if any, and its polling interval.
     fn health_probe(&self) -> Result<Option<(Arc<dyn HealthProbe>, Duration)>> {
-        let health = self.ctx.config.health.clone();
+        let health = self.shared.config.health.clone();
         let interval = health
             .as_ref()
             .map_or(Duration::from_secs(1), |h| h.interval);
@@ -355,7 +342,7 @@ impl Connector {
         properties: BTreeMap<String, String>,
     ) -> Result<u16> {
         let registration = Registration::new(group, host, port, properties)?;
-        let watched = &self.ctx.config.watch_groups;
+        let watched = &self.shared.config.watch_groups;
         if !watched.is_empty() && !watched.iter().any(|g| g == group) {
             return Err(Error::GroupNotWatched {
                 group: group.to_owned(),
@@ -368,65 +355,76 @@ impl Connector {
                 id: self.registered_id().unwrap_or(0),
             });
         }
-        let cfg = &self.ctx.config;
+        let cfg = &self.shared.config;
         self.wait_synced(cfg.connect_timeout.max(cfg.request_timeout))
             .await?;
-        let cancel = CancellationToken::new();
-        let gate = self
-            .health_probe()?
-            .map(|(probe, interval)| spawn_gate(probe, interval, cancel.child_token()));
-        self.ctx.requests.fetch_add(1, Ordering::Relaxed);
-        let granted = LeaseSession::grant_gated(
-            &self.ctx.pool,
-            cfg.lease_ttl,
-            cfg.request_timeout,
-            gate.clone(),
-        )
-        .await;
-        let lease = match granted {
-            Ok(lease) => lease,
-            Err(e) => {
-                cancel.cancel();
-                return Err(e);
-            }
+        let terms = Terms {
+            lease_ttl: cfg.lease_ttl,
+            announce: true,
+            spread_seed: self.shared.spread_seed,
         };
-        let claim = match allocate(&self.ctx, &registration, lease.id()).await {
-            Ok(claim) => claim,
-            Err(e) => {
-                cancel.cancel();
-                if let Err(revoke) = lease.revoke(&self.ctx.pool, cfg.request_timeout).await {
-                    tracing::debug!(error = %revoke, "revoking the unused lease failed; it expires");
-                }
-                return Err(e);
-            }
-        };
-        let id = claim.id;
-        tracing::info!(
-            id,
-            group,
-            host,
-            port,
-            revision = claim.create_revision,
-            "registered"
-        );
-        let (status, task) = Supervisor::spawn(
-            self.ctx.clone(),
-            registration,
-            claim,
-            lease,
-            cancel.clone(),
-            gate,
-        );
+        let (handle, id) =
+            Handle::start(&self.shared, registration, self.health_probe()?, terms).await?;
+        let status = handle.status().clone();
         *self
             .status
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status);
-        *running = Some(Running {
-            _stop: cancel.clone().drop_guard(),
-            cancel,
-            task,
-        });
+        *running = Some(handle);
         Ok(id)
+    }
+
+    /// Registers a server and returns its handle: any number of registrations over this
+    /// connector's one connection, watch and view (an agent's), each with its own lease, id,
+    /// health gate and fate. See [`RegisterOptions`] for reserve-then-announce and resume.
+    ///
+    /// # Errors
+    /// As [`Connector::register_server`] (but never [`Error::AlreadyRegistered`]);
+    /// [`Error::IdTaken`] for a resume whose id another server holds.
+    pub async fn register(
+        &self,
+        registration: Registration,
+        options: RegisterOptions,
+    ) -> Result<RegistrationHandle> {
+        let cfg = &self.shared.config;
+        let watched = &cfg.watch_groups;
+        if !watched.is_empty() && !watched.iter().any(|g| g == registration.group()) {
+            return Err(Error::GroupNotWatched {
+                group: registration.group().to_owned(),
+                watched: watched.clone(),
+            });
+        }
+        let lease_ttl = options.lease_ttl.unwrap_or(cfg.lease_ttl);
+        if lease_ttl < Duration::from_secs(1) {
+            return Err(Error::InvalidConfig("lease_ttl must be at least 1s".into()));
+        }
+        self.wait_synced(cfg.connect_timeout.max(cfg.request_timeout))
+            .await?;
+        let terms = Terms {
+            lease_ttl,
+            announce: !options.reserve,
+            // Each its own: registrations started together must not race for one candidate.
+            spread_seed: rand::random(),
+        };
+        let probe = match options.health_probe {
+            Some(probe) => Some((probe, Duration::from_secs(1))),
+            None => self.health_probe()?,
+        };
+        let shared = &self.shared;
+        let (handle, announced, adopted) = if let Some(id) = options.resume {
+            let (handle, _, adopted) =
+                Handle::resume(shared, registration, id, probe, terms).await?;
+            (handle, adopted || terms.announce, adopted)
+        } else {
+            let (handle, _) = Handle::start(shared, registration, probe, terms).await?;
+            (handle, terms.announce, false)
+        };
+        let registered = RegistrationHandle::new(shared.clone(), handle, announced, adopted);
+        self.handles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(registered.status_rx().clone());
+        Ok(registered)
     }
 
     /// Removes this server from the registry (DarkRift's `DeregisterServer`).
@@ -446,31 +444,7 @@ impl Connector {
             .status
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        running.cancel.cancel();
-        let Ok(Some(held)) = running.task.await else {
-            // Stopped by policy or recovering: nothing of ours is in etcd.
-            return Ok(());
-        };
-        let Held { claim, lease } = held;
-        let owner = Owner {
-            key: claim.server_key.clone(),
-            slot: self.ctx.layout.slot_key(claim.id),
-            create_revision: claim.create_revision,
-            lease: lease.id(),
-        };
-        let guard = guard::deregister::build(&owner);
-        let cfg = &self.ctx.config;
-        let deleted = retrying_txn(&self.ctx.pool, "deregister", cfg.request_timeout, &guard).await;
-        let timeout = crate::timing::revoke_bound(cfg.request_timeout, lease.ttl());
-        let revoked = lease.revoke(&self.ctx.pool, timeout).await;
-        match guard::deregister::read(&Answer::from(&deleted?)) {
-            Deregistered::Deleted => tracing::info!(id = claim.id, "deregistered"),
-            Deregistered::NotOurs => tracing::warn!(
-                id = claim.id,
-                "our keys were already gone or re-created by another server; nothing deleted"
-            ),
-        }
-        revoked
+        running.deregister(&self.shared).await
     }
 
     /// DarkRift could not reach server `id` (its `HandleConnectionFailure`): re-reads the
@@ -487,258 +461,25 @@ impl Connector {
     /// # Errors
     /// An etcd failure while reading.
     pub async fn handle_connection_failure(&self, id: u16) -> Result<PeerStatus> {
-        let known =
-            self.ctx.view.read(
-                |v| match (v.members.get(id), v.members.create_revision(id)) {
-                    (Some(server), Some(rev)) => {
-                        Some((self.ctx.layout.server_key(&server.group, id), rev))
-                    }
-                    _ => None,
-                },
-            );
-        let Some((key, create_revision)) = known else {
-            return Ok(PeerStatus::Unknown);
-        };
-        let reported = match &self.ctx.config.eviction {
-            Some(eviction) => self.report(id, &key, create_revision, eviction).await?,
-            None => Reported::NotFiled,
-        };
-        match reported {
-            Reported::Status(status) => return Ok(status),
-            Reported::PeerChanged => {}
-            Reported::NotFiled => {
-                let resp = retrying(
-                    &self.ctx.pool,
-                    "read peer",
-                    self.ctx.config.request_timeout,
-                    |client| {
-                        let key = key.clone();
-                        async move { client.kv_client().get(key, None).await }
-                    },
-                )
-                .await?;
-                if resp
-                    .kvs()
-                    .first()
-                    .is_some_and(|kv| kv.create_revision() == create_revision)
-                {
-                    return Ok(PeerStatus::Registered);
-                }
-            }
-        }
-        // The watcher relists and delivers the leave in order. Bounded: a watcher waiting out an
-        // unreachable etcd (backoff) must not hang the caller.
-        let (done, wait) = oneshot::channel();
-        let bound = self.ctx.config.request_timeout;
-        let resync = async {
-            self.commands
-                .send(Command::Resync(done))
-                .await
-                .map_err(|_| Error::Shutdown)?;
-            wait.await.map_err(|_| Error::Shutdown)
-        };
-        match tokio::time::timeout(bound, resync).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(Error::Timeout {
-                    op: "resync after a connection failure",
-                    timeout: bound,
-                })
-            }
-        }
-        Ok(PeerStatus::Gone)
-    }
-}
-
-/// What filing a report came to (see [`Connector::report`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reported {
-    /// Filed: the peer is still registered, or was evicted now (or changed under the
-    /// eviction).
-    Status(PeerStatus),
-    /// The registration we could not reach is gone or was re-created: nothing was filed.
-    PeerChanged,
-    /// Nothing was filed (we are not registered, or the anti-flap hold): check as with
-    /// eviction off.
-    NotFiled,
-}
-
-impl Connector {
-    /// Files our report that peer `id` (registration `create_revision`, server key `key`) is
-    /// unreachable and reads every report about it, in one transaction; evicts it once
-    /// `min_reporters` distinct live servers reported it within the window.
-    ///
-    /// Reports are keys bound to the reporters' leases, so a reporter that dies takes its
-    /// report with it; they name the peer's create revision, so reports about an earlier
-    /// registration of the same id never count against a new one. Ours is withdrawn once the
-    /// registration leaves our view ([`sweep_reports`]).
-    async fn report(
-        &self,
-        id: u16,
-        key: &str,
-        create_revision: i64,
-        eviction: &crate::config::EvictionConfig,
-    ) -> Result<Reported> {
-        let Some(reporter) = &self.reporter else {
-            return Ok(Reported::NotFiled);
-        };
-        let Some((me, lease)) = self.current_claim() else {
-            // Only a registered server may report: its report must die with it.
-            return Ok(Reported::NotFiled);
-        };
-        let admitted = reporter
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .admit(id, create_revision, tokio::time::Instant::now());
-        if let Admit::Hold { until } = admitted {
-            tracing::info!(
-                peer = id,
-                revision = create_revision,
-                held_for = ?until.saturating_duration_since(tokio::time::Instant::now()),
-                "not reporting a peer that came back after our report on its previous \
-                 registration (anti-flap hold); its lease decides"
-            );
-            return Ok(Reported::NotFiled);
-        }
-        let layout = &self.ctx.layout;
-        let cfg = &self.ctx.config;
-        let (slot, reports, report) = (
-            layout.slot_key(id),
-            layout.reports_prefix(id, create_revision),
-            layout.report_key(id, create_revision, me),
-        );
-        let filing = guard::report::Filing {
-            peer_key: key,
-            peer_slot: &slot,
-            create_revision,
-            reports: &reports,
-            report: &report,
-            lease,
-            now_ms: crate::alloc::now_unix_ms(),
-        };
-        let txn = guard::report::build(&filing);
-        let resp = retrying_txn(&self.ctx.pool, "report peer", cfg.request_timeout, &txn).await?;
-        let window_ms = i64::try_from(eviction.window.as_millis()).unwrap_or(i64::MAX);
-        let tally = match guard::report::read(&Answer::from(&resp), &filing, window_ms) {
-            Filed::PeerChanged => return Ok(Reported::PeerChanged),
-            Filed::Counted(tally) => tally,
-        };
-        if tally.ours.is_none() {
-            tracing::warn!(
-                key = %report,
-                "our report key holds a value we did not write; leaving it alone"
-            );
-        }
-        let filed = tally.ours.map(|key_revision| FiledReport {
-            peer: id,
-            create_revision,
-            key: report.clone(),
-            lease,
-            key_revision,
-        });
-        reporter
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .reported(id, create_revision, filed, tokio::time::Instant::now());
-        tracing::info!(
-            peer = id,
-            reporters = tally.recent,
-            needed = eviction.min_reporters,
-            "reported an unreachable peer"
-        );
-        if tally.recent < usize::try_from(eviction.min_reporters).unwrap_or(usize::MAX) {
-            return Ok(Reported::Status(PeerStatus::Registered));
-        }
-        if tally.peer_lease == 0 {
-            // No slot, or one without a lease: not a state a registration leaves behind (its
-            // owner repairs it); the eviction guard would compare against nothing. Leave it.
-            tracing::warn!(
-                peer = id,
-                "enough reports, but the peer's slot is damaged; not evicting"
-            );
-            return Ok(Reported::Status(PeerStatus::Registered));
-        }
-        // Evict exactly that registration: its key only if still the same create revision,
-        // its slot only if still on its lease; the reports about it go with it.
-        let peer = Owner {
-            key: key.to_owned(),
-            slot,
-            create_revision,
-            lease: tally.peer_lease,
-        };
-        let evict = guard::evict::build(&peer, Some(&reports));
-        let resp = retrying_txn(&self.ctx.pool, "evict peer", cfg.request_timeout, &evict).await?;
-        match guard::evict::read(&Answer::from(&resp)) {
-            Evicted::Done { .. } => {
-                tracing::warn!(
-                    peer = id,
-                    reporters = tally.recent,
-                    "peer evicted after enough reports"
-                );
-                Ok(Reported::Status(PeerStatus::Evicted))
-            }
-            Evicted::Changed => Ok(Reported::Status(PeerStatus::Gone)),
-        }
-    }
-
-    /// Our id and lease while registered.
-    fn current_claim(&self) -> Option<(u16, i64)> {
-        let status = self.status()?;
-        let status = status.borrow();
-        match &*status {
-            RegistrationStatus::Registered { id, .. } if status.is_registered() => {
-                let lease = self.ctx.own_lease.load(Ordering::Relaxed);
-                (lease != 0).then_some((*id, lease))
-            }
-            _ => None,
-        }
-    }
-}
-
-/// Withdraws our reports about registrations that have left our view (a leave, an eviction,
-/// a re-creation), each behind its guard (our lease, the report's create revision), every
-/// [`crate::timing::REPORT_SWEEP`] while there are any; until the connector is dropped.
-///
-/// A local check of the view, not a watch of its own: the watcher already delivers every
-/// leave, and a report that outlives its registration by a sweep period is harmless (it names
-/// a create revision nobody will hold again).
-async fn sweep_reports(ctx: Arc<Ctx>, reporter: Arc<Mutex<Reporter>>, stop: CancellationToken) {
-    let lock_reporter = || {
-        reporter
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    };
-    let mut tick = tokio::time::interval(crate::timing::REPORT_SWEEP);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let gone = {
-            let mut reporter = lock_reporter();
-            if !reporter.has_filed() {
-                continue;
-            }
-            ctx.view.read(|v| {
-                reporter.take_gone(|peer, rev| v.members.create_revision(peer) == Some(rev))
-            })
-        };
-        for report in gone {
-            let txn = guard::report::withdraw(&report.key, report.lease, report.key_revision);
-            let timeout = ctx.config.request_timeout;
-            match retrying_txn(&ctx.pool, "withdraw report", timeout, &txn).await {
-                Ok(resp) if guard::report::withdrawn(&Answer::from(&resp)) => {
-                    tracing::debug!(key = %report.key, "report withdrawn: the peer left");
-                }
-                // Deleted with an eviction or with our lease, or not ours any more.
-                Ok(_) => tracing::debug!(key = %report.key, "report already gone"),
-                Err(error) => {
-                    tracing::debug!(key = %report.key, %error, "withdrawing a report failed; retrying");
-                    lock_reporter().retry(report);
-                }
-            }
-        }
+        let held = self
+            .status_rx()
+            .and_then(|status| status.held())
+            .or_else(|| {
+                let mut handles = self
+                    .handles
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                handles.retain(StatusRx::is_live);
+                handles.iter().find_map(StatusRx::held)
+            });
+        eviction::connection_failure(
+            &self.shared,
+            self.reports.as_ref(),
+            held,
+            &self.commands,
+            id,
+        )
+        .await
     }
 }
 

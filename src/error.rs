@@ -121,6 +121,15 @@ pub enum Error {
         id: u16,
     },
 
+    /// A registration could not be resumed with its id: another server holds it (the owner
+    /// token in its record is not ours, or its lease outlived the wait). Not retryable:
+    /// taking back one's own id is the only id a resume asks for.
+    #[error("server id {id} is held by another server")]
+    IdTaken {
+        /// The id asked for.
+        id: u16,
+    },
+
     /// The call needs a registration and there is none. Not retryable.
     #[error("this connector is not registered")]
     NotRegistered,

@@ -68,12 +68,27 @@ impl Default for HealthConfig {
 }
 
 /// `GET url` → healthy iff the status is 200 within the timeout.
+///
+/// # A probe is never abandoned
+/// DarkRift's `HttpHealthCheck` answers on a thread of its own and does not catch the error of
+/// writing to a connection its client already closed: a probe that times out on our side and
+/// is answered later (the server was frozen by SIGSTOP, or a stalled disk, then resumed) ends
+/// the whole DarkRift process. So a probe that misses its timeout counts as unhealthy, but its
+/// request stays open until the server answers it, and no second request is sent while one is
+/// in flight: a server that resumes answers one request, to a client that is still there. The
+/// request is dropped only after [`ABANDON_AFTER`] (a server frozen that long is gone for any
+/// purpose), or when the process ends.
 #[derive(Debug, Clone)]
 pub struct HttpHealthProbe {
     url: hyper::Uri,
     timeout: Duration,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    /// The request still waiting for its answer, if one missed its timeout.
+    in_flight: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<bool>>>>,
 }
+
+/// How long a probe request is kept open, at most, waiting for a late answer.
+pub const ABANDON_AFTER: Duration = Duration::from_secs(600);
 
 impl HttpHealthProbe {
     /// A probe of `url` (http only) bounded by `timeout`.
@@ -87,22 +102,41 @@ impl HttpHealthProbe {
             url: uri,
             timeout,
             client,
+            in_flight: Arc::new(tokio::sync::Mutex::new(None)),
         })
     }
 }
 
 impl HealthProbe for HttpHealthProbe {
     fn check(&self) -> ProbeFuture {
-        let request = self.client.get(self.url.clone());
-        let timeout = self.timeout;
+        let this = self.clone();
         Box::pin(async move {
-            match tokio::time::timeout(timeout, request).await {
-                Ok(Ok(resp)) => resp.status() == hyper::StatusCode::OK,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "health probe failed");
-                    false
-                }
-                Err(_) => false,
+            let mut slot = this.in_flight.lock().await;
+            // A request still out from an earlier check is waited for, never replaced.
+            let mut request = if let Some(request) = slot.take() {
+                request
+            } else {
+                let request = this.client.get(this.url.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(ABANDON_AFTER, request).await {
+                        Ok(Ok(resp)) => resp.status() == hyper::StatusCode::OK,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "health probe failed");
+                            false
+                        }
+                        Err(_) => {
+                            tracing::warn!(after = ?ABANDON_AFTER, "health probe unanswered: abandoned");
+                            false
+                        }
+                    }
+                })
+            };
+            if let Ok(verdict) = tokio::time::timeout(this.timeout, &mut request).await {
+                verdict.unwrap_or(false)
+            } else {
+                // Late: unhealthy now, and the request stays open for its answer.
+                *slot = Some(request);
+                false
             }
         })
     }
@@ -160,4 +194,79 @@ pub(crate) fn spawn_gate(
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A server that answers its first request only after `delay` (a frozen, then resumed,
+    /// DarkRift), counts connections, and reports whether its late answer found the client
+    /// still there.
+    async fn slow_server(
+        delay: Duration,
+    ) -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let first = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.expect("accept");
+            counter.fetch_add(1, Ordering::SeqCst);
+            // Count any further connection while the first waits.
+            let more = tokio::spawn(async move {
+                while let Ok((_conn, _)) = listener.accept().await {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).await;
+            tokio::time::sleep(delay).await;
+            let body = "{\"listening\": true}\n";
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let wrote = conn.write_all(answer.as_bytes()).await.is_ok();
+            // A closed client shows as EOF (or a reset) on a read; a live one keeps the
+            // connection open for reuse, so the read times out.
+            let still_open = tokio::time::timeout(Duration::from_millis(200), conn.read(&mut buf))
+                .await
+                .is_err();
+            more.abort();
+            wrote && still_open
+        });
+        (format!("http://{addr}/health"), accepted, first)
+    }
+
+    #[tokio::test]
+    async fn a_late_probe_counts_unhealthy_but_stays_open_for_its_answer() {
+        let (url, accepted, answered) = slow_server(Duration::from_millis(600)).await;
+        let probe = HttpHealthProbe::new(&url, Duration::from_millis(100)).expect("url");
+        assert!(!probe.check().await, "late: unhealthy");
+        assert!(!probe.check().await, "still late: unhealthy");
+        // The first request was not abandoned: its answer, when it comes, is the verdict.
+        let mut verdict = false;
+        for _ in 0..20 {
+            if probe.check().await {
+                verdict = true;
+                break;
+            }
+        }
+        assert!(verdict, "the late answer was taken as healthy");
+        assert!(
+            answered.await.expect("server"),
+            "the late answer found its client there"
+        );
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "no second request while the first was out"
+        );
+    }
 }

@@ -27,8 +27,9 @@
 //! | `registration` | one registration's life: claim, keep, restore, recover; status and fence (I/O) |
 //! | [`metrics`] | metric names (through the `metrics` facade) |
 //! | `watcher` | list + watch state machine feeding `membership` (the prefix, or one range per watched group), generic over its etcd source (I/O) |
-//! | `reporter` | peer-reported eviction: the reports filed, their withdrawal, the anti-flap hold (pure) |
-//! | [`connector`] | register / deregister / connection failure; composes the above (I/O) |
+//! | `eviction` | peer-reported eviction: when to report, the tally's verdict, the anti-flap hold, withdrawal (pure `decide`, `reporter`; thin I/O) |
+//! | `shared` | what a connector's registrations share: pool, settings, layout, view, allocation hint |
+//! | [`connector`] | register / deregister / connection failure; wires the above together |
 //! | [`admin`] | operator reads and the guarded eviction (`get`, `ls`, `evict`) (I/O) |
 //! | [`blocking`] | the connector for hosts that are not async (owns a runtime) |
 //! | [`signal`] | SIGTERM / SIGINT: when a host should deregister |
@@ -85,6 +86,7 @@ pub mod connector;
 pub mod discover;
 pub mod error;
 pub mod events;
+mod eviction;
 mod guard;
 pub mod health;
 mod id_hash;
@@ -97,7 +99,7 @@ pub mod monitor;
 mod pool;
 pub mod record;
 mod registration;
-mod reporter;
+mod shared;
 pub mod signal;
 mod timing;
 mod view;
@@ -108,7 +110,7 @@ pub use connector::{Connector, PeerStatus, ServerRegistryHandler};
 pub use error::{Error, Result};
 pub use events::{Event, EventStream};
 pub use record::{Registration, ServerInfo};
-pub use registration::RegistrationStatus;
+pub use registration::{RegisterOptions, RegistrationHandle, RegistrationStatus};
 
 /// The etcd client library this crate builds on, re-exported: the one escape hatch to
 /// etcd-client's types, for [`Connector::with_client`] (share one client) and for matching on

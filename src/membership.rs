@@ -1,5 +1,10 @@
 //! The membership view: etcd key changes in, exact joins and leaves out. No I/O.
 //!
+//! What comes out is this module's own [`MemberChange`] (an id's holder inserted or removed,
+//! in the manner of tower's `discover::Change { Insert, Remove }`), not the event stream's
+//! type: membership is the bottom of the view's layers (membership ← events ← view), and
+//! `crate::events` turns a change into an `Event` in one place (`From<MemberChange>`).
+//!
 //! # What a key is
 //!
 //! A key under the prefix is a **claim** on the id it names when it parses
@@ -62,7 +67,6 @@ use std::cmp::Ordering;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
-use crate::events::Event;
 use crate::id_hash::{IdMap, IdSet};
 use crate::keys::{KeyLayout, ParsedKey};
 use crate::record::{decode, ServerInfo};
@@ -117,6 +121,31 @@ impl KvChange {
             KvChange::Delete { revision, .. } => *revision,
         }
     }
+}
+
+/// One change of who holds an id, at the revision it happened (or the revision of the snapshot
+/// that found it): what [`Membership::apply`], [`Membership::install`] and
+/// [`Membership::reload`] yield. For a given id, inserts and removes alternate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberChange {
+    /// `server` now holds its id: a new claim won it, or the holder's record changed (after
+    /// the [`MemberChange::Remove`] of the old record).
+    Insert {
+        /// The holder's record.
+        server: ServerInfo,
+        /// Revision of the change (or of the snapshot).
+        revision: i64,
+    },
+    /// The holder of `id` no longer holds it: its key was deleted, stopped being a claim, was
+    /// changed, or lost the id to an earlier claim.
+    Remove {
+        /// The id.
+        id: u16,
+        /// The group of the holder that was removed.
+        group: String,
+        /// Revision of the change (or of the snapshot).
+        revision: i64,
+    },
 }
 
 /// One valid claim on an id. Its key is not stored: a claim's key is exactly
@@ -339,7 +368,7 @@ impl Membership {
     /// from the view before it, so a state that exists only halfway through a transaction is
     /// never announced (two claims created together are one join of the winner; a holder and
     /// its shadowed rival deleted together are one leave).
-    pub fn apply(&mut self, changes: &[KvChange]) -> Vec<Event> {
+    pub fn apply(&mut self, changes: &[KvChange]) -> Vec<MemberChange> {
         let mut out = Vec::new();
         let mut changed = Changed::default();
         let mut current = None;
@@ -366,7 +395,7 @@ impl Membership {
     /// changed), the difference between its holder before and now: nothing if it is the
     /// same registration with the same announced record, else a leave of the old one (if
     /// any), then a join of the new one (if any).
-    fn announce(&self, changed: &mut Changed, revision: i64, out: &mut Vec<Event>) {
+    fn announce(&self, changed: &mut Changed, revision: i64, out: &mut Vec<MemberChange>) {
         for (id, before) in changed.order.drain(..) {
             let now = self.members.get(&id);
             if let (Some(b), Some(n)) = (&before, now) {
@@ -375,10 +404,10 @@ impl Membership {
                 }
             }
             if let Some(before) = before {
-                out.push(leave(before.server, revision));
+                out.push(remove(before.server, revision));
             }
             if let Some(now) = now {
-                out.push(Event::Join {
+                out.push(MemberChange::Insert {
                     server: now.server.clone(),
                     revision,
                 });
@@ -392,7 +421,7 @@ impl Membership {
     ///
     /// The same as [`Membership::begin_snapshot`], one [`Snapshot::add`] and
     /// [`Membership::install`].
-    pub fn reload(&mut self, snapshot: &[KeyValue], revision: i64) -> Vec<Event> {
+    pub fn reload(&mut self, snapshot: &[KeyValue], revision: i64) -> Vec<MemberChange> {
         let mut next = self.begin_snapshot();
         next.add(snapshot);
         self.install(next, revision)
@@ -420,7 +449,7 @@ impl Membership {
     /// difference: leaves (by id) of members that are gone, re-created, changed (see the
     /// module docs) or pushed aside by an earlier claim, then joins (by id) of members new to
     /// this view.
-    pub fn install(&mut self, snapshot: Snapshot, revision: i64) -> Vec<Event> {
+    pub fn install(&mut self, snapshot: Snapshot, revision: i64) -> Vec<MemberChange> {
         let Snapshot {
             fresh,
             previously_skipped: _,
@@ -461,9 +490,9 @@ impl Membership {
         // A key read twice (never from etcd) would be two joins of one id.
         joins.dedup_by_key(|s| s.id);
 
-        let mut out: Vec<Event> = leaves
+        let mut out: Vec<MemberChange> = leaves
             .into_iter()
-            .map(|m| Event::Leave {
+            .map(|m| MemberChange::Remove {
                 id: m.server.id,
                 group: m.server.group.clone(),
                 revision,
@@ -472,7 +501,7 @@ impl Membership {
         out.extend(
             joins
                 .into_iter()
-                .map(|server| Event::Join { server, revision }),
+                .map(|server| MemberChange::Insert { server, revision }),
         );
         *self = fresh;
         out
@@ -676,13 +705,48 @@ fn take_first(claims: &mut Vec<Member>) -> Option<Member> {
     best.map(|i| claims.swap_remove(i))
 }
 
-fn leave(server: ServerInfo, revision: i64) -> Event {
-    Event::Leave {
+fn remove(server: ServerInfo, revision: i64) -> MemberChange {
+    MemberChange::Remove {
         id: server.id,
         group: server.group,
         revision,
     }
 }
+/// Changes for the unit tests of the layers above: the view, the subscriptions' catch-up.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use std::collections::BTreeMap;
+
+    use crate::keys::KeyLayout;
+    use super::{KeyValue, KvChange};
+    use crate::record::Registration;
+
+    /// The layout of every fixture (prefix `/t`).
+    pub(crate) fn layout() -> KeyLayout {
+        KeyLayout::new("/t").unwrap()
+    }
+
+    /// Server `id` of group `game`, listening on `port`, created at `revision`.
+    pub(crate) fn put(id: u16, port: u16, revision: i64) -> KvChange {
+        let reg = Registration::new("game", "10.0.0.1", port, BTreeMap::new()).unwrap();
+        KvChange::Put(KeyValue {
+            key: layout().server_key("game", id).into_bytes(),
+            value: reg.encode(id, u64::from(id), 0),
+            create_revision: revision,
+            mod_revision: revision,
+            lease: 1,
+        })
+    }
+
+    /// Server `id`'s key deleted at `revision`.
+    pub(crate) fn delete(id: u16, revision: i64) -> KvChange {
+        KvChange::Delete {
+            key: layout().server_key("game", id).into_bytes(),
+            revision,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -716,14 +780,14 @@ mod tests {
         }
     }
 
-    fn summary(events: &[Event]) -> Vec<String> {
-        events
+    fn summary(changes: &[MemberChange]) -> Vec<String> {
+        changes
             .iter()
-            .map(|e| match e {
-                Event::Join { server, revision } => format!("join {} @{revision}", server.id),
-                Event::Leave { id, revision, .. } => format!("leave {id} @{revision}"),
-                Event::Synced { revision } => format!("synced @{revision}"),
-                other => format!("{other:?}"),
+            .map(|c| match c {
+                MemberChange::Insert { server, revision } => {
+                    format!("join {} @{revision}", server.id)
+                }
+                MemberChange::Remove { id, revision, .. } => format!("leave {id} @{revision}"),
             })
             .collect()
     }

@@ -29,7 +29,7 @@
 //! attempt timeout: a member frozen at start-up does not hold up the others.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
@@ -65,6 +65,10 @@ struct Inner {
     attempt_timeout: Duration,
     /// Bumped on every suspicion; the value is the index of the member suspected last.
     suspicions: watch::Sender<(u64, usize)>,
+    /// The keep-alive hub every lease granted through this pool registers into, while any
+    /// lease holds it (see [`crate::lease`]). Weak: the hub's task holds the pool, so a
+    /// strong reference here would keep both alive forever.
+    keep_alive_hub: Mutex<Weak<crate::lease::KeepAliveHub>>,
 }
 
 /// A client of one member, picked for one attempt or one stream.
@@ -140,6 +144,7 @@ impl Pool {
                 preferred: AtomicUsize::new(0),
                 attempt_timeout,
                 suspicions,
+                keep_alive_hub: Mutex::new(Weak::new()),
             }),
         }
     }
@@ -282,6 +287,23 @@ impl Pool {
     /// Every suspicion, as `(count, member)`: streams watch this to leave a suspected member.
     pub(crate) fn suspicions(&self) -> watch::Receiver<(u64, usize)> {
         self.inner.suspicions.subscribe()
+    }
+
+    /// The keep-alive hub of this pool: the running one, or `start`'s (which is then kept
+    /// while any lease holds it). One hub, so one keep-alive stream, for every lease granted
+    /// through this pool.
+    pub(crate) fn keep_alive_hub(
+        &self,
+        start: impl FnOnce() -> Arc<crate::lease::KeepAliveHub>,
+    ) -> Arc<crate::lease::KeepAliveHub> {
+        let mut slot = lock(&self.inner.keep_alive_hub);
+        // A hub whose task is gone (its runtime shut down) keeps nothing: start another.
+        if let Some(hub) = slot.upgrade().filter(|hub| hub.is_running()) {
+            return hub;
+        }
+        let hub = start();
+        *slot = Arc::downgrade(&hub);
+        hub
     }
 }
 

@@ -150,7 +150,11 @@ pub struct Registration {
     host: String,
     port: u16,
     properties: BTreeMap<String, String>,
+    owner_token_hash: Vec<u8>,
 }
+
+/// Longest owner token hash a record carries (a SHA-512 would fit; the agent writes SHA-256).
+pub const MAX_OWNER_TOKEN_HASH_LEN: usize = 64;
 
 impl Registration {
     /// Validates the four inputs of DarkRift's `RegisterServer`.
@@ -176,8 +180,14 @@ impl Registration {
             host,
             port,
             properties,
+            owner_token_hash: vec![0; MAX_OWNER_TOKEN_HASH_LEN],
         };
+        // Bounded with the largest owner hash, so that adding one later cannot overflow.
         let len = reg.encode(u16::MAX, u64::MAX, i64::MAX).len();
+        let reg = Registration {
+            owner_token_hash: Vec::new(),
+            ..reg
+        };
         if len > MAX_RECORD_LEN {
             return Err(RecordError::InvalidProperties(format!(
                 "encoded record is {len} bytes, at most {MAX_RECORD_LEN} allowed"
@@ -207,6 +217,30 @@ impl Registration {
         &self.properties
     }
 
+    /// The same registration, with the hash of its owner's secret handle written into its
+    /// record (see `owner_token_hash` in the published `.proto`): a restarted agent compares it
+    /// before it hands the registration back.
+    ///
+    /// # Errors
+    /// [`RecordError::InvalidProperties`] if `hash` is longer than
+    /// [`MAX_OWNER_TOKEN_HASH_LEN`] bytes.
+    pub fn with_owner_token_hash(mut self, hash: Vec<u8>) -> Result<Self, RecordError> {
+        if hash.len() > MAX_OWNER_TOKEN_HASH_LEN {
+            return Err(RecordError::InvalidProperties(format!(
+                "owner token hash of {} bytes, at most {MAX_OWNER_TOKEN_HASH_LEN}",
+                hash.len()
+            )));
+        }
+        self.owner_token_hash = hash;
+        Ok(self)
+    }
+
+    /// The owner token hash written into the record (empty when none).
+    #[must_use]
+    pub fn owner_token_hash(&self) -> &[u8] {
+        &self.owner_token_hash
+    }
+
     /// Encodes the record stored for this registration under id `id`, taken at cursor
     /// position `alloc_position`.
     #[must_use]
@@ -220,6 +254,7 @@ impl Registration {
             properties: self.properties.clone(),
             registered_at_unix_ms,
             alloc_position,
+            owner_token_hash: self.owner_token_hash.clone(),
         }
         .encode_to_vec()
     }
@@ -290,6 +325,30 @@ pub fn decode(group: &str, id: u16, value: &[u8]) -> Result<ServerInfo, RecordEr
         registered_at_unix_ms: rec.registered_at_unix_ms,
         alloc_position: rec.alloc_position,
     })
+}
+
+/// The owner token hash a stored record carries (empty when it has none), or `None` when the
+/// bytes are not a record. Ownership is then proved by comparing it with the hash of the
+/// handle presented; no other field is trusted for that.
+#[must_use]
+pub fn owner_token_hash_of(value: &[u8]) -> Option<Vec<u8>> {
+    if value.len() > MAX_RECORD_LEN {
+        return None;
+    }
+    ServerRecord::decode(value)
+        .ok()
+        .map(|rec| rec.owner_token_hash)
+}
+
+/// The allocation position a stored record carries, or `None` when the bytes are not a
+/// record.
+pub(crate) fn decode_position(value: &[u8]) -> Option<u64> {
+    if value.len() > MAX_RECORD_LEN {
+        return None;
+    }
+    ServerRecord::decode(value)
+        .ok()
+        .map(|rec| rec.alloc_position)
 }
 
 #[cfg(test)]
@@ -400,6 +459,30 @@ mod tests {
             ..rec
         };
         assert!(decode("g", 1, &rec.encode_to_vec()).is_err(), "too large");
+    }
+
+    #[test]
+    fn the_owner_token_hash_is_stored_and_bounded() {
+        let reg = Registration::new("g", "h", 1, BTreeMap::new()).unwrap();
+        assert!(reg.owner_token_hash().is_empty());
+        let bytes = reg.encode(3, 3, 0);
+        assert_eq!(owner_token_hash_of(&bytes), Some(Vec::new()));
+        let reg = reg.with_owner_token_hash(vec![7; 32]).unwrap();
+        let bytes = reg.encode(3, 3, 0);
+        assert_eq!(owner_token_hash_of(&bytes), Some(vec![7; 32]));
+        assert!(decode("g", 3, &bytes).is_ok(), "peers read it as before");
+        assert_eq!(owner_token_hash_of(b"\xff\xff not a record"), None);
+        assert!(Registration::new("g", "h", 1, BTreeMap::new())
+            .unwrap()
+            .with_owner_token_hash(vec![0; MAX_OWNER_TOKEN_HASH_LEN + 1])
+            .is_err());
+        // The largest properties a registration accepts still leave room for the hash.
+        let mut props = BTreeMap::new();
+        props.insert("k".to_owned(), "v".repeat(MAX_PROPERTY_VALUE_LEN));
+        if let Ok(reg) = Registration::new("g", "h", 1, props) {
+            let reg = reg.with_owner_token_hash(vec![1; 32]).unwrap();
+            assert!(reg.encode(u16::MAX, u64::MAX, i64::MAX).len() <= MAX_RECORD_LEN);
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::events::{Event, EventStream, Slot};
+use crate::events::{Event, EventStream, Slot, ViewSource, ViewState};
 use crate::keys::KeyLayout;
 use crate::membership::{KvChange, Membership};
 
@@ -57,6 +57,16 @@ impl View {
             cursor_read: 0,
         }
     }
+
+    /// What a subscription's catch-up reads of the view.
+    pub(crate) fn state(&self) -> ViewState<'_> {
+        ViewState {
+            members: &self.members,
+            revision: self.revision,
+            synced: self.synced,
+            stale: self.stale,
+        }
+    }
 }
 
 /// What one step of the watcher applied, as announced to listeners.
@@ -73,8 +83,8 @@ pub(crate) enum Applied {
 
 /// The view and its subscribers, under one lock.
 #[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) view: View,
+struct Shared {
+    view: View,
     subscribers: Vec<Weak<Slot>>,
     /// The writer is gone: new subscriptions start closed.
     closed: bool,
@@ -179,7 +189,7 @@ impl ViewReader {
         f(&self.lock_read().view)
     }
 
-    pub(crate) fn lock_read(&self) -> RwLockReadGuard<'_, Shared> {
+    fn lock_read(&self) -> RwLockReadGuard<'_, Shared> {
         // A poisoned lock (a panic elsewhere) still holds a consistent view: every mutation is
         // a single call into `Membership`.
         self.shared
@@ -198,11 +208,11 @@ impl ViewReader {
     /// [`Event::Synced`] (and [`Event::Stale`] if stale), at the view's revision.
     pub(crate) fn subscribe(&self) -> EventStream {
         let mut shared = self.lock_write();
-        let initial = crate::events::catch_up_from_nothing(&shared.view);
+        let initial = crate::events::catch_up_from_nothing(shared.view.state());
         let slot = Slot::new(self.capacity, initial, shared.closed);
         shared.subscribers.push(Arc::downgrade(&slot));
         drop(shared);
-        EventStream::new(slot, self.clone())
+        EventStream::new(slot, Box::new(self.clone()))
     }
 
     /// Listens to what the watcher applies from now on: every snapshot, and every batch of
@@ -224,6 +234,14 @@ impl ViewReader {
         let mut shared = self.lock_write();
         let event = event(shared.view.revision);
         shared.publish(vec![event]);
+    }
+}
+
+/// A lagging subscription's catch-up reads the view under its read lock: nothing is published
+/// meanwhile (publishing takes the write lock).
+impl ViewSource for ViewReader {
+    fn read_state(&self, f: &mut dyn FnMut(ViewState<'_>)) {
+        f(self.lock_read().view.state());
     }
 }
 
@@ -315,41 +333,6 @@ impl Drop for ViewWriter {
     }
 }
 
-/// Changes for the unit tests of the view and of the subscriptions.
-#[cfg(test)]
-pub(crate) mod fixtures {
-    use std::collections::BTreeMap;
-
-    use crate::keys::KeyLayout;
-    use crate::membership::{KeyValue, KvChange};
-    use crate::record::Registration;
-
-    /// The layout of every fixture (prefix `/t`).
-    pub(crate) fn layout() -> KeyLayout {
-        KeyLayout::new("/t").unwrap()
-    }
-
-    /// Server `id` of group `game`, listening on `port`, created at `revision`.
-    pub(crate) fn put(id: u16, port: u16, revision: i64) -> KvChange {
-        let reg = Registration::new("game", "10.0.0.1", port, BTreeMap::new()).unwrap();
-        KvChange::Put(KeyValue {
-            key: layout().server_key("game", id).into_bytes(),
-            value: reg.encode(id, u64::from(id), 0),
-            create_revision: revision,
-            mod_revision: revision,
-            lease: 1,
-        })
-    }
-
-    /// Server `id`'s key deleted at `revision`.
-    pub(crate) fn delete(id: u16, revision: i64) -> KvChange {
-        KvChange::Delete {
-            key: layout().server_key("game", id).into_bytes(),
-            revision,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! The ordering rule, without etcd: a lifecycle event falls exactly between the batches
@@ -357,17 +340,17 @@ mod tests {
 
     use futures::FutureExt;
 
-    use super::fixtures::{delete, layout};
     use super::*;
+    use crate::membership::fixtures::{delete, layout};
 
     fn put(id: u16, revision: i64) -> KvChange {
-        super::fixtures::put(id, 4000 + id, revision)
+        crate::membership::fixtures::put(id, 4000 + id, revision)
     }
 
     /// Applies `changes` as the watcher does: one batch, its events sequenced with it.
     fn apply(writer: &mut ViewWriter, changes: &[KvChange]) {
         writer.update(|view, events| {
-            events.extend(view.members.apply(changes));
+            events.extend(view.members.apply(changes).into_iter().map(Event::from));
             if let Some(last) = changes.last() {
                 view.revision = match last {
                     KvChange::Put(kv) => kv.mod_revision,

@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use darkrift_etcd::keys::{KeyLayout, ParsedKey};
-use darkrift_etcd::membership::{KeyValue, KvChange, Membership};
+use darkrift_etcd::membership::{KeyValue, KvChange, MemberChange, Membership};
 use darkrift_etcd::record::{decode, Registration, ServerInfo};
 use darkrift_etcd::Event;
 use proptest::prelude::*;
@@ -264,6 +264,11 @@ fn valid(key: &[u8], value: &[u8]) -> Option<ServerInfo> {
     }
 }
 
+/// Membership's changes as the events a subscriber gets (the crate's one conversion).
+fn as_events(changes: Vec<MemberChange>) -> Vec<Event> {
+    changes.into_iter().map(Event::from).collect()
+}
+
 /// Checks the event contract over the whole log: per id joins and leaves alternate starting
 /// with a join, revisions never go back; returns the ids with an open join.
 fn check_log(log: &[Event]) -> Result<BTreeSet<u16>, TestCaseError> {
@@ -306,7 +311,7 @@ fn run(steps: &[Step], hostile: bool) -> Result<(), TestCaseError> {
                     .iter()
                     .filter_map(|m| etcd.apply(m, true))
                     .collect();
-                log.extend(view.apply(&changes));
+                log.extend(as_events(view.apply(&changes)));
                 false
             }
             Step::Lost(mutations) => {
@@ -324,12 +329,12 @@ fn run(steps: &[Step], hostile: bool) -> Result<(), TestCaseError> {
                 for page in etcd.snapshot().chunks(3) {
                     snapshot.add(page);
                 }
-                log.extend(view.install(snapshot, etcd.revision));
+                log.extend(as_events(view.install(snapshot, etcd.revision)));
                 etcd.reloaded();
                 true
             }
             Step::Reload => {
-                log.extend(view.reload(&etcd.snapshot(), etcd.revision));
+                log.extend(as_events(view.reload(&etcd.snapshot(), etcd.revision)));
                 etcd.reloaded();
                 true
             }
@@ -419,7 +424,7 @@ fn the_generator_covers_re_creations_malformed_records_and_gaps() {
                     KvChange::Put(_) => {}
                 }
                 if delivered {
-                    let events = view.apply(&[change]);
+                    let events = as_events(view.apply(&[change]));
                     if matches!(events.as_slice(), [Event::Leave { .. }, Event::Join { .. }]) {
                         unseen_deletes += 1;
                     }
@@ -684,7 +689,9 @@ fn run_lying(responses: &[Vec<Vec<Op>>]) -> Result<(), TestCaseError> {
             changes.extend(txn);
             let after = holders(&store);
             expected.extend(expected_events(&before, &after, store.revision));
-            diffs.extend(reloaded.reload(&store.snapshot(), store.revision));
+            diffs.extend(as_events(
+                reloaded.reload(&store.snapshot(), store.revision),
+            ));
             // At every revision, a fresh snapshot holds what the rules say, records included.
             let mut fresh = Membership::new(layout());
             fresh.reload(&store.snapshot(), store.revision);
@@ -695,7 +702,7 @@ fn run_lying(responses: &[Vec<Vec<Op>>]) -> Result<(), TestCaseError> {
             prop_assert_eq!(view_state(&fresh), want);
             prop_assert_eq!(view_state(&fresh), view_state(&reloaded));
         }
-        let events = live.apply(&changes);
+        let events = as_events(live.apply(&changes));
         let expected = by_revision(&expected);
         prop_assert_eq!(
             &by_revision(&events),
@@ -780,7 +787,7 @@ fn the_lying_generator_covers_every_rule() {
                 ties += 1;
             }
             let before = view_state(&view);
-            let events = view.apply(&changes);
+            let events = as_events(view.apply(&changes));
             for pair in events.windows(2) {
                 if let [Event::Leave { id, group, .. }, Event::Join { server, .. }] = pair {
                     if *id != server.id {

@@ -134,6 +134,7 @@ async fn raw_floor(endpoints: &[String], etcd_pid: u32, n: usize, kind: RawKind)
                     record: record.encode(id, position, now_unix_ms()),
                     lease_id: lease,
                     params,
+                    announce: true,
                 }))
             })
             .await?

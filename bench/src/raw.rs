@@ -116,6 +116,7 @@ pub(crate) async fn write_servers(
                     record: reg.encode(id, position, now_unix_ms()),
                     lease_id: lease_ids[i % lease_ids.len()],
                     params,
+                    announce: true,
                 };
                 let resp = kv.txn(build_txn(&req)).await?;
                 if !resp.succeeded() {

@@ -5,6 +5,7 @@
 //! `--config` TOML < `DARKRIFT_ETCD_*` variables < flags. Exit codes: see [`fail::Exit`] and
 //! docs/cli.md.
 
+mod agent;
 mod fail;
 mod follow;
 mod inspect;
@@ -77,6 +78,14 @@ enum Command {
         #[arg(long, env = "DARKRIFT_ETCD_METRICS_ADDR", value_name = "HOST:PORT")]
         metrics_addr: Option<SocketAddr>,
     },
+    /// Serve any number of game servers (a DarkRift plugin, or any HTTP client) through a local
+    /// API over one etcd connection and one watch (docs/agent-api.md).
+    #[command(
+        after_help = "Examples:\n  darkrift-etcd agent --listen 127.0.0.1:7600\n  \
+                      darkrift-etcd agent --listen unix:/run/darkrift/agent.sock\n  \
+                      darkrift-etcd agent --listen 127.0.0.1:0 --exit-with-stdin   # a plugin's child"
+    )]
+    Agent(agent::AgentArgs),
     /// Print the cluster's joins and leaves as JSON lines, without registering.
     #[command(after_help = "Example:\n  darkrift-etcd watch --group game | head -1")]
     Watch {
@@ -215,6 +224,7 @@ async fn run(
         Command::Get { id, output } => inspect::get(&layered, *id, *output).await,
         Command::Evict { id, yes, output } => inspect::evict(&layered, *id, *yes, *output).await,
         Command::Config => inspect::config(&layered, cli.config.as_deref()),
+        Command::Agent(args) => agent::run(&layered, args).await,
         Command::Completions { .. } => Ok(()),
     }
 }

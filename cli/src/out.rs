@@ -4,7 +4,7 @@
 //! reader went away, e.g. `darkrift-etcd watch | head -1`) is not an error: writes report
 //! [`Closed`] and the command ends quietly (a registrant deregisters first).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -119,19 +119,25 @@ pub(crate) fn entry_fields(e: &Entry) -> Value {
 #[derive(Debug, Default)]
 pub(crate) struct EventLines {
     members: BTreeMap<u16, ServerInfo>,
-    group: Option<String>,
+    /// The groups shown (`None`: all).
+    groups: Option<BTreeSet<String>>,
 }
 
 impl EventLines {
     pub(crate) fn new(group: Option<String>) -> Self {
+        Self::with_groups(group.map(|g| BTreeSet::from([g])))
+    }
+
+    /// Lines for the servers of `groups` (`None`: all groups).
+    pub(crate) fn with_groups(groups: Option<BTreeSet<String>>) -> Self {
         EventLines {
             members: BTreeMap::new(),
-            group,
+            groups,
         }
     }
 
     fn wanted(&self, group: &str) -> bool {
-        self.group.as_deref().is_none_or(|g| g == group)
+        self.groups.as_ref().is_none_or(|g| g.contains(group))
     }
 
     /// Members this command shows (its group, or all).

@@ -31,49 +31,12 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::group::{GroupConfig, Visibility};
 use super::topology::Topology;
 use crate::record::{validate_group, validate_host, RecordError};
-
-/// Whether a group faces clients (DarkRift's `ServerVisibility`). Informational for the
-/// registry: it does not change who dials whom.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Visibility {
-    /// Clients connect to this group's servers.
-    External,
-    /// Only other servers connect to this group's servers.
-    Internal,
-}
-
-impl FromStr for Visibility {
-    type Err = ();
-
-    /// Case-insensitive, like DarkRift's enum parsing of the attribute.
-    fn from_str(s: &str) -> Result<Self, ()> {
-        if s.eq_ignore_ascii_case("external") {
-            Ok(Visibility::External)
-        } else if s.eq_ignore_ascii_case("internal") {
-            Ok(Visibility::Internal)
-        } else {
-            Err(())
-        }
-    }
-}
-
-/// One group of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GroupConfig {
-    /// Group name, as servers register it.
-    pub name: String,
-    /// Client-facing or not.
-    pub visibility: Visibility,
-    /// Groups whose servers this group's servers dial, sorted, without repeats.
-    pub connects_to: BTreeSet<String>,
-}
 
 /// A validated cluster: unique, well-formed group names, every `connectsTo` naming a group of
 /// the cluster. Groups keep the order of the file.
@@ -373,7 +336,7 @@ impl ClusterConfig {
                     .join(", "),
             });
         }
-        Ok(Topology::build(self, group))
+        Ok(Topology::build(&self.groups, group))
     }
 
     /// Checks this server's settings against the cluster: `Ok(None)` for a server that is not

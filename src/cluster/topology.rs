@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use super::config::{ClusterConfig, Visibility};
+use super::group::{GroupConfig, Visibility};
 
 /// Which side dials: the relation of a tracked peer group to this server's group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -38,7 +38,7 @@ impl std::fmt::Display for Direction {
 }
 
 /// This server's group and the relation of every group of the cluster to it. Built by
-/// [`ClusterConfig::topology`].
+/// [`ClusterConfig::topology`](super::ClusterConfig::topology).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     group: String,
@@ -49,16 +49,17 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Applies the rules of the module docs. `group` must be a group of `cluster` (the caller,
-    /// [`ClusterConfig::topology`], checks it).
-    pub(crate) fn build(cluster: &ClusterConfig, group: &str) -> Self {
-        let own = cluster.group(group);
+    /// Applies the rules of the module docs to the `groups` of a validated cluster. `group`
+    /// must be one of them (the caller, [`ClusterConfig::topology`](super::ClusterConfig::topology),
+    /// checks it).
+    pub(crate) fn build(groups: &[GroupConfig], group: &str) -> Self {
+        let own = groups.iter().find(|g| g.name == group);
         let visibility = own.map_or(Visibility::Internal, |g| g.visibility);
         let we_dial = |h: &str| own.is_some_and(|g| g.connects_to.contains(h));
         let mut upstream = BTreeSet::new();
         let mut downstream = BTreeSet::new();
         let mut dialers = BTreeSet::new();
-        for h in cluster.groups() {
+        for h in groups {
             let they_dial = h.connects_to.contains(group);
             if they_dial {
                 dialers.insert(h.name.clone());
@@ -140,10 +141,22 @@ impl Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::config::GroupConfig;
 
-    fn cluster(groups: &[(&str, &[&str])]) -> ClusterConfig {
-        ClusterConfig::new(
+    /// The groups of a cluster (valid: the rules' input; validation is `config`'s and tested
+    /// there), with the one lookup the tests need.
+    struct Cluster(Vec<GroupConfig>);
+
+    impl Cluster {
+        fn topology(&self, group: &str) -> Option<Topology> {
+            self.0
+                .iter()
+                .any(|g| g.name == group)
+                .then(|| Topology::build(&self.0, group))
+        }
+    }
+
+    fn cluster(groups: &[(&str, &[&str])]) -> Cluster {
+        Cluster(
             groups
                 .iter()
                 .map(|(name, to)| GroupConfig {
@@ -153,7 +166,6 @@ mod tests {
                 })
                 .collect(),
         )
-        .unwrap()
     }
 
     #[test]

@@ -6,8 +6,23 @@ use std::hash::{Hash, Hasher};
 
 use crate::events::Event;
 use crate::id_hash::IdMap;
+use crate::membership::Membership;
 use crate::record::ServerInfo;
-use crate::view::View;
+
+/// What a catch-up reads of the view, borrowed from it under its lock: the members and where
+/// the view stands. The view (`crate::view::View::state`) lends it; this module does not name
+/// the view's types, so that the view can depend on the events and not the reverse.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ViewState<'a> {
+    /// The live members.
+    pub(crate) members: &'a Membership,
+    /// The revision the view reflects: every catch-up event carries it.
+    pub(crate) revision: i64,
+    /// The initial snapshot is applied (a catch-up before it gives nothing).
+    pub(crate) synced: bool,
+    /// The view may be out of date ([`Event::Stale`] was its last freshness event).
+    pub(crate) stale: bool,
+}
 
 /// The state a consumer has been handed so far: the members it holds (by id, a fingerprint of
 /// the record it got and its group, for the leave), whether it got [`Event::Synced`] and
@@ -99,9 +114,9 @@ fn fingerprint(server: &ServerInfo) -> u64 {
 /// (a server it lacks, or the changed record), then [`Event::Synced`] if it never got one, then
 /// the freshness if it differs. Empty when it is up to date. Ids ascend within the leaves and
 /// within the joins.
-pub(crate) fn catch_up(received: &Received, view: &View) -> Vec<Event> {
+pub(crate) fn catch_up(received: &Received, view: ViewState<'_>) -> Vec<Event> {
     let revision = view.revision;
-    let members = &view.members;
+    let members = view.members;
     let mut leaves: Vec<(u16, &str)> = received
         .members
         .iter()
@@ -155,8 +170,36 @@ pub(crate) fn catch_up(received: &Received, view: &View) -> Vec<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::membership::fixtures::{delete, layout, put};
     use crate::membership::KvChange;
-    use crate::view::fixtures::{delete, layout, put};
+
+    /// The part of a view a catch-up reads, owned.
+    struct View {
+        members: Membership,
+        revision: i64,
+        synced: bool,
+        stale: bool,
+    }
+
+    impl View {
+        fn new(layout: crate::keys::KeyLayout) -> Self {
+            View {
+                members: Membership::new(layout),
+                revision: 0,
+                synced: false,
+                stale: false,
+            }
+        }
+
+        fn state(&self) -> ViewState<'_> {
+            ViewState {
+                members: &self.members,
+                revision: self.revision,
+                synced: self.synced,
+                stale: self.stale,
+            }
+        }
+    }
 
     fn describe(events: &[Event]) -> Vec<String> {
         events
@@ -186,21 +229,21 @@ mod tests {
     #[test]
     fn a_new_subscription_gets_every_member_then_synced() {
         let v = view(&[put(2, 2, 5), put(1, 1, 6)], 9);
-        let got = catch_up(&Received::default(), &v);
+        let got = catch_up(&Received::default(), v.state());
         assert_eq!(describe(&got), ["join 1:1 @9", "join 2:2 @9", "synced @9"]);
     }
 
     #[test]
     fn an_empty_unsynced_view_gives_nothing() {
         let v = View::new(layout());
-        assert!(catch_up(&Received::default(), &v).is_empty());
+        assert!(catch_up(&Received::default(), v.state()).is_empty());
     }
 
     #[test]
     fn lagging_gets_leaves_for_the_gone_joins_for_the_new_and_a_changed_record_as_both() {
         let before = view(&[put(1, 1, 5), put(2, 2, 6), put(3, 3, 7)], 7);
         let mut received = Received::default();
-        for e in catch_up(&Received::default(), &before) {
+        for e in catch_up(&Received::default(), before.state()) {
             received.note(&e);
         }
         // While it lagged: 1 left, 3 re-registered with another record, 4 joined, 5 joined
@@ -219,7 +262,7 @@ mod tests {
             ],
             13,
         );
-        let got = catch_up(&received, &now);
+        let got = catch_up(&received, now.state());
         assert_eq!(
             describe(&got),
             [
@@ -232,14 +275,17 @@ mod tests {
         for e in &got {
             received.note(e);
         }
-        assert!(catch_up(&received, &now).is_empty(), "up to date after it");
+        assert!(
+            catch_up(&received, now.state()).is_empty(),
+            "up to date after it"
+        );
     }
 
     #[test]
     fn a_leave_it_got_and_a_join_it_got_are_not_repeated() {
         let v = view(&[put(1, 1, 5)], 5);
         let mut received = Received::default();
-        for e in catch_up(&Received::default(), &v) {
+        for e in catch_up(&Received::default(), v.state()) {
             received.note(&e);
         }
         received.note(&Event::Leave {
@@ -248,22 +294,22 @@ mod tests {
             revision: 6,
         });
         let now = view(&[put(1, 1, 5), delete(1, 6)], 6);
-        assert!(catch_up(&received, &now).is_empty());
+        assert!(catch_up(&received, now.state()).is_empty());
     }
 
     #[test]
     fn freshness_is_caught_up_both_ways() {
         let mut v = view(&[put(1, 1, 5)], 5);
         let mut received = Received::default();
-        for e in catch_up(&Received::default(), &v) {
+        for e in catch_up(&Received::default(), v.state()) {
             received.note(&e);
         }
         v.stale = true;
-        let got = catch_up(&received, &v);
+        let got = catch_up(&received, v.state());
         assert_eq!(describe(&got), ["stale @5"]);
         received.note(&got[0]);
         v.stale = false;
         v.revision = 8;
-        assert_eq!(describe(&catch_up(&received, &v)), ["fresh @8"]);
+        assert_eq!(describe(&catch_up(&received, v.state())), ["fresh @8"]);
     }
 }

@@ -54,16 +54,25 @@
 //!   event queued while the subscription lags comes *before* the catch-up, so before the
 //!   membership events (dropped, then caught up) that the view had applied when it happened.
 //!   A subscriber that keeps up is never in this case.
+//!
+//! # Layers
+//! This module sits between the membership diff and the view: it reads `membership` (a change
+//! becomes an [`Event`] here, in one place; a catch-up reads the members), and `view` uses it
+//! (the view sequences events into each subscription's queue). It names no type of the view:
+//! what a catch-up reads is a `ViewState` the view lends, and a lagging subscription reaches
+//! the view through the `ViewSource` trait, which the view implements. So the dependencies run
+//! one way: membership ← events ← view.
 
 mod catch_up;
 mod subscription;
 
+pub(crate) use catch_up::ViewState;
 pub use subscription::EventStream;
-pub(crate) use subscription::Slot;
+pub(crate) use subscription::{Slot, ViewSource};
 
 /// What a new subscription starts with: the current view as joins, then [`Event::Synced`]
 /// (nothing before the initial snapshot).
-pub(crate) fn catch_up_from_nothing(view: &crate::view::View) -> Vec<Event> {
+pub(crate) fn catch_up_from_nothing(view: ViewState<'_>) -> Vec<Event> {
     catch_up::catch_up(&catch_up::Received::default(), view)
 }
 
@@ -73,6 +82,7 @@ pub(crate) fn catch_up_from_nothing(view: &crate::view::View) -> Vec<Event> {
 /// state.
 pub const LIFECYCLE_SLACK: usize = 64;
 
+use crate::membership::MemberChange;
 use crate::record::ServerInfo;
 
 /// One membership event.
@@ -157,6 +167,28 @@ pub enum Event {
         /// The revision the view now reflects.
         revision: i64,
     },
+}
+
+/// The one place a membership change becomes an event: an insert is a join, a remove a leave,
+/// at the change's revision. Hidden: the membership module is internal (public only with the
+/// hidden `__internals` feature).
+#[doc(hidden)]
+impl From<MemberChange> for Event {
+    #[inline]
+    fn from(change: MemberChange) -> Self {
+        match change {
+            MemberChange::Insert { server, revision } => Event::Join { server, revision },
+            MemberChange::Remove {
+                id,
+                group,
+                revision,
+            } => Event::Leave {
+                id,
+                group,
+                revision,
+            },
+        }
+    }
 }
 
 impl Event {

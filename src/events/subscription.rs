@@ -9,9 +9,17 @@ use std::task::{Context, Poll, Waker};
 
 use futures::Stream;
 
-use super::catch_up::{catch_up, Received};
+use super::catch_up::{catch_up, Received, ViewState};
 use super::{Event, LIFECYCLE_SLACK};
-use crate::view::ViewReader;
+
+/// The view as a lagging subscription reads it for its catch-up. The view's reader implements
+/// it: the view hands events to the subscriptions, so this module names none of its types and
+/// the dependency runs one way (view → events). Called only for a catch-up, never per event.
+pub(crate) trait ViewSource: Send + Sync + std::fmt::Debug {
+    /// Calls `f` with the view's current state while holding the view's read lock: nothing is
+    /// published until `f` returns.
+    fn read_state(&self, f: &mut dyn FnMut(ViewState<'_>));
+}
 
 /// A queue this long (a snapshot, a mass join) makes the consumer's record of what it holds
 /// grow once for all of it.
@@ -122,14 +130,15 @@ impl Slot {
 #[derive(Debug)]
 pub struct EventStream {
     slot: Arc<Slot>,
-    view: ViewReader,
+    /// Where a catch-up reads the view.
+    view: Box<dyn ViewSource>,
     /// A catch-up being handed out (it goes before anything queued after it).
     pending: VecDeque<Event>,
     received: Received,
 }
 
 impl EventStream {
-    pub(crate) fn new(slot: Arc<Slot>, view: ViewReader) -> Self {
+    pub(crate) fn new(slot: Arc<Slot>, view: Box<dyn ViewSource>) -> Self {
         EventStream {
             slot,
             view,
@@ -172,18 +181,7 @@ impl EventStream {
             }
             if s.lagging && !s.closed {
                 drop(s);
-                // Lock order as the publisher's: the view, then the slot. Holding the view's
-                // read lock, nothing is published: the catch-up reflects the view at its
-                // revision, and whatever is published next comes after it.
-                let view = self.view.lock_read();
-                let mut s = self.slot.lock();
-                if !s.queue.is_empty() {
-                    // A lifecycle event came in meanwhile: it goes first.
-                    continue;
-                }
-                self.pending = catch_up(&self.received, &view.view).into();
-                s.lagging = false;
-                tracing::debug!(events = self.pending.len(), "subscriber caught up");
+                self.catch_up();
                 continue;
             }
             if s.closed {
@@ -192,6 +190,31 @@ impl EventStream {
             s.waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
+    }
+
+    /// Computes a lagging subscription's catch-up into `pending` and clears the lag, unless a
+    /// lifecycle event came in meanwhile: that one is handed out first, then this is tried
+    /// again.
+    fn catch_up(&mut self) {
+        let EventStream {
+            slot,
+            view,
+            pending,
+            received,
+        } = self;
+        // Lock order as the publisher's: the view, then the slot. Holding the view's read
+        // lock, nothing is published: the catch-up reflects the view at its revision, and
+        // whatever is published next comes after it.
+        view.read_state(&mut |state| {
+            let mut s = slot.lock();
+            if !s.queue.is_empty() {
+                // A lifecycle event came in meanwhile: it goes first.
+                return;
+            }
+            *pending = catch_up(received, state).into();
+            s.lagging = false;
+            tracing::debug!(events = pending.len(), "subscriber caught up");
+        });
     }
 }
 

@@ -10,9 +10,9 @@
 //! | allocate | [`crate::alloc::build_txn`] | [`crate::alloc::read_answer`] | registration |
 //! | restore / repair | [`restore::build`] | [`restore::read`] | registration supervisor |
 //! | re-register | [`reregister::build`] | [`reregister::read`] | registration supervisor |
-//! | deregister | [`deregister::build`] | [`deregister::read`] | connector |
-//! | report a peer | [`report::build`] | [`report::read`] | connector |
-//! | evict | [`evict::build`] | [`evict::read`] | connector (K reports), admin |
+//! | deregister | [`deregister::build`] | [`deregister::read`] | registration |
+//! | report a peer | [`report::build`] | [`report::read`] | eviction (on a connection failure) |
+//! | evict | [`evict::build`] | [`evict::read`] | eviction (K reports), admin |
 //!
 //! A builder returns the `etcd_client::Txn` to send; its answer is converted once into the
 //! plain [`Answer`] (`Answer::from(&resp)`) and a reader turns that into what it means. Both
@@ -23,11 +23,54 @@ pub(crate) mod deregister;
 pub(crate) mod evict;
 pub(crate) mod report;
 pub(crate) mod reregister;
+pub(crate) mod reservation;
 pub(crate) mod restore;
 #[cfg(test)]
 pub(crate) mod testing;
 
 use etcd_client::{Compare, CompareOp, DeleteOptions, PutOptions, TxnOp, TxnResponse};
+
+use crate::keys::KeyLayout;
+
+/// One registration of an id as it was created, whoever holds it: its server key, its slot,
+/// and the key's create revision (its identity: a re-creation of the same key is another
+/// registration). A report names one; an [`Owner`] is one on a given lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Instance {
+    /// The server key (`<prefix>/<group>/<id>`).
+    pub(crate) key: String,
+    /// The id's slot key (`<prefix>.alloc/slot/<id>`).
+    pub(crate) slot: String,
+    /// The server key's create revision: the registration's identity.
+    pub(crate) create_revision: i64,
+}
+
+impl Instance {
+    /// Registration `create_revision` of `id` at server key `key`, its slot as `layout` places
+    /// it.
+    pub(crate) fn new(layout: &KeyLayout, id: u16, key: String, create_revision: i64) -> Self {
+        Instance {
+            key,
+            slot: layout.slot_key(id),
+            create_revision,
+        }
+    }
+
+    /// The compare that this registration still exists (its key not deleted, nor re-created).
+    pub(crate) fn exists(&self) -> Compare {
+        created_at(&self.key, self.create_revision)
+    }
+
+    /// This registration as held on `lease` (the lease its slot is bound to).
+    pub(crate) fn on_lease(self, lease: i64) -> Owner {
+        Owner {
+            key: self.key,
+            slot: self.slot,
+            create_revision: self.create_revision,
+            lease,
+        }
+    }
+}
 
 /// One registration's identity and lease: what a guarded write checks before touching it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,19 +86,31 @@ pub(crate) struct Owner {
 }
 
 impl Owner {
+    /// Registration `create_revision` of `id` at server key `key`, held on `lease`; its slot
+    /// as `layout` places it (so key and slot always name the same id).
+    pub(crate) fn new(
+        layout: &KeyLayout,
+        id: u16,
+        key: String,
+        create_revision: i64,
+        lease: i64,
+    ) -> Self {
+        Instance::new(layout, id, key, create_revision).on_lease(lease)
+    }
+
     /// The owner guard: the server key is still at our create revision (not deleted and
     /// re-created by anyone, us included) and the slot is still on our lease (the id is
     /// still ours).
     pub(crate) fn guard(&self) -> [Compare; 2] {
         [
-            Compare::create_revision(self.key.as_str(), CompareOp::Equal, self.create_revision),
-            Compare::lease(self.slot.as_str(), CompareOp::Equal, self.lease),
+            created_at(&self.key, self.create_revision),
+            on_lease(&self.slot, self.lease),
         ]
     }
 
     /// Puts `value` at `key` on the owner's lease.
     pub(crate) fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> TxnOp {
-        TxnOp::put(key, value, Some(PutOptions::new().with_lease(self.lease)))
+        put_on_lease(key, value, self.lease)
     }
 
     /// Deletes the server key and the slot.
@@ -67,9 +122,24 @@ impl Owner {
     }
 }
 
+/// `key` exists at create revision `create_revision` (0: does not exist).
+pub(crate) fn created_at(key: &str, create_revision: i64) -> Compare {
+    Compare::create_revision(key, CompareOp::Equal, create_revision)
+}
+
+/// `key` is bound to `lease`.
+pub(crate) fn on_lease(key: &str, lease: i64) -> Compare {
+    Compare::lease(key, CompareOp::Equal, lease)
+}
+
+/// Puts `value` at `key`, bound to `lease`.
+pub(crate) fn put_on_lease(key: &str, value: impl Into<Vec<u8>>, lease: i64) -> TxnOp {
+    TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)))
+}
+
 /// `key` does not exist (create revision 0).
 pub(crate) fn absent(key: &str) -> Compare {
-    Compare::create_revision(key, CompareOp::Equal, 0)
+    created_at(key, 0)
 }
 
 /// A transaction's answer, as plain data: what readers look at.

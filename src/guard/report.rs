@@ -19,19 +19,15 @@
 //! reporter cannot leave one behind). The reads run after the put in the same transaction, so
 //! they see our own report.
 
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{GetOptions, Txn, TxnOp};
 
-use super::{absent, Answer, OpAnswer};
+use super::{absent, created_at, on_lease, put_on_lease, Answer, Instance, OpAnswer};
 
 /// One filing: our report about one registration of a peer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Filing<'a> {
-    /// The peer's server key.
-    pub(crate) peer_key: &'a str,
-    /// The peer's slot key.
-    pub(crate) peer_slot: &'a str,
-    /// The peer registration's create revision (the one we could not reach).
-    pub(crate) create_revision: i64,
+    /// The peer registration we could not reach (its lease is what the filing reads).
+    pub(crate) peer: &'a Instance,
     /// The prefix of the reports about that registration.
     pub(crate) reports: &'a str,
     /// Our report key under it.
@@ -44,34 +40,18 @@ pub(crate) struct Filing<'a> {
 
 /// Builds the filing (see the module docs).
 pub(crate) fn build(filing: &Filing<'_>) -> Txn {
-    let put = || {
-        TxnOp::put(
-            filing.report,
-            filing.now_ms.to_string(),
-            Some(PutOptions::new().with_lease(filing.lease)),
-        )
-    };
+    let put = || put_on_lease(filing.report, filing.now_ms.to_string(), filing.lease);
     let file = Txn::new()
-        .when([Compare::lease(
-            filing.report,
-            CompareOp::Equal,
-            filing.lease,
-        )])
+        .when([on_lease(filing.report, filing.lease)])
         .and_then([put()])
         .or_else([TxnOp::txn(
             Txn::new().when([absent(filing.report)]).and_then([put()]),
         )]);
-    Txn::new()
-        .when([Compare::create_revision(
-            filing.peer_key,
-            CompareOp::Equal,
-            filing.create_revision,
-        )])
-        .and_then([
-            TxnOp::txn(file),
-            TxnOp::get(filing.reports, Some(GetOptions::new().with_prefix())),
-            TxnOp::get(filing.peer_slot, None),
-        ])
+    Txn::new().when([filing.peer.exists()]).and_then([
+        TxnOp::txn(file),
+        TxnOp::get(filing.reports, Some(GetOptions::new().with_prefix())),
+        TxnOp::get(filing.peer.slot.as_str(), None),
+    ])
 }
 
 /// What the filing's answer means.
@@ -138,10 +118,7 @@ pub(crate) fn read(answer: &Answer, filing: &Filing<'_>, window_ms: i64) -> File
 /// key deleted and re-created since (by anyone) is not ours any more and stays.
 pub(crate) fn withdraw(report: &str, lease: i64, create_revision: i64) -> Txn {
     Txn::new()
-        .when([
-            Compare::lease(report, CompareOp::Equal, lease),
-            Compare::create_revision(report, CompareOp::Equal, create_revision),
-        ])
+        .when([on_lease(report, lease), created_at(report, create_revision)])
         .and_then([TxnOp::delete(report, None)])
 }
 
@@ -153,15 +130,23 @@ pub(crate) fn withdrawn(answer: &Answer) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::describe;
+    use super::super::testing::{describe, owner};
     use super::super::Kv;
     use super::*;
 
-    fn filing() -> Filing<'static> {
+    /// Registration 42 of id 7 (the sample owner's, whatever its lease).
+    fn peer() -> Instance {
+        let owner = owner();
+        Instance {
+            key: owner.key,
+            slot: owner.slot,
+            create_revision: owner.create_revision,
+        }
+    }
+
+    fn filing(peer: &Instance) -> Filing<'_> {
         Filing {
-            peer_key: "/darkrift/game/7",
-            peer_slot: "/darkrift.alloc/slot/00007",
-            create_revision: 42,
+            peer,
             reports: "/darkrift.alloc/reports/00007/42/",
             report: "/darkrift.alloc/reports/00007/42/00003",
             lease: 9,
@@ -213,7 +198,7 @@ mod tests {
     #[test]
     fn files_and_reads_in_one_transaction_only_while_the_registration_exists() {
         assert_eq!(
-            describe(&build(&filing())),
+            describe(&build(&filing(&peer()))),
             [
                 "if create(/darkrift/game/7) == 42",
                 "then txn",
@@ -231,7 +216,7 @@ mod tests {
     #[test]
     fn a_registration_gone_or_recreated_files_nothing() {
         assert_eq!(
-            read(&Answer::default(), &filing(), 5_000),
+            read(&Answer::default(), &filing(&peer()), 5_000),
             Filed::PeerChanged
         );
     }
@@ -245,7 +230,7 @@ mod tests {
             report(4, 12, "4000", 47),    // older than the window
             report(5, 13, "garbage", 48), // not a time
         ];
-        let filed = read(&answer(true, reports, Some(21)), &filing(), 5_000);
+        let filed = read(&answer(true, reports, Some(21)), &filing(&peer()), 5_000);
         assert_eq!(
             filed,
             Filed::Counted(Tally {
@@ -259,7 +244,8 @@ mod tests {
     #[test]
     fn either_branch_of_the_filing_writes_ours() {
         let reports = vec![report(3, 9, "10000", 46)];
-        let Filed::Counted(tally) = read(&answer(false, reports, Some(21)), &filing(), 5_000)
+        let Filed::Counted(tally) =
+            read(&answer(false, reports, Some(21)), &filing(&peer()), 5_000)
         else {
             panic!("counted");
         };
@@ -276,7 +262,7 @@ mod tests {
             ..Answer::default()
         });
         assert_eq!(
-            read(&refused, &filing(), 5_000),
+            read(&refused, &filing(&peer()), 5_000),
             Filed::Counted(Tally {
                 ours: None,
                 recent: 0,

@@ -16,14 +16,16 @@ use etcd_client::{Txn, TxnOp};
 use super::{absent, Answer, OpAnswer, Owner};
 
 /// Builds the re-registration of `owner.key` and `owner.slot` on `owner.lease` (the new
-/// lease; `owner.create_revision` is not used: the keys are created anew).
-pub(crate) fn build(owner: &Owner, record: &[u8]) -> Txn {
+/// lease; `owner.create_revision` is not used: the keys are created anew). Unless
+/// `announce`, only the slot is written: a reservation lost is re-reserved, not announced.
+pub(crate) fn build(owner: &Owner, record: &[u8], announce: bool) -> Txn {
+    let mut puts = vec![owner.put(&owner.slot, owner.key.as_str())];
+    if announce {
+        puts.push(owner.put(&owner.key, record));
+    }
     Txn::new()
         .when([absent(&owner.slot), absent(&owner.key)])
-        .and_then([
-            owner.put(&owner.slot, owner.key.as_str()),
-            owner.put(&owner.key, record),
-        ])
+        .and_then(puts)
         .or_else([
             TxnOp::get(owner.slot.as_str(), None),
             TxnOp::get(owner.key.as_str(), None),
@@ -82,12 +84,26 @@ mod tests {
     #[test]
     fn creates_both_keys_only_where_nothing_is() {
         assert_eq!(
-            describe(&build(&owner(), b"rec")),
+            describe(&build(&owner(), b"rec", true)),
             [
                 "if create(/darkrift.alloc/slot/00007) == 0",
                 "if create(/darkrift/game/7) == 0",
                 "then put /darkrift.alloc/slot/00007 = \"/darkrift/game/7\" lease 9",
                 "then put /darkrift/game/7 = \"rec\" lease 9",
+                "else get /darkrift.alloc/slot/00007",
+                "else get /darkrift/game/7",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lost_reservation_is_reserved_again_not_announced() {
+        assert_eq!(
+            describe(&build(&owner(), b"rec", false)),
+            [
+                "if create(/darkrift.alloc/slot/00007) == 0",
+                "if create(/darkrift/game/7) == 0",
+                "then put /darkrift.alloc/slot/00007 = \"/darkrift/game/7\" lease 9",
                 "else get /darkrift.alloc/slot/00007",
                 "else get /darkrift/game/7",
             ]

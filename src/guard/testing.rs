@@ -17,12 +17,8 @@ use super::Owner;
 /// The owner the builder tests guard with: id 7 of group `game` in the default layout,
 /// created at revision 42, on lease 9.
 pub(crate) fn owner() -> Owner {
-    Owner {
-        key: "/darkrift/game/7".into(),
-        slot: "/darkrift.alloc/slot/00007".into(),
-        create_revision: 42,
-        lease: 9,
-    }
+    let layout = crate::keys::KeyLayout::new("/darkrift").unwrap();
+    Owner::new(&layout, 7, "/darkrift/game/7".into(), 42, 9)
 }
 
 /// The compares and operations of `txn`, one line each (see the module docs).

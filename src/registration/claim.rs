@@ -3,71 +3,76 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Claim, Ctx};
+use super::{Claim, Terms};
 use crate::alloc::{self, AllocHint, AllocOutcome, AllocRequest, IdSet};
 use crate::client::retrying;
 use crate::error::{Error, Result};
 use crate::metrics as m;
 use crate::record::Registration;
+use crate::shared::Shared;
 
 /// Claims an id: one transaction per attempt, bounded (see [`crate::alloc`]).
 pub(crate) async fn allocate(
-    ctx: &Ctx,
+    shared: &Shared,
     registration: &Registration,
     lease_id: i64,
+    terms: Terms,
 ) -> Result<Claim> {
-    let params = ctx.config.alloc_params();
+    let params = shared.config.alloc_params();
     let mut learned = IdSet::default();
-    for attempt in 0..ctx.config.max_alloc_attempts {
-        let hint = ctx.view.read(|view| {
+    for attempt in 0..shared.config.max_alloc_attempts {
+        let hint = shared.view.read(|view| {
             let mut taken = learned.clone();
             for id in view.members.ids() {
                 taken.insert(id);
             }
             AllocHint {
-                cursor: ctx
+                cursor: shared
                     .cursor
                     .position(view.cursor_read, view.members.max_alloc_position()),
                 taken,
             }
         });
-        let spread = splitmix(ctx.spread_seed.wrapping_add(u64::from(attempt)));
+        let spread = splitmix(terms.spread_seed.wrapping_add(u64::from(attempt)));
         let Some(candidate) = alloc::choose(&hint, params, spread) else {
             if !learned.is_empty() {
                 // What we learnt from conflicts may be stale: start over from the view.
                 learned = IdSet::default();
                 continue;
             }
-            return Err(exhausted_or_contention(ctx, attempt).await);
+            return Err(exhausted_or_contention(shared, attempt).await);
         };
         let record = registration.encode(candidate.id, candidate.position, alloc::now_unix_ms());
         let request = AllocRequest {
-            layout: &ctx.layout,
+            layout: &shared.layout,
             group: registration.group(),
             candidate,
             cursor: hint.cursor,
             record: record.clone(),
             lease_id,
             params,
+            announce: terms.announce,
         };
         metrics::counter!(m::ALLOC_TXNS).increment(1);
         let txn = alloc::build_txn(&request);
-        let resp = counted_txn(ctx, "allocate id", &txn).await?;
-        match alloc::read_answer(&ctx.layout, candidate, lease_id, &resp) {
+        let resp = counted_txn(shared, "allocate id", &txn).await?;
+        match alloc::read_answer(&shared.layout, candidate, lease_id, &resp) {
             Ok(AllocOutcome::Won {
                 revision,
                 damaged_cursor,
             }) => {
                 if let Some(damaged) = damaged_cursor {
-                    repair_cursor(ctx, &damaged, candidate.position).await;
+                    repair_cursor(shared, &damaged, candidate.position).await;
                 }
-                ctx.cursor.learn(candidate.position);
+                shared.cursor.learn(candidate.position);
                 return Ok(Claim {
                     id: candidate.id,
                     position: candidate.position,
-                    server_key: ctx.layout.server_key(registration.group(), candidate.id),
+                    server_key: shared.layout.server_key(registration.group(), candidate.id),
                     create_revision: revision,
                     record,
+                    terms,
+                    announced: terms.announce,
                 });
             }
             Ok(AllocOutcome::Lost { cursor, taken }) => {
@@ -79,7 +84,7 @@ pub(crate) async fn allocate(
                     "id taken; retrying"
                 );
                 metrics::counter!(m::ALLOC_CONFLICTS).increment(1);
-                ctx.cursor.learn(cursor);
+                shared.cursor.learn(cursor);
                 learned.insert(candidate.id);
                 for id in taken {
                     learned.insert(id);
@@ -93,20 +98,20 @@ pub(crate) async fn allocate(
         }
     }
     Err(Error::AllocationContention {
-        attempts: ctx.config.max_alloc_attempts,
+        attempts: shared.config.max_alloc_attempts,
     })
 }
 
 /// Sends a transaction of the allocator, retrying transient errors, and counts every send in
-/// [`Ctx::requests`] (a retry is one more request to etcd).
+/// [`Shared::requests`] (a retry is one more request to etcd).
 async fn counted_txn(
-    ctx: &Ctx,
+    shared: &Shared,
     op: &'static str,
     txn: &etcd_client::Txn,
 ) -> Result<etcd_client::TxnResponse> {
-    retrying(&ctx.pool, op, ctx.config.request_timeout, |client| {
+    retrying(&shared.pool, op, shared.config.request_timeout, |client| {
         // Counted per send: a transient error's retry is one more request to etcd.
-        ctx.requests.fetch_add(1, Ordering::Relaxed);
+        shared.requests.fetch_add(1, Ordering::Relaxed);
         let txn = txn.clone();
         async move { client.kv_client().txn(txn).await }
     })
@@ -116,9 +121,9 @@ async fn counted_txn(
 /// Puts a valid position over a damaged cursor that our allocation read (see
 /// [`alloc::build_repair_txn`]). Best effort: the id is already ours, and whoever allocates
 /// next finds the cursor still damaged and repairs it then.
-async fn repair_cursor(ctx: &Ctx, damaged: &[u8], position: u64) {
-    let txn = alloc::build_repair_txn(&ctx.layout, damaged, position);
-    match counted_txn(ctx, "repair cursor", &txn).await {
+async fn repair_cursor(shared: &Shared, damaged: &[u8], position: u64) {
+    let txn = alloc::build_repair_txn(&shared.layout, damaged, position);
+    match counted_txn(shared, "repair cursor", &txn).await {
         Ok(resp) if resp.succeeded() => {
             tracing::warn!(
                 damaged = %String::from_utf8_lossy(damaged),
@@ -136,23 +141,23 @@ async fn repair_cursor(ctx: &Ctx, damaged: &[u8], position: u64) {
 }
 
 /// Every id looks taken: count the slots to tell a full space from a stale view.
-async fn exhausted_or_contention(ctx: &Ctx, attempt: u32) -> Error {
+async fn exhausted_or_contention(shared: &Shared, attempt: u32) -> Error {
     let options = etcd_client::GetOptions::new()
         .with_prefix()
         .with_count_only();
-    let prefix = ctx.layout.slots_prefix();
+    let prefix = shared.layout.slots_prefix();
     let count = retrying(
-        &ctx.pool,
+        &shared.pool,
         "count slots",
-        ctx.config.request_timeout,
+        shared.config.request_timeout,
         |client| {
             let (prefix, options) = (prefix.clone(), options.clone());
             async move { client.kv_client().get(prefix, Some(options)).await }
         },
     );
     match count.await {
-        Ok(resp) if resp.count() >= i64::from(ctx.config.id_space) => Error::IdSpaceExhausted {
-            id_space: ctx.config.id_space,
+        Ok(resp) if resp.count() >= i64::from(shared.config.id_space) => Error::IdSpaceExhausted {
+            id_space: shared.config.id_space,
         },
         Ok(_) => Error::AllocationContention {
             attempts: attempt + 1,

@@ -24,59 +24,41 @@
 //!
 //! | file | job |
 //! |---|---|
+//! | `handle.rs` | one registration as the connector holds it: start (lease, claim, supervisor), deregister |
 //! | `claim.rs` | claim an id: the allocation attempts, cursor repair |
 //! | `supervisor.rs` | the loop while registered: lease deadline, integrity checks, guarded restore |
 //! | `own_key.rs` | does what the watcher applied touch our key? (pure) |
-//! | `recovery.rs` | the one retry loop that gets a lost registration back |
-//! | `status.rs` | where a registration stands, and the fence |
+//! | `recovery.rs` | the one retry loop that gets a lost registration back (`Recovering`) |
+//! | `status.rs` | where a registration stands, the fence, and the lease it holds |
+//!
+//! Everything here belongs to one registration: its lease, its claim, its supervisor task,
+//! its status (the one place its lease is published, for the eviction reports it files).
+//! What registrations share (the pool, the view, the allocation hint) is
+//! [`crate::shared::Shared`], so several registrations over one connection are several
+//! [`Handle`]s, not several connectors.
 //!
 //! The supervisor learns of edits to its key by listening to what the watcher applies
 //! (`view::Applied`); the watcher does not know it exists. Its lifecycle events are
 //! sequenced into the event stream by `view::ViewReader::publish_lifecycle`, by the rule of
 //! [`crate::events`].
 
-use std::sync::atomic::{AtomicI64, AtomicU64};
-
-use crate::alloc::CursorHint;
-use crate::config::ConnectorConfig;
-use crate::keys::KeyLayout;
+use crate::events::Event;
 use crate::lease::LeaseSession;
-use crate::pool::Pool;
-use crate::view::ViewReader;
+use crate::shared::Shared;
 
 mod claim;
+mod handle;
 mod own_key;
+mod public;
 mod recovery;
+mod resume;
 mod status;
 mod supervisor;
 
-pub(crate) use claim::allocate;
+pub(crate) use handle::Handle;
+pub use public::{RegisterOptions, RegistrationHandle};
 pub use status::RegistrationStatus;
-pub(crate) use supervisor::Supervisor;
-
-/// What the connector and its registrations share.
-pub(crate) struct Ctx {
-    pub(crate) pool: Pool,
-    pub(crate) config: ConnectorConfig,
-    pub(crate) layout: KeyLayout,
-    /// The watcher's view (read only) and the entry of lifecycle events into its sequence.
-    pub(crate) view: ViewReader,
-    /// Where allocations start (see [`CursorHint`]).
-    pub(crate) cursor: CursorHint,
-    /// The lease of the registration being kept (0 when none): the reports this server files
-    /// about unreachable peers are bound to it. Written by the supervisor only.
-    pub(crate) own_lease: AtomicI64,
-    pub(crate) spread_seed: u64,
-    pub(crate) requests: AtomicU64,
-}
-
-impl std::fmt::Debug for Ctx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ctx")
-            .field("prefix", &self.layout.prefix())
-            .finish_non_exhaustive()
-    }
-}
+pub(crate) use status::StatusRx;
 
 /// An id held in etcd.
 #[derive(Debug, Clone)]
@@ -87,18 +69,52 @@ pub(crate) struct Claim {
     pub(crate) create_revision: i64,
     /// The record as we last wrote it: what the key must hold (see the supervisor's restore).
     pub(crate) record: Vec<u8>,
+    /// What this registration was started with, kept across re-registrations.
+    pub(crate) terms: Terms,
+    /// The server key is written (peers were told). False while the id is only reserved:
+    /// then `create_revision` is the slot's, and the own-key checks leave the (absent) server
+    /// key alone (see `guard::reservation`).
+    pub(crate) announced: bool,
+}
+
+/// A registration's own settings: what may differ between registrations over one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Terms {
+    /// Its lease's TTL.
+    pub(crate) lease_ttl: std::time::Duration,
+    /// Announce at allocation (true), or reserve the id and announce later.
+    pub(crate) announce: bool,
+    /// The seed of its allocations' spread: registrations of one process started together
+    /// must not all try the same first candidate.
+    pub(crate) spread_seed: u64,
 }
 
 /// What deregistration needs, handed back by the supervisor.
 #[derive(Debug)]
-pub(crate) struct Held {
+struct Held {
     pub(crate) claim: Claim,
     pub(crate) lease: LeaseSession,
 }
 
 /// Revokes a lease we no longer use; a failure only means it expires by itself.
-async fn revoke_quietly(ctx: &Ctx, lease: LeaseSession) {
-    if let Err(e) = lease.revoke(&ctx.pool, ctx.config.request_timeout).await {
+async fn revoke_quietly(shared: &Shared, lease: LeaseSession) {
+    if let Err(e) = lease
+        .revoke(&shared.pool, shared.config.request_timeout)
+        .await
+    {
         tracing::debug!(error = %e, "revoking an unused lease failed; it expires");
     }
+}
+
+/// Stops registration `id` for good: the status says why, and so does
+/// [`Event::RegistrationStopped`].
+fn stop(shared: &Shared, status: &status::StatusTx, id: u16, reason: String) {
+    status.stopped(id, reason.clone());
+    shared
+        .view
+        .publish_lifecycle(|revision| Event::RegistrationStopped {
+            id,
+            reason,
+            revision,
+        });
 }

@@ -6,19 +6,27 @@
 //! never two live holders. The loop retries forever with jittered exponential backoff (an
 //! outage of any length ends in re-registration), waits for a health probe to pass, and
 //! stops only when cancelled or by the fail-stop policy.
+//!
+//! Recovering is a state of its own ([`Recovering`]): it borrows what it needs of the
+//! supervisor (the registration, the lost claim, the status, the cancellation) and hands back
+//! the new claim and lease; the supervisor takes them over and goes on keeping them. So the
+//! supervisor knows recovery, and recovery knows nothing of the supervisor.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::supervisor::Supervisor;
-use super::{claim::allocate, Claim};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::status::StatusTx;
+use super::{claim::allocate, revoke_quietly, stop, Claim};
 use crate::alloc;
 use crate::client::retrying_txn;
 use crate::config::IdTakenPolicy;
-use crate::events::Event;
 use crate::guard::{self, reregister::Reregistered, Answer, Owner};
 use crate::lease::LeaseSession;
-use crate::metrics as m;
-use crate::registration::RegistrationStatus;
+use crate::record::Registration;
+use crate::shared::Shared;
 use crate::timing;
 
 /// Why a recovery starts.
@@ -31,8 +39,11 @@ pub(super) enum Goal {
 
 /// How a recovery ended.
 pub(super) enum Recovery {
-    /// Registered again.
-    Done,
+    /// Registered again: the lease and the claim it holds, for the supervisor to keep.
+    Done {
+        lease: LeaseSession,
+        claim: Claim,
+    },
     Cancelled,
     /// Stopped for good (fail-stop policy).
     Stop,
@@ -48,21 +59,33 @@ enum Attempt {
     Retry(String),
 }
 
-impl Supervisor {
+/// A registration being got back: what of its supervisor the retry loop reads.
+pub(super) struct Recovering<'a> {
+    pub(super) shared: &'a Arc<Shared>,
+    pub(super) registration: &'a Registration,
+    /// The claim lost (its id is the one recovered first).
+    pub(super) claim: &'a Claim,
+    pub(super) status: &'a StatusTx,
+    pub(super) cancel: &'a CancellationToken,
+    /// Health verdicts gating re-registration, if a probe is set.
+    pub(super) health: Option<&'a watch::Receiver<bool>>,
+}
+
+impl Recovering<'_> {
     /// Revokes the old lease (best effort), then retries until registered again: the same id,
     /// or a new one once the policy allows it.
-    pub(super) async fn recover(&mut self, goal: Goal) -> Recovery {
-        let ctx = self.ctx.clone();
+    pub(super) async fn run(&self, old: Option<LeaseSession>, goal: Goal) -> Recovery {
+        let shared = self.shared;
         let previous_id = self.claim.id;
-        let old_lease_id = self.lease.as_ref().map_or(0, LeaseSession::id);
-        if let Some(old) = self.lease.take() {
-            let bound = timing::revoke_bound(ctx.config.request_timeout, old.ttl());
-            if let Err(e) = old.revoke(&ctx.pool, bound).await {
+        let old_lease_id = old.as_ref().map_or(0, LeaseSession::id);
+        if let Some(old) = old {
+            let bound = timing::revoke_bound(shared.config.request_timeout, old.ttl());
+            if let Err(e) = old.revoke(&shared.pool, bound).await {
                 tracing::debug!(error = %e, "revoking the lost lease failed (best effort)");
             }
         }
         // Half a TTL at most, jitter included: back within about a TTL of etcd answering again.
-        let mut backoff = timing::recovery_backoff(ctx.config.lease_ttl);
+        let mut backoff = timing::recovery_backoff(shared.config.lease_ttl);
         let mut same_id = true;
         if let Goal::Taken(reason) = goal {
             if !self.on_taken(reason) {
@@ -76,7 +99,7 @@ impl Supervisor {
                 return Recovery::Cancelled;
             }
             let cancel = self.cancel.clone();
-            if let Some(mut health) = self.health.clone() {
+            if let Some(mut health) = self.health.cloned() {
                 // An unhealthy server stays out until its probe passes again.
                 tokio::select! {
                     () = cancel.cancelled() => return Recovery::Cancelled,
@@ -103,18 +126,7 @@ impl Supervisor {
                             "id was taken; registered with a new id"
                         );
                     }
-                    let id = claim.id;
-                    self.claim = claim;
-                    self.lease = Some(lease);
-                    self.track_own_key();
-                    metrics::counter!(m::REREGISTRATIONS).increment(1);
-                    self.emit(|revision| Event::Reregistered {
-                        id,
-                        previous_id,
-                        create_revision,
-                        revision,
-                    });
-                    return Recovery::Done;
+                    return Recovery::Done { lease, claim };
                 }
                 Attempt::Taken(reason) => {
                     if !self.on_taken(reason) {
@@ -142,18 +154,17 @@ impl Supervisor {
 
     /// The id is held by another server: the policy says whether to go on with a new id
     /// (`true`) or stop for good (`false`, with the status and event saying why).
-    fn on_taken(&mut self, reason: String) -> bool {
+    fn on_taken(&self, reason: String) -> bool {
         let id = self.claim.id;
-        match self.ctx.config.on_id_taken {
+        match self.shared.config.on_id_taken {
             IdTakenPolicy::FailStop => {
                 tracing::error!(id, %reason, "registration stopped (fail-stop policy)");
-                self.stop(reason);
+                stop(self.shared, self.status, id, reason);
                 false
             }
             IdTakenPolicy::NewId => {
                 tracing::info!(id, %reason, "id taken; registering with a new id");
-                self.status
-                    .send_replace(RegistrationStatus::Recovering { id });
+                self.status.recovering(id);
                 true
             }
         }
@@ -170,22 +181,25 @@ impl Supervisor {
 
     /// One try at a new id with a fresh lease (policy `new-id`, once ours is taken).
     async fn register_new_id(&self) -> Attempt {
-        let ctx = &self.ctx;
+        let shared = self.shared;
         let lease = match LeaseSession::grant_gated(
-            &ctx.pool,
-            ctx.config.lease_ttl,
-            ctx.config.request_timeout,
-            self.health.clone(),
+            &shared.pool,
+            self.claim.terms.lease_ttl,
+            shared.config.request_timeout,
+            self.health.cloned(),
         )
         .await
         {
             Ok(lease) => lease,
             Err(e) => return Attempt::Retry(e.to_string()),
         };
-        match allocate(ctx, &self.registration, lease.id()).await {
+        // A new id is announced if the lost one was, or was asked to be: a reservation
+        // stays a reservation.
+        let terms = self.claim.terms;
+        match allocate(shared, self.registration, lease.id(), terms).await {
             Ok(claim) => Attempt::Done { lease, claim },
             Err(e) => {
-                super::revoke_quietly(ctx, lease).await;
+                revoke_quietly(shared, lease).await;
                 Attempt::Retry(e.to_string())
             }
         }
@@ -193,12 +207,12 @@ impl Supervisor {
 
     /// One try at getting our id back with a fresh lease.
     async fn reregister_same_id(&self, old_lease_id: i64) -> Attempt {
-        let ctx = self.ctx.clone();
-        let gate = self.health.clone();
+        let shared = self.shared;
+        let gate = self.health.cloned();
         let lease = match LeaseSession::grant_gated(
-            &ctx.pool,
-            ctx.config.lease_ttl,
-            ctx.config.request_timeout,
+            &shared.pool,
+            self.claim.terms.lease_ttl,
+            shared.config.request_timeout,
             gate,
         )
         .await
@@ -206,25 +220,27 @@ impl Supervisor {
             Ok(lease) => lease,
             Err(e) => return Attempt::Retry(e.to_string()),
         };
-        let c = &self.claim;
+        let c = self.claim;
         let record = self
             .registration
             .encode(c.id, c.position, alloc::now_unix_ms());
-        let owner = Owner {
-            key: c.server_key.clone(),
-            slot: ctx.layout.slot_key(c.id),
-            create_revision: 0,
-            lease: lease.id(),
+        // The keys are created anew: no create revision to guard on.
+        let owner = Owner::new(&shared.layout, c.id, c.server_key.clone(), 0, lease.id());
+        let txn = guard::reregister::build(&owner, &record, c.terms.announce);
+        let resp = match retrying_txn(
+            &shared.pool,
+            "re-register",
+            shared.config.request_timeout,
+            &txn,
+        )
+        .await
+        {
+            Ok(resp) => resp,
+            Err(e) => {
+                revoke_quietly(shared, lease).await;
+                return Attempt::Retry(e.to_string());
+            }
         };
-        let txn = guard::reregister::build(&owner, &record);
-        let resp =
-            match retrying_txn(&ctx.pool, "re-register", ctx.config.request_timeout, &txn).await {
-                Ok(resp) => resp,
-                Err(e) => {
-                    super::revoke_quietly(&ctx, lease).await;
-                    return Attempt::Retry(e.to_string());
-                }
-            };
         // Our old lease (its revoke did not get through yet) is not "taken".
         match guard::reregister::read(&Answer::from(&resp), lease.id(), old_lease_id) {
             Reregistered::Done { revision } => Attempt::Done {
@@ -232,22 +248,23 @@ impl Supervisor {
                 claim: Claim {
                     create_revision: revision,
                     record,
+                    announced: c.terms.announce,
                     ..c.clone()
                 },
             },
             Reregistered::OldLeaseHolds => {
-                super::revoke_quietly(&ctx, lease).await;
+                revoke_quietly(shared, lease).await;
                 // Best effort: the next attempt finds out whether it got through.
                 let _ = crate::client::revoke_lease(
-                    &ctx.pool,
+                    &shared.pool,
                     old_lease_id,
-                    ctx.config.request_timeout,
+                    shared.config.request_timeout,
                 )
                 .await;
                 Attempt::Retry("our old keys are still there; revoking the old lease again".into())
             }
             Reregistered::Taken => {
-                super::revoke_quietly(&ctx, lease).await;
+                revoke_quietly(shared, lease).await;
                 Attempt::Taken(format!(
                     "id {} was taken by another server while this one was away",
                     c.id

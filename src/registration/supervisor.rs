@@ -2,35 +2,38 @@
 //! someone else deletes or edits it, and hands over to [`super::recovery`] when the lease is
 //! lost or the id taken.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::own_key::{self, OwnKey};
-use super::recovery::{Goal, Recovery};
-use super::{Claim, Ctx, Held, RegistrationStatus};
+use super::recovery::{Goal, Recovering, Recovery};
+use super::status::{StatusRx, StatusTx};
+use super::{Claim, Held};
 use crate::client::retrying_txn;
 use crate::config::KeyRemovedPolicy;
 use crate::error::{is_lease_not_found, Error};
 use crate::events::Event;
+use crate::guard::reservation::{Announced, Reservation};
 use crate::guard::{self, restore::Restored, Answer, Owner};
 use crate::lease::{LeaseSession, LeaseState};
 use crate::metrics as m;
 use crate::record::Registration;
+use crate::shared::Shared;
 use crate::timing;
 use crate::view::AppliedListener;
 
 /// The running supervisor of one registration.
 pub(crate) struct Supervisor {
-    pub(super) ctx: Arc<Ctx>,
-    pub(super) registration: Registration,
-    pub(super) claim: Claim,
-    pub(super) lease: Option<LeaseSession>,
-    pub(super) status: watch::Sender<RegistrationStatus>,
+    shared: Arc<Shared>,
+    registration: Registration,
+    claim: Claim,
+    lease: Option<LeaseSession>,
+    /// Where this registration stands, and the lease it holds: written here only.
+    status: StatusTx,
     /// What the watcher applies to our key, to notice edits of it (`None` once the watcher
     /// is gone).
     applied: Option<AppliedListener>,
@@ -39,9 +42,23 @@ pub(crate) struct Supervisor {
     key_unheard: bool,
     /// Our key as last written, for [`own_key::touched`].
     own: OwnKey,
-    pub(super) cancel: CancellationToken,
+    cancel: CancellationToken,
     /// Health verdicts gating the keep-alive (and re-registration), if a probe is set.
-    pub(super) health: Option<watch::Receiver<bool>>,
+    health: Option<watch::Receiver<bool>>,
+    /// Requests to announce a reserved registration (`None` while a phase has it out).
+    announces: Option<mpsc::Receiver<AnnounceRequest>>,
+}
+
+/// A request to announce, and where to answer it.
+pub(crate) type AnnounceRequest = oneshot::Sender<Result<(), Error>>;
+
+/// How a recovery ended, for the supervisor.
+enum Resumed {
+    /// Registered again: the new claim and lease are kept.
+    Registered,
+    Cancelled,
+    /// Stopped for good (fail-stop policy).
+    Stop,
 }
 
 /// Why the registered phase ended.
@@ -66,30 +83,24 @@ enum Restore {
 impl Supervisor {
     /// Starts supervising a fresh claim.
     pub(crate) fn spawn(
-        ctx: Arc<Ctx>,
+        shared: Arc<Shared>,
         registration: Registration,
         claim: Claim,
         lease: LeaseSession,
         cancel: CancellationToken,
         health: Option<watch::Receiver<bool>>,
-    ) -> (
-        watch::Receiver<RegistrationStatus>,
-        tokio::task::JoinHandle<Option<Held>>,
-    ) {
+        announces: mpsc::Receiver<AnnounceRequest>,
+    ) -> (StatusRx, tokio::task::JoinHandle<Option<Held>>) {
         let deadline = match lease.state() {
             LeaseState::Alive { deadline } => deadline,
             LeaseState::Lost { .. } => Instant::now(),
         };
-        let (status, rx) = watch::channel(RegistrationStatus::Registered {
-            id: claim.id,
-            deadline,
-        });
+        let (status, rx) = StatusTx::new(claim.id, deadline, lease.id());
         // Listening starts before the task: nothing the watcher applies from here on is missed.
         let own = own_key(&claim, lease.id());
-        let applied = Some(ctx.view.applied_to(&own.key));
-        ctx.own_lease.store(lease.id(), Ordering::Relaxed);
+        let applied = Some(shared.view.applied_to(&own.key));
         let sup = Supervisor {
-            ctx,
+            shared,
             registration,
             claim,
             lease: Some(lease),
@@ -99,31 +110,66 @@ impl Supervisor {
             own,
             cancel,
             health,
+            announces: Some(announces),
         };
         (rx, tokio::spawn(sup.run()))
     }
 
     /// Our key is now as `self.claim` and `self.lease` say.
-    pub(super) fn track_own_key(&mut self) {
+    fn track_own_key(&mut self) {
         let lease = self.lease.as_ref().map_or(0, LeaseSession::id);
         self.own = own_key(&self.claim, lease);
         if let Some(applied) = self.applied.as_mut() {
             // Changes of the new key applied before now were announced to nobody here.
             self.key_unheard |= applied.listen_for(&self.own.key);
         }
-        self.ctx.own_lease.store(lease, Ordering::Relaxed);
     }
 
     /// Sequences a lifecycle event at the view's current revision (see [`crate::events`]).
-    pub(super) fn emit(&self, event: impl FnOnce(i64) -> Event) {
-        self.ctx.view.publish_lifecycle(event);
+    fn emit(&self, event: impl FnOnce(i64) -> Event) {
+        self.shared.view.publish_lifecycle(event);
     }
 
     async fn run(mut self) -> Option<Held> {
         let held = self.supervise().await;
         // Nothing of ours is kept any more (or it is handed back for deregistration).
-        self.ctx.own_lease.store(0, Ordering::Relaxed);
+        self.status.released();
         held
+    }
+
+    /// Runs [`Recovering`] from the lease we hold (if any) towards `goal`; on success, keeps
+    /// the new claim and lease.
+    async fn recover(&mut self, goal: Goal) -> Resumed {
+        let old = self.lease.take();
+        let recovery = Recovering {
+            shared: &self.shared,
+            registration: &self.registration,
+            claim: &self.claim,
+            status: &self.status,
+            cancel: &self.cancel,
+            health: self.health.as_ref(),
+        }
+        .run(old, goal)
+        .await;
+        match recovery {
+            Recovery::Done { lease, claim } => {
+                let previous_id = self.claim.id;
+                let (id, create_revision) = (claim.id, claim.create_revision);
+                self.claim = claim;
+                self.lease = Some(lease);
+                self.track_own_key();
+                metrics::counter!(m::REREGISTRATIONS).increment(1);
+                self.emit(|revision| Event::Reregistered {
+                    id,
+                    previous_id,
+                    create_revision,
+                    revision,
+                });
+                Resumed::Registered
+            }
+            Recovery::Cancelled => Resumed::Cancelled,
+            Recovery::Stop => Resumed::Stop,
+        }
     }
 
     async fn supervise(&mut self) -> Option<Held> {
@@ -140,14 +186,14 @@ impl Supervisor {
                 Ended::Taken(reason) => {
                     // Our key was re-created by another server while our lease lived.
                     match self.recover(Goal::Taken(reason)).await {
-                        Recovery::Done => continue,
-                        Recovery::Cancelled => return None,
-                        Recovery::Stop => return self.stopped().await,
+                        Resumed::Registered => continue,
+                        Resumed::Cancelled => return None,
+                        Resumed::Stop => return self.stopped().await,
                     }
                 }
                 Ended::Removed(reason) => {
                     if let Some(old) = self.lease.take() {
-                        super::revoke_quietly(&self.ctx, old).await;
+                        super::revoke_quietly(&self.shared, old).await;
                     }
                     tracing::error!(id = self.claim.id, %reason, "registration stopped (key-removed policy)");
                     self.stop(reason);
@@ -157,38 +203,28 @@ impl Supervisor {
             metrics::counter!(m::LEASE_LOST).increment(1);
             tracing::warn!(id = self.claim.id, %reason, "registration lost; re-registering");
             let id = self.claim.id;
-            self.status
-                .send_replace(RegistrationStatus::Recovering { id });
+            self.status.recovering(id);
             self.emit(|revision| Event::LeaseLost {
                 id,
                 reason,
                 revision,
             });
             match self.recover(Goal::SameId).await {
-                Recovery::Done => {}
-                Recovery::Cancelled => return None,
-                Recovery::Stop => return self.stopped().await,
+                Resumed::Registered => {}
+                Resumed::Cancelled => return None,
+                Resumed::Stop => return self.stopped().await,
             }
         }
     }
 
     /// Stops for good: the status says why, and so does [`Event::RegistrationStopped`].
-    pub(super) fn stop(&self, reason: String) {
-        let id = self.claim.id;
-        self.status.send_replace(RegistrationStatus::Stopped {
-            id,
-            reason: reason.clone(),
-        });
-        self.emit(|revision| Event::RegistrationStopped {
-            id,
-            reason,
-            revision,
-        });
+    fn stop(&self, reason: String) {
+        super::stop(&self.shared, &self.status, self.claim.id, reason);
     }
 
     /// Waits for cancellation after a stop, keeping the status `Stopped`.
     async fn stopped(&mut self) -> Option<Held> {
-        self.ctx.own_lease.store(0, Ordering::Relaxed);
+        self.status.released();
         // Nothing to watch for any more: stop holding the watcher's announcements.
         self.applied = None;
         self.cancel.cancelled().await;
@@ -209,7 +245,7 @@ impl Supervisor {
                 Ok(applied) => {
                     let own = &self.own;
                     own_key::touched(own, &applied, || {
-                        self.ctx
+                        self.shared
                             .view
                             .read(|v| v.members.holds(&own.key, own.create_revision))
                     })
@@ -227,16 +263,28 @@ impl Supervisor {
         }
     }
 
-    /// Registered: mirror the lease deadline into the status until something ends it.
+    /// Registered: mirror the lease deadline into the status until something ends it, and
+    /// answer requests to announce.
     async fn registered_phase(&mut self) -> Ended {
+        let mut announces = self.announces.take();
+        let ended = self.registered_loop(&mut announces).await;
+        self.announces = announces;
+        ended
+    }
+
+    async fn registered_loop(
+        &mut self,
+        announces: &mut Option<mpsc::Receiver<AnnounceRequest>>,
+    ) -> Ended {
         let Some(lease) = self.lease.as_ref() else {
             return Ended::LeaseLost("no lease".into());
         };
+        let lease_id = lease.id();
         let mut lease_rx = lease.subscribe();
         // When to check that our slot and key are intact: once per TTL (the watch only sees
         // the server key; a deleted slot would let another server take our id), at once when
         // the watcher applied something that touched our key, soon again after a failure.
-        let period = timing::integrity_check_period(self.ctx.config.lease_ttl);
+        let period = timing::integrity_check_period(self.claim.terms.lease_ttl);
         let mut check_at = Instant::now() + period;
         // Consecutive failed restore checks: the first is a warning, the retries of one outage
         // are not.
@@ -247,15 +295,22 @@ impl Supervisor {
                 LeaseState::Alive { deadline } => deadline,
                 LeaseState::Lost { reason } => return Ended::LeaseLost(reason),
             };
-            self.status.send_replace(RegistrationStatus::Registered {
-                id: self.claim.id,
-                deadline,
-            });
+            self.status.registered(self.claim.id, deadline, lease_id);
             let cancel = self.cancel.clone();
             tokio::select! {
                 () = tokio::time::sleep_until(check_at) => {}
                 () = self.own_key_touched() => {}
                 () = cancel.cancelled() => return Ended::Cancelled,
+                Some(reply) = next_request(announces) => {
+                    let answer = self.announce(lease_id).await;
+                    let lost = answer.is_err();
+                    // The requester may have stopped waiting: the announcement stands anyway.
+                    let _ = reply.send(answer);
+                    if lost {
+                        return Ended::LeaseLost("our reservation was gone when we announced it".into());
+                    }
+                    continue;
+                }
                 changed = lease_rx.changed() => {
                     if changed.is_err() {
                         return Ended::LeaseLost("keep-alive task ended".into());
@@ -265,6 +320,12 @@ impl Supervisor {
                 () = tokio::time::sleep_until(deadline) => {
                     return Ended::LeaseLost("lease deadline passed without a keep-alive acknowledgement".into());
                 }
+            }
+            if !self.claim.announced {
+                // A reservation has no server key to restore; its slot is checked by the
+                // announcement's guard.
+                check_at = Instant::now() + period;
+                continue;
             }
             match self.restore().await {
                 Restore::Intact | Restore::Restored => {
@@ -297,13 +358,14 @@ impl Supervisor {
             return Restore::LeaseGone("no lease".into());
         };
         let c = &self.claim;
-        let owner = Owner {
-            key: c.server_key.clone(),
-            slot: self.ctx.layout.slot_key(c.id),
-            create_revision: c.create_revision,
-            lease: lease_id,
-        };
-        let stop_if_removed = self.ctx.config.on_key_removed == KeyRemovedPolicy::Stop;
+        let owner = Owner::new(
+            &self.shared.layout,
+            c.id,
+            c.server_key.clone(),
+            c.create_revision,
+            lease_id,
+        );
+        let stop_if_removed = self.shared.config.on_key_removed == KeyRemovedPolicy::Stop;
         let txn = guard::restore::build(&owner, &c.record, !stop_if_removed);
         // Never outlive the lease deadline: past it, the lease-loss path takes over.
         let bound = match self.lease.as_ref().map(LeaseSession::state) {
@@ -312,8 +374,8 @@ impl Supervisor {
             }
             _ => Duration::ZERO,
         };
-        let bound = timing::restore_bound(bound, self.ctx.config.request_timeout);
-        let resp = match retrying_txn(&self.ctx.pool, "restore key", bound, &txn).await {
+        let bound = timing::restore_bound(bound, self.shared.config.request_timeout);
+        let resp = match retrying_txn(&self.shared.pool, "restore key", bound, &txn).await {
             Ok(resp) => resp,
             Err(Error::Etcd { source, .. }) if is_lease_not_found(&source) => {
                 return Restore::LeaseGone(format!(
@@ -356,6 +418,50 @@ impl Supervisor {
             }
             Restored::NotOurs => Restore::Taken(format!("id {} was taken by another server", c.id)),
         }
+    }
+}
+
+impl Supervisor {
+    /// Announces a reserved registration: writes its server key, guarded by the reservation
+    /// ([`guard::reservation`]). From then on the registration is announced, across
+    /// re-registrations too. A no-op once announced.
+    async fn announce(&mut self, lease_id: i64) -> Result<(), Error> {
+        self.claim.terms.announce = true;
+        if self.claim.announced {
+            return Ok(());
+        }
+        let c = &self.claim;
+        let reservation = Reservation {
+            key: c.server_key.clone(),
+            slot: self.shared.layout.slot_key(c.id),
+            lease: lease_id,
+        };
+        let txn = guard::reservation::announce(&reservation, &c.record);
+        let resp = retrying_txn(
+            &self.shared.pool,
+            "announce",
+            self.shared.config.request_timeout,
+            &txn,
+        )
+        .await?;
+        match guard::reservation::read_announce(&Answer::from(&resp), &reservation) {
+            Announced::Created { revision } | Announced::Already { revision } => {
+                tracing::info!(id = c.id, revision, "announced");
+                self.claim.create_revision = revision;
+                self.claim.announced = true;
+                self.track_own_key();
+                Ok(())
+            }
+            Announced::Lost => Err(Error::NotRegistered),
+        }
+    }
+}
+
+/// The next request on `requests`, if there is a channel; never otherwise.
+async fn next_request<T>(requests: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match requests {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -10,7 +10,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::classify::WatchAnswer;
 use super::source::{KvSource, WatchFeed};
-use super::{list_from_scratch, Command, Page, State, Watcher, WatcherSettings, WatcherTask};
+use super::{
+    list_from_scratch, Command, Listing, Page, State, Watcher, WatcherSettings, WatcherTask,
+    Watching,
+};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventStream};
 use crate::keys::KeyLayout;
@@ -298,8 +301,8 @@ fn describe(event: &Event) -> String {
 /// `(name, from)` of a state: where it resumes.
 fn at(state: &State<Feed>) -> (&'static str, i64) {
     let from = match state {
-        State::List { pinned, .. } => *pinned,
-        State::Open { from } | State::Watch { from, .. } => from[0],
+        State::List(Listing { pinned, .. }) => *pinned,
+        State::Open { from } | State::Watch(Watching { from, .. }) => from[0],
         State::Backoff { then, .. } => at(then).1,
     };
     (state.name(), from)
@@ -495,10 +498,10 @@ async fn an_answered_progress_request_keeps_the_stream() {
     assert_eq!(h.log(), ["request progress"]);
     feed.send(no_events(-1, 10)).unwrap();
     let (_, state) = h.step(state).await;
-    let State::Watch { asked, .. } = &state else {
+    let State::Watch(Watching { timers, .. }) = &state else {
         panic!("still watching");
     };
-    assert!(asked.is_none(), "answered");
+    assert!(timers.asked.is_none(), "answered");
     assert_eq!(at(&state), ("watch", 11));
 }
 
@@ -642,8 +645,8 @@ async fn a_resync_request_relists_and_is_answered_when_the_view_is_current() {
 /// Several ranges (a connector's interest): `(name, from of every range)` of a state.
 fn resume_points(state: &State<Feed>) -> (&'static str, Vec<i64>) {
     match state {
-        State::List { pinned, .. } => (state.name(), vec![*pinned]),
-        State::Open { from } | State::Watch { from, .. } => (state.name(), from.clone()),
+        State::List(Listing { pinned, .. }) => (state.name(), vec![*pinned]),
+        State::Open { from } | State::Watch(Watching { from, .. }) => (state.name(), from.clone()),
         State::Backoff { then, .. } => (state.name(), resume_points(then).1),
     }
 }

@@ -6,7 +6,7 @@
 //! along, and an eviction deletes every report about the registration it ends. A reporter
 //! that lives on would otherwise keep its report about a peer that left some other way (its
 //! lease expired with fewer than K reports, it deregistered) until its own lease ends: the
-//! connector asks [`Reporter::take_gone`] which of its reports name a registration its view no
+//! sweep asks [`Reporter::take_gone`] which of its reports name a registration its view no
 //! longer holds, and withdraws each with a guarded delete (our lease, the report's create
 //! revision).
 //!
@@ -17,7 +17,7 @@
 //! again. So after reporting one registration of an id, a reporter does not report a *newer*
 //! registration of that id until [`crate::timing::report_hold`] has passed since its last
 //! report: one eviction window, doubling with each consecutive re-report, at most 16 windows.
-//! Held, the connector answers as with eviction off (the id falls back to its lease TTL).
+//! Held, a connection failure is answered as with eviction off (the id falls back to its lease TTL).
 //! Re-reports of the *same* registration are never held: they only refresh the report's time.
 
 use std::collections::BTreeMap;
