@@ -79,10 +79,11 @@ async fn a_joining_game_is_announced_after_its_listener_is_up() {
     );
     let retried = lines_with(&lobby, &format!("Connecting to server {} on", game2.id));
     assert_eq!(retried.len(), 1, "one dial, and it connected: {retried:?}");
-    // The id was reserved first and announced after the probe (readiness "probe").
+    // The id was reserved first (the register answer's state; the stream may already start
+    // with `registered` when the probe succeeded before it attached) and announced later.
     let reserved = game2
         .log()
-        .find(0, &format!("Registry: id {} reserved", game2.id));
+        .find(0, &format!("gave id {} (reserved", game2.id));
     let announced = game2
         .log()
         .find(0, &format!("Registry: id {} announced", game2.id));
@@ -194,6 +195,14 @@ async fn a_stalled_game_leaves_and_comes_back_with_its_id() {
         .wait(leave.index + 1, &Server::join_line(game.id, "game"), EXPIRY)
         .await;
     let linked = lobby.linked_to(game.id, leave.index + 1).await;
+    // The path it took: the lease lapsed while the health check failed, and the agent put the
+    // same id back once it answered again (the plugin would stop the server on another id).
+    game.log()
+        .wait(0, &format!("the lease of id {} was lost", game.id), EVENT)
+        .await;
+    game.log()
+        .wait(0, &format!("id {} registered again", game.id), EVENT)
+        .await;
     assert!(game.proc.running(), "the game survived the stall");
     let (status, body) = http(&health, &health, "GET", "/health", None).await;
     assert_eq!(

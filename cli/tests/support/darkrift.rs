@@ -445,10 +445,16 @@ impl Bed {
             .expect("read the revision")
             .header()
             .map_or(1, etcd_client::ResponseHeader::revision);
+        // DARKRIFT_TESTS_KEEP=1 keeps every process's log (`<name>.log`) after the test.
+        let keep = std::env::var_os("DARKRIFT_TESTS_KEEP").is_some();
         let dir = tempfile::Builder::new()
             .prefix(&format!("darkrift-{name}-"))
+            .disable_cleanup(keep)
             .tempdir()
             .expect("temporary directory");
+        if keep {
+            eprintln!("darkrift: {name}: logs kept in {}", dir.path().display());
+        }
         Bed {
             etcd,
             prefix: format!("/dr-{name}"),
