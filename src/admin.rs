@@ -6,12 +6,21 @@
 //! server key: one read instead of a scan of every group.
 //!
 //! # Eviction
-//! [`Admin::evict`] deletes exactly the registration it was given, never a newer holder of
+//! [`Admin::evict`] removes exactly the registration it was given, never a newer holder of
 //! the same id: one transaction compares the server key's create revision and the slot's
-//! lease with what was read, and deletes both only if they match. It then revokes that lease.
+//! lease with what was read, and only if they match is that lease revoked, which deletes key
+//! and slot in one revision. Revoking is the deletion, not a step after it: a key deleted
+//! while its lease still lived would be restored by a running holder on that lease before the
+//! revoke deleted it again, and its peers would see two leaves and two joins for one evict.
 //! A holder that is still running sees its key gone and follows its `on_key_removed` policy
 //! ([`crate::config::KeyRemovedPolicy`]): `restore` (the default) finds its lease revoked and
-//! re-registers, with the same id unless it was taken meanwhile; `stop` stops it.
+//! re-registers, with the same id unless it was taken meanwhile (peers see one leave and one
+//! join); `stop` stops it.
+//!
+//! Between the check and the revoke the lease can only be the holder's own: a newer holder of
+//! the id has a lease of its own, which the revoke does not touch. Only that same holder
+//! re-creating its key on the same lease in between (it restores after someone else deleted
+//! it) is removed although its create revision is newer: it is the same process and lease.
 
 use std::time::Duration;
 
@@ -19,7 +28,7 @@ use futures::StreamExt;
 
 use crate::client::{connect, retrying, retrying_txn};
 use crate::config::ConnectorConfig;
-use crate::error::Result;
+use crate::error::{is_lease_not_found, Result};
 use crate::guard::{self, evict::Evicted, Answer, Owner};
 use crate::keys::{KeyLayout, ParsedKey};
 use crate::membership::KeyValue;
@@ -63,7 +72,7 @@ pub struct Listing {
 /// What [`Admin::evict`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Eviction {
-    /// The registration was deleted at `revision` and its lease revoked.
+    /// The registration's lease was revoked, deleting its key and slot at `revision`.
     Evicted {
         /// Revision of the deletion.
         revision: i64,
@@ -188,12 +197,14 @@ impl Admin {
         })
     }
 
-    /// Deletes exactly `entry`'s registration (guarded by its create revision and its slot's
-    /// lease, in one transaction), then revokes its lease. See the module docs for what a
-    /// still-running holder does next.
+    /// Removes exactly `entry`'s registration: checks that its key is still at its create
+    /// revision and its slot on its lease (one transaction), then revokes that lease, which
+    /// deletes key and slot in one revision. See the module docs for why the revoke is the
+    /// deletion and what a still-running holder does next.
     ///
     /// # Errors
-    /// An etcd failure. A lease already gone is not an error.
+    /// An etcd failure. A lease gone before the revoke is [`Eviction::Changed`] (it expired:
+    /// nothing was deleted by us).
     pub async fn evict(&self, entry: &Entry) -> Result<Eviction> {
         let owner = Owner::new(
             &self.layout,
@@ -202,13 +213,29 @@ impl Admin {
             entry.create_revision,
             entry.lease,
         );
-        let txn = guard::evict::build(&owner, None);
+        let txn = guard::evict::check(&owner);
         let resp = retrying_txn(&self.client, "evict", self.request_timeout, &txn).await?;
-        let Evicted::Done { revision } = guard::evict::read(&Answer::from(&resp)) else {
+        if guard::evict::read(&Answer::from(&resp)) == Evicted::Changed {
             return Ok(Eviction::Changed);
-        };
-        crate::client::revoke_lease(&self.client, entry.lease, self.request_timeout).await?;
-        Ok(Eviction::Evicted { revision })
+        }
+        let lease = entry.lease;
+        let revoke = retrying(
+            &self.client,
+            "lease revoke",
+            self.request_timeout,
+            |client| async move { client.lease_client().revoke(lease).await },
+        );
+        match revoke.await {
+            Ok(resp) => Ok(Eviction::Evicted {
+                revision: resp
+                    .header()
+                    .map_or(0, etcd_client::ResponseHeader::revision),
+            }),
+            Err(crate::Error::Etcd { source, .. }) if is_lease_not_found(&source) => {
+                Ok(Eviction::Changed)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// One key (or its absence) and the revision of the read.

@@ -14,6 +14,7 @@
 //! are an addition here, not a rewrite.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -130,6 +131,7 @@ impl Connector {
             config,
             layout,
             view: task.view,
+            commands: task.commands.clone(),
             cursor: crate::alloc::CursorHint::default(),
             spread_seed: rand::random(),
             requests: AtomicU64::new(0),
@@ -341,6 +343,53 @@ impl Connector {
         port: u16,
         properties: BTreeMap<String, String>,
     ) -> Result<u16> {
+        let never = CancellationToken::new();
+        self.register_server_or_stop(group, host, port, properties, &never)
+            .await
+    }
+
+    /// [`Connector::register_server`], given up when `stop` resolves first (a host's SIGTERM
+    /// during start-up): `Ok(None)` then, and nothing of it is left in etcd. Stopped before its
+    /// lease was granted, it wrote nothing; after, the lease is revoked (bounded by the
+    /// request timeout), which deletes whatever the allocation may have written on it and
+    /// nothing else. A registration that completed before `stop` was noticed is returned as
+    /// usual (`Ok(Some(id))`): deregister it.
+    ///
+    /// # Errors
+    /// As [`Connector::register_server`].
+    pub async fn register_server_until(
+        &self,
+        group: &str,
+        host: &str,
+        port: u16,
+        properties: BTreeMap<String, String>,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Option<u16>> {
+        let token = CancellationToken::new();
+        let register = self.register_server_or_stop(group, host, port, properties, &token);
+        tokio::pin!(register, stop);
+        let result = tokio::select! {
+            result = &mut register => result,
+            () = &mut stop => {
+                token.cancel();
+                register.await
+            }
+        };
+        match result {
+            Ok(id) => Ok(Some(id)),
+            Err(Error::Shutdown) if token.is_cancelled() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn register_server_or_stop(
+        &self,
+        group: &str,
+        host: &str,
+        port: u16,
+        properties: BTreeMap<String, String>,
+        stop: &CancellationToken,
+    ) -> Result<u16> {
         let registration = Registration::new(group, host, port, properties)?;
         let watched = &self.shared.config.watch_groups;
         if !watched.is_empty() && !watched.iter().any(|g| g == group) {
@@ -356,15 +405,18 @@ impl Connector {
             });
         }
         let cfg = &self.shared.config;
-        self.wait_synced(cfg.connect_timeout.max(cfg.request_timeout))
-            .await?;
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return Err(Error::Shutdown),
+            synced = self.wait_synced(cfg.connect_timeout.max(cfg.request_timeout)) => synced?,
+        }
         let terms = Terms {
             lease_ttl: cfg.lease_ttl,
             announce: true,
             spread_seed: self.shared.spread_seed,
         };
-        let (handle, id) =
-            Handle::start(&self.shared, registration, self.health_probe()?, terms).await?;
+        let probe = self.health_probe()?;
+        let (handle, id) = Handle::start(&self.shared, registration, probe, terms, stop).await?;
         let status = handle.status().clone();
         *self
             .status
@@ -416,7 +468,8 @@ impl Connector {
                 Handle::resume(shared, registration, id, probe, terms).await?;
             (handle, adopted || terms.announce, adopted)
         } else {
-            let (handle, _) = Handle::start(shared, registration, probe, terms).await?;
+            let never = CancellationToken::new();
+            let (handle, _) = Handle::start(shared, registration, probe, terms, &never).await?;
             (handle, terms.announce, false)
         };
         let registered = RegistrationHandle::new(shared.clone(), handle, announced, adopted);

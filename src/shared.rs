@@ -14,6 +14,7 @@ use crate::config::ConnectorConfig;
 use crate::keys::KeyLayout;
 use crate::pool::Pool;
 use crate::view::ViewReader;
+use crate::watcher::Command;
 
 /// The registry core shared by a connector and its registrations.
 pub(crate) struct Shared {
@@ -25,6 +26,9 @@ pub(crate) struct Shared {
     pub(crate) layout: KeyLayout,
     /// The watcher's view (read only) and the entry of lifecycle events into its sequence.
     pub(crate) view: ViewReader,
+    /// Requests to the watcher (a resync, so the view holds at least what etcd held when it
+    /// was asked).
+    pub(crate) commands: tokio::sync::mpsc::Sender<Command>,
     /// Where allocations start (see [`CursorHint`]); every allocation of the process learns
     /// from and feeds the same hint.
     pub(crate) cursor: CursorHint,

@@ -522,3 +522,68 @@ async fn stored_record_layout() {
         "lease grant + one transaction"
     );
 }
+
+/// `register_server_until` stopped after its allocation reached etcd but before the answer
+/// came back (a slow path to etcd; the stop is the slot's put seen by a direct watch): the
+/// half-made registration's lease is revoked, so its key and slot are gone at once, not one
+/// TTL later, and the call answers `Ok(None)`.
+#[tokio::test]
+async fn a_registration_stopped_midway_leaves_nothing_behind() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let proxy = darkrift_etcd_testing::FaultProxy::start(&etcd.endpoint(0))
+        .await
+        .expect("proxy");
+    let cfg = ConnectorConfig::new(vec![proxy.endpoint()])
+        .with_prefix(&prefix)
+        .with_lease_ttl(Duration::from_secs(60))
+        .with_connect_timeout(Duration::from_secs(5));
+    let (c, _events) = synced(cfg).await;
+    let mut raw = etcd.client().await.expect("raw");
+    let slots = darkrift_etcd::keys::KeyLayout::new(&prefix)
+        .expect("layout")
+        .slots_prefix();
+    let mut slot_changes = raw
+        .watch(
+            slots.clone(),
+            Some(etcd_client::WatchOptions::new().with_prefix()),
+        )
+        .await
+        .expect("watch");
+    proxy.slow(Duration::from_millis(400));
+    let allocated = async {
+        loop {
+            let resp = slot_changes.message().await.expect("watch").expect("open");
+            if resp
+                .events()
+                .iter()
+                .any(|e| e.event_type() == etcd_client::EventType::Put)
+            {
+                return;
+            }
+        }
+    };
+    let got = tokio::time::timeout(
+        PROMPT,
+        c.register_server_until("game", "127.0.0.1", 4296, no_props(), allocated),
+    )
+    .await
+    .expect("in time")
+    .expect("no error");
+    assert_eq!(got, None, "stopped, not registered");
+    assert!(truth(&etcd, &prefix).await.is_empty(), "no server key left");
+    let left = raw
+        .get(
+            slots,
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .expect("count")
+        .count();
+    assert_eq!(left, 0, "no slot left");
+    // Nothing is left half-made: the connector can register afterwards.
+    proxy.restore();
+    c.register_server("game", "127.0.0.1", 4296, no_props())
+        .await
+        .expect("registers");
+}

@@ -9,6 +9,7 @@ use darkrift_etcd::admin::Admin;
 use darkrift_etcd::config::layers::Layered;
 use darkrift_etcd::{Connector, Event, EventStream, Registration};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::fail::{Exit, Failure};
 use crate::log::{Repeats, SUMMARY_EVERY, TARGET};
@@ -34,21 +35,15 @@ async fn follow(
     lines: &mut EventLines,
     repeats: &Repeats,
     synced: &AtomicBool,
+    stop: &CancellationToken,
 ) -> Ended {
-    let stop = darkrift_etcd::signal::shutdown_signal();
-    tokio::pin!(stop);
     let closed = out::closed();
     tokio::pin!(closed);
     let mut summary =
         tokio::time::interval_at(tokio::time::Instant::now() + SUMMARY_EVERY, SUMMARY_EVERY);
     loop {
         let event = tokio::select! {
-            signal = &mut stop => {
-                if let Err(e) = signal {
-                    tracing::warn!(target: TARGET, error = %e, "signal handling failed; stopping");
-                }
-                return Ended::Signal;
-            }
+            () = stop.cancelled() => return Ended::Signal,
             () = &mut closed => return Ended::Closed,
             _ = summary.tick() => {
                 repeats.summarize();
@@ -95,6 +90,24 @@ async fn follow(
             return Ended::Stopped { id, reason };
         }
     }
+}
+
+/// SIGINT or SIGTERM, from now on: the handlers are installed before this returns, so a signal
+/// during start-up (connecting, registering) is heard, not fatal. Cancelled when one arrives.
+fn shutdown() -> Result<CancellationToken, Failure> {
+    let signal = darkrift_etcd::signal::install_shutdown_signal().map_err(|e| {
+        Failure::new(
+            Exit::Other,
+            format!("installing the SIGINT/SIGTERM handlers failed: {e}"),
+        )
+    })?;
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        signal.await;
+        cancel.cancel();
+    });
+    Ok(token)
 }
 
 /// A monitoring endpoint that cannot start: a bad address is a usage error (exit 2).
@@ -158,7 +171,14 @@ pub(crate) async fn register(
     let properties = server.properties.clone();
     // Bad input never reaches etcd: the record and the settings are checked first.
     Registration::new(group, host, port, properties.clone()).map_err(darkrift_etcd::Error::from)?;
-    let (connector, mut events, listener) = connect(layered, metrics_addr).await?;
+    // A signal before the registration is complete ends the command with exit 0 and nothing
+    // left in etcd (docs/cli.md).
+    let stop = shutdown()?;
+    let connected = tokio::select! {
+        () = stop.cancelled() => return Ok(()),
+        connected = connect(layered, metrics_addr) => connected,
+    };
+    let (connector, mut events, listener) = connected?;
     let synced = Arc::new(AtomicBool::new(false));
     if let Some(listener) = listener {
         let c = connector.clone();
@@ -167,12 +187,21 @@ pub(crate) async fn register(
             Arc::new(move || c.is_registered() && !c.is_stale()),
         );
     }
-    let id = connector
-        .register_server(group, host, port, properties.clone())
+    let registered = connector
+        .register_server_until(group, host, port, properties.clone(), stop.cancelled())
         .await?;
+    let Some(id) = registered else {
+        // Stopped while registering: whatever was written is gone with its lease.
+        return Ok(());
+    };
     // The create revision of our key: etcd's revision of the registration.
     let read_back = async { Admin::from_connector(&connector)?.get(id).await };
-    let revision = match read_back.await {
+    // A signal meanwhile is heard by `follow` at once; the read-back is not waited for.
+    let read_back = tokio::select! {
+        () = stop.cancelled() => Ok((0, None)),
+        read = read_back => read,
+    };
+    let revision = match read_back {
         Ok((_, Some(entry))) => Some(entry.create_revision),
         Ok((_, None)) => None,
         Err(e) => {
@@ -188,7 +217,14 @@ pub(crate) async fn register(
     let ended = if registered.is_err() {
         Ended::Closed
     } else {
-        follow(&mut events, &mut EventLines::new(None), repeats, &synced).await
+        follow(
+            &mut events,
+            &mut EventLines::new(None),
+            repeats,
+            &synced,
+            &stop,
+        )
+        .await
     };
     if let Ended::Stopped { id, reason } = ended {
         return Err(Failure::new(
@@ -212,7 +248,12 @@ pub(crate) async fn watch(
     if let Some(g) = group {
         darkrift_etcd::record::validate_group(g).map_err(darkrift_etcd::Error::from)?;
     }
-    let (connector, mut events, listener) = connect(layered, metrics_addr).await?;
+    let stop = shutdown()?;
+    let connected = tokio::select! {
+        () = stop.cancelled() => return Ok(()),
+        connected = connect(layered, metrics_addr) => connected,
+    };
+    let (connector, mut events, listener) = connected?;
     let synced = Arc::new(AtomicBool::new(false));
     if let Some(listener) = listener {
         let (c, s) = (connector.clone(), synced.clone());
@@ -224,6 +265,6 @@ pub(crate) async fn watch(
     let mut lines = EventLines::new(group.map(str::to_owned));
     // Whatever ended it (a signal, a closed stdout, the stream), watching has nothing to
     // undo: the connector's tasks stop when it is dropped.
-    follow(&mut events, &mut lines, repeats, &synced).await;
+    follow(&mut events, &mut lines, repeats, &synced, &stop).await;
     Ok(())
 }

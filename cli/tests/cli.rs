@@ -731,3 +731,190 @@ async fn killed_cli_process_leaves_within_ttl() {
         killed_at.elapsed()
     );
 }
+
+/// `evict N --yes` of a live holder (default `on_key_removed = restore`): each evict costs its
+/// peers exactly one leave and one join, three times over. (Deleting the keys and revoking the
+/// lease after gave two of each: the holder restored its key on the still-live lease in
+/// between.)
+#[tokio::test]
+async fn an_evict_of_a_live_holder_costs_its_peers_one_leave_and_one_join() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let (_peer, mut peer_events) = synced(config(&etcd, &prefix)).await;
+    let holder = darkrift_etcd::Connector::connect(config(&etcd, &prefix))
+        .await
+        .expect("connects");
+    let mut holder_events = holder.events().expect("events");
+    let id = holder
+        .register_server("game", "127.0.0.1", 4296, no_props())
+        .await
+        .expect("registers");
+    assert!(matches!(
+        next(&mut peer_events, PROMPT).await,
+        Event::Join { ref server, .. } if server.id == id
+    ));
+    for round in 1..=3 {
+        let out = run(cli(&etcd, &prefix), &["evict", &id.to_string(), "--yes"]).await;
+        assert_eq!(code(&out), 0, "round {round}: {}", stderr(&out));
+        // The holder is back; its new key's create revision is the revision of its join.
+        let back = collect_until(&mut holder_events, PROMPT, |e| {
+            matches!(e.last(), Some(Event::Reregistered { .. }))
+        })
+        .await;
+        let Some(Event::Reregistered {
+            id: back_id,
+            create_revision,
+            ..
+        }) = back.last().cloned()
+        else {
+            unreachable!()
+        };
+        assert_eq!(back_id, id, "round {round}: same id");
+        let seen = collect_until(&mut peer_events, PROMPT, |e| {
+            matches!(e.last(), Some(Event::Join { revision, .. }) if *revision == create_revision)
+        })
+        .await;
+        assert!(
+            matches!(
+                seen.as_slice(),
+                [Event::Leave { id: left, .. }, Event::Join { server, .. }]
+                    if *left == id && server.id == id
+            ),
+            "round {round}: one leave and one join, got {seen:#?}"
+        );
+    }
+}
+
+/// The id space full, one holder's slot deleted by hand (the holders' long TTL keeps it
+/// deleted): a third `register` is told the space is exhausted (exit 5), not contention
+/// (exit 1) after attempts it never made, and writes nothing.
+#[tokio::test]
+async fn a_full_id_space_with_a_slot_deleted_is_exhausted() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let cfg = config(&etcd, &prefix)
+        .with_id_space(2)
+        .with_lease_ttl(Duration::from_secs(60));
+    let (_a, id_a) = registered(cfg.clone(), "game", 5000).await;
+    let (_b, id_b) = registered(cfg.clone(), "game", 5001).await;
+    let mut raw = etcd.client().await.expect("raw");
+    let slot = darkrift_etcd::keys::KeyLayout::new(&prefix)
+        .expect("layout")
+        .slot_key(id_a);
+    assert_eq!(raw.delete(slot, None).await.expect("del").deleted(), 1);
+
+    let out = run(
+        cli(&etcd, &prefix),
+        &[
+            "register",
+            "--group",
+            "game",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "5002",
+            "--id-space",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no free server id"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(out.stdout.is_empty(), "nothing registered");
+    assert_eq!(
+        truth(&etcd, &prefix).await,
+        [id_a, id_b].into_iter().collect()
+    );
+}
+
+/// SIGTERM to a registered `register` while etcd is unreachable (a stalled path): the whole
+/// shutdown (deregistration transaction and lease revoke) is bounded by one request timeout,
+/// not one each.
+#[tokio::test]
+async fn sigterm_with_etcd_stalled_exits_within_one_request_timeout() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let proxy = darkrift_etcd_testing::FaultProxy::start(&etcd.endpoint(0))
+        .await
+        .expect("proxy");
+    let request_timeout = Duration::from_secs(2);
+    let mut cmd = cli(&etcd, &prefix);
+    cmd.env("DARKRIFT_ETCD_ENDPOINTS", proxy.endpoint());
+    let (mut child, mut lines) = spawn(
+        cmd,
+        &[
+            "register",
+            "--group",
+            "game",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "4296",
+            "--ttl",
+            "30",
+            "--request-timeout",
+            "2s",
+        ],
+    );
+    assert_eq!(line(&mut lines).await["event"], "registered");
+    proxy.stall();
+    sigterm(&child);
+    let sent = tokio::time::Instant::now();
+    let status = tokio::time::timeout(PROMPT, child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    let took = sent.elapsed();
+    println!("SIGTERM → exit with etcd stalled: {took:?}");
+    // The functional bound: the deregistration and the revoke share one request timeout (plus
+    // the revoke's 100 ms floor); before, each had its own, 2 × request timeout in all.
+    assert!(took < 2 * request_timeout, "exit after {took:?}");
+    // A deregistration that could not reach etcd is an error: exit 3 (a request timed out).
+    assert_eq!(status.code(), Some(3), "{status:?}");
+}
+
+/// SIGTERM while `register` is still starting (etcd stalled: connecting never completes):
+/// exit 0 at once, as docs/cli.md says, with nothing written, instead of death by the signal.
+#[tokio::test]
+async fn sigterm_before_registration_completes_exits_0_with_nothing_written() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let proxy = darkrift_etcd_testing::FaultProxy::start(&etcd.endpoint(0))
+        .await
+        .expect("proxy");
+    proxy.stall();
+    let mut cmd = cli(&etcd, &prefix);
+    cmd.env("DARKRIFT_ETCD_ENDPOINTS", proxy.endpoint());
+    let (mut child, mut lines) = spawn(
+        cmd,
+        &[
+            "register",
+            "--group",
+            "game",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "4296",
+            "--connect-timeout",
+            "30s",
+        ],
+    );
+    // Dialling etcd means the CLI is past installing its signal handlers.
+    proxy.connection_opened().await;
+    sigterm(&child);
+    let status = tokio::time::timeout(PROMPT, child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        lines.next_line().await.expect("read").is_none(),
+        "nothing printed"
+    );
+    proxy.restore();
+    assert!(truth(&etcd, &prefix).await.is_empty(), "nothing written");
+}

@@ -6,6 +6,12 @@
 //! if server at its create revision and slot on its lease
 //! then delete server, delete slot [, delete reports/<id>/<create revision>/…]
 //! ```
+//!
+//! An operator's eviction ([`crate::admin::Admin::evict`]) removes the registration *with its
+//! lease* instead: the same guard without a branch ([`check`]), then a revoke of the lease it
+//! names, which deletes key and slot in one revision. Deleting first and revoking after would
+//! let a live holder restore its key on the still-live lease in between, so its peers would
+//! see a leave and a join for the restore, then again for the revoke and the re-registration.
 
 use etcd_client::{DeleteOptions, Txn, TxnOp};
 
@@ -22,6 +28,12 @@ pub(crate) fn build(peer: &Owner, reports: Option<&str>) -> Txn {
         ));
     }
     Txn::new().when(peer.guard()).and_then(ops)
+}
+
+/// The owner guard alone, nothing written: does `peer` still hold its id on its lease? Sent
+/// before an operator's eviction revokes that lease (read with [`read`]).
+pub(crate) fn check(peer: &Owner) -> Txn {
+    Txn::new().when(peer.guard())
 }
 
 /// What the eviction's answer means.
@@ -72,6 +84,11 @@ mod tests {
             lines[4..],
             ["then delete /darkrift.alloc/reports/00007/42/../darkrift.alloc/reports/00007/420"]
         );
+    }
+
+    #[test]
+    fn an_operator_eviction_checks_the_guard_and_writes_nothing() {
+        assert_eq!(describe(&check(&owner())), GUARDED_DELETE[..2]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::metrics as m;
 use crate::record::Registration;
 use crate::shared::Shared;
+use crate::watcher::Command;
 
 /// Claims an id: one transaction per attempt, bounded (see [`crate::alloc`]).
 pub(crate) async fn allocate(
@@ -20,7 +21,11 @@ pub(crate) async fn allocate(
 ) -> Result<Claim> {
     let params = shared.config.alloc_params();
     let mut learned = IdSet::default();
-    for attempt in 0..shared.config.max_alloc_attempts {
+    // The view was resynchronised after it looked full (see [`when_full`]).
+    let mut resynced = false;
+    // Transactions sent: only a lost transaction is a conflicting attempt.
+    let mut attempt = 0;
+    while attempt < shared.config.max_alloc_attempts {
         let hint = shared.view.read(|view| {
             let mut taken = learned.clone();
             for id in view.members.ids() {
@@ -40,8 +45,25 @@ pub(crate) async fn allocate(
                 learned = IdSet::default();
                 continue;
             }
-            return Err(exhausted_or_contention(shared, attempt).await);
+            let slots = if resynced {
+                None
+            } else {
+                Some(count_slots(shared).await?)
+            };
+            match when_full(slots, shared.config.id_space) {
+                WhenFull::Exhausted => {
+                    return Err(Error::IdSpaceExhausted {
+                        id_space: shared.config.id_space,
+                    })
+                }
+                WhenFull::Resync => {
+                    resync(shared).await?;
+                    resynced = true;
+                    continue;
+                }
+            }
         };
+        attempt += 1;
         let record = registration.encode(candidate.id, candidate.position, alloc::now_unix_ms());
         let request = AllocRequest {
             layout: &shared.layout,
@@ -140,13 +162,41 @@ async fn repair_cursor(shared: &Shared, damaged: &[u8], position: u64) {
     }
 }
 
-/// Every id looks taken: count the slots to tell a full space from a stale view.
-async fn exhausted_or_contention(shared: &Shared, attempt: u32) -> Error {
+/// What a view in which every id looks taken (and nothing learnt from conflicts) means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WhenFull {
+    /// Every id is held: [`Error::IdSpaceExhausted`].
+    Exhausted,
+    /// etcd holds fewer slots than the view has members: resynchronise the view and look
+    /// again.
+    Resync,
+}
+
+/// Decides what a full view means. `slots` is how many slot keys etcd counted after the view
+/// looked full, or `None` when the view has been resynchronised since that count (so it holds
+/// at least what etcd held then).
+///
+/// As many slots as ids: exhausted. Fewer are no proof of a free id: a slot deleted by hand
+/// whose server key still lives (its holder restores it within one TTL), or a server that left
+/// after the view was read (its leave not applied yet). Only the second frees an id, and a view
+/// brought up to etcd's revision tells them apart: still full after a resync, every id has a
+/// live claim (exhausted); otherwise the next attempt takes the freed id. Neither is a
+/// conflicting attempt: no transaction was sent.
+pub(crate) fn when_full(slots: Option<i64>, id_space: u16) -> WhenFull {
+    match slots {
+        None => WhenFull::Exhausted,
+        Some(n) if n >= i64::from(id_space) => WhenFull::Exhausted,
+        Some(_) => WhenFull::Resync,
+    }
+}
+
+/// How many slot keys etcd holds.
+async fn count_slots(shared: &Shared) -> Result<i64> {
     let options = etcd_client::GetOptions::new()
         .with_prefix()
         .with_count_only();
     let prefix = shared.layout.slots_prefix();
-    let count = retrying(
+    let resp = retrying(
         &shared.pool,
         "count slots",
         shared.config.request_timeout,
@@ -154,16 +204,30 @@ async fn exhausted_or_contention(shared: &Shared, attempt: u32) -> Error {
             let (prefix, options) = (prefix.clone(), options.clone());
             async move { client.kv_client().get(prefix, Some(options)).await }
         },
-    );
-    match count.await {
-        Ok(resp) if resp.count() >= i64::from(shared.config.id_space) => Error::IdSpaceExhausted {
-            id_space: shared.config.id_space,
-        },
-        Ok(_) => Error::AllocationContention {
-            attempts: attempt + 1,
-        },
-        Err(e) => e,
-    }
+    )
+    .await?;
+    Ok(resp.count())
+}
+
+/// Has the watcher relist, so that the view holds at least what etcd holds now; bounded by
+/// the request timeout (a watcher waiting out an outage must not hang the registration).
+async fn resync(shared: &Shared) -> Result<()> {
+    let (done, wait) = tokio::sync::oneshot::channel();
+    let bound = shared.config.request_timeout;
+    let resync = async {
+        shared
+            .commands
+            .send(Command::Resync(done))
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        wait.await.map_err(|_| Error::Shutdown)
+    };
+    tokio::time::timeout(bound, resync)
+        .await
+        .map_err(|_| Error::Timeout {
+            op: "resync of a full view",
+            timeout: bound,
+        })?
 }
 
 /// A well-mixed 64-bit hash (splitmix64), to derive each attempt's spread from the seed.
@@ -172,4 +236,29 @@ fn splitmix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn as_many_slots_as_ids_is_exhaustion() {
+        assert_eq!(when_full(Some(2), 2), WhenFull::Exhausted);
+        assert_eq!(when_full(Some(3), 2), WhenFull::Exhausted);
+        assert_eq!(when_full(Some(65_535), u16::MAX), WhenFull::Exhausted);
+    }
+
+    #[test]
+    fn fewer_slots_than_ids_first_brings_the_view_up_to_date() {
+        // A server left after the view was read, or a slot was deleted by hand.
+        assert_eq!(when_full(Some(1), 2), WhenFull::Resync);
+        assert_eq!(when_full(Some(0), 1), WhenFull::Resync);
+    }
+
+    #[test]
+    fn a_view_still_full_after_a_resync_is_exhaustion() {
+        // Every id has a live claim at a revision at least that of the count.
+        assert_eq!(when_full(None, 2), WhenFull::Exhausted);
+    }
 }

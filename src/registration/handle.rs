@@ -48,23 +48,33 @@ impl Handle {
     /// # Errors
     /// [`crate::Error::IdSpaceExhausted`], [`crate::Error::AllocationContention`], or an etcd
     /// failure; the lease granted for a failed claim is revoked (or expires).
+    ///
+    /// `stop` abandons the start: before the lease is granted, nothing was written (a lease
+    /// granted unheard expires with nothing on it); after, the lease is revoked, which deletes
+    /// whatever the allocation may have written on it and nothing else. Either way
+    /// [`crate::Error::Shutdown`].
     pub(crate) async fn start(
         shared: &Arc<Shared>,
         registration: Registration,
         probe: Option<(Arc<dyn HealthProbe>, Duration)>,
         terms: Terms,
+        stop: &CancellationToken,
     ) -> Result<(Handle, u16)> {
         let cfg = &shared.config;
         let cancel = CancellationToken::new();
         let gate = probe.map(|(probe, interval)| spawn_gate(probe, interval, cancel.child_token()));
         shared.requests.fetch_add(1, Ordering::Relaxed);
-        let granted = LeaseSession::grant_gated(
+        let grant = LeaseSession::grant_gated(
             &shared.pool,
             terms.lease_ttl,
             cfg.request_timeout,
             gate.clone(),
-        )
-        .await;
+        );
+        let granted = tokio::select! {
+            biased;
+            () = stop.cancelled() => Err(crate::Error::Shutdown),
+            granted = grant => granted,
+        };
         let lease = match granted {
             Ok(lease) => lease,
             Err(e) => {
@@ -72,10 +82,16 @@ impl Handle {
                 return Err(e);
             }
         };
-        let claim = match allocate(shared, &registration, lease.id(), terms).await {
+        let allocated = tokio::select! {
+            biased;
+            () = stop.cancelled() => Err(crate::Error::Shutdown),
+            claim = allocate(shared, &registration, lease.id(), terms) => claim,
+        };
+        let claim = match allocated {
             Ok(claim) => claim,
             Err(e) => {
                 cancel.cancel();
+                // Guarded by being our lease: only what this start wrote is deleted.
                 if let Err(revoke) = lease.revoke(&shared.pool, cfg.request_timeout).await {
                     tracing::debug!(error = %revoke, "revoking the unused lease failed; it expires");
                 }
@@ -178,8 +194,8 @@ impl Handle {
 
     /// Stops the supervisor, deletes our server and slot keys only if they are still the
     /// ones we created (guarded by their create revision: a stale handle never deletes a newer
-    /// registration of the same id), then revokes the lease, bounded by the smaller of the
-    /// request timeout and the TTL.
+    /// registration of the same id), then revokes the lease. The whole of it is bounded by
+    /// one request timeout ([`crate::timing::revoke_bound`] of what the transaction left).
     ///
     /// # Errors
     /// An etcd failure (the lease then expires by itself).
@@ -202,8 +218,11 @@ impl Handle {
         );
         let guard = guard::deregister::build(&owner);
         let cfg = &shared.config;
+        // One request timeout for the whole of it (transaction and revoke), not one each: a
+        // host stopping on SIGTERM has a grace period to fit in.
+        let deadline = tokio::time::Instant::now() + cfg.request_timeout;
         let deleted = retrying_txn(&shared.pool, "deregister", cfg.request_timeout, &guard).await;
-        let timeout = crate::timing::revoke_bound(cfg.request_timeout, lease.ttl());
+        let timeout = crate::timing::revoke_bound(left(deadline), lease.ttl());
         let revoked = lease.revoke(&shared.pool, timeout).await;
         match guard::deregister::read(&Answer::from(&deleted?)) {
             Deregistered::Deleted => tracing::info!(id = claim.id, "deregistered"),
@@ -224,6 +243,7 @@ async fn release(shared: &Shared, claim: &Claim, lease: LeaseSession) -> Result<
         lease: lease.id(),
     };
     let cfg = &shared.config;
+    let deadline = tokio::time::Instant::now() + cfg.request_timeout;
     let released = retrying_txn(
         &shared.pool,
         "release reservation",
@@ -231,9 +251,14 @@ async fn release(shared: &Shared, claim: &Claim, lease: LeaseSession) -> Result<
         &guard::reservation::release(&reservation),
     )
     .await;
-    let timeout = crate::timing::revoke_bound(cfg.request_timeout, lease.ttl());
+    let timeout = crate::timing::revoke_bound(left(deadline), lease.ttl());
     let revoked = lease.revoke(&shared.pool, timeout).await;
     released?;
     tracing::info!(id = claim.id, "reservation released");
     revoked
+}
+
+/// Time left until `deadline` (zero once past).
+fn left(deadline: tokio::time::Instant) -> Duration {
+    deadline.saturating_duration_since(tokio::time::Instant::now())
 }

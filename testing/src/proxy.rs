@@ -46,6 +46,8 @@ pub struct FaultProxy {
     mode: watch::Sender<Mode>,
     cancel: CancellationToken,
     open: Arc<AtomicUsize>,
+    /// Connections opened through the proxy so far.
+    opened: watch::Sender<u64>,
 }
 
 impl FaultProxy {
@@ -72,18 +74,20 @@ impl FaultProxy {
         let (mode, mode_rx) = watch::channel(Mode::Pass);
         let cancel = CancellationToken::new();
         let open = Arc::new(AtomicUsize::new(0));
+        let (opened, _) = watch::channel(0);
         tokio::spawn(accept_loop(
             listener,
             target,
             mode_rx,
             cancel.clone(),
-            open.clone(),
+            (open.clone(), opened.clone()),
         ));
         Ok(FaultProxy {
             addr,
             mode,
             cancel,
             open,
+            opened,
         })
     }
 
@@ -124,6 +128,14 @@ impl FaultProxy {
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
+
+    /// Resolves once a client has opened a connection through the proxy (in any mode but
+    /// `Cut`): the client is known to be dialling.
+    pub async fn connection_opened(&self) {
+        let mut opened = self.opened.subscribe();
+        // The sender lives in `self`: the wait ends only by a connection.
+        let _ = opened.wait_for(|n| *n > 0).await;
+    }
 }
 
 impl Drop for FaultProxy {
@@ -137,7 +149,7 @@ async fn accept_loop(
     target: SocketAddr,
     mode: watch::Receiver<Mode>,
     cancel: CancellationToken,
-    open: Arc<AtomicUsize>,
+    (open, opened): (Arc<AtomicUsize>, watch::Sender<u64>),
 ) {
     loop {
         let accepted = tokio::select! {
@@ -152,11 +164,13 @@ async fn accept_loop(
         let mode = mode.clone();
         let cancel = cancel.clone();
         let open = open.clone();
+        let opened = opened.clone();
         tokio::spawn(async move {
             let Ok(server) = TcpStream::connect(target).await else {
                 return;
             };
             open.fetch_add(1, Ordering::Relaxed);
+            opened.send_modify(|n| *n += 1);
             let _ = client.set_nodelay(true);
             let _ = server.set_nodelay(true);
             let (cr, cw) = client.into_split();
