@@ -6,14 +6,13 @@
 //! the command at once rather than after it registered; then [`serve`] with the host's
 //! readiness rule (registered and fresh, for a server: a Kubernetes readiness probe).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
@@ -59,61 +58,45 @@ pub async fn bind(addr: SocketAddr) -> Result<Bound, MonitorError> {
     Ok(Bound { listener, handle })
 }
 
-fn answer(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    if let Ok(v) = content_type.parse() {
-        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-    }
-    resp
+fn metrics(handle: &PrometheusHandle) -> impl IntoResponse {
+    // Histograms are folded into their buckets on upkeep; doing it per scrape keeps them
+    // current without a background task.
+    handle.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
 }
 
-fn route(
-    req: &Request<Incoming>,
-    handle: &PrometheusHandle,
-    healthy: &Healthy,
-) -> Response<Full<Bytes>> {
-    match req.uri().path() {
-        "/metrics" => {
-            // Histograms are folded into their buckets on upkeep; doing it per scrape keeps
-            // them current without a background task.
-            handle.run_upkeep();
-            answer(StatusCode::OK, "text/plain; version=0.0.4", handle.render())
-        }
-        "/healthz" if healthy() => answer(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/healthz" => answer(
+fn healthz(healthy: &Healthy) -> impl IntoResponse {
+    if healthy() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not registered, or the view is stale\n".into(),
-        ),
-        _ => answer(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+            "not registered, or the view is stale\n",
+        )
     }
+}
+
+/// The endpoint's routes: `/metrics`, `/healthz`, 404 for anything else.
+fn router(handle: PrometheusHandle, healthy: Healthy) -> Router {
+    Router::new()
+        .route("/metrics", get(move || async move { metrics(&handle) }))
+        .route("/healthz", get(move || async move { healthz(&healthy) }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
 }
 
 /// Serves `/metrics` and `/healthz` on its own task until the process ends.
+///
+/// The server is axum's (`axum::serve`, over hyper): a failed accept (out of file descriptors,
+/// say) is retried after a pause of one second, not at once, so a process at its descriptor
+/// limit waits for connections to close instead of spinning on `accept`.
 pub fn serve(bound: Bound, healthy: Healthy) {
     let Bound { listener, handle } = bound;
     tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics: accept failed");
-                    continue;
-                }
-            };
-            let (handle, healthy) = (handle.clone(), healthy.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let resp = route(&req, &handle, &healthy);
-                    async move { Ok::<_, Infallible>(resp) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "metrics: connection failed");
-                }
-            });
+        if let Err(e) = axum::serve(listener, router(handle, healthy)).await {
+            tracing::warn!(error = %e, "metrics: the endpoint stopped");
         }
     });
 }
