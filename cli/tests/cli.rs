@@ -807,3 +807,82 @@ async fn the_metrics_endpoint_out_of_descriptors_waits_instead_of_spinning() {
     child.start_kill().expect("kill");
     let _ = child.wait().await;
 }
+
+/// README's "Metrics series" table: the series names.
+fn documented_series() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("### Metrics series")
+        .nth(1)
+        .expect("a Metrics series section");
+    let names: Vec<String> = section
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next().map(str::to_owned))
+        .collect();
+    assert!(names.len() > 15, "{names:?}");
+    names
+}
+
+/// A `register` scraped right after it starts: every documented series is there (counters at
+/// 0), the keep-alive RTT is a histogram with buckets, the status gauges say registered and
+/// fresh, and `build_info` carries the version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_series_is_exported_from_the_start() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port().expect("port"))
+        .parse()
+        .expect("addr");
+    let addr_arg = addr.to_string();
+    let (mut reg, mut lines) = spawn_registrant(&etcd, &prefix, &["--metrics-addr", &addr_arg]);
+    assert_eq!(line(&mut lines).await["event"], "registered");
+    let body = scrape_until(addr, "/metrics", PROMPT, |s, b| {
+        s == 200 && b.contains("darkrift_etcd_view_fresh 1")
+    })
+    .await;
+    // `name value` or `name{labels} value`, HELP and TYPE lines aside.
+    let value = |name: &str| -> Option<f64> {
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    for name in documented_series() {
+        let series = if name == "darkrift_etcd_keepalive_rtt_seconds" {
+            format!("{name}_bucket")
+        } else {
+            name.clone()
+        };
+        assert!(value(&series).is_some(), "{series} missing:\n{body}");
+    }
+    assert!(
+        body.contains("# TYPE darkrift_etcd_keepalive_rtt_seconds histogram")
+            && body.contains("darkrift_etcd_keepalive_rtt_seconds_bucket{le=\"0.005\"}")
+            && !body.contains("quantile="),
+        "{body}"
+    );
+    for zero in [
+        "darkrift_etcd_lease_lost_total",
+        "darkrift_etcd_reregistrations_total",
+        "darkrift_etcd_key_restores_total",
+        "darkrift_etcd_alloc_conflicts_total",
+    ] {
+        assert_eq!(value(zero), Some(0.0), "{zero}:\n{body}");
+    }
+    assert_eq!(value("darkrift_etcd_registered"), Some(1.0), "{body}");
+    assert!(
+        body.contains(&format!(
+            "darkrift_etcd_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
+    assert!(value("process_resident_memory_bytes").unwrap_or(0.0) > 0.0);
+    assert!(value("process_open_fds").unwrap_or(0.0) > 0.0);
+    assert!(value("process_start_time_seconds").unwrap_or(0.0) > 1.0e9);
+    sigterm(&reg);
+    assert_eq!(exit_code(&mut reg).await, 0);
+}
