@@ -886,3 +886,57 @@ async fn every_documented_series_is_exported_from_the_start() {
     sigterm(&reg);
     assert_eq!(exit_code(&mut reg).await, 0);
 }
+
+/// What bash's completion function for `darkrift-etcd` offers for `line` (the cursor at its
+/// end), with the script of `darkrift-etcd completions bash` sourced in a bare bash.
+fn bash_completions(line: &str) -> Vec<String> {
+    let script = std::process::Command::new(CLI)
+        .args(["completions", "bash"])
+        .output()
+        .expect("completions");
+    assert!(script.status.success());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("darkrift-etcd.bash");
+    std::fs::write(&path, &script.stdout).expect("write");
+    // COMP_WORDS as bash splits the line (a trailing space: an empty word being completed);
+    // the function gets the command, the word being completed and the one before it.
+    let driver = r#"
+source "$1"
+fn=$(complete -p darkrift-etcd | sed -E 's/.* -F ([^ ]+) .*/\1/')
+COMP_LINE="$2"
+COMP_POINT=${#COMP_LINE}
+read -r -a COMP_WORDS <<< "$COMP_LINE"
+[[ "$COMP_LINE" == *" " ]] && COMP_WORDS+=("")
+COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+"$fn" darkrift-etcd "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+printf '%s\n' "${COMPREPLY[@]}"
+"#;
+    let out = std::process::Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", driver, "drive"])
+        .arg(&path)
+        .arg(line)
+        .output()
+        .expect("bash");
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Bash completes the values of a subcommand's options (it stopped after the subcommand:
+/// clap-rs/clap#6421, hyphenated binary names).
+#[test]
+fn bash_completes_after_the_subcommand() {
+    let got = bash_completions("darkrift-etcd ls -o ");
+    for want in ["table", "wide", "json"] {
+        assert!(got.iter().any(|g| g == want), "{want}: {got:?}");
+    }
+    let got = bash_completions("darkrift-etcd get 7 --output ");
+    assert!(got.iter().any(|g| g == "json"), "{got:?}");
+    let got = bash_completions("darkrift-etcd ls --gr");
+    assert_eq!(got, ["--group"]);
+    let got = bash_completions("darkrift-etcd l");
+    assert!(got.iter().any(|g| g == "ls"), "{got:?}");
+}
