@@ -940,3 +940,26 @@ fn bash_completes_after_the_subcommand() {
     let got = bash_completions("darkrift-etcd l");
     assert!(got.iter().any(|g| g == "ls"), "{got:?}");
 }
+
+/// One-shot commands against endpoints where nothing listens fail with exit 3 at once, not
+/// after the whole connect timeout (5 s by default).
+#[tokio::test]
+async fn one_shot_commands_fail_fast_when_every_endpoint_refuses() {
+    let dead = format!(
+        "http://127.0.0.1:{},http://127.0.0.1:{}",
+        free_port().expect("port"),
+        free_port().expect("port")
+    );
+    for args in [&["ls"][..], &["get", "7"], &["evict", "7", "--yes"]] {
+        let mut cmd = Command::new(CLI);
+        cmd.env("DARKRIFT_ETCD_ENDPOINTS", &dead)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let started = tokio::time::Instant::now();
+        let out = run(cmd, args).await;
+        let took = started.elapsed();
+        assert_eq!(code(&out), 3, "{args:?}: {}", stderr(&out));
+        assert!(took < Duration::from_secs(3), "{args:?} took {took:?}");
+    }
+}
