@@ -100,13 +100,15 @@ impl std::fmt::Debug for Admin {
 }
 
 impl Admin {
-    /// Validates `config` and connects (bounded by its connect timeout).
+    /// Validates `config` and connects (bounded by its connect timeout). For one-shot use:
+    /// when every endpoint refuses the connection, it fails at once rather than retrying for
+    /// the whole connect timeout.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`](crate::Error::InvalidConfig), [`Error::Unreachable`](crate::Error::Unreachable), [`Error::Tls`](crate::Error::Tls), [`Error::Auth`](crate::Error::Auth).
     pub async fn connect(config: &ConnectorConfig) -> Result<Self> {
         let layout = config.validate()?;
-        let client = connect(config, &layout.cursor_key()).await?;
+        let client = connect(config, &layout.cursor_key(), true).await?;
         Ok(Admin {
             client,
             layout,

@@ -29,7 +29,12 @@ use crate::timing::{HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT, PROBE_RET
 ///
 /// `require_leader` is set so that a member cut off from its cluster's leader refuses our
 /// watches and requests instead of serving a silently stale view.
-pub(crate) async fn connect(cfg: &ConnectorConfig, probe_key: &str) -> Result<Pool> {
+///
+/// `once` is for one-shot reads and writes (listings, the admin's get and evict): when every
+/// endpoint has refused the connection (nothing listens there), it fails at once instead of
+/// retrying until the connect timeout. A registrant (`once` false) keeps retrying, as an etcd
+/// that is restarting refuses connections for a while.
+pub(crate) async fn connect(cfg: &ConnectorConfig, probe_key: &str, once: bool) -> Result<Pool> {
     let endpoints = cfg.endpoints.join(",");
     let unreachable = |reason: String| Error::Unreachable {
         endpoints: endpoints.clone(),
@@ -80,6 +85,9 @@ pub(crate) async fn connect(cfg: &ConnectorConfig, probe_key: &str) -> Result<Po
                     match failed(Stage::Connect, e) {
                         Error::Unreachable { reason, .. } => {
                             pool.suspect(member, "connect failed");
+                            if once && pool.all_suspected() && refused(&reason) {
+                                return Err(unreachable(reason));
+                            }
                             last_reason = reason;
                             pause_if_all_suspected(&pool, deadline).await;
                             continue;
@@ -110,6 +118,9 @@ pub(crate) async fn connect(cfg: &ConnectorConfig, probe_key: &str) -> Result<Po
                     tracing::debug!(error = %e, "etcd probe failed; trying again");
                     pool.suspect(member, "probe failed");
                     last_reason = error_chain(&e);
+                    if once && pool.all_suspected() && refused(&last_reason) {
+                        return Err(unreachable(last_reason.clone()));
+                    }
                     pause_if_all_suspected(&pool, deadline).await;
                 }
                 Ok(Err(e)) => return Err(failed(Stage::Probe(probe_key), e)),
@@ -125,6 +136,11 @@ pub(crate) async fn connect(cfg: &ConnectorConfig, probe_key: &str) -> Result<Po
         Ok(Err(e)) => Err(e),
         Err(_) => Err(unreachable(last_reason)),
     }
+}
+
+/// Whether a connect failure says that nothing listens at the address.
+fn refused(reason: &str) -> bool {
+    reason.to_ascii_lowercase().contains("connection refused")
 }
 
 /// Waits [`PROBE_RETRY`] when every member has just failed (so a cluster that refuses is not

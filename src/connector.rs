@@ -102,7 +102,7 @@ impl Connector {
     /// [`Error::Unreachable`] when no endpoint answers within the connect timeout.
     pub async fn connect(config: ConnectorConfig) -> Result<Self> {
         let layout = config.validate()?;
-        let pool = connect(&config, &layout.cursor_key()).await?;
+        let pool = connect(&config, &layout.cursor_key(), false).await?;
         Ok(Self::start(pool, config, layout))
     }
 

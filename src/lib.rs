@@ -139,7 +139,7 @@ pub struct ServerList {
 /// [`Error::InvalidConfig`], [`Error::Unreachable`], or an etcd failure.
 pub async fn list_servers(config: &ConnectorConfig) -> Result<ServerList> {
     let layout = config.validate()?;
-    let client = client::connect(config, &layout.cursor_key()).await?;
+    let client = client::connect(config, &layout.cursor_key(), true).await?;
     let settings = watcher::WatcherSettings::new(layout, config);
     let (revision, view) = watcher::list_once(&client, &settings).await?;
     Ok(ServerList {

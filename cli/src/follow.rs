@@ -110,6 +110,13 @@ fn shutdown() -> Result<CancellationToken, Failure> {
     Ok(token)
 }
 
+/// The `registered` and `view_fresh` gauges, set at each scrape from the connector's state.
+fn status_gauges(registered: bool, synced: &AtomicBool, connector: &Connector) {
+    let fresh = synced.load(Ordering::Relaxed) && !connector.is_stale();
+    metrics::gauge!(darkrift_etcd::metrics::REGISTERED).set(f64::from(u8::from(registered)));
+    metrics::gauge!(darkrift_etcd::metrics::VIEW_FRESH).set(f64::from(u8::from(fresh)));
+}
+
 /// A monitoring endpoint that cannot start: a bad address is a usage error (exit 2).
 fn monitor_failure(e: &darkrift_etcd::monitor::MonitorError) -> Failure {
     match e {
@@ -181,10 +188,11 @@ pub(crate) async fn register(
     let (connector, mut events, listener) = connected?;
     let synced = Arc::new(AtomicBool::new(false));
     if let Some(listener) = listener {
-        let c = connector.clone();
-        darkrift_etcd::monitor::serve(
+        let (c, r, s) = (connector.clone(), connector.clone(), synced.clone());
+        darkrift_etcd::monitor::serve_with(
             listener,
             Arc::new(move || c.is_registered() && !c.is_stale()),
+            Arc::new(move || status_gauges(r.is_registered(), &s, &r)),
         );
     }
     let registered = connector
@@ -257,9 +265,11 @@ pub(crate) async fn watch(
     let synced = Arc::new(AtomicBool::new(false));
     if let Some(listener) = listener {
         let (c, s) = (connector.clone(), synced.clone());
-        darkrift_etcd::monitor::serve(
+        let (r, s2) = (connector.clone(), synced.clone());
+        darkrift_etcd::monitor::serve_with(
             listener,
             Arc::new(move || s.load(Ordering::Relaxed) && !c.is_stale()),
+            Arc::new(move || status_gauges(false, &s2, &r)),
         );
     }
     let mut lines = EventLines::new(group.map(str::to_owned));

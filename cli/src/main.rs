@@ -171,6 +171,15 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         .report()
 }
 
+/// `clap_complete`'s bash script, for a binary name with a hyphen, names each subcommand's case
+/// `darkrift__subcmd__etcd__subcmd__ls` while its word loop sets `darkrift__etcd__subcmd__ls`,
+/// so nothing after the subcommand completed (clap-rs/clap#6421). Renaming the cases to what
+/// the loop sets fixes it; once `clap_complete` is fixed this replaces nothing. Tested by driving
+/// bash's completion function (tests/cli.rs).
+fn bash_completion_fix(script: &str) -> String {
+    script.replace("darkrift__subcmd__etcd", "darkrift__etcd")
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let command = settings::command();
@@ -198,7 +207,11 @@ async fn run(
     if let Command::Completions { shell } = &cli.command {
         let mut script = Vec::new();
         clap_complete::generate(*shell, &mut command.clone(), "darkrift-etcd", &mut script);
-        let _ = out::text(String::from_utf8_lossy(&script).trim_end());
+        let mut script = String::from_utf8_lossy(&script).into_owned();
+        if *shell == clap_complete::Shell::Bash {
+            script = bash_completion_fix(&script);
+        }
+        let _ = out::text(script.trim_end());
         return Ok(());
     }
     let layered = settings::resolve(cli.config.clone(), command, matches)?;

@@ -918,3 +918,235 @@ async fn sigterm_before_registration_completes_exits_0_with_nothing_written() {
     proxy.restore();
     assert!(truth(&etcd, &prefix).await.is_empty(), "nothing written");
 }
+
+/// utime + stime of a process, in clock ticks (/proc/PID/stat fields 14 and 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// Operators found the endpoint spinning a core when `accept` failed for lack of file
+/// descriptors. Under `ulimit -n 48` with 80 connections held, the process now stays nearly
+/// idle, and serves `/metrics` again once the connections are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_out_of_descriptors_waits_instead_of_spinning() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port().expect("port"))
+        .parse()
+        .expect("addr");
+    let addr_arg = addr.to_string();
+    // `exec`: the pid is the CLI's own, under the lowered limit.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 48 && exec \"$0\" \"$@\"")
+        .arg(CLI)
+        .args(["watch", "--metrics-addr", &addr_arg])
+        .env("DARKRIFT_ETCD_ENDPOINTS", etcd.endpoints().join(","))
+        .env("DARKRIFT_ETCD_PREFIX", &prefix)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn");
+    let pid = child.id().expect("pid");
+    scrape_until(addr, "/metrics", PROMPT, |s, _| s == 200).await;
+
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        held.push(
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("the kernel completes the handshake"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .count();
+    assert!(
+        fds >= 44,
+        "the process is at its descriptor limit: {fds} open"
+    );
+    let window = Duration::from_secs(2);
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(window).await;
+    let used = cpu_ticks(pid) - before;
+    // Clock ticks are 1/100 s on Linux (`getconf CLK_TCK`); a spinning accept loop used a
+    // whole core (200 ticks here). The bound is functional, not a performance figure.
+    let share = f64::from(u32::try_from(used).expect("ticks")) / (window.as_secs_f64() * 100.0);
+    println!(
+        "CPU at the descriptor limit: {:.0} % of a core",
+        share * 100.0
+    );
+    assert!(share < 0.2, "{:.0} % of a core", share * 100.0);
+
+    drop(held);
+    scrape_until(addr, "/metrics", PROMPT, |s, b| {
+        s == 200 && b.contains("darkrift_etcd_members")
+    })
+    .await;
+    assert!(child.try_wait().expect("status").is_none(), "still running");
+    child.start_kill().expect("kill");
+    let _ = child.wait().await;
+}
+
+/// README's "Metrics series" table: the series names.
+fn documented_series() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("### Metrics series")
+        .nth(1)
+        .expect("a Metrics series section");
+    let names: Vec<String> = section
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next().map(str::to_owned))
+        .collect();
+    assert!(names.len() > 15, "{names:?}");
+    names
+}
+
+/// A `register` scraped right after it starts: every documented series is there (counters at
+/// 0), the keep-alive RTT is a histogram with buckets, the status gauges say registered and
+/// fresh, and `build_info` carries the version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_series_is_exported_from_the_start() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port().expect("port"))
+        .parse()
+        .expect("addr");
+    let addr_arg = addr.to_string();
+    let (mut reg, mut lines) = spawn_registrant(&etcd, &prefix, &["--metrics-addr", &addr_arg]);
+    assert_eq!(line(&mut lines).await["event"], "registered");
+    let body = scrape_until(addr, "/metrics", PROMPT, |s, b| {
+        s == 200 && b.contains("darkrift_etcd_view_fresh 1")
+    })
+    .await;
+    // `name value` or `name{labels} value`, HELP and TYPE lines aside.
+    let value = |name: &str| -> Option<f64> {
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    for name in documented_series() {
+        let series = if name == "darkrift_etcd_keepalive_rtt_seconds" {
+            format!("{name}_bucket")
+        } else {
+            name.clone()
+        };
+        assert!(value(&series).is_some(), "{series} missing:\n{body}");
+    }
+    assert!(
+        body.contains("# TYPE darkrift_etcd_keepalive_rtt_seconds histogram")
+            && body.contains("darkrift_etcd_keepalive_rtt_seconds_bucket{le=\"0.005\"}")
+            && !body.contains("quantile="),
+        "{body}"
+    );
+    for zero in [
+        "darkrift_etcd_lease_lost_total",
+        "darkrift_etcd_reregistrations_total",
+        "darkrift_etcd_key_restores_total",
+        "darkrift_etcd_alloc_conflicts_total",
+    ] {
+        assert_eq!(value(zero), Some(0.0), "{zero}:\n{body}");
+    }
+    assert_eq!(value("darkrift_etcd_registered"), Some(1.0), "{body}");
+    assert!(
+        body.contains(&format!(
+            "darkrift_etcd_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
+    assert!(value("process_resident_memory_bytes").unwrap_or(0.0) > 0.0);
+    assert!(value("process_open_fds").unwrap_or(0.0) > 0.0);
+    assert!(value("process_start_time_seconds").unwrap_or(0.0) > 1.0e9);
+    sigterm(&reg);
+    assert_eq!(exit_code(&mut reg).await, 0);
+}
+
+/// What bash's completion function for `darkrift-etcd` offers for `line` (the cursor at its
+/// end), with the script of `darkrift-etcd completions bash` sourced in a bare bash.
+fn bash_completions(line: &str) -> Vec<String> {
+    let script = std::process::Command::new(CLI)
+        .args(["completions", "bash"])
+        .output()
+        .expect("completions");
+    assert!(script.status.success());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("darkrift-etcd.bash");
+    std::fs::write(&path, &script.stdout).expect("write");
+    // COMP_WORDS as bash splits the line (a trailing space: an empty word being completed);
+    // the function gets the command, the word being completed and the one before it.
+    let driver = r#"
+source "$1"
+fn=$(complete -p darkrift-etcd | sed -E 's/.* -F ([^ ]+) .*/\1/')
+COMP_LINE="$2"
+COMP_POINT=${#COMP_LINE}
+read -r -a COMP_WORDS <<< "$COMP_LINE"
+[[ "$COMP_LINE" == *" " ]] && COMP_WORDS+=("")
+COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+"$fn" darkrift-etcd "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+printf '%s\n' "${COMPREPLY[@]}"
+"#;
+    let out = std::process::Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", driver, "drive"])
+        .arg(&path)
+        .arg(line)
+        .output()
+        .expect("bash");
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Bash completes the values of a subcommand's options (it stopped after the subcommand:
+/// clap-rs/clap#6421, hyphenated binary names).
+#[test]
+fn bash_completes_after_the_subcommand() {
+    let got = bash_completions("darkrift-etcd ls -o ");
+    for want in ["table", "wide", "json"] {
+        assert!(got.iter().any(|g| g == want), "{want}: {got:?}");
+    }
+    let got = bash_completions("darkrift-etcd get 7 --output ");
+    assert!(got.iter().any(|g| g == "json"), "{got:?}");
+    let got = bash_completions("darkrift-etcd ls --gr");
+    assert_eq!(got, ["--group"]);
+    let got = bash_completions("darkrift-etcd l");
+    assert!(got.iter().any(|g| g == "ls"), "{got:?}");
+}
+
+/// One-shot commands against endpoints where nothing listens fail with exit 3 at once, not
+/// after the whole connect timeout (5 s by default).
+#[tokio::test]
+async fn one_shot_commands_fail_fast_when_every_endpoint_refuses() {
+    let dead = format!(
+        "http://127.0.0.1:{},http://127.0.0.1:{}",
+        free_port().expect("port"),
+        free_port().expect("port")
+    );
+    for args in [&["ls"][..], &["get", "7"], &["evict", "7", "--yes"]] {
+        let mut cmd = Command::new(CLI);
+        cmd.env("DARKRIFT_ETCD_ENDPOINTS", &dead)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let started = tokio::time::Instant::now();
+        let out = run(cmd, args).await;
+        let took = started.elapsed();
+        assert_eq!(code(&out), 3, "{args:?}: {}", stderr(&out));
+        assert!(took < Duration::from_secs(3), "{args:?} took {took:?}");
+    }
+}
