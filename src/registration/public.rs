@@ -80,6 +80,14 @@ impl RegistrationHandle {
         self.status.status().borrow().id()
     }
 
+    /// The etcd lease the registration holds now; `None` while it holds none (its lease was
+    /// lost and it is recovering, or it stopped or was deregistered). A re-registration after
+    /// a lost lease holds a new one.
+    #[must_use]
+    pub fn lease_id(&self) -> Option<i64> {
+        Some(self.status.lease()).filter(|lease| *lease != 0)
+    }
+
     /// Where the registration stands.
     #[must_use]
     pub fn status(&self) -> watch::Receiver<RegistrationStatus> {

@@ -116,6 +116,11 @@ impl StatusRx {
         self.status.clone()
     }
 
+    /// The lease held now (0 when none: recovering, stopped or released).
+    pub(crate) fn lease(&self) -> i64 {
+        *self.lease.borrow()
+    }
+
     /// False once the registration is over for good (deregistered, dropped or stopped).
     pub(crate) fn is_live(&self) -> bool {
         self.lease.has_changed().is_ok()

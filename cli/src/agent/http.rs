@@ -80,7 +80,10 @@ async fn register(
     };
     Ok((
         StatusCode::CREATED,
-        Json(json!({"v": api::VERSION, "id": done.id, "handle": done.handle.to_string(), "state": state})),
+        Json(
+            json!({"v": api::VERSION, "id": done.id, "handle": done.handle.to_string(),
+                    "state": state, "lease": format!("{:016x}", done.lease)}),
+        ),
     )
         .into_response())
 }

@@ -82,6 +82,8 @@ pub(crate) struct Registered {
     pub(crate) id: u16,
     pub(crate) handle: Handle,
     pub(crate) reserved: bool,
+    /// The lease it holds (0 if none at this instant).
+    pub(crate) lease: i64,
 }
 
 impl Table {
@@ -156,6 +158,7 @@ impl Table {
             .map_err(|e| ApiError::from_registry(&e))?;
         let id = held.id();
         let reserved = !held.is_announced();
+        let lease = held.lease_id().unwrap_or(0);
         let tasks = CancellationToken::new();
         let (phase, _) = watch::channel(if reserved {
             Phase::Reserved
@@ -222,6 +225,7 @@ impl Table {
             id,
             handle,
             reserved,
+            lease,
         })
     }
 
