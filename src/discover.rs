@@ -306,6 +306,7 @@ mod tests {
             properties: std::collections::BTreeMap::default(),
             registered_at_unix_ms: 0,
             alloc_position: u64::from(id),
+            departing: false,
         }
     }
     fn join(id: u16, group: &str) -> Event {
@@ -319,6 +320,7 @@ mod tests {
             id,
             group: group.into(),
             revision: 2,
+            departing: false,
         }
     }
     /// Runs `events` through a discovery whose constructor fails for the group `bad`; the

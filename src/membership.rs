@@ -145,6 +145,9 @@ pub enum MemberChange {
         group: String,
         /// Revision of the change (or of the snapshot).
         revision: i64,
+        /// Its owner had marked it departing before its key went (a deregistration, not a
+        /// lost lease).
+        departing: bool,
     },
 }
 
@@ -496,6 +499,7 @@ impl Membership {
                 id: m.server.id,
                 group: m.server.group.clone(),
                 revision,
+                departing: m.server.departing,
             })
             .collect();
         out.extend(
@@ -710,6 +714,7 @@ fn remove(server: ServerInfo, revision: i64) -> MemberChange {
         id: server.id,
         group: server.group,
         revision,
+        departing: server.departing,
     }
 }
 /// Changes for the unit tests of the layers above: the view, the subscriptions' catch-up.
@@ -833,6 +838,28 @@ mod tests {
             summary(&m.apply(&[put("g", 1, 8, 8)])),
             ["leave 1 @8", "join 1 @8"]
         );
+    }
+
+    #[test]
+    fn a_departing_mark_is_silent_and_its_leave_says_so() {
+        let mut m = Membership::new(layout());
+        m.apply(&[put("g", 1, 5, 5), put("g", 2, 6, 6)]);
+        // The owner re-puts its record flagged departing: no join, no leave.
+        let mut marked = server_kv("g", 1, 5, 7);
+        marked.value = crate::record::mark_departing(&marked.value).unwrap();
+        assert!(m.apply(&[KvChange::Put(marked)]).is_empty());
+        let departed = |changes: &[MemberChange]| -> Vec<(u16, bool)> {
+            changes
+                .iter()
+                .filter_map(|c| match c {
+                    MemberChange::Remove { id, departing, .. } => Some((*id, *departing)),
+                    MemberChange::Insert { .. } => None,
+                })
+                .collect()
+        };
+        // Its deletion is a departure; a key deleted without the mark (a lease lost) is not.
+        assert_eq!(departed(&m.apply(&[del("g", 1, 8)])), [(1, true)]);
+        assert_eq!(departed(&m.apply(&[del("g", 2, 9)])), [(2, false)]);
     }
 
     #[test]

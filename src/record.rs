@@ -255,6 +255,7 @@ impl Registration {
             registered_at_unix_ms,
             alloc_position,
             owner_token_hash: self.owner_token_hash.clone(),
+            departing: false,
         }
         .encode_to_vec()
     }
@@ -277,6 +278,9 @@ pub struct ServerInfo {
     pub registered_at_unix_ms: i64,
     /// Allocation cursor position the id was taken at (0 when written by an older writer).
     pub alloc_position: u64,
+    /// Its owner marked it as going away (a deregistration follows): see `departing` in the
+    /// published `.proto`.
+    pub departing: bool,
 }
 
 /// Decodes a stored value for the key's `(group, id)`, rejecting anything that would make a
@@ -324,6 +328,7 @@ pub fn decode(group: &str, id: u16, value: &[u8]) -> Result<ServerInfo, RecordEr
         properties: rec.properties,
         registered_at_unix_ms: rec.registered_at_unix_ms,
         alloc_position: rec.alloc_position,
+        departing: rec.departing,
     })
 }
 
@@ -338,6 +343,17 @@ pub fn owner_token_hash_of(value: &[u8]) -> Option<Vec<u8>> {
     ServerRecord::decode(value)
         .ok()
         .map(|rec| rec.owner_token_hash)
+}
+
+/// The stored record `value`, marked as departing (see [`ServerInfo::departing`]); `None`
+/// when the bytes are not a record.
+pub(crate) fn mark_departing(value: &[u8]) -> Option<Vec<u8>> {
+    if value.len() > MAX_RECORD_LEN {
+        return None;
+    }
+    let mut rec = ServerRecord::decode(value).ok()?;
+    rec.departing = true;
+    Some(rec.encode_to_vec())
 }
 
 /// The allocation position a stored record carries, or `None` when the bytes are not a

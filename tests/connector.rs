@@ -176,6 +176,60 @@ async fn graceful_deregistration_removes_keys_and_lease_and_peers_see_the_leave(
     ));
 }
 
+/// A deregistration marks the record departing before it deletes it, and peers' leave says
+/// so; a lease revoked under a live holder (etcd losing it, an operator) is no departure.
+#[tokio::test]
+async fn a_deregistration_is_a_departure_a_revoked_lease_is_not() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let (_peer, mut peer_events) = synced(config(&etcd, &prefix)).await;
+    let (leaving, id) = registered(config(&etcd, &prefix), "game", 4296).await;
+    let (_lost, lost_id) = registered(config(&etcd, &prefix), "game", 4297).await;
+    let joins = collect_until(&mut peer_events, PROMPT, |e| join_ids(e).len() >= 2).await;
+    assert_eq!(join_ids(&joins).len(), 2, "{joins:?}");
+
+    leaving.deregister_server().await.expect("deregister");
+    match next(&mut peer_events, PROMPT).await {
+        Event::Leave {
+            id: left,
+            departing,
+            ..
+        } => {
+            assert_eq!(left, id);
+            assert!(departing, "a deregistration is a departure");
+        }
+        other => panic!("expected a leave, got {other:?}"),
+    }
+
+    let mut raw = etcd.client().await.expect("raw client");
+    let lease = raw
+        .get(format!("{prefix}/game/{lost_id}"), None)
+        .await
+        .expect("get")
+        .kvs()[0]
+        .lease();
+    raw.lease_revoke(lease).await.expect("revoke");
+    let got = collect_until(&mut peer_events, PROMPT, |e| {
+        e.iter()
+            .any(|e| matches!(e, Event::Leave { id, .. } if *id == lost_id))
+    })
+    .await;
+    let leave = got
+        .iter()
+        .find(|e| matches!(e, Event::Leave { id, .. } if *id == lost_id))
+        .expect("the leave of the revoked lease");
+    assert!(
+        matches!(
+            leave,
+            Event::Leave {
+                departing: false,
+                ..
+            }
+        ),
+        "a lost lease is no departure: {leave:?}"
+    );
+}
+
 /// Malformed keys and values written under the prefix by someone else are skipped and
 /// counted; watchers keep working and emit nothing for them.
 #[tokio::test]

@@ -658,6 +658,7 @@ fn expected_events(
                 id,
                 group: server.group.clone(),
                 revision,
+                departing: server.departing,
             });
         }
         if let Some((_, _, server)) = a {

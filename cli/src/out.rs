@@ -169,6 +169,7 @@ impl EventLines {
                 id,
                 group,
                 revision,
+                departing,
             } => {
                 let known = self.members.remove(id);
                 if !self.wanted(group) {
@@ -179,7 +180,8 @@ impl EventLines {
                 let (host, port) = known.map_or((String::new(), 0), |s| (s.host, s.port));
                 Some((
                     "leave",
-                    json!({"id": id, "group": group, "host": host, "port": port, "revision": revision}),
+                    json!({"id": id, "group": group, "host": host, "port": port,
+                           "revision": revision, "departing": departing}),
                 ))
             }
             Event::Synced { revision } => Some((
@@ -221,6 +223,7 @@ mod tests {
             properties: BTreeMap::new(),
             registered_at_unix_ms: 0,
             alloc_position: 0,
+            departing: false,
         }
     }
 
@@ -244,6 +247,7 @@ mod tests {
                 id: 2,
                 group: "game".into(),
                 revision: 7,
+                departing: false,
             })
             .unwrap();
         assert_eq!(

@@ -117,6 +117,7 @@ fn type_ok(v: &Value, ty: &str) -> bool {
         "integer" => v.is_i64() || v.is_u64(),
         "integer?" => v.is_null() || v.is_i64() || v.is_u64(),
         "string" => v.is_string(),
+        "boolean" => v.is_boolean(),
         "array" => v.is_array(),
         "object" => v
             .as_object()

@@ -973,14 +973,22 @@ fn darkrift_servers_reach_their_agent_as_a_native_sidecar_or_through_the_node_so
     let init = pod["initContainers"].as_sequence().expect("initContainers");
     assert_eq!(init.len(), 1);
     let agent = &init[0];
-    assert_eq!(agent["restartPolicy"].as_str(), Some("Always"), "a native sidecar");
+    assert_eq!(
+        agent["restartPolicy"].as_str(),
+        Some("Always"),
+        "a native sidecar"
+    );
     let f = agent_of(agent);
     let listen = f.get("listen").expect("--listen");
     assert!(listen.starts_with("127.0.0.1:"), "loopback only: {listen}");
     assert!(!f.contains_key("on-stop"), "a sidecar deregisters on stop");
     let darkrift = &pod["containers"][0];
     let vars = darkrift_vars(darkrift);
-    assert_eq!(vars.get("agent"), Some(listen), "the plugin dials the sidecar");
+    assert_eq!(
+        vars.get("agent"),
+        Some(listen),
+        "the plugin dials the sidecar"
+    );
     assert_eq!(vars.get("host").map(String::as_str), Some("$(POD_IP)"));
     assert_eq!(
         env(darkrift).get("POD_IP"),
@@ -1017,8 +1025,7 @@ fn darkrift_servers_reach_their_agent_as_a_native_sidecar_or_through_the_node_so
     assert_eq!(host_dir(dpod), host_dir(gpod));
     assert!(socket.starts_with(&format!("{}/", host_dir(dpod))));
     assert_eq!(
-        dpod["securityContext"]["runAsUser"],
-        gpod["securityContext"]["runAsUser"],
+        dpod["securityContext"]["runAsUser"], gpod["securityContext"]["runAsUser"],
         "the socket is 0600: one user on both sides"
     );
 }

@@ -161,6 +161,12 @@ namespace DarkRift.Etcd
             return Convert.ToString(v, CultureInfo.InvariantCulture);
         }
 
+        public static bool Bool(Dictionary<string, object> o, string key)
+        {
+            object v;
+            return o != null && o.TryGetValue(key, out v) && v is bool && (bool)v;
+        }
+
         public static long? Long(Dictionary<string, object> o, string key)
         {
             object v;

@@ -492,7 +492,7 @@ namespace DarkRift.Etcd
                     }
                 case "leave":
                     if (eid.HasValue && eid.Value >= 0 && eid.Value <= ushort.MaxValue && eid.Value != id)
-                        delivery.Leave((ushort)eid.Value);
+                        delivery.Leave((ushort)eid.Value, Jsonl.Bool(e, "departing"));
                     break;
                 case "synced":
                     delivery.Synced();

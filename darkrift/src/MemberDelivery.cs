@@ -40,6 +40,7 @@ namespace DarkRift.Etcd
             public Kind Kind;
             public Member Member;
             public ushort Id;
+            public bool Departing;
         }
 
         private sealed class PendingLeave
@@ -91,7 +92,9 @@ namespace DarkRift.Etcd
         }
 
         public void Join(Member m) { Enqueue(new Item { Kind = Kind.Join, Member = m, Id = m.Id }); }
-        public void Leave(ushort id) { Enqueue(new Item { Kind = Kind.Leave, Id = id }); }
+        /// <summary>A leave; <paramref name="departing"/>: its owner deregistered it (no lost lease
+        /// that may come back), so no grace applies.</summary>
+        public void Leave(ushort id, bool departing) { Enqueue(new Item { Kind = Kind.Leave, Id = id, Departing = departing }); }
         /// <summary>A (re)attached stream starts: the joins up to Synced are the agent's whole view.</summary>
         public void SnapshotBegin() { Enqueue(new Item { Kind = Kind.SnapshotBegin }); }
         public void Synced() { Enqueue(new Item { Kind = Kind.Synced }); }
@@ -163,7 +166,7 @@ namespace DarkRift.Etcd
                         foreach (ushort id in gone)
                         {
                             trace("Server " + id + " is not in the registry's view after the stream re-attached: it left while the stream was down.");
-                            StartLeave(id);
+                            StartLeave(id, false);
                         }
                         snapshotSeen = null;
                     }
@@ -174,7 +177,7 @@ namespace DarkRift.Etcd
                     OnJoin(item.Member);
                     break;
                 case Kind.Leave:
-                    StartLeave(item.Id);
+                    StartLeave(item.Id, item.Departing);
                     break;
             }
         }
@@ -205,12 +208,22 @@ namespace DarkRift.Etcd
             join(m);
         }
 
-        private void StartLeave(ushort id)
+        private void StartLeave(ushort id, bool departing)
         {
             Member m;
-            if (!held.TryGetValue(id, out m) || pending.ContainsKey(id))
-                return; // never delivered (or already leaving): nothing to tell DarkRift
-            if (leaveGraceMs <= 0)
+            if (!held.TryGetValue(id, out m))
+                return; // never delivered: nothing to tell DarkRift
+            if (pending.ContainsKey(id))
+            {
+                // Already held back; a departure ends the wait at once.
+                if (departing)
+                {
+                    pending.Remove(id);
+                    DeliverLeave(id);
+                }
+                return;
+            }
+            if (leaveGraceMs <= 0 || departing)
             {
                 DeliverLeave(id);
                 return;

@@ -226,6 +226,7 @@ mod tests {
             properties: std::collections::BTreeMap::default(),
             registered_at_unix_ms: 0,
             alloc_position: 0,
+            departing: false,
         }
     }
 

@@ -267,6 +267,7 @@ mod tests {
             properties: BTreeMap::new(),
             registered_at_unix_ms: 0,
             alloc_position: u64::from(id),
+            departing: false,
         }
     }
 
@@ -282,6 +283,7 @@ mod tests {
             id,
             group: group.to_owned(),
             revision: 1000 + i64::from(id),
+            departing: false,
         }
     }
 

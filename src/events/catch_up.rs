@@ -134,6 +134,9 @@ pub(crate) fn catch_up(received: &Received, view: ViewState<'_>) -> Vec<Event> {
             id,
             group: group.to_owned(),
             revision,
+            // Whether it left on purpose is not known here: the grace of the layers above
+            // applies (a held-back leave is only late, never lost).
+            departing: false,
         })
         .collect();
     let mut ids: Vec<u16> = members.ids().collect();
@@ -292,6 +295,7 @@ mod tests {
             id: 1,
             group: "game".into(),
             revision: 6,
+            departing: false,
         });
         let now = view(&[put(1, 1, 5), delete(1, 6)], 6);
         assert!(catch_up(&received, now.state()).is_empty());

@@ -117,6 +117,10 @@ pub enum Event {
         group: String,
         /// Revision of the deletion (or of the snapshot that found it gone).
         revision: i64,
+        /// Its owner marked it departing before deleting it: a deregistration, not a lost
+        /// lease or an eviction. A layer that holds leaves back for a short grace (a lost lease
+        /// whose holder is back at once, see `cluster::ClusterCore`) passes this one on at once.
+        departing: bool,
     },
     /// The initial snapshot has been delivered: the view now mirrors etcd at `revision`.
     Synced {
@@ -182,9 +186,11 @@ impl From<MemberChange> for Event {
                 id,
                 group,
                 revision,
+                departing,
             } => Event::Leave {
                 id,
                 group,
+                departing,
                 revision,
             },
         }

@@ -14,6 +14,16 @@ pub(crate) fn build(owner: &Owner) -> Txn {
     Txn::new().when(owner.guard()).and_then(owner.delete_both())
 }
 
+/// Builds the departing mark that precedes [`build`]: `departing` (our record with its
+/// `departing` flag set) put on our key, behind the same owner guard. A re-put of the same
+/// announced record, so no watcher sees a leave or a join for it; the leave that follows
+/// carries the flag.
+pub(crate) fn mark_departing(owner: &Owner, departing: Vec<u8>) -> Txn {
+    Txn::new()
+        .when(owner.guard())
+        .and_then([owner.put(&owner.key, departing)])
+}
+
 /// What the deregistration's answer means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Deregistered {
@@ -46,6 +56,18 @@ mod tests {
                 "if lease(/darkrift.alloc/slot/00007) == 9",
                 "then delete /darkrift/game/7",
                 "then delete /darkrift.alloc/slot/00007",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_departing_mark_is_a_guarded_put_of_our_key_on_our_lease() {
+        assert_eq!(
+            describe(&mark_departing(&owner(), b"rec!".to_vec())),
+            [
+                "if create(/darkrift/game/7) == 42",
+                "if lease(/darkrift.alloc/slot/00007) == 9",
+                "then put /darkrift/game/7 = \"rec!\" lease 9",
             ]
         );
     }

@@ -221,7 +221,18 @@ impl Handle {
         // One request timeout for the whole of it (transaction and revoke), not one each: a
         // host stopping on SIGTERM has a grace period to fit in.
         let deadline = tokio::time::Instant::now() + cfg.request_timeout;
-        let deleted = retrying_txn(&shared.pool, "deregister", cfg.request_timeout, &guard).await;
+        // First the departing mark (our record again, flagged): watchers then know that the
+        // leave which follows is a departure, not a lease lost and about to come back, and pass
+        // it on without a grace. Best effort within half the bound: without it the leave is
+        // only held back by that grace.
+        if let Some(departing) = crate::record::mark_departing(&claim.record) {
+            let mark = guard::deregister::mark_departing(&owner, departing);
+            let bound = cfg.request_timeout / 2;
+            if let Err(e) = retrying_txn(&shared.pool, "mark departing", bound, &mark).await {
+                tracing::debug!(id = claim.id, error = %e, "marking our record departing failed");
+            }
+        }
+        let deleted = retrying_txn(&shared.pool, "deregister", left(deadline), &guard).await;
         let timeout = crate::timing::revoke_bound(left(deadline), lease.ttl());
         let revoked = lease.revoke(&shared.pool, timeout).await;
         match guard::deregister::read(&Answer::from(&deleted?)) {
