@@ -506,7 +506,8 @@ fn etcd_members_are_health_checked_keep_their_data_on_volumes_and_nothing_is_pub
     for s in services() {
         assert!(s.ports.is_empty(), "{}: publishes {:?}", s.name, s.ports);
         if !is_etcd(&s) {
-            let want: &[&str] = if s.command[0] == "darkrift-mesh" {
+            // Servers that peers dial are on `mesh` too: the mesh servers and DarkRift's.
+            let want: &[&str] = if s.command[0] == "darkrift-mesh" || is_darkrift(&s) {
                 &["etcd", "mesh"]
             } else {
                 &["etcd"]
