@@ -12,9 +12,18 @@
 #                           copy the release binaries built on this machine (`cargo build
 #                           --release --locked -p darkrift-etcd-cli -p darkrift-etcd-mesh`,
 #                           the same command as the first stage)
+#   docker-images.sh darkrift  `darkrift-server:demo` (compose/darkrift.Dockerfile): Debian 12's
+#                           mono runtime on that base, installed from .debs that apt downloads
+#                           on the host (the image build runs with --network none), DarkRift 2.11,
+#                           the plugin and DarkRiftHost.exe built on the host by darkrift/build.sh
+#                           (needs mcs: mono-devel), and the release `darkrift-etcd` for the
+#                           plugin's child agent. Also tagged $DARKRIFT_SERVER_TAG (default
+#                           darkrift-server:demo; empty: no such tag)
 #
 # Each prints the image's tag on stdout (progress on stderr). The etcd and app tags carry a hash
-# of everything the image is made of, so an unchanged image is never rebuilt; they are labelled
+# of everything the image is made of, so an unchanged image is never rebuilt (the darkrift
+# image's mono layer is kept as its own image, darkrift-etcd-test/mono:<hash>, so a new plugin or
+# binary rebuilds only the layers above it); they are labelled
 # org.darkrift-etcd.test-image=1 (`docker-images.sh clean` removes them, and the base too when
 # this script made it).
 set -euo pipefail
@@ -117,6 +126,8 @@ build_app() {
     # Every COPY source of the stage, at the same relative path as in the build stage's /src.
     while read -r rel; do
         src="$rel"
+        # Cargo's output goes to $CARGO_TARGET_DIR where that is set.
+        case "$rel" in target/*) src="${CARGO_TARGET_DIR:-target}/${rel#target/}" ;; esac
         mkdir -p "$ctx/$(dirname "$rel")"
         cp "$src" "$ctx/$rel" || { rm -rf "$ctx"; die "missing $src (build first)"; }
     done < <(sed -nE 's#^COPY ([^ -][^ ]*) .*#\1#p' <<<"$dockerfile")
@@ -132,6 +143,88 @@ build_app() {
     echo "$tag"
 }
 
+# --- darkrift ------------------------------------------------------------------------------
+DARKRIFT_DOCKERFILE=compose/darkrift.Dockerfile
+
+# The packages between the MONO_PACKAGES markers of the Dockerfile, one per line.
+mono_packages() {
+    sed -n '/^# MONO_PACKAGES begin/,/^# MONO_PACKAGES end/{/MONO_PACKAGES/d;s/^#[[:space:]]*//p}' "$DARKRIFT_DOCKERFILE"
+}
+
+# Fills directory $1 with the .deb files of mono_packages and of every dependency the base
+# lacks: apt on the host resolves them against the base image's own dpkg status (not the
+# host's) and downloads them into a per-machine cache, keyed by that status and the list.
+mono_debs() {
+    local out=$1 tmp pkgs cache
+    tmp=$(mktemp -d /tmp/darkrift-mono.XXXXXX)
+    docker run --rm --network none "$BASE" cat /var/lib/dpkg/status >"$tmp/status" \
+        || { rm -rf "$tmp"; die "cannot read the base's dpkg status"; }
+    pkgs=$(mono_packages | tr '\n' ' ')
+    [ -n "$pkgs" ] || { rm -rf "$tmp"; die "no MONO_PACKAGES in $DARKRIFT_DOCKERFILE"; }
+    cache=${XDG_CACHE_HOME:-$HOME/.cache}/darkrift-etcd/mono-debs-$(content_hash "$tmp/status" "$pkgs")
+    exec 8>/tmp/darkrift-etcd-mono-debs.lock
+    flock 8
+    if [ ! -f "$cache/complete" ]; then
+        command -v apt-get >/dev/null || { rm -rf "$tmp"; die "apt-get is needed on the host to download mono's .debs"; }
+        rm -rf "$cache"
+        mkdir -p "$cache/partial"
+        local apt=(apt-get install --download-only -y -q --no-install-recommends
+            -o Dir::State::status="$tmp/status" -o Dir::Cache::archives="$cache"
+            -o Debug::NoLocking=1)
+        log "apt-get download of $pkgs and their dependencies missing from $BASE"
+        # shellcheck disable=SC2086
+        "${apt[@]}" $pkgs >&2 || { apt-get update -q >&2 && "${apt[@]}" $pkgs >&2; } \
+            || { rm -rf "$tmp" "$cache"; die "apt-get could not download mono's packages"; }
+        rm -rf "$cache/partial" "$cache/lock"
+        touch "$cache/complete"
+    fi
+    flock -u 8
+    rm -rf "$tmp"
+    mkdir -p "$out"
+    cp "$cache"/*.deb "$out/"
+}
+
+build_darkrift() {
+    local ctx cli base_id mono_tag tag out
+    build_base >/dev/null
+    cli="${CARGO_TARGET_DIR:-target}/release/darkrift-etcd"
+    if [ "${DARKRIFT_SKIP_CARGO_BUILD:-0}" != 1 ]; then
+        # The app image's command, so that one release build serves both images.
+        log "cargo build --release (darkrift-etcd, for the plugin's child agent)"
+        cargo build --release --locked -p darkrift-etcd-cli --bin darkrift-etcd -p darkrift-etcd-mesh --bin darkrift-mesh >&2
+    fi
+    [ -x "$cli" ] || die "missing $cli (build first)"
+    command -v mcs >/dev/null || die "mcs not found (apt-get install -y --no-install-recommends mono-devel) to build the plugin"
+    ctx=$(mktemp -d /tmp/darkrift-server-ctx.XXXXXX)
+    # shellcheck disable=SC2064
+    trap "rm -rf '$ctx' '$ctx.mono'" EXIT
+    mono_debs "$ctx/debs"
+    bash darkrift/build.sh "$ctx/darkrift" ${DARKRIFT_DIR:+"$DARKRIFT_DIR"} >&2 || die "darkrift/build.sh failed"
+    cp "$cli" "$ctx/darkrift-etcd"
+    cp "$DARKRIFT_DOCKERFILE" "$ctx/Dockerfile"
+    base_id=$(docker image inspect --format '{{.Id}}' "$BASE")
+    # The mono layer alone (the Dockerfile up to its `RUN apt-get install` instruction), kept
+    # per machine: the full build below takes it from the build cache.
+    awk '{print} /^RUN apt-get install/{run=1} run && !/\\$/{exit}' "$ctx/Dockerfile" >"$ctx.mono"
+    mono_tag="darkrift-etcd-test/mono:$(cd "$ctx" && content_hash "$(ls debs)" "$ctx.mono" "$base_id")"
+    if ! image_exists "$mono_tag"; then
+        log "building $mono_tag (mono from $(ls "$ctx/debs" | wc -l) .debs)"
+        docker build -q --network none --label "$LABEL=mono" -f "$ctx.mono" -t "$mono_tag" "$ctx" >&2 \
+            || die "mono image build failed"
+    fi
+    rm -f "$ctx.mono"
+    tag="darkrift-etcd-test/darkrift:$(cd "$ctx" && content_hash "$(find . -type f | sort)" $(find . -type f | sort) "$base_id")"
+    if ! image_exists "$tag"; then
+        log "building $tag"
+        docker build -q --network none --label "$LABEL=darkrift" -t "$tag" "$ctx" >&2 || die "darkrift image build failed"
+    fi
+    out=${DARKRIFT_SERVER_TAG-darkrift-server:demo}
+    [ -z "$out" ] || docker tag "$tag" "$out" >&2
+    rm -rf "$ctx"
+    trap - EXIT
+    echo "$tag"
+}
+
 clean() {
     local ids
     ids=$(docker images -q --filter "label=$LABEL" | sort -u)
@@ -143,6 +236,7 @@ case "${1:-}" in
     base) build_base ;;
     etcd) build_etcd ;;
     app) build_app ;;
+    darkrift) build_darkrift ;;
     clean) clean ;;
-    *) echo "usage: $0 base|etcd|app|clean" >&2; exit 2 ;;
+    *) echo "usage: $0 base|etcd|app|darkrift|clean" >&2; exit 2 ;;
 esac

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # compose/ on a real Docker engine: the users' compose file (with docker-compose.test.yml for
-# images built here without a registry, see scripts/docker-images.sh) and four scenarios, each
+# images built here without a registry, see scripts/docker-images.sh) and five scenarios, each
 # printing what it measured:
 #
 #   1. ids        README's id-allocation command (12 `register` replicas, check-ids exits 0),
@@ -16,8 +16,15 @@
 #                 TTL (no leave)
 #   4. partition  a game cut off the etcd network for longer than its TTL: peers see it leave;
 #                 reconnected, it comes back with the same id and its own view catches up
+#   5. darkrift   real DarkRift 2 servers (profile `darkrift`, image darkrift-server:demo from
+#                 compose/darkrift.Dockerfile), the plugin's child agent inside each container:
+#                 2 lobbies link to 2 games; SIGKILL of a game: every lobby logs its leave;
+#                 `docker pause` of a game (agent frozen too): the leave after the TTL, and
+#                 after `docker unpause` the same id joins and links again; the child agents of
+#                 a lobby and a game killed inside their containers: the plugin restarts them and
+#                 resumes, the same ids, no leave; `docker stop` of a game: exit 0, leave at once
 #
-#   scripts/docker-test.sh [SCENARIO...]      (default: all four, in this order)
+#   scripts/docker-test.sh [SCENARIO...]      (default: all five, in this order)
 #
 # Needs a Docker engine and docker-compose 1.29 or Compose v2. With Compose v2's plugin
 # installed, it runs every scenario; with only Debian 12's docker-compose 1.29, every scenario
@@ -28,8 +35,13 @@
 # (for machines that cannot run containers, such as scripts/fresh-machine-check.sh's
 # container).
 #
+# The darkrift scenario needs mcs (mono-devel) and DarkRift 2.11 (darkrift/build.sh) on the host
+# to build its image; without them it is skipped with a message, except with CI=true, where it
+# fails. `scripts/docker-test.sh darkrift` (with DARKRIFT_COMPOSE=docker-compose for one compose
+# tool) runs it alone.
+#
 # Everything a run creates (containers, networks, volumes of the projects darkrift-test-<pid>-N,
-# and the app image tag) is removed on exit, failure and interrupt included. The base and etcd
+# and the app and darkrift image tags) is removed on exit, failure and interrupt included. The base and etcd
 # images are a per-machine cache, tagged by content (`scripts/docker-images.sh clean` removes
 # them); DARKRIFT_DOCKER_KEEP=1 keeps the run's containers and app image for a post-mortem.
 set -euo pipefail
@@ -80,9 +92,12 @@ log "engine $(docker version --format '{{.Server.Version}}'); compose: ${TOOLS[*
 COMPOSE=()
 PROJECT=""
 APP_IMAGE=""
+SERVER_IMAGE=""
 
 dc() {
-    DARKRIFT_ETCD_IMAGE="$ETCD_IMAGE" DARKRIFT_APP_IMAGE="$APP_IMAGE" "${COMPOSE[@]}" \
+    # A placeholder where the darkrift image was not built: compose checks every variable.
+    DARKRIFT_ETCD_IMAGE="$ETCD_IMAGE" DARKRIFT_APP_IMAGE="$APP_IMAGE" \
+        DARKRIFT_SERVER_IMAGE="${SERVER_IMAGE:-darkrift-server-not-built}" "${COMPOSE[@]}" \
         -p "$PROJECT" -f compose/docker-compose.yml -f compose/docker-compose.test.yml "$@"
 }
 
@@ -92,7 +107,7 @@ teardown() {
     [ -n "$PROJECT" ] || return 0
     local filter="label=com.docker.compose.project=$PROJECT" ids left
     log "removing project $PROJECT"
-    dc --profile ids down --volumes --remove-orphans --timeout 2 >/dev/null 2>&1 || true
+    dc --profile ids --profile darkrift down --volumes --remove-orphans --timeout 2 >/dev/null 2>&1 || true
     ids=$(docker ps -aq --filter "$filter")
     [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1 || true
     ids=$(docker network ls -q --filter "$filter")
@@ -108,12 +123,12 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     if [ "${DARKRIFT_DOCKER_KEEP:-0}" = 1 ]; then
-        log "DARKRIFT_DOCKER_KEEP=1: left project ${PROJECT:-none} and image $APP_IMAGE in place"
+        log "DARKRIFT_DOCKER_KEEP=1: left project ${PROJECT:-none} and images $APP_IMAGE $SERVER_IMAGE in place"
         exit "$rc"
     fi
     if [ "$rc" -ne 0 ] && [ -n "$PROJECT" ]; then
         local svc c
-        for svc in lobby1 lobby2 game1 game2 watch; do
+        for svc in lobby1 lobby2 game1 game2 watch darkrift-lobby1 darkrift-lobby2 darkrift-game1 darkrift-game2; do
             for c in $(containers "$svc" 2>/dev/null); do
                 echo "--- last lines of $svc ($c):" >&2
                 docker logs -t --tail 25 "$c" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' >&2 || true
@@ -122,12 +137,22 @@ cleanup() {
     fi
     teardown || rc=1
     [ -z "$APP_IMAGE" ] || docker rmi "$APP_IMAGE" >/dev/null 2>&1 || true
+    [ -z "$SERVER_IMAGE" ] || docker rmi "$SERVER_IMAGE" >/dev/null 2>&1 || true
     log "total $(elapsed "$SUITE_START" "$(now)") s"
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+scenarios=("$@")
+[ "${#scenarios[@]}" -gt 0 ] || scenarios=(ids mesh etcd partition darkrift)
+for s in "${scenarios[@]}"; do
+    case "$s" in
+        ids|mesh|etcd|partition|darkrift) ;;
+        *) die "unknown scenario $s (ids, mesh, etcd, partition, darkrift)" ;;
+    esac
+done
 
 # --- images ------------------------------------------------------------------------------
 SCENARIO=images
@@ -143,6 +168,26 @@ figure "app image $APP_IMAGE ready in $(elapsed "$t" "$(now)") s (cargo build in
 # The app image runs as a non-root user.
 app_user=$(docker run --rm --network none "$APP_IMAGE" id -u)
 [ "$app_user" != 0 ] || die "the app image runs as root"
+DARKRIFT_SKIPPED=""
+case " ${scenarios[*]} " in
+    *" darkrift "*)
+        if ! command -v mcs >/dev/null 2>&1; then
+            DARKRIFT_SKIPPED="mcs not found (apt-get install mono-devel; scripts/setup.sh does)"
+        fi
+        if [ -n "$DARKRIFT_SKIPPED" ] && [ "${CI:-}" = true ]; then
+            die "darkrift: $DARKRIFT_SKIPPED; CI must run it"
+        fi
+        if [ -z "$DARKRIFT_SKIPPED" ]; then
+            t=$(now)
+            # The release binary is the app image's, already built: no second cargo run.
+            SERVER_IMAGE=$(DARKRIFT_SKIP_CARGO_BUILD=1 DARKRIFT_SERVER_TAG="" bash scripts/docker-images.sh darkrift) \
+                || die "the darkrift image could not be built (above)"
+            figure "darkrift image $SERVER_IMAGE ready in $(elapsed "$t" "$(now)") s (plugin build included)"
+            [ "$(docker run --rm --network none --entrypoint id "$SERVER_IMAGE" -u)" = 65532 ] \
+                || die "the darkrift image does not run as uid 65532"
+        fi
+        ;;
+esac
 
 # --- helpers -----------------------------------------------------------------------------
 
@@ -536,15 +581,142 @@ scenario_partition() {
     figure "reconnected after $cut s: game2 re-registered as $G2 (same id), lobby1 linked again after $d s, game2 saw lobby2's leave (missed while cut) after $dv s"
 }
 
+# --- 5. darkrift -------------------------------------------------------------------------
+DR_TTL=10   # ttl="10s" in darkrift/config/Server.child.config (the image's /opt/darkrift)
+DR_LOBBIES=(darkrift-lobby1 darkrift-lobby2)
+
+# The id DarkRift got in container $1 since epoch time $2 (its "Registered server with
+# registry as ID N." line).
+dr_id() {
+    local line
+    line=$(wait_line "$1" "$2" 'Registered server with registry as ID [0-9]+\.' 60) \
+        || die "darkrift: $(name_of "$1") did not register: $(docker logs --tail 15 "$1" 2>&1)"
+    grep -oE 'ID [0-9]+' <<<"$line" | cut -d' ' -f2
+}
+dr_left() { echo "informed us that server $1 has left the cluster"; }
+# Every lobby logs game $1's leave; $2 the epoch time of the fault, $3 what happened. Prints
+# the figures; fails beyond $4 seconds.
+dr_every_lobby_leave() {
+    local g=$1 t0=$2 what=$3 bound=$4 lobby d
+    for lobby in "${DR_LOBBIES[@]}"; do
+        d=$(time_to "$(container "$lobby")" "$t0" "$(dr_left "$g")" "$bound") \
+            || die "darkrift: $lobby logged no leave of $g within $bound s ($what)"
+        figure "$what: $lobby logged the leave of $g after $d s"
+    done
+}
+# Every lobby is connected to each game id given (since epoch time $1).
+dr_every_lobby_connects() {
+    local t0=$1 lobby g d
+    shift
+    for lobby in "${DR_LOBBIES[@]}"; do
+        for g in "$@"; do
+            d=$(time_to "$(container "$lobby")" "$t0" "Connected to server $g on " 60) \
+                || die "darkrift: $lobby did not connect to game $g: $(lines_since "$(container "$lobby")" "$t0" "server $g")"
+            echo "$d"
+        done
+    done | sort -n | tail -n 1
+}
+# The pid of the plugin's child agent in container $1 (inside its pid namespace).
+dr_agent_pid() {
+    docker exec "$1" bash -c 'for d in /proc/[0-9]*; do
+        if [ "$(tr "\0" " " <"$d/cmdline" 2>/dev/null | cut -d" " -f1-2)" = "/usr/local/bin/darkrift-etcd agent" ]; then
+            echo "${d#/proc/}"
+        fi
+    done' | head -n 1
+}
+# No lobby and no game logged a leave since epoch time $1.
+dr_assert_no_leave() {
+    local svc c lines
+    for svc in darkrift-lobby1 darkrift-lobby2 darkrift-game1 darkrift-game2; do
+        c=$(container "$svc")
+        [ "$(docker inspect --format '{{.State.Running}}' "$c")" = true ] || continue
+        lines=$(lines_since "$c" "$1" 'has left the cluster|registered again after its lease was lost|\[Fatal\]')
+        [ -z "$lines" ] || die "darkrift: $2: $svc logged: $lines"
+    done
+}
+
+scenario_darkrift() {
+    SCENARIO=darkrift
+    if [ -n "$DARKRIFT_SKIPPED" ]; then
+        figure "SKIPPED: $DARKRIFT_SKIPPED"
+        return
+    fi
+    local t t0 t1 d g1 g2 l1 l2 c lobby pid new svc
+    t=$(now)
+    dc --profile darkrift up -d --no-build "${DR_LOBBIES[@]}" darkrift-game1 darkrift-game2 >/dev/null 2>&1 \
+        || die "darkrift: up failed: $(dc --profile darkrift up -d --no-build darkrift-game1 2>&1 | tail -n 5)"
+    l1=$(dr_id "$(container darkrift-lobby1)" "$t"); l2=$(dr_id "$(container darkrift-lobby2)" "$t")
+    g1=$(dr_id "$(container darkrift-game1)" "$t"); g2=$(dr_id "$(container darkrift-game2)" "$t")
+    d=$(dr_every_lobby_connects "$t" "$g1" "$g2")
+    figure "DarkRift lobbies $l1 $l2 connected to games $g1 $g2 by $d s after 'up' (mono start, child agent, registration, probe)"
+    for c in $(containers darkrift-lobby1) $(containers darkrift-lobby2); do
+        [ -z "$(lines_since "$c" "$t" 'Could not connect to server')" ] \
+            || die "darkrift: $(name_of "$c") dialled a game before it listened: $(lines_since "$c" "$t" 'Could not connect')"
+    done
+
+    # A crash: the container (DarkRift and its child agent) killed; the lease expires.
+    t0=$(now)
+    docker kill -s KILL "$(container darkrift-game1)" >/dev/null
+    dr_every_lobby_leave "$g1" "$t0" "docker kill -s KILL darkrift-game1 ($g1)" $((DR_TTL + 10))
+
+    # A stall: `docker pause` freezes DarkRift and its agent; the lease runs out after the TTL.
+    t0=$(now)
+    docker pause "$(container darkrift-game2)" >/dev/null
+    dr_every_lobby_leave "$g2" "$t0" "docker pause darkrift-game2 ($g2), TTL $DR_TTL s" $((DR_TTL + 10))
+    t1=$(now)
+    docker unpause "$(container darkrift-game2)" >/dev/null
+    for lobby in "${DR_LOBBIES[@]}"; do
+        d=$(time_to "$(container "$lobby")" "$t1" "informed us of a server \\($g2\\) in group 'game'" 30) \
+            || die "darkrift: $lobby never heard of $g2 again after unpause"
+        local dc2; dc2=$(time_to "$(container "$lobby")" "$t1" "Connected to server $g2 on " 30) \
+            || die "darkrift: $lobby did not connect to $g2 again"
+        figure "docker unpause darkrift-game2: $lobby heard of the same id $g2 after $d s, connected after $dc2 s"
+    done
+    c=$(container darkrift-game2)
+    [ "$(docker inspect --format '{{.State.Running}}' "$c")" = true ] || die "darkrift: game2 exited after unpause"
+    [ -z "$(lines_since "$c" "$t1" '\[Fatal\]')" ] || die "darkrift: game2: $(lines_since "$c" "$t1" '\[Fatal\]')"
+
+    # Agent restarts: the child agent of a lobby and of a game killed inside their containers.
+    # The plugin restarts it and resumes the registration on its lease: same ids, no leave.
+    sleep 1
+    t0=$(now)
+    for svc in darkrift-lobby1 darkrift-game2; do
+        c=$(container "$svc")
+        pid=$(dr_agent_pid "$c")
+        [ -n "$pid" ] || die "darkrift: no child agent in $svc"
+        docker exec "$c" bash -c "kill -KILL $pid"
+    done
+    for svc in darkrift-lobby1 darkrift-game2; do
+        c=$(container "$svc")
+        case $svc in darkrift-lobby1) new=$l1 ;; *) new=$g2 ;; esac
+        d=$(time_to "$c" "$t0" "Resumed id $new with the registry agent" 30) \
+            || die "darkrift: $svc did not resume id $new: $(lines_since "$c" "$t0" 'registry|agent' | tail -n 5)"
+        figure "child agent of $svc killed (kill -KILL in the container): resumed id $new after $d s"
+    done
+    # Watched until the leases would have expired without the resume.
+    sleep $((DR_TTL + 2))
+    dr_assert_no_leave "$t0" "after the agent restarts"
+    c=$(container darkrift-lobby2)
+    [ -z "$(lines_since "$c" "$t0" "Lost connection to server $g2 ")" ] || figure "  (lobby2's link to $g2 dropped meanwhile)"
+    figure "no leave, no lost lease, no Fatal at any server for $(elapsed "$t0" "$(now)") s after the agent kills"
+
+    # A clean stop: SIGTERM to DarkRiftHost disposes the server, the plugin deregisters.
+    c=$(container darkrift-game2)
+    t0=$(now)
+    docker stop "$c" >/dev/null
+    local stopped; stopped=$(elapsed "$t0" "$(now)")
+    [ "$(docker inspect --format '{{.State.ExitCode}}' "$c")" = 0 ] \
+        || die "darkrift: game2 exited $(docker inspect --format '{{.State.ExitCode}}' "$c") on SIGTERM"
+    wait_line "$c" "$t0" 'Deregistered server from registry\.' 1 >/dev/null || die "darkrift: game2 did not deregister"
+    for lobby in "${DR_LOBBIES[@]}"; do
+        d=$(time_to "$(container "$lobby")" "$t0" "$(dr_left "$g2")" 10) \
+            || die "darkrift: $lobby logged no leave of $g2 after docker stop"
+        within "$d" 5 || die "darkrift: $lobby logged the leave of $g2 after $d s (a clean stop is seen at once)"
+        figure "docker stop darkrift-game2 ($g2): returned in $stopped s (exit 0, deregistered); $lobby logged the leave after $d s"
+    done
+}
+
 # -----------------------------------------------------------------------------------------
-scenarios=("$@")
-[ "${#scenarios[@]}" -gt 0 ] || scenarios=(ids mesh etcd partition)
-for s in "${scenarios[@]}"; do
-    case "$s" in
-        ids|mesh|etcd|partition) ;;
-        *) die "unknown scenario $s (ids, mesh, etcd, partition)" ;;
-    esac
-done
 passed=0
 for i in "${!TOOLS[@]}"; do
     read -r -a COMPOSE <<<"${TOOLS[$i]}"

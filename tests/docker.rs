@@ -55,6 +55,7 @@ fn compose(tool: &[String], files: &[&str], args: &[&str]) -> String {
         .args(args)
         .env("DARKRIFT_ETCD_IMAGE", "darkrift-etcd-test/etcd:check")
         .env("DARKRIFT_APP_IMAGE", "darkrift-etcd-test/app:check")
+        .env("DARKRIFT_SERVER_IMAGE", "darkrift-etcd-test/darkrift:check")
         .output()
         .expect("compose runs");
     assert!(
@@ -101,6 +102,14 @@ fn an_engine_answers_and_every_compose_tool_accepts_the_files() {
             &["--profile", "ids", "config", "--services"],
         );
         for s in ["etcd1", "lobby1", "game2", "watch", "register", "check-ids"] {
+            assert!(services.lines().any(|l| l == s), "{tool:?}: no {s}");
+        }
+        let services = compose(
+            tool,
+            &["docker-compose.yml", "docker-compose.test.yml"],
+            &["--profile", "darkrift", "config", "--services"],
+        );
+        for s in ["darkrift-lobby1", "darkrift-lobby2", "darkrift-game1", "darkrift-game2"] {
             assert!(services.lines().any(|l| l == s), "{tool:?}: no {s}");
         }
     }

@@ -127,6 +127,99 @@ fn is_etcd(s: &Service) -> bool {
     s.command.first().map(String::as_str) == Some("etcd")
 }
 
+/// The real DarkRift servers (profile `darkrift`, compose/darkrift.Dockerfile's image).
+const DARKRIFT_IMAGE: &str = "darkrift-server:demo";
+
+fn is_darkrift(s: &Service) -> bool {
+    s.image == DARKRIFT_IMAGE
+}
+
+/// Checks a DarkRift service against compose/darkrift.Dockerfile, darkrift/config and the CLI's
+/// `agent`: the configs it names are the repository's (at the image's /opt/darkrift), it gives
+/// every `$(variable)` the server config uses and no other, its group is one of Cluster.config,
+/// its advertised host is its alias on `mesh`, the child agent is the binary the image installs,
+/// and the endpoints are the etcd members. Returns its group.
+fn check_darkrift_service(s: &Service, etcd_clients: &BTreeSet<String>) -> String {
+    let dockerfile =
+        std::fs::read_to_string(repo("compose/darkrift.Dockerfile")).expect("darkrift.Dockerfile");
+    assert!(dockerfile.contains("COPY darkrift/ /opt/darkrift/"));
+    assert!(dockerfile.contains("COPY darkrift-etcd /usr/local/bin/darkrift-etcd"));
+    assert!(dockerfile.contains(r#"ENTRYPOINT ["mono", "/opt/darkrift/DarkRiftHost.exe"]"#));
+    assert!(
+        dockerfile.contains("USER 65532:65532"),
+        "the uid of deploy/kubernetes"
+    );
+    assert_eq!(s.profiles, ["darkrift"], "{}: only with --profile darkrift", s.name);
+    let config = |arg: &str| -> String {
+        let name = arg
+            .strip_prefix("/opt/darkrift/")
+            .unwrap_or_else(|| panic!("{}: {arg} is not in /opt/darkrift", s.name));
+        std::fs::read_to_string(repo(&format!("darkrift/config/{name}")))
+            .unwrap_or_else(|e| panic!("{}: darkrift/config/{name}: {e}", s.name))
+    };
+    let server = config(&s.command[0]);
+    let cluster = config(&s.command[1]);
+    let mut given = BTreeMap::new();
+    for arg in &s.command[2..] {
+        let (k, v) = arg
+            .strip_prefix('-')
+            .and_then(|a| a.split_once('='))
+            .unwrap_or_else(|| panic!("{}: {arg} is not -name=value", s.name));
+        assert!(given.insert(k.to_owned(), v.to_owned()).is_none(), "{}: -{k} twice", s.name);
+    }
+    let used: BTreeSet<String> = server
+        .split("$(")
+        .skip(1)
+        .filter_map(|p| p.split_once(')').map(|(v, _)| v.to_owned()))
+        .filter(|v| v != "hostDir") // DarkRiftHost.exe defines it
+        .collect();
+    assert_eq!(
+        given.keys().cloned().collect::<BTreeSet<_>>(),
+        used,
+        "{}: the variables {} uses",
+        s.name,
+        s.command[0]
+    );
+    assert!(
+        server.contains(r#"agentPath="$(agentPath)""#),
+        "{}: child mode",
+        s.name
+    );
+    assert_eq!(given["agentPath"], "/usr/local/bin/darkrift-etcd");
+    let agent_help = help(CLI, &["agent", "--help"]);
+    for flag in ["--listen", "--exit-with-stdin", "--endpoints", "--prefix"] {
+        assert!(agent_help.contains(flag), "`darkrift-etcd agent` has no {flag}");
+    }
+    let urls: BTreeSet<String> = given["endpoints"].split(',').map(str::to_owned).collect();
+    assert_eq!(&urls, etcd_clients, "{}: endpoints are the etcd members", s.name);
+    let group = given["group"].clone();
+    assert!(
+        cluster.contains(&format!(r#"<group name="{group}""#)),
+        "{}: no group {group} in {}",
+        s.name,
+        s.command[1]
+    );
+    let alias = format!("{}.mesh", s.name);
+    assert_eq!(given["host"], alias, "{}: peers dial its alias on `mesh`", s.name);
+    let aliases = s
+        .raw
+        .get("networks")
+        .and_then(|n| n.get("mesh"))
+        .and_then(|m| m.get("aliases"))
+        .map(strings)
+        .unwrap_or_default();
+    assert!(aliases.contains(&alias), "{}: no alias {alias} on mesh", s.name);
+    assert!(
+        s.raw.get("networks").and_then(|n| n.get("etcd")).is_some(),
+        "{}: the child agent reaches etcd",
+        s.name
+    );
+    given["port"]
+        .parse::<u16>()
+        .unwrap_or_else(|e| panic!("{}: port: {e}", s.name));
+    group
+}
+
 /// `COPY` destinations of the Dockerfile, by file name, with their sources.
 fn dockerfile_installs() -> BTreeMap<String, String> {
     let text = std::fs::read_to_string(repo("compose/Dockerfile")).expect("Dockerfile");
@@ -229,6 +322,7 @@ fn every_command_env_name_and_port_matches_the_cli_and_the_mesh_server() {
 
     let mut mesh_ports = BTreeSet::new();
     let mut checked = BTreeSet::new();
+    let mut darkrift_hosts = BTreeSet::new();
     for s in services.iter().filter(|s| !is_etcd(s)) {
         for d in &s.depends_on {
             assert!(
@@ -236,6 +330,12 @@ fn every_command_env_name_and_port_matches_the_cli_and_the_mesh_server() {
                 "{}: depends on unknown {d}",
                 s.name
             );
+        }
+        if is_darkrift(s) {
+            let group = check_darkrift_service(s, &etcd_clients);
+            assert!(darkrift_hosts.insert(s.name.clone()));
+            checked.insert(format!("darkrift {group}"));
+            continue;
         }
         assert!(
             installs.contains_key(&s.command[0]),
@@ -353,6 +453,8 @@ fn every_command_env_name_and_port_matches_the_cli_and_the_mesh_server() {
         "mesh lobby",
         "mesh game",
         "checker",
+        "darkrift lobby",
+        "darkrift game",
     ] {
         assert!(checked.contains(want), "no {want} service");
     }
@@ -404,7 +506,8 @@ fn etcd_members_are_health_checked_keep_their_data_on_volumes_and_nothing_is_pub
     for s in services() {
         assert!(s.ports.is_empty(), "{}: publishes {:?}", s.name, s.ports);
         if !is_etcd(&s) {
-            let want: &[&str] = if s.command[0] == "darkrift-mesh" {
+            // Servers that peers dial are on `mesh` too: the mesh servers and DarkRift's.
+            let want: &[&str] = if s.command[0] == "darkrift-mesh" || is_darkrift(&s) {
                 &["etcd", "mesh"]
             } else {
                 &["etcd"]
@@ -491,6 +594,8 @@ fn the_test_override_swaps_images_seals_the_networks_and_nothing_else() {
         let s = services.iter().find(|s| s.name == o.name).expect("service");
         let var = if is_etcd(s) {
             "DARKRIFT_ETCD_IMAGE"
+        } else if is_darkrift(s) {
+            "DARKRIFT_SERVER_IMAGE"
         } else {
             "DARKRIFT_APP_IMAGE"
         };
