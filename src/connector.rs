@@ -343,8 +343,9 @@ impl Connector {
         port: u16,
         properties: BTreeMap<String, String>,
     ) -> Result<u16> {
+        let registration = Registration::new(group, host, port, properties)?;
         let never = CancellationToken::new();
-        self.register_server_or_stop(group, host, port, properties, &never)
+        self.register_server_or_stop(registration, true, &never)
             .await
     }
 
@@ -365,8 +366,47 @@ impl Connector {
         properties: BTreeMap<String, String>,
         stop: impl Future<Output = ()>,
     ) -> Result<Option<u16>> {
+        let registration = Registration::new(group, host, port, properties)?;
+        self.start_until(registration, true, stop).await
+    }
+
+    /// Like [`Connector::register_server_until`], but the id is only *reserved*: peers are
+    /// not told until [`Connector::announce_server`] (a server that learns its id before it
+    /// can serve, as DarkRift's `RegisterServer` does before its listeners start).
+    ///
+    /// # Errors
+    /// As [`Connector::register_server`].
+    pub async fn reserve_server_until(
+        &self,
+        registration: Registration,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Option<u16>> {
+        self.start_until(registration, false, stop).await
+    }
+
+    /// Announces the registration reserved by [`Connector::reserve_server_until`] (a no-op
+    /// once announced): its server key is written, guarded by the reservation, and peers see
+    /// its join.
+    ///
+    /// # Errors
+    /// [`Error::NotRegistered`] without a registration, or when its reservation was lost (it
+    /// is reserved again by itself and announced once back); an etcd failure.
+    pub async fn announce_server(&self) -> Result<()> {
+        let running = self.registration.lock().await;
+        match running.as_ref() {
+            Some(handle) => handle.announce().await,
+            None => Err(Error::NotRegistered),
+        }
+    }
+
+    async fn start_until(
+        &self,
+        registration: Registration,
+        announce: bool,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Option<u16>> {
         let token = CancellationToken::new();
-        let register = self.register_server_or_stop(group, host, port, properties, &token);
+        let register = self.register_server_or_stop(registration, announce, &token);
         tokio::pin!(register, stop);
         let result = tokio::select! {
             result = &mut register => result,
@@ -384,14 +424,12 @@ impl Connector {
 
     async fn register_server_or_stop(
         &self,
-        group: &str,
-        host: &str,
-        port: u16,
-        properties: BTreeMap<String, String>,
+        registration: Registration,
+        announce: bool,
         stop: &CancellationToken,
     ) -> Result<u16> {
-        let registration = Registration::new(group, host, port, properties)?;
         let watched = &self.shared.config.watch_groups;
+        let group = registration.group();
         if !watched.is_empty() && !watched.iter().any(|g| g == group) {
             return Err(Error::GroupNotWatched {
                 group: group.to_owned(),
@@ -412,7 +450,7 @@ impl Connector {
         }
         let terms = Terms {
             lease_ttl: cfg.lease_ttl,
-            announce: true,
+            announce,
             spread_seed: self.shared.spread_seed,
         };
         let probe = self.health_probe()?;

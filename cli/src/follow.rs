@@ -155,11 +155,28 @@ async fn connect(
     Ok((connector, events, listener))
 }
 
+/// `register --readiness`: when peers are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Readiness {
+    /// At once.
+    Immediate,
+    /// When a TCP connect to the server's host:port succeeds (or after the ready bound).
+    Probe,
+}
+
+/// When and how `register` announces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ready {
+    pub(crate) mode: Readiness,
+    pub(crate) bound: std::time::Duration,
+}
+
 /// `darkrift-etcd register`.
 pub(crate) async fn register(
     layered: &Layered,
     repeats: &Repeats,
     metrics_addr: Option<SocketAddr>,
+    ready: Ready,
 ) -> Result<(), Failure> {
     let server = &layered.settings.server;
     let missing =
@@ -195,13 +212,55 @@ pub(crate) async fn register(
             Arc::new(move || status_gauges(r.is_registered(), &s, &r)),
         );
     }
-    let registered = connector
-        .register_server_until(group, host, port, properties.clone(), stop.cancelled())
-        .await?;
+    let registered = match ready.mode {
+        Readiness::Immediate => {
+            connector
+                .register_server_until(group, host, port, properties.clone(), stop.cancelled())
+                .await?
+        }
+        Readiness::Probe => {
+            let registration = Registration::new(group, host, port, properties.clone())
+                .map_err(darkrift_etcd::Error::from)?;
+            connector
+                .reserve_server_until(registration, stop.cancelled())
+                .await?
+        }
+    };
     let Some(id) = registered else {
         // Stopped while registering: whatever was written is gone with its lease.
         return Ok(());
     };
+    if ready.mode == Readiness::Probe {
+        if out::line(
+            "reserved",
+            json!({"id": id, "group": group, "host": host, "port": port, "properties": properties}),
+        )
+        .is_err()
+        {
+            connector.deregister_server().await?;
+            return Ok(());
+        }
+        let waited = tokio::select! {
+            () = stop.cancelled() => None,
+            waited = crate::agent::ready::wait_listening(host, port, ready.bound) => Some(waited),
+        };
+        match waited {
+            None => {
+                // A signal before the announcement: the reservation is given back.
+                connector.deregister_server().await?;
+                return Ok(());
+            }
+            Some(crate::agent::ready::Readiness::GaveUp) => tracing::warn!(
+                target: TARGET,
+                host,
+                port,
+                bound = ?ready.bound,
+                "nothing accepted a connection within the ready bound: announcing anyway (the id is in use)"
+            ),
+            Some(crate::agent::ready::Readiness::Listening { .. }) => {}
+        }
+        connector.announce_server().await?;
+    }
     // The create revision of our key: etcd's revision of the registration.
     let read_back = async { Admin::from_connector(&connector)?.get(id).await };
     // A signal meanwhile is heard by `follow` at once; the read-back is not waited for.

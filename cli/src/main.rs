@@ -77,6 +77,14 @@ enum Command {
         /// fresh) on HOST:PORT.
         #[arg(long, env = "DARKRIFT_ETCD_METRICS_ADDR", value_name = "HOST:PORT")]
         metrics_addr: Option<SocketAddr>,
+        /// When peers are told: `immediate` (at once), or `probe` (the id is reserved at once,
+        /// a `reserved` line printed, and the server announced when a TCP connect to its
+        /// host:port succeeds, or after --ready-bound).
+        #[arg(long, value_enum, env = "DARKRIFT_ETCD_READINESS", default_value_t = follow::Readiness::Immediate)]
+        readiness: follow::Readiness,
+        /// With `--readiness probe`: announce anyway after this long (the id is in use).
+        #[arg(long, value_parser = agent::duration, default_value = "30s", value_name = "DURATION")]
+        ready_bound: std::time::Duration,
     },
     /// Serve any number of game servers (a DarkRift plugin, or any HTTP client) through a local
     /// API over one etcd connection and one watch (docs/agent-api.md).
@@ -219,8 +227,16 @@ async fn run(
         tracing::warn!(target: log::TARGET, "{unknown}");
     }
     match &cli.command {
-        Command::Register { metrics_addr } => {
-            follow::register(&layered, repeats, *metrics_addr).await
+        Command::Register {
+            metrics_addr,
+            readiness,
+            ready_bound,
+        } => {
+            let ready = follow::Ready {
+                mode: *readiness,
+                bound: *ready_bound,
+            };
+            follow::register(&layered, repeats, *metrics_addr, ready).await
         }
         Command::Watch {
             group,

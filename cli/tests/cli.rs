@@ -1151,3 +1151,76 @@ async fn one_shot_commands_fail_fast_when_every_endpoint_refuses() {
         assert!(took < Duration::from_secs(3), "{args:?} took {took:?}");
     }
 }
+
+/// `register --readiness probe`: a `reserved` line first, no join at peers while nothing
+/// listens on the server's port, then `registered` and the join once a listener accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probed_registrant_is_reserved_until_its_port_listens() {
+    let schema = schema();
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let (mut watch, mut watch_lines) = spawn(cli(&etcd, &prefix), &["watch"]);
+    assert_eq!(line(&mut watch_lines).await["event"], "synced");
+
+    // A free port, closed again: nothing listens on it until the test says so.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = probe.local_addr().expect("addr").port().to_string();
+    drop(probe);
+    let (mut reg, mut reg_lines) = spawn(
+        cli(&etcd, &prefix),
+        &[
+            "register",
+            "--group",
+            "game",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--readiness",
+            "probe",
+        ],
+    );
+    let reserved = line(&mut reg_lines).await;
+    check_line(&schema, &reserved);
+    assert_eq!(reserved["event"], "reserved");
+    let id = reserved["id"].as_u64().expect("id");
+    // Reserved: the slot is held, no server key exists, the watcher has heard nothing.
+    let mut raw = etcd.client().await.expect("raw client");
+    let key = format!("{prefix}/game/{id}");
+    assert_eq!(raw.get(key.clone(), None).await.expect("get").count(), 0);
+    let slot = raw
+        .get(format!("{prefix}.alloc/slot/{id:05}"), None)
+        .await
+        .expect("get");
+    assert_eq!(slot.count(), 1, "the id's slot is held");
+    let nothing = tokio::time::timeout(Duration::from_millis(300), watch_lines.next_line()).await;
+    assert!(nothing.is_err(), "no line at the watcher: {nothing:?}");
+
+    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}"))
+        .await
+        .expect("listen");
+    let registered = line(&mut reg_lines).await;
+    check_line(&schema, &registered);
+    assert_eq!(
+        (&registered["event"], &registered["id"]),
+        (&"registered".into(), &id.into())
+    );
+    let join = line(&mut watch_lines).await;
+    check_line(&schema, &join);
+    assert_eq!((&join["event"], &join["id"]), (&"join".into(), &id.into()));
+    drop(listener);
+
+    let pid = reg.id().expect("pid");
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    assert_eq!(exit_code(&mut reg).await, 0);
+    let leave = line(&mut watch_lines).await;
+    assert_eq!(
+        (&leave["event"], &leave["departing"]),
+        (&"leave".into(), &true.into())
+    );
+    let _ = watch.kill().await;
+}

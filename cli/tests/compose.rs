@@ -149,7 +149,12 @@ fn check_darkrift_service(s: &Service, etcd_clients: &BTreeSet<String>) -> Strin
         dockerfile.contains("USER 65532:65532"),
         "the uid of deploy/kubernetes"
     );
-    assert_eq!(s.profiles, ["darkrift"], "{}: only with --profile darkrift", s.name);
+    assert_eq!(
+        s.profiles,
+        ["darkrift"],
+        "{}: only with --profile darkrift",
+        s.name
+    );
     let config = |arg: &str| -> String {
         let name = arg
             .strip_prefix("/opt/darkrift/")
@@ -165,7 +170,11 @@ fn check_darkrift_service(s: &Service, etcd_clients: &BTreeSet<String>) -> Strin
             .strip_prefix('-')
             .and_then(|a| a.split_once('='))
             .unwrap_or_else(|| panic!("{}: {arg} is not -name=value", s.name));
-        assert!(given.insert(k.to_owned(), v.to_owned()).is_none(), "{}: -{k} twice", s.name);
+        assert!(
+            given.insert(k.to_owned(), v.to_owned()).is_none(),
+            "{}: -{k} twice",
+            s.name
+        );
     }
     let used: BTreeSet<String> = server
         .split("$(")
@@ -188,10 +197,17 @@ fn check_darkrift_service(s: &Service, etcd_clients: &BTreeSet<String>) -> Strin
     assert_eq!(given["agentPath"], "/usr/local/bin/darkrift-etcd");
     let agent_help = help(CLI, &["agent", "--help"]);
     for flag in ["--listen", "--exit-with-stdin", "--endpoints", "--prefix"] {
-        assert!(agent_help.contains(flag), "`darkrift-etcd agent` has no {flag}");
+        assert!(
+            agent_help.contains(flag),
+            "`darkrift-etcd agent` has no {flag}"
+        );
     }
     let urls: BTreeSet<String> = given["endpoints"].split(',').map(str::to_owned).collect();
-    assert_eq!(&urls, etcd_clients, "{}: endpoints are the etcd members", s.name);
+    assert_eq!(
+        &urls, etcd_clients,
+        "{}: endpoints are the etcd members",
+        s.name
+    );
     let group = given["group"].clone();
     assert!(
         cluster.contains(&format!(r#"<group name="{group}""#)),
@@ -200,7 +216,11 @@ fn check_darkrift_service(s: &Service, etcd_clients: &BTreeSet<String>) -> Strin
         s.command[1]
     );
     let alias = format!("{}.mesh", s.name);
-    assert_eq!(given["host"], alias, "{}: peers dial its alias on `mesh`", s.name);
+    assert_eq!(
+        given["host"], alias,
+        "{}: peers dial its alias on `mesh`",
+        s.name
+    );
     let aliases = s
         .raw
         .get("networks")
@@ -208,7 +228,11 @@ fn check_darkrift_service(s: &Service, etcd_clients: &BTreeSet<String>) -> Strin
         .and_then(|m| m.get("aliases"))
         .map(strings)
         .unwrap_or_default();
-    assert!(aliases.contains(&alias), "{}: no alias {alias} on mesh", s.name);
+    assert!(
+        aliases.contains(&alias),
+        "{}: no alias {alias} on mesh",
+        s.name
+    );
     assert!(
         s.raw.get("networks").and_then(|n| n.get("etcd")).is_some(),
         "{}: the child agent reaches etcd",

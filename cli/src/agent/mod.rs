@@ -19,7 +19,7 @@ mod api;
 mod fate;
 mod handle;
 mod http;
-mod ready;
+pub(crate) mod ready;
 mod table;
 
 use std::path::PathBuf;
@@ -80,7 +80,7 @@ enum OnStop {
     Keep,
 }
 
-fn duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn duration(text: &str) -> Result<Duration, String> {
     darkrift_etcd::config::layers::parse_duration(text)
 }
 
