@@ -109,7 +109,12 @@ fn an_engine_answers_and_every_compose_tool_accepts_the_files() {
             &["docker-compose.yml", "docker-compose.test.yml"],
             &["--profile", "darkrift", "config", "--services"],
         );
-        for s in ["darkrift-lobby1", "darkrift-lobby2", "darkrift-game1", "darkrift-game2"] {
+        for s in [
+            "darkrift-lobby1",
+            "darkrift-lobby2",
+            "darkrift-game1",
+            "darkrift-game2",
+        ] {
             assert!(services.lines().any(|l| l == s), "{tool:?}: no {s}");
         }
     }
