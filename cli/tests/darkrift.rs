@@ -225,6 +225,55 @@ async fn a_stalled_game_leaves_and_comes_back_with_its_id() {
     bed.assert_ids_unique().await;
 }
 
+/// 3b. The agent dies while its health probe of a stalled server is still open (the probe's
+/// connection is closed by the dying process, like any abandoned probe): the server, resumed,
+/// answers that closed connection and must survive it (DarkRift's `HttpHealthCheck` ends the
+/// process on that write unless the plugin hardened it), and takes its registration back from
+/// the restarted agent.
+#[tokio::test]
+async fn a_stalled_game_survives_its_agent_dying_mid_probe() {
+    let Some(built) = darkrift() else { return };
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::new(built, "probe-restart").await;
+    let a = bed.agent("agent-a", "127.0.0.1:0", &[]).await;
+    let mut b = bed.agent("agent-b", "127.0.0.1:0", &[]).await;
+    let lobby = bed.server("lobby", "lobby", &a.addr).await;
+    let mut game = bed.server("game", "game", &b.addr).await;
+    lobby.linked_to(game.id, 0).await;
+
+    let mark = b.proc.log.len();
+    game.proc.signal("STOP");
+    // The agent's probe went unanswered for its 2 s: a request is open at the frozen server.
+    b.proc.log.wait(mark, "health probe fails", EXPIRY).await;
+    b.proc.signal("KILL");
+    b.proc.exited(EVENT).await;
+    let b2 = bed.agent("agent-b2", &b.addr, &[]).await;
+    let game_mark = game.log().len();
+    game.proc.signal("CONT");
+    // DarkRift answers its queued health requests in order: ours comes after the abandoned
+    // one, so a 200 here means the abandoned one was answered first, to a closed connection.
+    let health = format!("localhost:{}", game.health_port);
+    let (status, body) = http(&health, &health, "GET", "/health", None).await;
+    assert_eq!(
+        status, 200,
+        "the health check answers after the stall: {body}"
+    );
+    assert!(
+        game.proc.running(),
+        "the game survived answering its dead agent's probe"
+    );
+    game.log()
+        .wait(game_mark, &format!("Resumed id {} ", game.id), EXPIRY)
+        .await;
+    let (status, body) = http(&b2.addr, &b2.addr, "GET", "/v1/health", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"registrations\":1"), "{body}");
+    assert!(game.proc.running(), "the game still runs");
+    let fatal = lines_with(&game, "Fatal");
+    assert!(fatal.is_empty(), "the game logged: {fatal:?}");
+    bed.assert_ids_unique().await;
+}
+
 /// 4. A zombie (a live registration whose advertised port refuses) is evicted by DarkRift's own
 /// `HandleConnectionFailure` from two lobbies on different agents (two reporters; eviction on
 /// with `--eviction-min-reporters 2`).
