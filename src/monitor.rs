@@ -1,6 +1,12 @@
 //! `--metrics-addr`: Prometheus `/metrics` (the library's metrics, through the `metrics`
-//! facade, with their HELP text) and `/healthz` (200 while healthy, 503 otherwise), shared by
-//! the CLI's `register` and `watch` and the mesh server.
+//! facade, with their HELP text), `/healthz` (200 while healthy, 503 otherwise: for
+//! monitoring) and `/readyz` (200 while this server may take traffic: for a readiness probe),
+//! shared by the CLI's `register` and `watch` and the mesh server.
+//!
+//! Why two: `/healthz` says "registered and the view of the cluster is fresh", so during an
+//! etcd outage it is 503 on every server at once. A readiness probe on it would take every
+//! game server out of service because the *registry* is down, although each still serves its
+//! players; `/readyz` asks only whether this server holds (and announced) its registration.
 //!
 //! Bind the listener ([`bind`]) before anything else happens, so a bad or busy address fails
 //! the command at once rather than after it registered; then [`serve`] with the host's
@@ -175,14 +181,28 @@ fn healthz(healthy: &Healthy) -> impl IntoResponse {
     }
 }
 
-/// The endpoint's routes: `/metrics`, `/healthz`, 404 for anything else.
-fn router(handle: PrometheusHandle, healthy: Healthy, refresh: Refresh) -> Router {
+fn readyz(ready: &Healthy) -> impl IntoResponse {
+    if ready() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not registered\n")
+    }
+}
+
+/// The endpoint's routes: `/metrics`, `/healthz`, `/readyz`, 404 for anything else.
+fn router(handle: PrometheusHandle, probes: Probes) -> Router {
+    let Probes {
+        healthy,
+        ready,
+        refresh,
+    } = probes;
     Router::new()
         .route(
             "/metrics",
             get(move || async move { metrics(&handle, &refresh) }),
         )
         .route("/healthz", get(move || async move { healthz(&healthy) }))
+        .route("/readyz", get(move || async move { readyz(&ready) }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
 }
 
@@ -191,16 +211,43 @@ fn router(handle: PrometheusHandle, healthy: Healthy, refresh: Refresh) -> Route
 /// The server is axum's (`axum::serve`, over hyper): a failed accept (out of file descriptors,
 /// say) is retried after a pause of one second, not at once, so a process at its descriptor
 /// limit waits for connections to close instead of spinning on `accept`.
+/// `/readyz` answers as `/healthz` here.
 pub fn serve(bound: Bound, healthy: Healthy) {
-    serve_with(bound, healthy, Arc::new(|| {}));
+    serve_with(
+        bound,
+        Probes {
+            ready: healthy.clone(),
+            healthy,
+            refresh: Arc::new(|| {}),
+        },
+    );
 }
 
-/// [`serve`], running `refresh` before each `/metrics` render (to set gauges such as
-/// [`crate::metrics::REGISTERED`] and [`crate::metrics::VIEW_FRESH`] from the host's state).
-pub fn serve_with(bound: Bound, healthy: Healthy, refresh: Refresh) {
+/// What the endpoint answers with.
+#[derive(Clone)]
+pub struct Probes {
+    /// `/healthz`: registered (if registering) and the view fresh.
+    pub healthy: Healthy,
+    /// `/readyz`: this server may take traffic (registered and announced), whatever etcd's
+    /// state.
+    pub ready: Healthy,
+    /// Run before each `/metrics` render (to set gauges such as
+    /// [`crate::metrics::REGISTERED`] and [`crate::metrics::VIEW_FRESH`] from the host's
+    /// state).
+    pub refresh: Refresh,
+}
+
+impl std::fmt::Debug for Probes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probes").finish_non_exhaustive()
+    }
+}
+
+/// [`serve`] with a `/readyz` rule of its own and a refresh before each `/metrics` render.
+pub fn serve_with(bound: Bound, probes: Probes) {
     let Bound { listener, handle } = bound;
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(handle, healthy, refresh)).await {
+        if let Err(e) = axum::serve(listener, router(handle, probes)).await {
             tracing::warn!(error = %e, "metrics: the endpoint stopped");
         }
     });

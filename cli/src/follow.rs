@@ -204,12 +204,29 @@ pub(crate) async fn register(
     };
     let (connector, mut events, listener) = connected?;
     let synced = Arc::new(AtomicBool::new(false));
+    // Peers were told (at once, or when the probe found the port listening): for /readyz.
+    let announced = Arc::new(AtomicBool::new(false));
     if let Some(listener) = listener {
         let (c, r, s) = (connector.clone(), connector.clone(), synced.clone());
+        let (ready_c, ready_a) = (connector.clone(), announced.clone());
         darkrift_etcd::monitor::serve_with(
             listener,
-            Arc::new(move || c.is_registered() && !c.is_stale()),
-            Arc::new(move || status_gauges(r.is_registered(), &s, &r)),
+            darkrift_etcd::monitor::Probes {
+                healthy: Arc::new(move || c.is_registered() && !c.is_stale()),
+                // Announced and not stopped for good, whatever etcd's state: an outage (the
+                // registration recovering, the view stale) must not take every game server out
+                // of service at once.
+                ready: Arc::new(move || {
+                    ready_a.load(Ordering::Relaxed)
+                        && ready_c.status().is_some_and(|s| {
+                            !matches!(
+                                *s.borrow(),
+                                darkrift_etcd::RegistrationStatus::Stopped { .. }
+                            )
+                        })
+                }),
+                refresh: Arc::new(move || status_gauges(r.is_registered(), &s, &r)),
+            },
         );
     }
     let registered = match ready.mode {
@@ -261,6 +278,7 @@ pub(crate) async fn register(
         }
         connector.announce_server().await?;
     }
+    announced.store(true, Ordering::Relaxed);
     // The create revision of our key: etcd's revision of the registration.
     let read_back = async { Admin::from_connector(&connector)?.get(id).await };
     // A signal meanwhile is heard by `follow` at once; the read-back is not waited for.
@@ -325,10 +343,15 @@ pub(crate) async fn watch(
     if let Some(listener) = listener {
         let (c, s) = (connector.clone(), synced.clone());
         let (r, s2) = (connector.clone(), synced.clone());
+        let healthy: darkrift_etcd::monitor::Healthy =
+            Arc::new(move || s.load(Ordering::Relaxed) && !c.is_stale());
         darkrift_etcd::monitor::serve_with(
             listener,
-            Arc::new(move || s.load(Ordering::Relaxed) && !c.is_stale()),
-            Arc::new(move || status_gauges(false, &s2, &r)),
+            darkrift_etcd::monitor::Probes {
+                ready: healthy.clone(),
+                healthy,
+                refresh: Arc::new(move || status_gauges(false, &s2, &r)),
+            },
         );
     }
     let mut lines = EventLines::new(group.map(str::to_owned));

@@ -658,8 +658,17 @@ async fn metrics_and_healthz_follow_members_and_etcd() {
     })
     .await;
 
+    scrape_until(addr, "/readyz", PROMPT, |s, _| s == 200).await;
+
     etcd.stop(0).expect("stop etcd");
     scrape_until(addr, "/healthz", Duration::from_secs(20), |s, _| s == 503).await;
+    // The registry is down, the game server is not: still ready, past its lease TTL too (4 s).
+    let down = tokio::time::Instant::now();
+    while down.elapsed() < Duration::from_secs(6) {
+        let (status, body) = http_get(addr, "/readyz").await.expect("an answer");
+        assert_eq!(status, 200, "ready during the outage: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     etcd.restart(0).await.expect("restart etcd");
     scrape_until(addr, "/healthz", Duration::from_secs(30), |s, _| s == 200).await;
     sigterm(&reg);

@@ -3,7 +3,7 @@
 //! scripts/setup.sh); the manifests are checked against the CLI, the mesh server, etcd's own
 //! flags and each other (Secrets, Services, ports); then the auth Job's script runs here with
 //! etcdctl against a real etcd, and the game server's registrant registers with the user it
-//! created, serves /healthz on its probe's port, and deregisters on SIGTERM.
+//! created, serves /readyz on its probe's port, and deregisters on SIGTERM.
 
 // The integration tests' shared helpers, at the repository root.
 #[path = "../../tests/common/mod.rs"]
@@ -608,7 +608,8 @@ fn every_command_flag_env_name_and_reference_matches_the_cli_and_the_manifests()
         let env = env(c);
         let command = strs(&c["command"]);
         let f = flags(&command[2..]);
-        // Readiness on /healthz of --metrics-addr; Prometheus scrapes its /metrics.
+        // Readiness on /readyz of --metrics-addr (not /healthz, which an etcd outage turns 503
+        // on every pod at once); Prometheus scrapes its /metrics.
         let metrics_addr = f
             .get("metrics-addr")
             .map(String::as_str)
@@ -617,7 +618,7 @@ fn every_command_flag_env_name_and_reference_matches_the_cli_and_the_manifests()
         let metrics_port = port_of(metrics_addr);
         assert_eq!(
             c["readinessProbe"]["httpGet"]["path"].as_str(),
-            Some("/healthz")
+            Some("/readyz")
         );
         assert_eq!(probe_port(c, &c["readinessProbe"]), metrics_port);
         let annotations = &pod_annotations(&objects, pod)["annotations"];
@@ -909,10 +910,10 @@ async fn the_auth_job_creates_the_readme_role_and_the_game_server_registers_with
     assert_eq!(registered["host"], "127.0.0.1");
     assert_eq!(registered["properties"]["pod"], "game-server-test");
 
-    // Ready: /healthz on the readiness probe's port answers 200.
+    // Ready: /readyz on the readiness probe's port answers 200.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while http_get(&metrics, "/healthz").await.map(|r| r.0) != Some(200) {
-        assert!(tokio::time::Instant::now() < deadline, "/healthz never 200");
+    while http_get(&metrics, "/readyz").await.map(|r| r.0) != Some(200) {
+        assert!(tokio::time::Instant::now() < deadline, "/readyz never 200");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(http_get(&metrics, "/metrics").await.map(|r| r.0), Some(200));
@@ -1028,4 +1029,23 @@ fn darkrift_servers_reach_their_agent_as_a_native_sidecar_or_through_the_node_so
         dpod["securityContext"]["runAsUser"], gpod["securityContext"]["runAsUser"],
         "the socket is 0600: one user on both sides"
     );
+}
+
+#[test]
+fn every_game_server_deployment_has_a_disruption_budget() {
+    let objects = objects();
+    for name in ["game-server", "darkrift-lobby", "darkrift-game"] {
+        let deployment = find(&objects, "Deployment", name);
+        let labels = &deployment.doc["spec"]["template"]["metadata"]["labels"];
+        let budget = objects
+            .iter()
+            .filter(|o| o.kind == "PodDisruptionBudget")
+            .find(|o| labels_match(&o.doc["spec"]["selector"]["matchLabels"], labels))
+            .unwrap_or_else(|| panic!("no PodDisruptionBudget selects {name}'s pods"));
+        assert_eq!(
+            budget.doc["spec"]["maxUnavailable"].as_u64(),
+            Some(1),
+            "{name}: one at a time"
+        );
+    }
 }
