@@ -63,9 +63,12 @@ build_base() {
         return
     fi
     command -v debootstrap >/dev/null 2>&1 || {
-        log "apt-get install debootstrap"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2 \
-            || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2; }
+        log "installing debootstrap with apt (waits up to 120 s for the dpkg lock)"
+        # Another apt (an unattended upgrade, a parallel setup) may hold the dpkg lock: wait
+        # for it, up to 2 minutes, instead of failing at once.
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -q debootstrap >&2 \
+            || { apt-get -o DPkg::Lock::Timeout=120 update -q >&2 \
+                 && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -q debootstrap >&2; }
     }
     local root start
     root=$(mktemp -d /tmp/darkrift-rootfs.XXXXXX)

@@ -12,7 +12,12 @@
 //! timeouts and keep-alive pings, but with the decision in our hands:
 //!
 //! - one etcd-client `Client` per member (`Member`), so a request goes where we send it;
-//! - a **preferred** member that every request and stream starts on, sticky while it works;
+//! - a **preferred** member that every request and stream starts on, sticky while it works.
+//!   A new pool does not start on the first endpoint (then every client of a cluster would
+//!   load one member): the first pool of a process starts on a random member, and each later
+//!   pool of the process on the next one ([`first_member`]), so clients spread over the members
+//!   across processes (at random) and within one (evenly). A suspected preferred member hands
+//!   over to a random other member, so a member's share spreads over the rest when it fails;
 //! - every unary attempt bounded by the **attempt timeout** ([`crate::timing::attempt_timeout`], a third of
 //!   the request timeout, 0.5–2 s), far shorter than the request's own bound: a member that
 //!   does not answer in time is **suspected** and the next attempt goes to the next member
@@ -139,9 +144,9 @@ impl Pool {
         };
         Pool {
             inner: Arc::new(Inner {
+                preferred: AtomicUsize::new(first_member(members.len())),
                 members,
                 options,
-                preferred: AtomicUsize::new(0),
                 attempt_timeout,
                 suspicions,
                 keep_alive_hub: Mutex::new(Weak::new()),
@@ -250,7 +255,7 @@ impl Pool {
         if self.len() > 1 {
             // Only the thread that sees `member` preferred moves it on, so two concurrent
             // failures do not skip a healthy member.
-            let next = (member + 1) % self.len();
+            let next = handover(member, self.len(), rand::random_range(0..self.len() - 1));
             let _ = self.inner.preferred.compare_exchange(
                 member,
                 next,
@@ -318,6 +323,21 @@ pub(crate) enum PickError {
     NoMember,
 }
 
+/// The preferred member a new pool of `n` members starts on: a random one for the first pool
+/// of the process, the next one (modulo `n`) for each later pool.
+fn first_member(n: usize) -> usize {
+    static NEXT: std::sync::OnceLock<AtomicUsize> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicUsize::new(rand::random_range(0..1 << 16)));
+    next.fetch_add(1, Ordering::Relaxed) % n.max(1)
+}
+
+/// Where the preferred member goes when `member` (one of `n`, `n` > 1) is suspected: the
+/// `k`-th of the others (`k` < `n` - 1, drawn at random), so a failed member's clients spread
+/// over the rest instead of all landing on its neighbour.
+fn handover(member: usize, n: usize, k: usize) -> usize {
+    (member + 1 + k % (n - 1)) % n
+}
+
 /// The choice of [`Pool::choose`], pure: `suspected[i]` is when member `i` was suspected, if
 /// it still is.
 fn choose_member(preferred: usize, suspected: &[Option<Instant>]) -> usize {
@@ -353,6 +373,28 @@ mod tests {
         assert_eq!(choose_member(1, &[None, Some(now), None]), 2);
         assert_eq!(choose_member(2, &[None, None, Some(now)]), 0);
         assert_eq!(choose_member(4, &[None, None, None]), 1);
+    }
+
+    #[test]
+    fn new_pools_start_spread_over_the_members() {
+        let mut counts = [0; 3];
+        for _ in 0..30 {
+            counts[first_member(3)] += 1;
+        }
+        // Other tests of this binary build pools concurrently and may take turns in between,
+        // so the spread is checked loosely here; tests/spread.rs checks it on etcd's side.
+        assert!(counts.iter().all(|&c| c > 0), "{counts:?}");
+        assert_eq!(first_member(1), 0);
+        assert_eq!(first_member(0), 0);
+    }
+
+    #[test]
+    fn a_suspected_member_hands_over_to_any_other() {
+        let targets: std::collections::BTreeSet<usize> =
+            (0..2).map(|k| handover(1, 3, k)).collect();
+        assert_eq!(targets, [0, 2].into());
+        assert_eq!(handover(0, 2, 0), 1);
+        assert_eq!(handover(2, 3, 5), 1);
     }
 
     #[test]

@@ -3,8 +3,17 @@
 
 use std::fmt;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use darkrift_etcd::Error;
+
+/// `--log-format json`: the error line is a JSON object too.
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Whether [`Failure::report`] writes JSON (`--log-format json`) or text.
+pub(crate) fn set_json(json: bool) {
+    JSON.store(json, Ordering::Relaxed);
+}
 
 /// Why the process ends, as a number scripts can test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,11 +80,34 @@ impl Failure {
         if self.closed {
             return ExitCode::SUCCESS;
         }
-        eprintln!("darkrift-etcd: error: {}", one_line(&self.message));
-        if let Some(hint) = &self.hint {
-            eprintln!("  hint: {}", one_line(hint));
+        if JSON.load(Ordering::Relaxed) {
+            eprintln!("{}", self.json_line(&timestamp()));
+        } else {
+            eprintln!("darkrift-etcd: error: {}", one_line(&self.message));
+            if let Some(hint) = &self.hint {
+                eprintln!("  hint: {}", one_line(hint));
+            }
         }
         self.exit.into()
+    }
+
+    /// The error as one JSON object shaped like the JSON log lines (`timestamp`, `level`,
+    /// `fields.message`, `target`), with the hint and the exit code among its fields.
+    fn json_line(&self, timestamp: &str) -> String {
+        let mut fields = serde_json::json!({
+            "message": one_line(&self.message),
+            "exit_code": self.exit as u8,
+        });
+        if let Some(hint) = &self.hint {
+            fields["hint"] = one_line(hint).into();
+        }
+        serde_json::json!({
+            "timestamp": timestamp,
+            "level": "ERROR",
+            "fields": fields,
+            "target": crate::log::TARGET,
+        })
+        .to_string()
     }
 }
 
@@ -83,6 +115,15 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
     }
+}
+
+/// Now, written as the log lines write it.
+fn timestamp() -> String {
+    use tracing_subscriber::fmt::format::Writer;
+    use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+    let mut text = String::new();
+    let _ = SystemTime.format_time(&mut Writer::new(&mut text));
+    text
 }
 
 /// Line breaks of nested error texts folded into one line.
@@ -208,5 +249,17 @@ mod tests {
             f.to_string(),
             "etcd request `get` failed: PermissionDenied: no"
         );
+    }
+
+    #[test]
+    fn the_json_error_line_is_one_object_with_message_hint_and_code() {
+        let line = Failure::usage("bad\nvalue").hint("fix it").json_line("t");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["level"], "ERROR");
+        assert_eq!(v["fields"]["message"], "bad value");
+        assert_eq!(v["fields"]["hint"], "fix it");
+        assert_eq!(v["fields"]["exit_code"], 2);
+        assert!(!line.contains('\n'));
+        assert!(!timestamp().is_empty());
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use darkrift_etcd::admin::{Admin, Entry, Eviction};
-use darkrift_etcd::config::layers::{Layered, Scope};
+use darkrift_etcd::config::layers::{Layered, Scope, Source, SETTINGS};
 use serde_json::{json, Value};
 
 use crate::fail::{Exit, Failure};
@@ -209,14 +209,92 @@ pub(crate) async fn evict(
     }
 }
 
-/// `darkrift-etcd config`.
-pub(crate) fn config(layered: &Layered, file: Option<&Path>) -> Result<(), Failure> {
+/// The first invalid setting, if any: the connector's rules (`ConnectorConfig::validate`) and
+/// the server's identity as far as it is given; the error names where the value came from.
+fn check(layered: &Layered) -> Result<(), Failure> {
+    use darkrift_etcd::record;
+    let s = &layered.settings;
+    let (key, error) = match s.connector.validate() {
+        Err(e @ darkrift_etcd::Error::InvalidConfig(_)) => {
+            let text = e.to_string();
+            let key = SETTINGS
+                .iter()
+                .map(|s| s.key)
+                .filter(|k| text.contains(&format!("{k}:")))
+                .max_by_key(|k| k.len());
+            (key, Some(e))
+        }
+        Err(e) => (None, Some(e)),
+        Ok(_) => {
+            let server = [
+                (
+                    "group",
+                    s.server.group.as_deref().map(record::validate_group),
+                ),
+                ("host", s.server.host.as_deref().map(record::validate_host)),
+                (
+                    "properties",
+                    Some(record::validate_properties(&s.server.properties)),
+                ),
+            ];
+            let port_zero = (s.server.port == Some(0)).then(|| {
+                darkrift_etcd::Error::InvalidConfig(
+                    "port: 0 is not a port peers can dial (1..=65535)".into(),
+                )
+            });
+            server
+                .into_iter()
+                .find_map(|(k, r)| match r {
+                    Some(Err(e)) => Some((Some(k), Some(darkrift_etcd::Error::from(e)))),
+                    _ => None,
+                })
+                .unwrap_or((Some("port"), port_zero))
+        }
+    };
+    let Some(error) = error else {
+        return Ok(());
+    };
+    let origin = key
+        .map(|k| layered.origin(k))
+        .filter(|o| o.source != Source::Default);
+    let message = match origin {
+        Some(o) => format!("{error} (from {o})"),
+        None => error.to_string(),
+    };
+    Err(Failure::usage(message).hint("fix the value where it comes from (file, variable or flag)"))
+}
+
+/// `darkrift-etcd config`: checks the settings (exit 2 naming the first invalid one), then
+/// prints each with its source.
+pub(crate) fn config(
+    layered: &Layered,
+    file: Option<&Path>,
+    output: OneFormat,
+) -> Result<(), Failure> {
+    check(layered)?;
+    let described = layered.describe(&[Scope::Connector, Scope::Server]);
+    if output == OneFormat::Json {
+        let settings: Vec<Value> = described
+            .iter()
+            .map(|d| {
+                json!({
+                    "key": d.setting.key,
+                    "value": d.value,
+                    "source": d.origin.source.to_string(),
+                    "from": d.origin.name,
+                    "secret": d.setting.secret,
+                })
+            })
+            .collect();
+        let file = file.map(|f| f.display().to_string());
+        return out::line("config", json!({"file": file, "settings": settings})).map_err(quietly);
+    }
     let mut rows = vec![(
         "config".to_owned(),
         file.map_or_else(|| "-".to_owned(), |f| f.display().to_string()),
         String::new(),
     )];
-    for d in layered.describe(&[Scope::Connector, Scope::Server]) {
+    for d in described {
         rows.push((
             d.setting.key.to_owned(),
             d.value.unwrap_or_else(|| "-".to_owned()),

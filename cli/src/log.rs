@@ -118,6 +118,35 @@ impl<S: Subscriber> Layer<S> for Repeats {
     }
 }
 
+/// Whether log lines are coloured: only on a terminal, and not when `NO_COLOR` is set to
+/// anything but the empty string (<https://no-color.org>).
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
+}
+
+/// Whether the command line or `DARKRIFT_ETCD_LOG_FORMAT` asks for JSON logs, read before (or
+/// without) clap: a usage error is reported in the format asked for.
+pub(crate) fn json_requested(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut asked = None;
+    for (i, a) in args.iter().enumerate() {
+        if a == "--" {
+            break;
+        }
+        if let Some(v) = a.strip_prefix("--log-format=") {
+            asked = Some(v.to_owned());
+        } else if a == "--log-format" {
+            asked = args.get(i + 1).cloned();
+        }
+    }
+    asked
+        .or_else(|| std::env::var("DARKRIFT_ETCD_LOG_FORMAT").ok())
+        .is_some_and(|f| f == "json")
+}
+
 /// Installs the logger; returns the repeat filter so commands can report state changes.
 pub(crate) fn init(format: Format) -> Repeats {
     let filter = EnvFilter::try_from_default_env()
@@ -125,7 +154,10 @@ pub(crate) fn init(format: Format) -> Repeats {
     let repeats = Repeats::default();
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ));
     let fmt = match format {
         Format::Text => fmt.boxed(),
         Format::Json => fmt.json().boxed(),
@@ -173,6 +205,34 @@ mod tests {
             lines[3].ends_with("opening the watch failed; retrying"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour(true, None));
+        assert!(
+            colour(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
+        assert!(!colour(false, Some(OsStr::new("1"))));
+    }
+
+    #[test]
+    fn json_logs_are_noticed_before_clap() {
+        let args = |a: &[&str]| a.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert!(json_requested(args(&[
+            "d",
+            "--log-format",
+            "json",
+            "ls",
+            "-o",
+            "x"
+        ])));
+        assert!(json_requested(args(&["d", "ls", "--log-format=json"])));
+        assert!(!json_requested(args(&["d", "ls", "--log-format", "text"])));
     }
 
     struct Writer(Arc<Mutex<Vec<String>>>);

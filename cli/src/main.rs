@@ -13,7 +13,7 @@ mod log;
 mod out;
 mod settings;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -74,8 +74,8 @@ enum Command {
     )]
     Register {
         /// Serve Prometheus `/metrics` and `/healthz` (200 while registered and the view is
-        /// fresh) on HOST:PORT.
-        #[arg(long, env = "DARKRIFT_ETCD_METRICS_ADDR", value_name = "HOST:PORT")]
+        /// fresh) on HOST:PORT (`:PORT` for every interface; a host name is resolved).
+        #[arg(long, env = "DARKRIFT_ETCD_METRICS_ADDR", value_name = "HOST:PORT", value_parser = parse_metrics_addr)]
         metrics_addr: Option<SocketAddr>,
         /// When peers are told: `immediate` (at once), or `probe` (the id is reserved at once,
         /// a `reserved` line printed, and the server announced when a TCP connect to its
@@ -101,8 +101,8 @@ enum Command {
         #[arg(long)]
         group: Option<String>,
         /// Serve Prometheus `/metrics` and `/healthz` (200 while the view is fresh) on
-        /// HOST:PORT.
-        #[arg(long, env = "DARKRIFT_ETCD_METRICS_ADDR", value_name = "HOST:PORT")]
+        /// HOST:PORT (`:PORT` for every interface; a host name is resolved).
+        #[arg(long, env = "DARKRIFT_ETCD_METRICS_ADDR", value_name = "HOST:PORT", value_parser = parse_metrics_addr)]
         metrics_addr: Option<SocketAddr>,
     },
     /// List the live servers.
@@ -146,10 +146,17 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = OneFormat::Text)]
         output: OneFormat,
     },
-    /// Print the effective settings and where each came from (default, file, env, flag);
-    /// secrets masked.
-    #[command(after_help = "Example:\n  DARKRIFT_ETCD_LEASE_TTL=5s darkrift-etcd config --ttl 7")]
-    Config,
+    /// Check the effective settings and print each with where it came from (default, file,
+    /// env, flag); secrets masked. Exit 2, naming the setting and its source, if one is invalid.
+    #[command(
+        after_help = "Examples:\n  DARKRIFT_ETCD_LEASE_TTL=5s darkrift-etcd config --ttl 7\n  \
+                      darkrift-etcd config -o json | jq -r '.settings[] | select(.key == \"endpoints\").value'"
+    )]
+    Config {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = OneFormat::Text)]
+        output: OneFormat,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  darkrift-etcd completions bash > /etc/bash_completion.d/darkrift-etcd"
@@ -172,11 +179,53 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         let _ = e.print();
         return fail::Exit::Usage.into();
     }
-    let text = e.render().to_string();
-    let first = text.lines().next().unwrap_or("invalid usage");
-    Failure::usage(first.trim_start_matches("error: "))
+    Failure::usage(clap_message(&e.render().to_string()))
         .hint("see `darkrift-etcd --help` (or `darkrift-etcd <command> --help`)")
         .report()
+}
+
+/// clap's error text as one line: the error and what clap adds to it (`[possible values: …]`,
+/// `tip: …`), without the usage line and the "For more information" line.
+fn clap_message(text: &str) -> String {
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let Some((first, more)) = parts.split_first() else {
+        return "invalid usage".to_owned();
+    };
+    let mut line = first.trim_start_matches("error: ").to_owned();
+    for part in more {
+        line.push_str(if part.starts_with('[') { " " } else { "; " });
+        line.push_str(part);
+    }
+    line
+}
+
+/// `--metrics-addr`: `HOST:PORT` with an IP address or a host name (`localhost:9100`, resolved
+/// now, the first address taken), or `:PORT` for every interface (IPv4, as `0.0.0.0:PORT`).
+fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{text:?}: {port:?} is not a port (0..=65535)"))?;
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    if text
+        .rsplit_once(':')
+        .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    {
+        return Err(format!("{text:?} is not HOST:PORT or :PORT"));
+    }
+    text.to_socket_addrs()
+        .map_err(|e| format!("{text:?}: cannot resolve the host: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text:?}: the host has no address"))
 }
 
 /// `clap_complete`'s bash script, for a binary name with a hyphen, names each subcommand's case
@@ -193,12 +242,19 @@ async fn main() -> ExitCode {
     let command = settings::command();
     let matches = match command.clone().try_get_matches() {
         Ok(m) => m,
-        Err(e) => return usage_error(&e),
+        Err(e) => {
+            fail::set_json(log::json_requested(std::env::args_os()));
+            return usage_error(&e);
+        }
     };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
-        Err(e) => return usage_error(&e),
+        Err(e) => {
+            fail::set_json(log::json_requested(std::env::args_os()));
+            return usage_error(&e);
+        }
     };
+    fail::set_json(cli.log_format == log::Format::Json);
     let repeats = log::init(cli.log_format);
     match run(&cli, &command, &matches, &repeats).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -252,8 +308,46 @@ async fn run(
         }
         Command::Get { id, output } => inspect::get(&layered, *id, *output).await,
         Command::Evict { id, yes, output } => inspect::evict(&layered, *id, *yes, *output).await,
-        Command::Config => inspect::config(&layered, cli.config.as_deref()),
+        Command::Config { output } => inspect::config(&layered, cli.config.as_deref(), *output),
         Command::Agent(args) => agent::run(&layered, args).await,
         Command::Completions { .. } => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_addresses_take_every_interface_and_host_names() {
+        assert_eq!(
+            parse_metrics_addr(":9100"),
+            Ok(SocketAddr::from(([0, 0, 0, 0], 9100)))
+        );
+        assert_eq!(
+            parse_metrics_addr("127.0.0.1:9100"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 9100)))
+        );
+        assert_eq!(
+            parse_metrics_addr("[::1]:9100"),
+            Ok("[::1]:9100".parse().unwrap())
+        );
+        let local = parse_metrics_addr("localhost:9100").expect("localhost resolves");
+        assert!(local.ip().is_loopback() && local.port() == 9100, "{local}");
+        for bad in [":", ":x", "9100", "localhost", "localhost:x", ":70000"] {
+            assert!(parse_metrics_addr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_usage_error_keeps_the_possible_values() {
+        let err = settings::command()
+            .try_get_matches_from(["darkrift-etcd", "ls", "-o", "yaml"])
+            .unwrap_err();
+        let msg = clap_message(&err.render().to_string());
+        assert_eq!(
+            msg,
+            "invalid value 'yaml' for '--output <OUTPUT>' [possible values: table, wide, json]"
+        );
     }
 }

@@ -252,7 +252,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             leave,
-            json!({"id": 2, "group": "game", "host": "10.0.0.1", "port": 4002, "revision": 7})
+            json!({"id": 2, "group": "game", "host": "10.0.0.1", "port": 4002, "revision": 7, "departing": false})
         );
     }
 }

@@ -21,11 +21,19 @@ fn arg(s: &Setting) -> Arg {
     } else {
         format!(", {}", s.env_aliases.join(", "))
     };
+    let default = s
+        .default_shown()
+        .map(|v| format!(" [default: {v}]"))
+        .unwrap_or_default();
     Arg::new(s.key)
         .long(s.flag)
         .value_name(s.value_name)
         .action(action)
-        .help(format!("{} [env: {}{aliases}]", capitalise(s.about), s.env))
+        .help(format!(
+            "{} [env: {}{aliases}]{default}",
+            capitalise(s.about),
+            s.env
+        ))
 }
 
 fn capitalise(s: &str) -> String {
@@ -130,6 +138,21 @@ mod tests {
         assert_eq!(got.iter().filter(|(k, _)| k == "properties").count(), 2);
         assert!(got.contains(&("lease_ttl".into(), "5".into())));
         command().debug_assert();
+    }
+
+    #[test]
+    fn registry_flags_show_their_defaults_in_help() {
+        let help = command().render_long_help().to_string();
+        for want in [
+            "[default: http://127.0.0.1:2379]",
+            "[default: /darkrift]",
+            "[default: 10s]",
+            "[default: 65535]",
+            "[default: fail-stop]",
+        ] {
+            assert!(help.contains(want), "{want}: {help}");
+        }
+        assert!(!help.contains("[default: ***]"), "{help}");
     }
 
     #[test]

@@ -117,6 +117,7 @@ fn type_ok(v: &Value, ty: &str) -> bool {
         "integer" => v.is_i64() || v.is_u64(),
         "integer?" => v.is_null() || v.is_i64() || v.is_u64(),
         "string" => v.is_string(),
+        "string?" => v.is_null() || v.is_string(),
         "boolean" => v.is_boolean(),
         "array" => v.is_array(),
         "object" => v
@@ -438,7 +439,36 @@ async fn bad_input_is_one_line_the_right_code_and_nothing_written() {
             2,
             "whole number of seconds",
         ),
-        (vec!["ls", "-o", "yaml"], vec![], 2, "invalid value 'yaml'"),
+        (
+            vec!["ls", "-o", "yaml"],
+            vec![],
+            2,
+            "invalid value 'yaml' for '--output <OUTPUT>' [possible values: table, wide, json]",
+        ),
+        (
+            vec!["config", "--ttl", "1500ms"],
+            vec![],
+            2,
+            "whole number of seconds, at least 1 (from flag --ttl)",
+        ),
+        (
+            vec!["config"],
+            vec![("DARKRIFT_ETCD_ENDPOINTS", "notaurl")],
+            2,
+            "not an etcd endpoint (no port); write http://host:port (from env DARKRIFT_ETCD_ENDPOINTS)",
+        ),
+        (
+            vec!["config"],
+            vec![("DARKRIFT_ETCD_GROUP", "a/b")],
+            2,
+            "invalid group name",
+        ),
+        (
+            vec!["watch", "--metrics-addr", "nowhere"],
+            vec![],
+            2,
+            "is not HOST:PORT or :PORT",
+        ),
         (
             vec!["watch", "--group", "a/b"],
             vec![],
@@ -1232,4 +1262,144 @@ async fn a_probed_registrant_is_reserved_until_its_port_listens() {
         (&"leave".into(), &true.into())
     );
     let _ = watch.kill().await;
+}
+
+/// `config -o json`: one JSON line of the documented shape, every setting with its value and
+/// source, the password masked.
+#[tokio::test]
+async fn config_prints_one_json_object_with_every_setting_and_its_source() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let mut c = cli(&etcd, &prefix);
+    c.env("DARKRIFT_ETCD_USER", "root")
+        .env("DARKRIFT_ETCD_PASSWORD", "hunter2");
+    let out = run(c, &["config", "-o", "json", "--ttl", "7"]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    let v: Value = serde_json::from_str(&text).expect("json");
+    check_line(&schema(), &v);
+    assert_eq!(v["file"], Value::Null);
+    let settings = v["settings"].as_array().expect("settings");
+    let by_key = |key: &str| -> &Value {
+        settings
+            .iter()
+            .find(|s| s["key"] == key)
+            .unwrap_or_else(|| panic!("no {key}: {text}"))
+    };
+    assert_eq!(by_key("lease_ttl")["value"], "7s");
+    assert_eq!(by_key("lease_ttl")["source"], "flag");
+    assert_eq!(by_key("lease_ttl")["from"], "--ttl");
+    assert_eq!(by_key("prefix")["value"], prefix.as_str());
+    assert_eq!(by_key("prefix")["from"], "DARKRIFT_ETCD_PREFIX");
+    assert_eq!(by_key("connect_timeout")["source"], "default");
+    assert_eq!(by_key("auth.password")["value"], "***");
+    assert_eq!(by_key("auth.password")["secret"], true);
+    assert_eq!(by_key("group")["value"], Value::Null);
+    assert_eq!(
+        settings.len(),
+        darkrift_etcd::config::layers::SETTINGS.len(),
+        "every setting"
+    );
+}
+
+/// Under `--log-format json` the final error line is JSON too, for usage errors (before the
+/// logger exists) and for failures of a command alike.
+#[tokio::test]
+async fn under_json_logs_the_error_line_is_json() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let port = free_port().expect("port");
+    let refused = format!("http://127.0.0.1:{port}");
+    for (args, env, want_code, says) in [
+        (
+            vec!["--log-format", "json", "ls", "-o", "yaml"],
+            None,
+            2,
+            "[possible values: table, wide, json]",
+        ),
+        (
+            vec!["ls", "-o", "yaml"],
+            Some(("DARKRIFT_ETCD_LOG_FORMAT", "json")),
+            2,
+            "invalid value 'yaml'",
+        ),
+        (
+            vec!["--log-format=json", "config", "--ttl", "0"],
+            None,
+            2,
+            "lease_ttl",
+        ),
+        (
+            vec![
+                "--log-format",
+                "json",
+                "ls",
+                "--endpoints",
+                refused.as_str(),
+            ],
+            None,
+            3,
+            "Connection refused",
+        ),
+    ] {
+        let mut c = cli(&etcd, &prefix);
+        c.envs(env);
+        let out = run(c, &args).await;
+        assert_eq!(code(&out), want_code, "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        let last = err.lines().last().expect("an error line");
+        let v: Value =
+            serde_json::from_str(last).unwrap_or_else(|e| panic!("{args:?}: not JSON {last}: {e}"));
+        assert_eq!(v["level"], "ERROR", "{last}");
+        assert_eq!(v["fields"]["exit_code"], want_code, "{last}");
+        assert!(
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(says)),
+            "{args:?}: {last}"
+        );
+        assert!(v["fields"]["hint"].is_string(), "{last}");
+        for l in err.lines() {
+            serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON {l}: {e}"));
+        }
+    }
+}
+
+/// `--metrics-addr :PORT` listens on every interface, `localhost:PORT` on localhost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_addr_takes_a_bare_port_and_a_host_name() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    for form in [":{port}", "localhost:{port}"] {
+        let port = free_port().expect("port");
+        let arg = form.replace("{port}", &port.to_string());
+        let (mut watch, mut lines) = spawn(cli(&etcd, &prefix), &["watch", "--metrics-addr", &arg]);
+        assert_eq!(line(&mut lines).await["event"], "synced", "{arg}");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        scrape_until(addr, "/healthz", PROMPT, |s, _| s == 200).await;
+        sigterm(&watch);
+        assert_eq!(exit_code(&mut watch).await, 0, "{arg}");
+    }
+}
+
+/// An endpoint without a scheme is `http://`, as etcdctl reads it.
+#[tokio::test]
+async fn an_endpoint_without_a_scheme_is_http() {
+    let etcd = etcd().await;
+    let prefix = prefix();
+    let (_c, id) = registered(config(&etcd, &prefix), "game", 5).await;
+    let bare: Vec<String> = etcd
+        .endpoints()
+        .iter()
+        .map(|e| e.trim_start_matches("http://").to_owned())
+        .collect();
+    assert!(bare.iter().all(|e| !e.contains("://")), "{bare:?}");
+    let mut c = cli(&etcd, &prefix);
+    c.env_remove("DARKRIFT_ETCD_ENDPOINTS");
+    let out = run(c, &["ls", "-o", "json", "--endpoints", &bare.join(",")]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listed["servers"][0]["id"], id);
 }

@@ -904,3 +904,55 @@ async fn the_checker_fails_on_duplicates_and_on_missing_servers() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK: 2 servers, 2 distinct ids: 3 12"));
 }
+
+/// compose/README's TTL figures are those of the services: the mesh servers' `--ttl`, and the
+/// library's default for the `ids` replicas, which set none.
+#[test]
+fn the_readme_states_the_ttl_each_service_runs_with() {
+    let readme = std::fs::read_to_string(repo("compose/README.md")).expect("README");
+    let services = services();
+    let ttl_flag = |s: &Service| {
+        s.command
+            .iter()
+            .position(|a| a == "--ttl")
+            .map(|i| s.command[i + 1].clone())
+    };
+    let mesh: BTreeSet<Option<String>> = services
+        .iter()
+        .filter(|s| s.command.first().is_some_and(|c| c == "darkrift-mesh"))
+        .map(ttl_flag)
+        .collect();
+    assert_eq!(mesh, BTreeSet::from([Some("5".to_owned())]), "{mesh:?}");
+    assert!(readme.contains("TTL 5 s here") && readme.contains("run with `--ttl 5`"));
+    let register = services
+        .iter()
+        .find(|s| s.name == "register")
+        .expect("the ids replicas");
+    assert_eq!(ttl_flag(register), None);
+    assert!(!register.environment.keys().any(|k| k.contains("TTL")));
+    let default = ConnectorConfig::default().lease_ttl.as_secs();
+    assert!(
+        readme.contains(&format!("the default {default} s lease"))
+            && readme.contains(&format!("the default TTL of {default} s")),
+        "README must give the ids replicas' TTL as the default {default} s"
+    );
+}
+
+/// Every apt-get of scripts/docker-images.sh waits for the dpkg lock (another apt running)
+/// instead of failing at once.
+#[test]
+fn docker_images_waits_for_the_dpkg_lock() {
+    let script = std::fs::read_to_string(repo("scripts/docker-images.sh")).expect("script");
+    let calls: Vec<&str> = script
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.match_indices("apt-get ").map(move |(i, _)| &l[i..]))
+        .collect();
+    assert!(calls.len() >= 3, "{calls:?}");
+    for call in calls {
+        assert!(
+            call.starts_with("apt-get -o DPkg::Lock::Timeout=120 "),
+            "{call}"
+        );
+    }
+}

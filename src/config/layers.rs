@@ -122,7 +122,7 @@ impl Layered {
             .filter(|s| scopes.contains(&s.scope))
             .map(|s| Described {
                 setting: s,
-                value: (s.show)(&self.settings).map(|v| if s.secret { "***".into() } else { v }),
+                value: s.shown(&self.settings),
                 origin: self.origin(s.key),
             })
             .collect()

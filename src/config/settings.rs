@@ -149,7 +149,7 @@ macro_rules! setting {
 /// Every setting, in the order `darkrift-etcd config` prints them.
 pub static SETTINGS: &[Setting] = &[
     setting!("endpoints", "ENDPOINTS", "endpoints", Connector, "URLS",
-        "etcd endpoints, comma-separated (http://host:port, https:// with TLS)",
+        "etcd endpoints, comma-separated (http://host:port, https:// with TLS; host:port is http://)",
         apply: |s, v| {
             s.connector.endpoints = comma_list(v);
             Ok(())
@@ -290,6 +290,24 @@ pub static SETTINGS: &[Setting] = &[
 #[must_use]
 pub fn setting(key: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.key == key)
+}
+
+impl Setting {
+    /// This setting's value in `settings` as text (`***` for a secret); `None` when unset.
+    #[must_use]
+    pub fn shown(&self, settings: &Settings) -> Option<String> {
+        (self.show)(settings).map(|v| if self.secret { "***".into() } else { v })
+    }
+
+    /// Its value when nothing sets it (what `--help` shows); `None` when it has none.
+    #[must_use]
+    pub fn default_shown(&self) -> Option<String> {
+        self.shown(&Settings {
+            connector: ConnectorConfig::default(),
+            server: ServerSettings::default(),
+        })
+        .filter(|v| !v.is_empty())
+    }
 }
 
 impl PartialEq for Setting {
