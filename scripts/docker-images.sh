@@ -171,12 +171,12 @@ mono_debs() {
         command -v apt-get >/dev/null || { rm -rf "$tmp"; die "apt-get is needed on the host to download mono's .debs"; }
         rm -rf "$cache"
         mkdir -p "$cache/partial"
-        local apt=(apt-get install --download-only -y -q --no-install-recommends
+        local apt=(apt-get -o DPkg::Lock::Timeout=120 install --download-only -y -q --no-install-recommends
             -o Dir::State::status="$tmp/status" -o Dir::Cache::archives="$cache"
             -o Debug::NoLocking=1)
         log "apt-get download of $pkgs and their dependencies missing from $BASE"
         # shellcheck disable=SC2086
-        "${apt[@]}" $pkgs >&2 || { apt-get update -q >&2 && "${apt[@]}" $pkgs >&2; } \
+        "${apt[@]}" $pkgs >&2 || { apt-get -o DPkg::Lock::Timeout=120 update -q >&2 && "${apt[@]}" $pkgs >&2; } \
             || { rm -rf "$tmp" "$cache"; die "apt-get could not download mono's packages"; }
         rm -rf "$cache/partial" "$cache/lock"
         touch "$cache/complete"
