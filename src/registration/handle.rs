@@ -60,42 +60,29 @@ impl Handle {
         terms: Terms,
         stop: &CancellationToken,
     ) -> Result<(Handle, u16)> {
-        let cfg = &shared.config;
         let cancel = CancellationToken::new();
         let gate = probe.map(|(probe, interval)| spawn_gate(probe, interval, cancel.child_token()));
-        shared.requests.fetch_add(1, Ordering::Relaxed);
-        let grant = LeaseSession::grant_gated(
-            &shared.pool,
-            terms.lease_ttl,
-            cfg.request_timeout,
-            gate.clone(),
-        );
-        let granted = tokio::select! {
-            biased;
-            () = stop.cancelled() => Err(crate::Error::Shutdown),
-            granted = grant => granted,
-        };
-        let lease = match granted {
-            Ok(lease) => lease,
-            Err(e) => {
-                cancel.cancel();
-                return Err(e);
-            }
-        };
-        let allocated = tokio::select! {
-            biased;
-            () = stop.cancelled() => Err(crate::Error::Shutdown),
-            claim = allocate(shared, &registration, lease.id(), terms) => claim,
-        };
-        let claim = match allocated {
-            Ok(claim) => claim,
-            Err(e) => {
-                cancel.cancel();
-                // Guarded by being our lease: only what this start wrote is deleted.
-                if let Err(revoke) = lease.revoke(&shared.pool, cfg.request_timeout).await {
-                    tracing::debug!(error = %revoke, "revoking the unused lease failed; it expires");
+        // A lease that expires between its grant and the allocation (an overloaded etcd
+        // answering the allocation after the TTL) is not the caller's problem: grant another
+        // and try again, a bounded number of times.
+        let mut attempt = 0;
+        let (lease, claim) = loop {
+            attempt += 1;
+            match grant_and_claim(shared, &registration, terms, gate.clone(), stop).await {
+                Ok(held) => break held,
+                Err(crate::Error::Etcd { source, .. })
+                    if attempt < LEASE_EXPIRED_RETRIES
+                        && crate::error::is_lease_not_found(&source) =>
+                {
+                    tracing::warn!(
+                        attempt,
+                        "our lease expired before the allocation landed; granting another"
+                    );
                 }
-                return Err(e);
+                Err(e) => {
+                    cancel.cancel();
+                    return Err(e);
+                }
             }
         };
         tracing::info!(
@@ -243,6 +230,42 @@ impl Handle {
             ),
         }
         revoked
+    }
+}
+
+/// How many leases a start grants, at most, when each expires before its allocation lands.
+const LEASE_EXPIRED_RETRIES: u32 = 3;
+
+/// Grants a lease and claims an id with it; the lease is revoked if the claim fails.
+async fn grant_and_claim(
+    shared: &Shared,
+    registration: &Registration,
+    terms: Terms,
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
+    stop: &CancellationToken,
+) -> Result<(LeaseSession, Claim)> {
+    let cfg = &shared.config;
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    let grant = LeaseSession::grant_gated(&shared.pool, terms.lease_ttl, cfg.request_timeout, gate);
+    let lease = tokio::select! {
+        biased;
+        () = stop.cancelled() => Err(crate::Error::Shutdown),
+        granted = grant => granted,
+    }?;
+    let allocated = tokio::select! {
+        biased;
+        () = stop.cancelled() => Err(crate::Error::Shutdown),
+        claim = allocate(shared, registration, lease.id(), terms) => claim,
+    };
+    match allocated {
+        Ok(claim) => Ok((lease, claim)),
+        Err(e) => {
+            // Guarded by being our lease: only what this start wrote is deleted.
+            if let Err(revoke) = lease.revoke(&shared.pool, cfg.request_timeout).await {
+                tracing::debug!(error = %revoke, "revoking the unused lease failed; it expires");
+            }
+            Err(e)
+        }
     }
 }
 
