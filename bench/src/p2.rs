@@ -229,7 +229,7 @@ pub(crate) async fn p2_ours_planned(
 }
 
 /// The current revision of the etcd `client` talks to.
-async fn current_revision(client: &mut Client) -> Res<i64> {
+pub(crate) async fn current_revision(client: &mut Client) -> Res<i64> {
     let resp = client.get("/", None).await?;
     Ok(resp
         .header()
@@ -238,7 +238,7 @@ async fn current_revision(client: &mut Client) -> Res<i64> {
 
 /// Replays etcd's history of the burst's prefix from `from`: fails if two keys ever held one
 /// id at the same revision; returns what the replay counted (the lease losses).
-async fn check_history(
+pub(crate) async fn check_history(
     client: &mut Client,
     prefix: &str,
     from: i64,
