@@ -14,7 +14,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use darkrift_etcd::{Connector, RegisterOptions, Registration, RegistrationHandle};
+use darkrift_etcd::{
+    Connector, RegisterOptions, Registration, RegistrationHandle, RegistrationStatus,
+};
 use darkrift_etcd_testing::{metric_sum, scrape, EtcdCluster};
 use etcd_client::Client;
 use tokio::sync::watch;
@@ -86,8 +88,11 @@ impl EtcdGauges {
 struct AgentsBurst {
     /// From the go signal to the last `register` returning.
     registered_wall: Duration,
-    /// From the go signal to every agent's view holding every server of its groups.
-    synced_wall: Duration,
+    /// From the go signal to every agent's view holding every server of its groups; `None`
+    /// when some view fell short within [`SYNC_BOUND`].
+    synced_wall: Option<Duration>,
+    /// The smallest view at the end, of `3N/10` wanted.
+    min_view: usize,
     /// Streams the agents hold at etcd (over the baseline before they connected).
     streams: EtcdGauges,
     watch_events: u64,
@@ -164,25 +169,48 @@ async fn agents_burst(
         handles.push(h);
     }
     let registered_wall = end - t0;
+    eprintln!(
+        "    agents: all {n} registered in {:.0} ms; load {}",
+        ms(registered_wall),
+        load()
+    );
     // Every agent's view: every server of the three groups it watches (a group holds N/10).
     let want = 3 * n / RING;
     let mut pending: Vec<usize> = (0..a).collect();
     let deadline = Instant::now() + SYNC_BOUND;
-    while !pending.is_empty() {
+    let mut synced_wall = None;
+    loop {
         pending.retain(|&k| agents[k].servers().len() < want);
         if pending.is_empty() {
+            synced_wall = Some(t0.elapsed());
             break;
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "{} agents' views short of {want} servers after {SYNC_BOUND:?}",
-                pending.len()
-            )
-            .into());
+            break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let synced_wall = t0.elapsed();
+    let views: Vec<usize> = agents.iter().map(|c| c.servers().len()).collect();
+    let stale = agents.iter().filter(|c| c.is_stale()).count();
+    let in_etcd = raw
+        .get(
+            format!("{prefix}/"),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
+        )
+        .await?
+        .count();
+    if synced_wall.is_none() {
+        eprintln!(
+            "    agents: {} views short of {want} after {SYNC_BOUND:?} (views {}..{}, {stale} stale; {in_etcd} keys under the prefix)",
+            pending.len(),
+            views.iter().min().unwrap_or(&0),
+            views.iter().max().unwrap_or(&0),
+        );
+    }
     let etcd_cpu = etcd_cpu_secs(etcd_pid) - cpu0;
     let own_cpu = etcd_cpu_secs(std::process::id()) - own0;
     let held = streams(etcd).await?.minus(base);
@@ -191,6 +219,13 @@ async fn agents_burst(
         .iter()
         .filter(|h| !h.status().borrow().is_registered())
         .count();
+    let recovering = handles
+        .iter()
+        .filter(|h| matches!(*h.status().borrow(), RegistrationStatus::Recovering { .. }))
+        .count();
+    if status_lost > 0 {
+        eprintln!("    agents: {status_lost} handles not registered ({recovering} recovering)");
+    }
     let distinct_ids = handles
         .iter()
         .map(RegistrationHandle::id)
@@ -203,6 +238,7 @@ async fn agents_burst(
     let burst = AgentsBurst {
         registered_wall,
         synced_wall,
+        min_view: views.iter().copied().min().unwrap_or(0),
         streams: held,
         watch_events: events_after - events_before,
         etcd_cpu,
@@ -259,11 +295,11 @@ pub(crate) async fn p14(report: &mut Report, start: Instant) -> Res<()> {
         let load_ours = load();
         match &ours {
             Ok(b) => eprintln!(
-                "    agents: registered {:.0} ms, synced {:.0} ms, {} events, etcd CPU {:.1} s, own CPU {:.1} s, \
+                "    agents: registered {:.0} ms, synced {}, {} events, etcd CPU {:.1} s, own CPU {:.1} s, \
                  streams: {:.0} watch ({:.0} watches), {:.0} keep-alive; lost {} (status) {} (history); \
                  {} distinct ids, {} distinct leases, {} retried; load {load_ours}",
                 ms(b.registered_wall),
-                ms(b.synced_wall),
+                synced(b),
                 b.watch_events,
                 b.etcd_cpu,
                 b.own_cpu,
@@ -286,7 +322,10 @@ pub(crate) async fn p14(report: &mut Report, start: Instant) -> Res<()> {
         let floor = raw_floor_watched(&endpoints, etcd_pid, n, a, RawKind::Put, &raw_prefix).await;
         let load_raw = load();
         match &floor {
-            Ok(f) => f.log(&format!("raw floor; load {load_raw}")),
+            Ok(f) => f.log(&format!(
+                "raw floor ({} retried); load {load_raw}",
+                f.retried
+            )),
             Err(e) => eprintln!("    raw floor: failed: {e}; load {load_raw}"),
         }
         row(report, n, a, &ours, &floor, &load_ours);
@@ -315,6 +354,17 @@ pub(crate) async fn p14(report: &mut Report, start: Instant) -> Res<()> {
     Ok(())
 }
 
+/// The synced wall, or how far the views fell short.
+fn synced(b: &AgentsBurst) -> String {
+    match b.synced_wall {
+        Some(wall) => format!("{:.0} ms", ms(wall)),
+        None => format!(
+            "not within {SYNC_BOUND:?} (smallest view {} servers)",
+            b.min_view
+        ),
+    }
+}
+
 /// The machine's load averages (`/proc/loadavg`'s first three fields).
 fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -332,11 +382,11 @@ fn row(
 ) {
     let ours_cell = match ours {
         Ok(b) => format!(
-            "registered {:.0} ms, synced {:.0} ms · {} events · etcd CPU {:.1} s · {} lost · \
+            "registered {:.0} ms, synced {} · {} events · etcd CPU {:.1} s · {} lost · \
              {} distinct ids of {n} · etcd holds {:.0} watch streams ({:.0} watches) and {:.0} \
              keep-alive streams{}{}; load {load}",
             ms(b.registered_wall),
-            ms(b.synced_wall),
+            synced(b),
             b.watch_events,
             b.etcd_cpu,
             b.status_lost + usize::try_from(b.history_deletes).unwrap_or(usize::MAX),
@@ -346,9 +396,11 @@ fn row(
             b.streams.keepalive,
             match floor {
                 Ok(f) => format!(
-                    " ({:.2} × raw floor registered, {:.2} × synced)",
+                    " ({:.2} × raw floor registered{})",
                     ms(b.registered_wall) / ms(f.wall).max(1.0),
-                    ms(b.synced_wall) / ms(f.wall).max(1.0)
+                    b.synced_wall
+                        .map(|s| format!(", {:.2} × synced", ms(s) / ms(f.wall).max(1.0)))
+                        .unwrap_or_default()
                 ),
                 Err(_) => String::new(),
             },
@@ -362,10 +414,15 @@ fn row(
     };
     let floor_cell = match floor {
         Ok(f) => format!(
-            "raw grant+put under {a} raw watch streams of the same ranges: {:.0} ms · {} events · etcd CPU {:.1} s",
+            "raw grant+put under {a} raw watch streams of the same ranges: {:.0} ms · {} events · etcd CPU {:.1} s{}",
             ms(f.wall),
             f.watch_events.unwrap_or(0),
-            f.etcd_cpu
+            f.etcd_cpu,
+            if f.retried > 0 {
+                format!(" ({} writes retried after etcd's \"too many requests\")", f.retried)
+            } else {
+                String::new()
+            }
         ),
         Err(e) => format!("raw floor failed: {e}"),
     };
@@ -377,10 +434,17 @@ fn row(
         "—",
         None,
     );
-    if let (Ok(b), Ok(f)) = (ours, floor) {
+    if let (
+        Ok(AgentsBurst {
+            synced_wall: Some(wall),
+            ..
+        }),
+        Ok(f),
+    ) = (ours, floor)
+    {
         report.bar(
             format!("P14 N = {n} through {a} agents, synced wall"),
-            ms(b.synced_wall),
+            ms(*wall),
             vec![("raw grant+put", ms(f.wall))],
             "ms",
             false,
