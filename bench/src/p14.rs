@@ -143,12 +143,27 @@ async fn agents_burst(
             go.wait_for(|g| *g).await.map_err(|e| e.to_string())?;
             let port = 1000 + u16::try_from(i % 60_000).unwrap_or(0);
             let group = group_name(group_of(i));
-            let mut retries = 0u32;
+            let mut retries = Vec::new();
             loop {
                 let reg = Registration::new(&group, "127.0.0.1", port, props())
                     .map_err(|e| e.to_string())?;
                 match c.register(reg, RegisterOptions::default()).await {
-                    Err(e) if e.is_retryable() && retries < 3 => retries += 1,
+                    // etcd overloaded: a server (or the agent's caller) would retry. A lease
+                    // that expired before its allocation transaction ("requested lease not
+                    // found": the grant and the transaction more than a TTL apart under this
+                    // load) is not `is_retryable()` today, but a new attempt takes a new
+                    // lease: retried too, and tallied apart.
+                    Err(e)
+                        if (e.is_retryable() || e.to_string().contains("lease not found"))
+                            && retries.len() < 3 =>
+                    {
+                        let tag = if e.is_retryable() {
+                            ""
+                        } else {
+                            "(not is_retryable) "
+                        };
+                        retries.push(format!("{tag}{e}"));
+                    }
                     Err(e) => return Err(format!("registration {i}: {e}")),
                     Ok(h) => return Ok::<_, String>((h, Instant::now(), retries)),
                 }
@@ -162,13 +177,20 @@ async fn agents_burst(
     let mut handles: Vec<RegistrationHandle> = Vec::with_capacity(n);
     let mut end = t0;
     let mut retried = 0;
+    let mut why = std::collections::BTreeMap::<String, u32>::new();
     while let Some(done) = tasks.join_next().await {
         let (h, at, retries) = done??;
-        retried += retries;
+        retried += u32::try_from(retries.len())?;
+        for e in retries {
+            *why.entry(e).or_default() += 1;
+        }
         end = end.max(at);
         handles.push(h);
     }
     let registered_wall = end - t0;
+    for (e, count) in &why {
+        eprintln!("    agents: {count} × retried after: {e}");
+    }
     eprintln!(
         "    agents: all {n} registered in {:.0} ms; load {}",
         ms(registered_wall),
