@@ -17,13 +17,14 @@
 //! kill → leave at every lobby for a mesh game server with eviction on, against the same mesh
 //! with eviction off; P6 snapshot of 10,000 servers → `Synced` against a raw paginated get, P8
 //! watcher throughput against a raw watch, P9 memory per tracked server (`p6_p8_p9.rs`, heap
-//! counted by `heap.rs`); P10 (`p10.rs`) registrations and listings with a frozen member. And
+//! counted by `heap.rs`); P10 (`p10.rs`) registrations and listings with a frozen member; P14 (`p14.rs`) 10,000
+//! servers registered through 50 agents (one connector each) against the raw floor. And
 //! once, the full id space (`id_space.rs`). `report.rs` writes the table and the chart; the
 //! other files are the helpers the figures share.
 //!
 //! P2 runs on a second etcd started with a longer election timeout (see `P2_ETCD_ARGS` and the
 //! P2 note of the report); everything else shares the first one, each figure on its own prefix.
-//! Development knobs: `BENCH_ONLY=p1,p2,p3,p5,p5b,p6,id` runs a subset and writes no file
+//! Development knobs: `BENCH_ONLY=p1,p2,p3,p5,p5b,p6,p14,id` runs a subset and writes no file
 //! (`fanout` adds the fan-out diagnostic); `BENCH_BURSTS=16,256` picks the P2 sizes;
 //! `BENCH_NAME=benchmarks-etcd-3.4` writes `docs/<name>.md` and `.svg` instead (the report of
 //! the other supported etcd version is kept next to the main one).
@@ -37,6 +38,7 @@ mod id_space;
 mod naive;
 mod p1;
 mod p10;
+mod p14;
 mod p2;
 mod p2f;
 mod p3_p4;
@@ -56,6 +58,7 @@ use crate::children::repo_root;
 use crate::id_space::full_id_space;
 use crate::p1::p1;
 use crate::p10::p10;
+use crate::p14::p14;
 use crate::p2::{fanout_diagnostic, p2};
 use crate::p2f::p2f;
 use crate::p3_p4::p3_p4;
@@ -113,7 +116,7 @@ const WRITERS: usize = 64;
 
 const GROUPS: [&str; 4] = ["lobby", "game", "chat", "match"];
 
-/// Runs the phases; `BENCH_ONLY=p1,p2,...` (p1, p2, p2f, p3, p5, p5b, p6, p10, id) runs a subset and writes
+/// Runs the phases; `BENCH_ONLY=p1,p2,...` (p1, p2, p2f, p3, p5, p5b, p6, p10, p14, id) runs a subset and writes
 /// no files.
 async fn phases(
     endpoints: &[String],
@@ -154,6 +157,10 @@ async fn phases(
     }
     if on("p10") {
         p10(report, start).await?;
+    }
+    if on("p14") {
+        eprintln!("{} P14", elapsed_tag(start));
+        p14(report, start).await?;
     }
     if only.split(',').any(|x| x.trim() == "fanout") {
         fanout_diagnostic().await?;
@@ -206,7 +213,7 @@ async fn run() -> Res<()> {
 
     let order = |id: &str| {
         [
-            "P1", "P2", "P2f", "P3", "P4", "P5", "P5b", "P6", "P8", "P9", "P10", "ID",
+            "P1", "P2", "P2f", "P3", "P4", "P5", "P5b", "P6", "P8", "P9", "P10", "P14", "ID",
         ]
         .iter()
         .position(|x| *x == id)

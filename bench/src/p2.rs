@@ -229,7 +229,7 @@ pub(crate) async fn p2_ours_planned(
 }
 
 /// The current revision of the etcd `client` talks to.
-async fn current_revision(client: &mut Client) -> Res<i64> {
+pub(crate) async fn current_revision(client: &mut Client) -> Res<i64> {
     let resp = client.get("/", None).await?;
     Ok(resp
         .header()
@@ -238,7 +238,7 @@ async fn current_revision(client: &mut Client) -> Res<i64> {
 
 /// Replays etcd's history of the burst's prefix from `from`: fails if two keys ever held one
 /// id at the same revision; returns what the replay counted (the lease losses).
-async fn check_history(
+pub(crate) async fn check_history(
     client: &mut Client,
     prefix: &str,
     from: i64,
@@ -365,6 +365,14 @@ pub(crate) async fn raw_burst(
 }
 
 /// [`raw_burst`] writing `write_of(i, lease)` for server `i`.
+/// Retries of one raw write turned away with "too many requests".
+const RAW_RETRIES: u32 = 50;
+
+/// etcd's "too many requests" (`ErrTooManyRequests`: its apply lags its commits by 5,000).
+fn too_many(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("too many requests")
+}
+
 pub(crate) async fn raw_burst_of(
     clients: &[Client],
     etcd_pid: u32,
@@ -382,19 +390,39 @@ pub(crate) async fn raw_burst_of(
         let mut go = go_rx.clone();
         tasks.spawn(async move {
             go.wait_for(|g| *g).await?;
-            let lease = client.lease_grant(30, None).await?.id();
-            match write_of(i, lease) {
-                RawWrite::Put(key) => {
-                    let opts = etcd_client::PutOptions::new().with_lease(lease);
-                    client.put(key, value, Some(opts)).await?;
+            // etcd turns requests away with "too many requests" while its apply lags far
+            // behind its commits (10,000 at once, P14): a raw client retries them, as the
+            // library does. Counted in `retried`.
+            let mut retried = 0u32;
+            let lease = loop {
+                match client.lease_grant(30, None).await {
+                    Err(e) if too_many(&e) && retried < RAW_RETRIES => retried += 1,
+                    r => break r?.id(),
                 }
-                RawWrite::Txn(txn) => {
-                    if !client.txn(txn).await?.succeeded() {
-                        return Err::<_, BoxError>(format!("raw transaction {i} failed").into());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            loop {
+                let done = match write_of(i, lease) {
+                    RawWrite::Put(key) => {
+                        let opts = etcd_client::PutOptions::new().with_lease(lease);
+                        client
+                            .put(key, value.clone(), Some(opts))
+                            .await
+                            .map(|_| true)
                     }
+                    RawWrite::Txn(txn) => client.txn(txn).await.map(|r| r.succeeded()),
+                };
+                match done {
+                    Err(e) if too_many(&e) && retried < RAW_RETRIES => retried += 1,
+                    Ok(false) => {
+                        return Err::<_, BoxError>(format!("raw transaction {i} failed").into())
+                    }
+                    Ok(true) => break,
+                    Err(e) => return Err(e.into()),
                 }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Ok::<_, BoxError>(Instant::now())
+            Ok::<_, BoxError>((Instant::now(), retried))
         });
     }
     let cpu0 = etcd_cpu_secs(etcd_pid);
@@ -402,8 +430,11 @@ pub(crate) async fn raw_burst_of(
     let t0 = Instant::now();
     go_tx.send_replace(true);
     let mut end = t0;
+    let mut retried = 0;
     while let Some(done) = tasks.join_next().await {
-        end = end.max(done??);
+        let (at, retries) = done??;
+        end = end.max(at);
+        retried += retries;
     }
     Ok(Burst {
         registered: n,
@@ -412,7 +443,7 @@ pub(crate) async fn raw_burst_of(
         etcd_cpu: etcd_cpu_secs(etcd_pid) - cpu0,
         own_cpu: etcd_cpu_secs(std::process::id()) - own0,
         etcd_txns: None,
-        retried: 0,
+        retried,
         over_consul_limit: 0,
         lease_losses: None,
         watch_events: None,

@@ -30,17 +30,17 @@ use crate::{Res, P2_ETCD_ARGS};
 const RING: usize = 10;
 
 /// Server `i`'s group index.
-fn group_of(i: usize) -> usize {
+pub(crate) fn group_of(i: usize) -> usize {
     i % RING
 }
 
-fn group_name(k: usize) -> String {
+pub(crate) fn group_name(k: usize) -> String {
     format!("g{k}")
 }
 
 /// The groups a server of group `k` acts on: its own, the one it dials (`k + 1`) and the one
 /// that dials it (`k − 1`), as `Topology::interest` gives for the ring.
-fn interest_of(k: usize) -> Vec<String> {
+pub(crate) fn interest_of(k: usize) -> Vec<String> {
     [(k + RING - 1) % RING, k, (k + 1) % RING]
         .into_iter()
         .map(group_name)
@@ -58,7 +58,7 @@ fn everything_plan(i: usize) -> (String, Vec<String>) {
 
 /// What the raw watchers' burst writes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum RawKind {
+pub(crate) enum RawKind {
     /// A lease grant + put per server: the floor.
     Put,
     /// A lease grant + the allocator's own transaction with a preassigned id: what etcd does
@@ -73,9 +73,23 @@ async fn raw_floor(endpoints: &[String], etcd_pid: u32, n: usize, kind: RawKind)
         RawKind::Put => format!("/bench/p2f-raw-{n}"),
         RawKind::AllocTxn => format!("/bench/p2f-rawtxn-{n}"),
     };
+    raw_floor_watched(endpoints, etcd_pid, n, n, kind, &prefix).await
+}
+
+/// [`raw_floor`] with `watchers` raw watch streams instead of one per server: watcher `k`
+/// watches the interest of group `k mod 10` (P14's agents, each hosting one group's servers).
+pub(crate) async fn raw_floor_watched(
+    endpoints: &[String],
+    etcd_pid: u32,
+    n: usize,
+    watchers: usize,
+    kind: RawKind,
+    prefix: &str,
+) -> Res<Burst> {
+    let prefix = prefix.to_owned();
     let mut clients = burst_clients(endpoints, n).await?;
-    let mut watchers = Vec::with_capacity(n);
-    for i in 0..n {
+    let mut watcher_tasks = Vec::with_capacity(watchers);
+    for i in 0..watchers {
         let mut client = clients[i % clients.len()].clone();
         let groups = interest_of(group_of(i));
         let range = |g: &str| {
@@ -103,7 +117,7 @@ async fn raw_floor(endpoints: &[String], etcd_pid: u32, n: usize, kind: RawKind)
                 _ => return Err("raw watch not created".into()),
             }
         }
-        watchers.push(tokio::spawn(async move {
+        watcher_tasks.push(tokio::spawn(async move {
             while let Ok(Some(_)) = stream.message().await {}
         }));
     }
@@ -141,7 +155,7 @@ async fn raw_floor(endpoints: &[String], etcd_pid: u32, n: usize, kind: RawKind)
         }
     };
     burst.watch_events = Some(watch_events_settled(&endpoints[0]).await? - events_before);
-    for w in watchers {
+    for w in watcher_tasks {
         w.abort();
     }
     let mut raw = clients.remove(0);
