@@ -21,14 +21,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::GetOptions;
+use etcd_client::{Txn, TxnOp};
 use tokio::time::Instant;
 
 use super::{Claim, Terms};
 use crate::client::{retrying, retrying_txn};
 use crate::error::{Error, Result};
 use crate::guard::reregister::{self, Reregistered};
-use crate::guard::{Answer, Owner};
+use crate::guard::{Answer, OpAnswer, Owner};
 use crate::lease::LeaseSession;
 use crate::record::{self, Registration};
 use crate::shared::Shared;
@@ -212,29 +212,28 @@ async fn reregister_free(
     }
 }
 
-/// Reads the server key and the slot of `id`.
+/// Reads the server key and the slot of `id` in one transaction: one round trip, and both at
+/// one revision (two reads could see a key and a slot of two different registrations).
 async fn read(shared: &Shared, server_key: &str, id: u16) -> Result<Read> {
-    let slot_key = shared.layout.slot_key(id);
-    let timeout = shared.config.request_timeout;
-    let key = retrying(&shared.pool, "resume: read key", timeout, |client| {
-        let key = server_key.to_owned();
-        async move { client.kv_client().get(key, None::<GetOptions>).await }
-    })
+    let txn = Txn::new().and_then([
+        TxnOp::get(server_key, None),
+        TxnOp::get(shared.layout.slot_key(id), None),
+    ]);
+    let resp = retrying_txn(
+        &shared.pool,
+        "resume: read key and slot",
+        shared.config.request_timeout,
+        &txn,
+    )
     .await?;
-    let slot = retrying(&shared.pool, "resume: read slot", timeout, |client| {
-        let key = slot_key.clone();
-        async move { client.kv_client().get(key, None::<GetOptions>).await }
-    })
-    .await?;
+    let answer = Answer::from(&resp);
+    let first = |i: usize| match answer.ops.get(i) {
+        Some(OpAnswer::Get(kvs)) => kvs.first().cloned(),
+        _ => None,
+    };
     Ok(Read {
-        key: key
-            .kvs()
-            .first()
-            .map(|kv| (kv.value().to_vec(), kv.lease(), kv.create_revision())),
-        slot: slot
-            .kvs()
-            .first()
-            .map(|kv| (kv.value().to_vec(), kv.lease())),
+        key: first(0).map(|kv| (kv.value, kv.lease, kv.create_revision)),
+        slot: first(1).map(|kv| (kv.value, kv.lease)),
     })
 }
 
