@@ -85,7 +85,7 @@ impl Recovering<'_> {
             }
         }
         // Half a TTL at most, jitter included: back within about a TTL of etcd answering again.
-        let mut backoff = timing::recovery_backoff(shared.config.lease_ttl);
+        let mut backoff = timing::recovery_backoff(self.claim.terms.lease_ttl);
         let mut same_id = true;
         if let Goal::Taken(reason) = goal {
             if !self.on_taken(reason) {

@@ -89,10 +89,14 @@ impl RegisterRequest {
     pub(crate) fn check(&self) -> Result<Checked, ApiError> {
         let ttl = match self.ttl_ms {
             None => None,
-            Some(0) => return Err(ApiError::invalid("ttl_ms must be at least 1000")),
+            Some(0) => {
+                return Err(ApiError::invalid(
+                    "ttl_ms must be at least 1 (rounded up to whole seconds)",
+                ))
+            }
             Some(ms) => {
                 // etcd counts TTLs in whole seconds: round up, never shorten.
-                let secs = ms.div_ceil(1000).max(1);
+                let secs = ms.div_ceil(1000);
                 let ttl = Duration::from_secs(secs);
                 if ttl > MAX_TTL {
                     return Err(ApiError::invalid("ttl_ms must be at most 86400000 (a day)"));

@@ -16,6 +16,10 @@ use tokio::time::Instant;
 /// Time between connects: small against the 200 ms a join may take to get linked.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(20);
 
+/// Bound on one connect: a black-holed address must not hold the probe past its interval for
+/// long.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+
 /// How the wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Readiness {
@@ -36,7 +40,7 @@ pub(crate) async fn wait_listening(host: &str, port: u16, bound: Duration) -> Re
         attempts = attempts.saturating_add(1);
         let left = until.saturating_duration_since(Instant::now());
         // One connect is bounded too: a black-holed address would otherwise hang past `bound`.
-        let attempt = INTERVAL.max(Duration::from_millis(200)).min(left);
+        let attempt = CONNECT_TIMEOUT.min(left);
         if let Ok(Ok(stream)) =
             tokio::time::timeout(attempt, TcpStream::connect((host, port))).await
         {
