@@ -958,7 +958,8 @@ async fn a_restarted_agent_resumes_registrations_on_their_own_lease() {
     assert_eq!(keys(&etcd, &key).await, before);
     let health = request(second.addr, "GET", "/v1/health", b"").await;
     assert_eq!(health.body["registrations"], 1, "{health:?}");
-    assert!(!drain_for(&mut watch, Duration::ZERO)
+    // Long enough for a leave the refused resume might have caused to arrive.
+    assert!(!drain_for(&mut watch, Duration::from_millis(300))
         .await
         .iter()
         .any(|e| is_leave(e, r.id)),);
@@ -1109,7 +1110,9 @@ async fn twenty_registrations_share_one_watch_and_one_keep_alive_stream() {
     );
     assert_eq!(truth(&etcd, &prefix).await, ids);
     let mut raw = etcd.client().await.expect("raw client");
-    for (_, lease, _) in keys(&etcd, &format!("{prefix}/")).await {
+    let held = keys(&etcd, &format!("{prefix}/")).await;
+    assert_eq!(held.len(), ids.len(), "every registration's key is there");
+    for (_, lease, _) in held {
         let left = raw
             .lease_time_to_live(lease, None)
             .await
@@ -1153,6 +1156,12 @@ async fn twenty_registrations_share_one_watch_and_one_keep_alive_stream() {
         let s = agent.attach(&r.handle).await;
         fresh.push((r, s));
     }
+    // The five `manual` ones are reserved, the five `immediate` ones announced.
+    assert_eq!(
+        fresh.iter().filter(|(r, _)| r.state == "reserved").count(),
+        5,
+        "manual readiness reserves"
+    );
     for (r, _) in fresh.iter().filter(|(r, _)| r.state == "reserved") {
         let ready = format!("/v1/registrations/{}/ready", r.handle);
         assert_eq!(request(agent.addr, "POST", &ready, b"").await.status, 204);
